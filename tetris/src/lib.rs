@@ -1,0 +1,8 @@
+//! BSD Tetris, ported faithfully to Rust, with its state in one checkpointable struct.
+//!
+//! Layout: [`state`] is the game as plain old data; [`rng`] and [`rules`] are pure functions on
+//! it (no I/O, no clock); [`headless`] drives the rules from a script; [`options`] parses the
+//! command line; [`scores`] keeps the high-score file; [`screen`], [`input`] and [`clock`] are
+//! the terminal side; [`play`] is the interactive main loop that ties them together.
+
+pub mod state;
