@@ -2,7 +2,13 @@
 //!
 //! Layout: [`state`] is the game as plain old data; [`rng`] and [`rules`] are pure functions on
 //! it (no I/O, no clock); [`headless`] drives the rules from a script; [`options`] parses the
-//! command line; [`scores`] keeps the high-score file; [`screen`], [`input`] and [`clock`] are
-//! the terminal side; [`play`] is the interactive main loop that ties them together.
+//! command line; [`scores`] keeps the high-score file; the terminal side (screen, input, clock)
+//! lives next to [`play`], the interactive main loop that ties them together.
 
+pub mod headless;
+pub mod options;
+pub mod play;
+pub mod rng;
+pub mod rules;
+pub mod scores;
 pub mod state;

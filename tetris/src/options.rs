@@ -1,0 +1,372 @@
+//! The command line: BSD's `tetris [-bps] [-k keys] [-l level]` plus the port's long options.
+//!
+//! clap parses; BSD's messages and exit codes are put on top: a bad level gives
+//! `level must be from 1 to 9`, duplicate keys `duplicate command keys specified.`, and a wrong
+//! `-k` length, an unknown option or an extra argument the usage line.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use clap::{Arg, ArgAction, value_parser};
+
+use crate::state::DEFAULT_KEYS;
+
+/// BSD's usage line (current NetBSD), printed for any error that is not a bad level or keys.
+pub const USAGE: &str = "usage: tetris [-bps] [-k keys] [-l level]";
+/// Lowest level.
+pub const MIN_LEVEL: u32 = 1;
+/// Highest level.
+pub const MAX_LEVEL: u32 = 9;
+/// Level when `-l` is not given.
+pub const DEFAULT_LEVEL: u32 = 2;
+/// Environment variable naming the high-score file when `--scores-file` is not given.
+pub const SCORES_ENV: &str = "TETRIS_SCORES";
+
+/// Everything the command line (and `TETRIS_SCORES`) asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// `-b`: black and white (`NO_COLOR` is applied by the screen, not here).
+    pub black_and_white: bool,
+    /// `-p`: show the next piece.
+    pub preview: bool,
+    /// `-s`: print the high scores and exit.
+    pub show_scores: bool,
+    /// `-k`: left, rotate, right, drop, pause, quit, down (6 keys: the 7th is `DEFAULT_KEYS[6]`).
+    pub keys: [u8; 7],
+    /// `-l`: 1..=9.
+    pub level: u32,
+    /// `--seed`: the piece generator's seed; `None` draws one from the OS.
+    pub seed: Option<u64>,
+    /// `--scores-file`, else `TETRIS_SCORES`, else `None` (the default path in the data dir).
+    pub scores_file: Option<PathBuf>,
+    /// `--headless`: run a script and print one JSON line.
+    pub headless: bool,
+    /// `--script`: the headless input (`None` or `-` = stdin).
+    pub script: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            black_and_white: false,
+            preview: false,
+            show_scores: false,
+            keys: DEFAULT_KEYS,
+            level: DEFAULT_LEVEL,
+            seed: None,
+            scores_file: None,
+            headless: false,
+            script: None,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Run (play, headless or `-s`) with these options.
+    Run(Options),
+    /// `--help`: print this text and exit 0.
+    Help(String),
+}
+
+/// A command line BSD tetris would refuse; every one exits 1.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionsError {
+    /// Unknown option, missing value, extra argument or wrong `-k` length.
+    #[error("{USAGE}")]
+    Usage,
+    /// `-l` not a number from 1 to 9; carries the value given.
+    #[error("level must be from {MIN_LEVEL} to {MAX_LEVEL}")]
+    BadLevel(String),
+    /// Two commands share a key.
+    #[error("duplicate command keys specified.")]
+    DuplicateKeys,
+    /// `--seed` not an unsigned 64-bit number; carries the value given.
+    #[error("seed must be a number from 0 to 18446744073709551615, not {0:?}")]
+    BadSeed(String),
+}
+
+impl OptionsError {
+    /// The line BSD prints on stderr: errx's `tetris: ` prefix, except for the usage line.
+    pub fn stderr_line(&self) -> String {
+        match self {
+            OptionsError::Usage => self.to_string(),
+            _ => format!("tetris: {self}"),
+        }
+    }
+}
+
+const HELP_AFTER: &str = "\
+Keys (default `jkl pqn`): left, rotate, right, drop (space), pause, quit, down; the arrow keys
+work too. -k takes 6 keys (the down key stays `n`) or 7; all of them must differ.
+
+--headless runs without a terminal: each byte of the script is one input (`.` = the fall
+timer expired, newlines skipped, any other byte a key) and one JSON line describes the game
+at the end. Without --seed the seed is drawn from the OS and reported in that line, so any
+run can be repeated with --seed.
+
+High scores live in $XDG_DATA_HOME/tetris-bsd/scores (else ~/.local/share/tetris-bsd/scores),
+or in the file named by --scores-file or $TETRIS_SCORES.";
+
+fn command() -> clap::Command {
+    clap::Command::new("tetris")
+        .about("BSD Tetris, ported faithfully to Rust")
+        .override_usage(
+            "tetris [-bps] [-k keys] [-l level] [--seed N] [--scores-file PATH]\n       \
+             tetris --headless [--seed N] [-l level] [-k keys] [--script FILE]",
+        )
+        .after_help(HELP_AFTER)
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .args_override_self(true)
+        .arg(
+            Arg::new("b")
+                .short('b')
+                .action(ArgAction::SetTrue)
+                .help("black and white: no colours"),
+        )
+        .arg(
+            Arg::new("p")
+                .short('p')
+                .action(ArgAction::SetTrue)
+                .help("show the next piece"),
+        )
+        .arg(
+            Arg::new("s")
+                .short('s')
+                .action(ArgAction::SetTrue)
+                .help("print the high scores and exit"),
+        )
+        .arg(
+            Arg::new("keys")
+                .short('k')
+                .value_name("keys")
+                .allow_hyphen_values(true)
+                .value_parser(value_parser!(OsString))
+                .help("command keys: left rotate right drop pause quit [down]"),
+        )
+        .arg(
+            Arg::new("level")
+                .short('l')
+                .value_name("level")
+                .allow_hyphen_values(true)
+                .value_parser(value_parser!(OsString))
+                .help("level 1 to 9 (default 2): the starting fall speed"),
+        )
+        .arg(
+            Arg::new("seed")
+                .long("seed")
+                .value_name("N")
+                .value_parser(value_parser!(OsString))
+                .help("seed the piece generator (default: from the OS)"),
+        )
+        .arg(
+            Arg::new("scores-file")
+                .long("scores-file")
+                .value_name("PATH")
+                .value_parser(value_parser!(PathBuf))
+                .help("high-score file (default: $TETRIS_SCORES, else the data directory)"),
+        )
+        .arg(
+            Arg::new("headless")
+                .long("headless")
+                .action(ArgAction::SetTrue)
+                .help("play a script without a terminal and print the result as JSON"),
+        )
+        .arg(
+            Arg::new("script")
+                .long("script")
+                .value_name("FILE")
+                .value_parser(value_parser!(PathBuf))
+                .help("headless input (default or `-`: stdin)"),
+        )
+        .arg(
+            Arg::new("help")
+                .long("help")
+                .action(ArgAction::Help)
+                .help("print this help"),
+        )
+}
+
+/// Parses the level as BSD's bounds demand: a plain decimal number from 1 to 9.
+fn parse_level(raw: &OsString) -> Result<u32, OptionsError> {
+    let text = raw.to_string_lossy();
+    text.parse::<u32>()
+        .ok()
+        .filter(|l| (MIN_LEVEL..=MAX_LEVEL).contains(l))
+        .ok_or_else(|| OptionsError::BadLevel(text.into_owned()))
+}
+
+/// Parses `-k`: 6 or 7 bytes (6: down stays `n`), no key used twice among the resulting 7.
+pub fn parse_keys(raw: &[u8]) -> Result<[u8; 7], OptionsError> {
+    let mut keys = DEFAULT_KEYS;
+    match raw.len() {
+        6 | 7 => keys[..raw.len()].copy_from_slice(raw),
+        _ => return Err(OptionsError::Usage),
+    }
+    for i in 0..keys.len() {
+        if keys[i + 1..].contains(&keys[i]) {
+            return Err(OptionsError::DuplicateKeys);
+        }
+    }
+    Ok(keys)
+}
+
+/// Parses `args` (program name first); `scores_env` is the value of `TETRIS_SCORES`.
+pub fn parse_from<I, T>(args: I, scores_env: Option<OsString>) -> Result<Parsed, OptionsError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let m = match command().try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+            return Ok(Parsed::Help(e.render().to_string()));
+        }
+        Err(_) => return Err(OptionsError::Usage),
+    };
+    let mut o = Options {
+        black_and_white: m.get_flag("b"),
+        preview: m.get_flag("p"),
+        show_scores: m.get_flag("s"),
+        headless: m.get_flag("headless"),
+        script: m.get_one::<PathBuf>("script").cloned(),
+        ..Options::default()
+    };
+    if let Some(raw) = m.get_one::<OsString>("keys") {
+        o.keys = parse_keys(raw.as_bytes())?;
+    }
+    if let Some(raw) = m.get_one::<OsString>("level") {
+        o.level = parse_level(raw)?;
+    }
+    if let Some(raw) = m.get_one::<OsString>("seed") {
+        let text = raw.to_string_lossy();
+        o.seed = Some(
+            text.parse::<u64>()
+                .map_err(|_| OptionsError::BadSeed(text.into_owned()))?,
+        );
+    }
+    o.scores_file = m
+        .get_one::<PathBuf>("scores-file")
+        .cloned()
+        .or_else(|| scores_env.filter(|v| !v.is_empty()).map(PathBuf::from));
+    Ok(Parsed::Run(o))
+}
+
+/// Parses this process's command line and environment.
+pub fn parse_env() -> Result<Parsed, OptionsError> {
+    parse_from(std::env::args_os(), std::env::var_os(SCORES_ENV))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Options, OptionsError> {
+        let mut v = vec!["tetris"];
+        v.extend_from_slice(args);
+        match parse_from(v, None)? {
+            Parsed::Run(o) => Ok(o),
+            Parsed::Help(_) => panic!("unexpected help"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_bsd_defaults() {
+        let o = run(&[]).expect("no arguments parse");
+        assert_eq!(o, Options::default());
+        assert_eq!(o.level, 2);
+        assert_eq!(&o.keys, b"jkl pqn");
+    }
+
+    #[test]
+    fn bundled_flags_and_attached_values_parse_like_getopt() {
+        let o = run(&["-bps", "-l5", "-kasdfgh"]).expect("parses");
+        assert!(o.black_and_white && o.preview && o.show_scores);
+        assert_eq!(o.level, 5);
+        assert_eq!(&o.keys, b"asdfghn");
+    }
+
+    #[test]
+    fn six_keys_keep_n_as_down_and_seven_set_it() {
+        assert_eq!(&run(&["-k", "asdfgh"]).expect("6 keys").keys, b"asdfghn");
+        assert_eq!(&run(&["-k", "asdfghz"]).expect("7 keys").keys, b"asdfghz");
+    }
+
+    #[test]
+    fn six_keys_that_reuse_n_are_duplicates() {
+        assert_eq!(run(&["-k", "asdfgn"]), Err(OptionsError::DuplicateKeys));
+    }
+
+    #[test]
+    fn level_must_be_a_number_from_1_to_9() {
+        for bad in ["0", "10", "x", "3x", "-1", ""] {
+            assert_eq!(
+                run(&["-l", bad]),
+                Err(OptionsError::BadLevel(bad.to_owned())),
+                "{bad}"
+            );
+        }
+        for good in 1..=9 {
+            assert_eq!(run(&["-l", &good.to_string()]).expect("valid").level, good);
+        }
+    }
+
+    #[test]
+    fn usage_errors() {
+        for args in [
+            &["-x"][..],
+            &["-k", "abc"],
+            &["-k", "abcdefgh"],
+            &["extra"],
+            &["-l"],
+            &["-h"],
+        ] {
+            assert_eq!(run(args), Err(OptionsError::Usage), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn last_level_wins_like_getopt() {
+        assert_eq!(run(&["-l", "3", "-l", "4"]).expect("parses").level, 4);
+    }
+
+    #[test]
+    fn scores_file_option_beats_environment() {
+        let env = Some(OsString::from("/env/scores"));
+        let Ok(Parsed::Run(o)) = parse_from(["tetris"], env.clone()) else {
+            panic!("parse failed")
+        };
+        assert_eq!(o.scores_file, Some(PathBuf::from("/env/scores")));
+        let Ok(Parsed::Run(o)) = parse_from(["tetris", "--scores-file", "/opt/s"], env) else {
+            panic!("parse failed")
+        };
+        assert_eq!(o.scores_file, Some(PathBuf::from("/opt/s")));
+    }
+
+    #[test]
+    fn help_is_text_not_an_error() {
+        let Ok(Parsed::Help(text)) = parse_from(["tetris", "--help"], None) else {
+            panic!("no help")
+        };
+        assert!(text.contains("--headless"));
+    }
+
+    #[test]
+    fn stderr_lines_match_bsd() {
+        assert_eq!(
+            OptionsError::Usage.stderr_line(),
+            "usage: tetris [-bps] [-k keys] [-l level]"
+        );
+        assert_eq!(
+            OptionsError::BadLevel("0".into()).stderr_line(),
+            "tetris: level must be from 1 to 9"
+        );
+        assert_eq!(
+            OptionsError::DuplicateKeys.stderr_line(),
+            "tetris: duplicate command keys specified."
+        );
+    }
+}
