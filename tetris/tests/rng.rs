@@ -1,8 +1,8 @@
 //! The piece generator against its documented test vector and against `rand_xoshiro`.
 
-use proptest::prelude::*;
+use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use tetris::rng::{next_u64, randshape, seed_state};
 
 #[test]
