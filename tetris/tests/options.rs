@@ -1,0 +1,101 @@
+//! The real binary's command-line errors: BSD's messages on stderr, exit status 1.
+
+use std::process::{Command, Output};
+
+const USAGE: &str = "usage: tetris [-bps] [-k keys] [-l level]\n";
+
+fn tetris(args: &[&str]) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Command::new(env!("CARGO_BIN_EXE_tetris"))
+        .args(args)
+        // Never touch the real high-score file, even if an option error were missed.
+        .env("TETRIS_SCORES", dir.path().join("scores"))
+        .env("XDG_DATA_HOME", dir.path())
+        .output()
+        .expect("run tetris")
+}
+
+fn assert_fails_with(args: &[&str], stderr: &str) {
+    let out = tetris(args);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), stderr, "{args:?}");
+    assert!(out.stdout.is_empty(), "{args:?}");
+}
+
+#[test]
+fn bad_level_says_level_must_be_from_1_to_9() {
+    for bad in ["0", "10", "-1", "x", "2x", ""] {
+        assert_fails_with(&["-l", bad], "tetris: level must be from 1 to 9\n");
+    }
+    assert_fails_with(&["-l0"], "tetris: level must be from 1 to 9\n");
+}
+
+#[test]
+fn duplicate_keys_are_refused() {
+    assert_fails_with(
+        &["-k", "jjl pqn"],
+        "tetris: duplicate command keys specified.\n",
+    );
+    assert_fails_with(
+        &["-k", "abcdea"],
+        "tetris: duplicate command keys specified.\n",
+    );
+    // Six keys keep `n` as the down key, so a six-key map using `n` is a duplicate too.
+    assert_fails_with(
+        &["-k", "abcden"],
+        "tetris: duplicate command keys specified.\n",
+    );
+}
+
+#[test]
+fn wrong_key_count_prints_usage() {
+    for keys in ["", "abcde", "abcdefgh"] {
+        assert_fails_with(&["-k", keys], USAGE);
+    }
+}
+
+#[test]
+fn unknown_option_and_extra_argument_print_usage() {
+    assert_fails_with(&["-x"], USAGE);
+    assert_fails_with(&["-h"], USAGE);
+    assert_fails_with(&["--bogus"], USAGE);
+    assert_fails_with(&["extra"], USAGE);
+    assert_fails_with(&["-l", "3", "extra"], USAGE);
+    assert_fails_with(&["-l"], USAGE);
+}
+
+#[test]
+fn bad_seed_is_refused() {
+    assert_fails_with(
+        &["--headless", "--seed", "abc"],
+        "tetris: seed must be a number from 0 to 18446744073709551615, not \"abc\"\n",
+    );
+}
+
+#[test]
+fn help_goes_to_stdout_with_status_0() {
+    let out = tetris(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "-k",
+        "-l",
+        "--seed",
+        "--headless",
+        "--script",
+        "--scores-file",
+    ] {
+        assert!(text.contains(needle), "help mentions {needle}: {text}");
+    }
+    assert!(out.stderr.is_empty());
+}
+
+#[test]
+fn show_scores_exits_0_with_an_empty_table() {
+    let out = tetris(&["-s"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "\n\t\t\t    Tetris High Scores\n"
+    );
+}
