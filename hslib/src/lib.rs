@@ -1,1 +1,18 @@
-//! placeholder
+//! Hot Spare Library: application-driven incremental checkpoints to a spare process.
+//!
+//! Layers, bottom up (see the project's DESIGN.md):
+//! - [`sys`]: the only place with raw system calls and ioctls (userfaultfd, `PAGEMAP_SCAN`,
+//!   `mmap`/`mprotect`, the SIGSEGV handler).
+//! - [`region`]: checkpoint memory at addresses every process of the binary can map, with
+//!   typed placement of plain-old-data values.
+//! - [`track`]: which pages were written since the last checkpoint (uffd, mprotect, full).
+//! - [`runs`]: the scan result, sorted runs of pages.
+
+pub mod region;
+pub mod runs;
+pub mod sys;
+pub mod track;
+
+pub use region::{Region, RegionError, RegionId, Slot};
+pub use runs::{PageRun, PageRuns};
+pub use track::{Backend, DirtyPages, DirtyRegion, TrackError, Tracker};

@@ -1,0 +1,149 @@
+//! Anonymous mappings at fixed addresses, protection changes and advice.
+
+use nix::errno::Errno;
+
+/// Maps `len` bytes of private anonymous read-write memory at exactly `addr`, failing with
+/// `EEXIST` when any part of the range is already mapped (`MAP_FIXED_NOREPLACE`).
+pub fn map_fixed_noreplace(addr: usize, len: usize) -> Result<(), Errno> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory that Rust
+    // code references can be affected; the new mapping is owned by the caller.
+    let got = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if got == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    if got as usize != addr {
+        // Kernels before 4.17 ignore MAP_FIXED_NOREPLACE and treat `addr` as a hint.
+        // SAFETY: `got` is the mapping just created above, referenced by nothing else.
+        unsafe { libc::munmap(got, len) };
+        return Err(Errno::EEXIST);
+    }
+    Ok(())
+}
+
+/// Unmaps `[addr, addr + len)`.
+///
+/// # Safety
+/// No live reference may point into the range, and the caller must own the mapping.
+pub unsafe fn unmap(addr: usize, len: usize) -> Result<(), Errno> {
+    // SAFETY: the caller guarantees ownership and that nothing references the range.
+    Errno::result(unsafe { libc::munmap(addr as *mut libc::c_void, len) }).map(drop)
+}
+
+/// Makes `[addr, addr + len)` read-only.
+///
+/// Memory safety is unaffected (a later write faults instead of corrupting anything); the
+/// caller is responsible for handling that fault.
+pub fn protect_read(addr: usize, len: usize) -> Result<(), Errno> {
+    // SAFETY: removing write permission cannot invalidate any Rust value; writes fault.
+    Errno::result(unsafe { libc::mprotect(addr as *mut libc::c_void, len, libc::PROT_READ) })
+        .map(drop)
+}
+
+/// Makes `[addr, addr + len)` readable and writable.
+pub fn protect_read_write(addr: usize, len: usize) -> Result<(), Errno> {
+    // SAFETY: adding write permission to memory the caller mapped read-write before cannot
+    // invalidate any Rust value.
+    Errno::result(unsafe {
+        libc::mprotect(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    })
+    .map(drop)
+}
+
+/// Which `madvise(2)` advice to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advice {
+    /// `MADV_HUGEPAGE`: back the range with transparent huge pages where possible.
+    HugePage,
+    /// `MADV_NOHUGEPAGE`: never use transparent huge pages for the range.
+    NoHugePage,
+}
+
+/// Gives the kernel advice about `[addr, addr + len)` that does not change its contents.
+pub fn advise(addr: usize, len: usize, advice: Advice) -> Result<(), Errno> {
+    let raw = match advice {
+        Advice::HugePage => libc::MADV_HUGEPAGE,
+        Advice::NoHugePage => libc::MADV_NOHUGEPAGE,
+    };
+    // SAFETY: these advices only change how the range is backed, never its contents.
+    Errno::result(unsafe { libc::madvise(addr as *mut libc::c_void, len, raw) }).map(drop)
+}
+
+/// Discards `[addr, addr + len)` with `MADV_DONTNEED`: the pages read as zero afterwards.
+///
+/// # Safety
+/// The caller must own the range and accept that its contents become zero; no reference may
+/// rely on the old contents.
+pub unsafe fn discard(addr: usize, len: usize) -> Result<(), Errno> {
+    // SAFETY: the caller guarantees the range is theirs and zeroing it is intended.
+    Errno::result(unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) })
+        .map(drop)
+}
+
+/// Maps `len` bytes of private anonymous read-write memory wherever the kernel likes.
+pub fn map_anywhere(len: usize) -> Result<usize, Errno> {
+    // SAFETY: without MAP_FIXED the kernel picks a free range, so nothing existing changes.
+    let got = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if got == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    Ok(got as usize)
+}
+
+/// One private anonymous page owned by this value, for probing trackers; unmapped on drop.
+#[derive(Debug)]
+pub struct ScratchPage {
+    addr: usize,
+}
+
+impl ScratchPage {
+    /// Maps the page wherever the kernel likes.
+    pub fn new() -> Result<Self, Errno> {
+        Ok(Self {
+            addr: map_anywhere(super::PAGE_SIZE)?,
+        })
+    }
+
+    /// The page's address.
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    /// Writes the page's first byte (keeping its value), as a program's store would.
+    pub fn touch(&self) {
+        let p = self.addr as *mut u8;
+        // SAFETY: the page is mapped read-write by `new` and owned by `self`; nothing else
+        // references it. Volatile, so the store is not elided.
+        let v = unsafe { p.read_volatile() };
+        // SAFETY: as above.
+        unsafe { p.write_volatile(v) };
+    }
+}
+
+impl Drop for ScratchPage {
+    fn drop(&mut self) {
+        // SAFETY: `self` owns the page and hands out no references into it.
+        let _ = unsafe { unmap(self.addr, super::PAGE_SIZE) };
+    }
+}

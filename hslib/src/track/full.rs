@@ -1,0 +1,74 @@
+//! The `full` backend: no tracking, every page of every region counts as written.
+
+use super::{Backend, DirtyPages, DirtyRegion, TrackError, Tracked, Tracker, check_new, find};
+use crate::region::{Region, RegionId};
+use crate::runs::PageRuns;
+use crate::sys::PAGE_SIZE;
+
+/// Reports every page at every checkpoint. Always available.
+#[derive(Debug, Default)]
+pub struct FullTracker {
+    regions: Vec<Tracked>,
+}
+
+impl FullTracker {
+    /// A tracker with no regions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Tracker for FullTracker {
+    fn backend(&self) -> Backend {
+        Backend::Full
+    }
+
+    fn register(&mut self, region: &Region) -> Result<(), TrackError> {
+        check_new(&self.regions, region)?;
+        self.regions.push(Tracked::new(region));
+        Ok(())
+    }
+
+    fn unregister(&mut self, id: RegionId) -> Result<(), TrackError> {
+        let i = find(&self.regions, id)?;
+        self.regions.remove(i);
+        Ok(())
+    }
+
+    fn collect_dirty(&mut self) -> Result<DirtyPages, TrackError> {
+        let regions = self
+            .regions
+            .iter()
+            .map(|t| {
+                let mut runs = PageRuns::new();
+                runs.push(0, t.len / PAGE_SIZE);
+                DirtyRegion {
+                    id: t.id,
+                    base: t.base,
+                    runs,
+                }
+            })
+            .collect();
+        Ok(DirtyPages { regions })
+    }
+
+    fn prepare_kernel_write(
+        &mut self,
+        id: RegionId,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), TrackError> {
+        let t = &self.regions[find(&self.regions, id)?];
+        t.pages_of(offset, len).map(drop)
+    }
+
+    fn discard(
+        &mut self,
+        region: &mut Region,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), TrackError> {
+        let t = &self.regions[find(&self.regions, region.id())?];
+        super::discard_range(t, region, offset, len)
+    }
+}

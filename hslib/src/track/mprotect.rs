@@ -1,0 +1,140 @@
+//! The `mprotect` backend: regions are read-only between checkpoints; the process-wide
+//! SIGSEGV handler in [`crate::sys::segv`] records the first write to each page in a bitmap
+//! and makes the page writable.
+//!
+//! Limit: the kernel does not fault on our behalf when *it* writes to a protected page, so
+//! `read(2)` (or any system call that stores into user memory) into a protected page fails
+//! with `EFAULT`. Call [`Tracker::prepare_kernel_write`] on the destination first.
+
+use super::{
+    Backend, DirtyPages, DirtyRegion, TrackError, Tracked, Tracker, check_new, discard_range,
+};
+use crate::region::{Region, RegionId};
+use crate::runs::PageRuns;
+use crate::sys::segv::{self, Registration};
+use crate::sys::{PAGE_SIZE, mman};
+
+/// Exact tracking through page protection and a SIGSEGV handler; costs a signal and an
+/// `mprotect` per first write and one `mprotect` per dirty run per checkpoint. At most
+/// [`segv::MAX_REGIONS`] regions process-wide.
+#[derive(Debug)]
+pub struct MprotectTracker {
+    regions: Vec<(Tracked, Registration)>,
+}
+
+impl MprotectTracker {
+    /// Installs the process-wide SIGSEGV handler (once) and returns an empty tracker.
+    pub fn new() -> Result<Self, TrackError> {
+        crate::sys::check_page_size().map_err(TrackError::PageSize)?;
+        segv::install().map_err(|e| TrackError::Unavailable {
+            backend: Backend::Mprotect,
+            reason: format!("installing the SIGSEGV handler failed: {e}"),
+        })?;
+        Ok(Self {
+            regions: Vec::new(),
+        })
+    }
+
+    fn index(&self, id: RegionId) -> Result<usize, TrackError> {
+        self.regions
+            .iter()
+            .position(|(t, _)| t.id == id)
+            .ok_or(TrackError::NotRegistered(id))
+    }
+}
+
+impl Tracker for MprotectTracker {
+    fn backend(&self) -> Backend {
+        Backend::Mprotect
+    }
+
+    fn register(&mut self, region: &Region) -> Result<(), TrackError> {
+        let tracked: Vec<Tracked> = self.regions.iter().map(|(t, _)| t.clone()).collect();
+        check_new(&tracked, region)?;
+        let t = Tracked::new(region);
+        let reg = segv::claim(t.base, t.len).map_err(t.sys(
+            "claiming a SIGSEGV table slot",
+            t.base,
+            t.len,
+        ))?;
+        mman::protect_read(t.base, t.len).map_err(t.sys("mprotect(PROT_READ)", t.base, t.len))?;
+        self.regions.push((t, reg));
+        Ok(())
+    }
+
+    fn unregister(&mut self, id: RegionId) -> Result<(), TrackError> {
+        let i = self.index(id)?;
+        let (t, _) = &self.regions[i];
+        // Writable first, so no fault can look for the bitmap the registration frees.
+        mman::protect_read_write(t.base, t.len).map_err(t.sys(
+            "mprotect(PROT_READ|PROT_WRITE)",
+            t.base,
+            t.len,
+        ))?;
+        self.regions.remove(i);
+        Ok(())
+    }
+
+    fn collect_dirty(&mut self) -> Result<DirtyPages, TrackError> {
+        let mut out = Vec::with_capacity(self.regions.len());
+        for (t, reg) in &mut self.regions {
+            let mut runs = PageRuns::new();
+            reg.take_dirty(|page| runs.push(page, 1));
+            for r in &runs {
+                let (addr, len) = (t.base + r.start * PAGE_SIZE, r.count * PAGE_SIZE);
+                mman::protect_read(addr, len).map_err(t.sys("mprotect(PROT_READ)", addr, len))?;
+            }
+            if !t.forced.is_empty() {
+                runs = runs.union(&t.forced);
+                t.forced.clear();
+            }
+            out.push(DirtyRegion {
+                id: t.id,
+                base: t.base,
+                runs,
+            });
+        }
+        Ok(DirtyPages { regions: out })
+    }
+
+    fn prepare_kernel_write(
+        &mut self,
+        id: RegionId,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), TrackError> {
+        let (t, reg) = &self.regions[self.index(id)?];
+        let (first, count) = t.pages_of(offset, len)?;
+        // Mark before unprotecting: once writable, a write would go unrecorded.
+        reg.mark(first, count);
+        let addr = t.base + offset;
+        mman::protect_read_write(addr, len).map_err(t.sys(
+            "mprotect(PROT_READ|PROT_WRITE)",
+            addr,
+            len,
+        ))
+    }
+
+    fn discard(
+        &mut self,
+        region: &mut Region,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), TrackError> {
+        let (t, reg) = &self.regions[self.index(region.id())?];
+        let (first, count) = t.pages_of(offset, len)?;
+        discard_range(t, region, offset, len)?;
+        // The zapped pages keep their protection; marking them makes collect_dirty report
+        // them and protect the ones that were writable again.
+        reg.mark(first, count);
+        Ok(())
+    }
+}
+
+impl Drop for MprotectTracker {
+    fn drop(&mut self) {
+        for (t, _) in &self.regions {
+            let _ = mman::protect_read_write(t.base, t.len);
+        }
+    }
+}
