@@ -29,8 +29,8 @@ pub const MAX_ENTRIES: usize = 80;
 pub const MAX_PER_USER: usize = 9;
 /// Age after which an entry is dropped unless it is a level's best (BSD `EXPIRATION`).
 pub const EXPIRATION_SECS: i64 = 5 * 365 * 24 * 60 * 60;
-/// Longest name kept, in bytes (BSD `hs_name[20]` with its terminating NUL).
-pub const MAX_NAME_BYTES: usize = 19;
+/// Longest name kept, in characters (BSD `hs_name[20]` with its terminating NUL).
+pub const MAX_NAME_CHARS: usize = 19;
 /// Entries per page of the printed table (BSD shows 40 per screenful).
 pub const PAGE: usize = 40;
 /// BSD's table heading.
@@ -44,7 +44,7 @@ const VERSION: u32 = 1;
 /// One high score.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// Login name, at most [`MAX_NAME_BYTES`] bytes.
+    /// Login name, at most [`MAX_NAME_CHARS`] characters.
     pub name: String,
     /// Points (the score is `points * level`).
     pub points: u32,
@@ -161,17 +161,13 @@ pub fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// `name` cut to at most [`MAX_NAME_BYTES`] bytes, on a character boundary.
+/// `name` cut to at most [`MAX_NAME_CHARS`] characters (BSD cuts bytes; names are ASCII there).
 pub fn cut_name(name: &str) -> String {
-    let mut end = name.len().min(MAX_NAME_BYTES);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].to_owned()
+    name.chars().take(MAX_NAME_CHARS).collect()
 }
 
 /// The player's name: the login name of the real uid, else `$USER`/`$LOGNAME`, else BSD's
-/// `  ???`; cut to [`MAX_NAME_BYTES`].
+/// `  ???`; cut to [`MAX_NAME_CHARS`].
 pub fn this_user() -> String {
     let from_passwd = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
@@ -308,7 +304,7 @@ fn validate(body: FileBody) -> Result<Vec<Entry>, String> {
         if !(MIN_LEVEL..=MAX_LEVEL).contains(&e.level) {
             return Err(format!("entry for {:?} has level {}", e.name, e.level));
         }
-        if e.name.is_empty() || e.name.len() > MAX_NAME_BYTES {
+        if e.name.is_empty() || e.name.chars().count() > MAX_NAME_CHARS {
             return Err(format!("entry name {:?} is empty or too long", e.name));
         }
     }
