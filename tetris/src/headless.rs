@@ -47,7 +47,7 @@ pub fn feed(state: &mut GameState, script: &[u8]) -> u64 {
         }
         feed_byte(state, b);
     }
-    state.inputs - before
+    state.inputs.wrapping_sub(before)
 }
 
 /// A new game for `options` and `seed` with all of `script` applied.

@@ -323,16 +323,15 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Entry>, String> {
 }
 
 /// The file's bytes for `table`.
-pub fn serialize(table: &[Entry]) -> Vec<u8> {
+pub fn serialize(table: &[Entry]) -> Result<Vec<u8>, serde_json::Error> {
     let body = FileBody {
         format: FORMAT.to_owned(),
         version: VERSION,
         entries: table.to_vec(),
     };
-    // Serialising plain structs of strings and integers cannot fail.
-    let mut bytes = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    let mut bytes = serde_json::to_vec_pretty(&body)?;
     bytes.push(b'\n');
-    bytes
+    Ok(bytes)
 }
 
 /// `<file>.lock`: the stable file every reader and writer locks.
@@ -411,8 +410,9 @@ fn write_table(path: &Path, table: &[Entry]) -> Result<(), ScoresError> {
         source,
     };
     let result = (|| {
+        let bytes = serialize(table).map_err(|e| werr(io::Error::other(e)))?;
         let mut f = File::create(&tmp).map_err(werr)?;
-        f.write_all(&serialize(table)).map_err(werr)?;
+        f.write_all(&bytes).map_err(werr)?;
         f.sync_all().map_err(werr)?;
         fs::rename(&tmp, path).map_err(|source| ScoresError::Write {
             path: path.to_owned(),
