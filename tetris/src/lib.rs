@@ -5,10 +5,15 @@
 //! command line; [`scores`] keeps the high-score file; the terminal side (screen, input, clock)
 //! lives next to [`play`], the interactive main loop that ties them together.
 
+pub mod clock;
 pub mod headless;
+pub mod input;
 pub mod options;
 pub mod play;
 pub mod rng;
 pub mod rules;
 pub mod scores;
+pub mod screen;
+pub mod signals;
 pub mod state;
+pub mod terminal;

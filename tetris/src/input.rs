@@ -1,0 +1,335 @@
+//! Keys from the terminal, as the bytes typed, with the arrow keys mapped onto the key map.
+//!
+//! [`Source::wait`] is the game's only blocking point: it waits for a key, a signal or the
+//! timeout. [`KeyDecoder`] turns raw terminal bytes into key bytes: plain bytes pass through
+//! unchanged (BSD reads single bytes), cursor-key sequences become the key map's left,
+//! rotate (up), right and down bytes, other escape sequences are swallowed.
+
+use std::collections::VecDeque;
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::signals::{Caught, Signals};
+use crate::state::key;
+
+/// How long an ESC at the end of a read waits for the rest of a sequence before it counts
+/// as a key by itself.
+pub const ESC_DELAY: Duration = Duration::from_millis(25);
+
+const ESC: u8 = 0x1b;
+
+/// What went wrong while reading the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// Polling the terminal and the signal pipe failed.
+    #[error("polling the terminal (fd {fd}) failed: {source}")]
+    Poll {
+        /// The terminal's fd.
+        fd: i32,
+        /// The OS error.
+        source: nix::Error,
+    },
+    /// Reading the terminal failed.
+    #[error("reading the terminal (fd {fd}) failed: {source}")]
+    Read {
+        /// The terminal's fd.
+        fd: i32,
+        /// The OS error.
+        source: nix::Error,
+    },
+}
+
+/// What ended a wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A key, as the byte the game's rules take (arrows already mapped).
+    Key(u8),
+    /// The timeout passed without a key.
+    Timeout,
+    /// A signal arrived.
+    Signal(Caught),
+    /// The terminal reached end of file or hung up.
+    Eof,
+}
+
+/// Where the game loop gets its events from.
+pub trait Source {
+    /// Waits at most `timeout` (`None`: for ever) for the next event.
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<Event, InputError>;
+}
+
+/// Turns terminal bytes into key bytes.
+#[derive(Clone, Debug)]
+pub struct KeyDecoder {
+    keys: [u8; 7],
+    pending: Vec<u8>,
+}
+
+/// How a prefix of the input decodes.
+enum Decoded {
+    /// `len` bytes make this key.
+    Key(u8, usize),
+    /// `len` bytes are a sequence the game ignores.
+    Skip(usize),
+    /// The bytes may be the start of a sequence: wait for more.
+    Incomplete,
+}
+
+impl KeyDecoder {
+    /// A decoder mapping arrows onto `keys` (indexed by [`key`]).
+    pub fn new(keys: [u8; 7]) -> Self {
+        Self {
+            keys,
+            pending: Vec::new(),
+        }
+    }
+
+    /// True while the start of an escape sequence waits for its end.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Decodes `bytes` (after whatever was pending), appending complete keys to `out`.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut VecDeque<u8>) {
+        self.pending.extend_from_slice(bytes);
+        let mut start = 0;
+        while start < self.pending.len() {
+            match self.decode(&self.pending[start..]) {
+                Decoded::Key(k, len) => {
+                    out.push_back(k);
+                    start += len;
+                }
+                Decoded::Skip(len) => start += len,
+                Decoded::Incomplete => break,
+            }
+        }
+        self.pending.drain(..start);
+    }
+
+    /// Gives up waiting for the rest of a sequence: a lone ESC is a key; what follows it is
+    /// decoded afresh.
+    pub fn flush(&mut self, out: &mut VecDeque<u8>) {
+        if self.pending.first() == Some(&ESC) {
+            out.push_back(ESC);
+            let rest = self.pending.split_off(1);
+            self.pending.clear();
+            self.feed(&rest, out);
+            // What remains can only be another incomplete sequence: flush it too.
+            if self.has_pending() {
+                self.flush(out);
+            }
+        }
+    }
+
+    fn arrow(&self, final_byte: u8) -> Option<u8> {
+        let index = match final_byte {
+            b'A' => key::ROTATE,
+            b'B' => key::DOWN,
+            b'C' => key::RIGHT,
+            b'D' => key::LEFT,
+            _ => return None,
+        };
+        Some(self.keys[index])
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Decoded {
+        match bytes {
+            [] => Decoded::Incomplete,
+            [ESC] => Decoded::Incomplete,
+            // CSI: parameters 0x30-0x3f, intermediates 0x20-0x2f, a final byte 0x40-0x7e.
+            [ESC, b'[', rest @ ..] => {
+                match rest.iter().position(|b| !(0x20..=0x3f).contains(b)) {
+                    None => Decoded::Incomplete,
+                    Some(i) if (0x40..=0x7e).contains(&rest[i]) => match self.arrow(rest[i]) {
+                        Some(k) => Decoded::Key(k, i + 3),
+                        None => Decoded::Skip(i + 3),
+                    },
+                    // Not a well-formed sequence: the ESC is a key on its own.
+                    Some(_) => Decoded::Key(ESC, 1),
+                }
+            }
+            // SS3 (application cursor mode): ESC O and one byte.
+            [ESC, b'O'] => Decoded::Incomplete,
+            [ESC, b'O', b, ..] => match self.arrow(*b) {
+                Some(k) => Decoded::Key(k, 3),
+                None => Decoded::Skip(3),
+            },
+            [first, ..] => Decoded::Key(*first, 1),
+        }
+    }
+}
+
+/// Keys from the terminal on `tty` and signals from `signals`: the real [`Source`].
+#[derive(Debug)]
+pub struct TerminalInput<'a> {
+    tty: BorrowedFd<'a>,
+    signals: &'a Signals,
+    decoder: KeyDecoder,
+    keys: VecDeque<u8>,
+    caught: VecDeque<Caught>,
+    esc_since: Option<Instant>,
+}
+
+impl<'a> TerminalInput<'a> {
+    /// Reads keys from `tty` (the game's stdin), mapping arrows onto `keys`.
+    pub fn new(tty: BorrowedFd<'a>, signals: &'a Signals, keys: [u8; 7]) -> Self {
+        Self {
+            tty,
+            signals,
+            decoder: KeyDecoder::new(keys),
+            keys: VecDeque::new(),
+            caught: VecDeque::new(),
+            esc_since: None,
+        }
+    }
+
+    fn fd(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&self.tty)
+    }
+}
+
+impl Source for TerminalInput<'_> {
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<Event, InputError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            self.caught.extend(self.signals.take());
+            if let Some(caught) = self.caught.pop_front() {
+                return Ok(Event::Signal(caught));
+            }
+            if let Some(k) = self.keys.pop_front() {
+                return Ok(Event::Key(k));
+            }
+            let now = Instant::now();
+            // A pending ESC becomes a key once ESC_DELAY has passed without its sequence.
+            let esc_deadline = self.esc_since.map(|t| t + ESC_DELAY);
+            if esc_deadline.is_some_and(|d| now >= d) {
+                self.esc_since = None;
+                self.decoder.flush(&mut self.keys);
+                continue;
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(Event::Timeout);
+            }
+            let wake_at = match (deadline, esc_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let poll_timeout = match wake_at {
+                None => PollTimeout::NONE,
+                // Round up so a wake-up never comes before the deadline and spins.
+                Some(at) => {
+                    let left = at.saturating_duration_since(now);
+                    let ms = left.as_micros().div_ceil(1000);
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [
+                PollFd::new(self.tty, PollFlags::POLLIN),
+                PollFd::new(self.signals.wake_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, poll_timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(source) => {
+                    return Err(InputError::Poll {
+                        fd: self.fd(),
+                        source,
+                    });
+                }
+            }
+            let tty_events = fds[0].revents().unwrap_or(PollFlags::empty());
+            if !tty_events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                continue;
+            }
+            let mut buf = [0u8; 256];
+            match nix::unistd::read(self.tty, &mut buf) {
+                Ok(0) | Err(Errno::EIO) => return Ok(Event::Eof),
+                Ok(n) => {
+                    self.decoder.feed(&buf[..n], &mut self.keys);
+                    self.esc_since = self.decoder.has_pending().then(Instant::now);
+                }
+                Err(Errno::EINTR | Errno::EAGAIN) => {}
+                Err(source) => {
+                    return Err(InputError::Read {
+                        fd: self.fd(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::DEFAULT_KEYS;
+
+    fn decode_all(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
+        let mut d = KeyDecoder::new(DEFAULT_KEYS);
+        let mut out = VecDeque::new();
+        for c in chunks {
+            d.feed(c, &mut out);
+        }
+        (out.into_iter().collect(), d.has_pending())
+    }
+
+    #[test]
+    fn plain_bytes_pass_through_unchanged() {
+        assert_eq!(
+            decode_all(&[b"jkl pqn\x0c\r"]),
+            (b"jkl pqn\x0c\r".to_vec(), false)
+        );
+    }
+
+    #[test]
+    fn arrows_map_to_left_rotate_right_down_of_the_key_map() {
+        let (keys, pending) = decode_all(&[b"\x1b[D\x1b[A\x1b[C\x1b[B"]);
+        assert_eq!(keys, b"jkln".to_vec());
+        assert!(!pending);
+    }
+
+    #[test]
+    fn arrows_follow_a_custom_key_map() {
+        let mut d = KeyDecoder::new(*b"adwsxqz");
+        let mut out = VecDeque::new();
+        d.feed(b"\x1bOD\x1bOA\x1bOC\x1bOB", &mut out);
+        assert_eq!(out.into_iter().collect::<Vec<_>>(), b"adwz".to_vec());
+    }
+
+    #[test]
+    fn sequences_split_across_reads_are_joined() {
+        assert_eq!(
+            decode_all(&[b"j\x1b", b"[", b"1;5", b"Cl"]),
+            (b"jll".to_vec(), false)
+        );
+    }
+
+    #[test]
+    fn other_sequences_are_swallowed() {
+        // F1 (SS3 P), F5 (CSI 15~), a cursor position report.
+        assert_eq!(
+            decode_all(&[b"\x1bOPj\x1b[15~k\x1b[12;40Rl"]),
+            (b"jkl".to_vec(), false)
+        );
+    }
+
+    #[test]
+    fn a_trailing_esc_waits_then_flushes_as_a_key() {
+        let mut d = KeyDecoder::new(DEFAULT_KEYS);
+        let mut out = VecDeque::new();
+        d.feed(b"j\x1b", &mut out);
+        assert_eq!(out, [b'j']);
+        assert!(d.has_pending());
+        d.flush(&mut out);
+        assert_eq!(out, [b'j', ESC]);
+        assert!(!d.has_pending());
+    }
+
+    #[test]
+    fn esc_then_a_plain_key_gives_both() {
+        assert_eq!(decode_all(&[b"\x1bj"]), (vec![ESC, b'j'], false));
+    }
+}
