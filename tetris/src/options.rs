@@ -158,6 +158,7 @@ fn command() -> clap::Command {
         .arg(
             Arg::new("seed")
                 .long("seed")
+                .allow_hyphen_values(true)
                 .value_name("N")
                 .value_parser(value_parser!(OsString))
                 .help("seed the piece generator (default: from the OS)"),
@@ -165,6 +166,7 @@ fn command() -> clap::Command {
         .arg(
             Arg::new("scores-file")
                 .long("scores-file")
+                .allow_hyphen_values(true)
                 .value_name("PATH")
                 .value_parser(value_parser!(PathBuf))
                 .help("high-score file (default: $TETRIS_SCORES, else the data directory)"),
@@ -178,6 +180,7 @@ fn command() -> clap::Command {
         .arg(
             Arg::new("script")
                 .long("script")
+                .allow_hyphen_values(true)
                 .value_name("FILE")
                 .value_parser(value_parser!(PathBuf))
                 .help("headless input (default or `-`: stdin)"),
@@ -214,13 +217,104 @@ pub fn parse_keys(raw: &[u8]) -> Result<[u8; 7], OptionsError> {
     Ok(keys)
 }
 
+/// Long options that take a value (the next argument unless given as `--name=value`).
+const LONG_WITH_VALUE: [&str; 3] = ["seed", "scores-file", "script"];
+/// Long options without a value.
+const LONG_FLAGS: [&str; 2] = ["headless", "help"];
+
+/// BSD's `getopt("bk:l:ps")` loop, in argument order: `-k` lengths and `-l` levels are checked
+/// as they come, an unknown option or a missing value is a usage error, and `-s` shows the
+/// scores at once, before anything later on the line is looked at. Returns true when `-s` was
+/// reached. Long options (the port's additions) are stepped over; the first non-option
+/// argument ends the loop as in NetBSD's getopt.
+fn getopt_pass(args: &[OsString]) -> Result<bool, OptionsError> {
+    let mut i = 1;
+    while let Some(arg) = args.get(i) {
+        let bytes = arg.as_bytes();
+        i += 1;
+        if bytes == b"--" || bytes.first() != Some(&b'-') || bytes.len() == 1 {
+            break;
+        }
+        if let Some(long) = bytes.strip_prefix(b"--") {
+            let name = long.split(|&b| b == b'=').next().unwrap_or_default();
+            let has_value = long.contains(&b'=');
+            if LONG_WITH_VALUE.iter().any(|n| n.as_bytes() == name) {
+                if !has_value {
+                    i += 1;
+                }
+            } else if !LONG_FLAGS.iter().any(|n| n.as_bytes() == name) {
+                return Err(OptionsError::Usage);
+            }
+            continue;
+        }
+        for (at, &c) in bytes.iter().enumerate().skip(1) {
+            match c {
+                b'b' | b'p' => {}
+                b's' => return Ok(true),
+                b'k' | b'l' => {
+                    let value = if at + 1 < bytes.len() {
+                        OsString::from(std::ffi::OsStr::from_bytes(&bytes[at + 1..]))
+                    } else {
+                        let v = args.get(i).cloned().ok_or(OptionsError::Usage)?;
+                        i += 1;
+                        v
+                    };
+                    if c == b'k' {
+                        if !matches!(value.len(), 6 | 7) {
+                            return Err(OptionsError::Usage);
+                        }
+                    } else {
+                        parse_level(&value)?;
+                    }
+                    break;
+                }
+                _ => return Err(OptionsError::Usage),
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The last `--scores-file` value anywhere on the line, for `-s` shown before full parsing.
+fn scores_file_anywhere(args: &[OsString]) -> Option<PathBuf> {
+    let mut found = None;
+    let mut it = args.iter().skip(1);
+    while let Some(arg) = it.next() {
+        let bytes = arg.as_bytes();
+        if bytes == b"--scores-file" {
+            found = it.next().map(PathBuf::from);
+        } else if let Some(v) = bytes.strip_prefix(b"--scores-file=") {
+            found = Some(PathBuf::from(std::ffi::OsStr::from_bytes(v)));
+        }
+    }
+    found
+}
+
 /// Parses `args` (program name first); `scores_env` is the value of `TETRIS_SCORES`.
+///
+/// The errors come in BSD's order: first whatever its getopt loop meets (so `-s -x` shows the
+/// scores, `-x -s` is a usage error, `-l 0 -k abc` a level error), then extra arguments,
+/// then duplicate keys.
 pub fn parse_from<I, T>(args: I, scores_env: Option<OsString>) -> Result<Parsed, OptionsError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let m = match command().try_get_matches_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let env_file = || {
+        scores_env
+            .clone()
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if getopt_pass(&args)? {
+        return Ok(Parsed::Run(Options {
+            show_scores: true,
+            scores_file: scores_file_anywhere(&args).or_else(env_file),
+            ..Options::default()
+        }));
+    }
+    let m = match command().try_get_matches_from(&args) {
         Ok(m) => m,
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
             return Ok(Parsed::Help(e.render().to_string()));
@@ -235,11 +329,11 @@ where
         script: m.get_one::<PathBuf>("script").cloned(),
         ..Options::default()
     };
-    if let Some(raw) = m.get_one::<OsString>("keys") {
-        o.keys = parse_keys(raw.as_bytes())?;
-    }
     if let Some(raw) = m.get_one::<OsString>("level") {
         o.level = parse_level(raw)?;
+    }
+    if let Some(raw) = m.get_one::<OsString>("keys") {
+        o.keys = parse_keys(raw.as_bytes())?;
     }
     if let Some(raw) = m.get_one::<OsString>("seed") {
         let text = raw.to_string_lossy();
@@ -251,7 +345,7 @@ where
     o.scores_file = m
         .get_one::<PathBuf>("scores-file")
         .cloned()
-        .or_else(|| scores_env.filter(|v| !v.is_empty()).map(PathBuf::from));
+        .or_else(env_file);
     Ok(Parsed::Run(o))
 }
 
@@ -283,8 +377,8 @@ mod tests {
 
     #[test]
     fn bundled_flags_and_attached_values_parse_like_getopt() {
-        let o = run(&["-bps", "-l5", "-kasdfgh"]).expect("parses");
-        assert!(o.black_and_white && o.preview && o.show_scores);
+        let o = run(&["-bp", "-l5", "-kasdfgh"]).expect("parses");
+        assert!(o.black_and_white && o.preview && !o.show_scores);
         assert_eq!(o.level, 5);
         assert_eq!(&o.keys, b"asdfghn");
     }
@@ -326,6 +420,56 @@ mod tests {
         ] {
             assert_eq!(run(args), Err(OptionsError::Usage), "{args:?}");
         }
+    }
+
+    #[test]
+    fn errors_and_dash_s_come_in_getopt_order() {
+        // -s shows the scores as soon as getopt reaches it.
+        for args in [
+            &["-s", "-x"][..],
+            &["-s", "-l", "0"],
+            &["-s", "extra"],
+            &["-bs", "-k", "abc"],
+            &["-k", "aabcdef", "-s"], // duplicates are only checked after the loop
+            &["-l", "3", "-s"],
+        ] {
+            let o = run(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(o.show_scores, "{args:?}");
+        }
+        // Anything getopt meets before -s wins.
+        assert_eq!(run(&["-x", "-s"]), Err(OptionsError::Usage));
+        assert_eq!(
+            run(&["-l", "0", "-s"]),
+            Err(OptionsError::BadLevel("0".into()))
+        );
+        assert_eq!(run(&["-k", "abc", "-s"]), Err(OptionsError::Usage));
+        // Level and -k length in argument order, duplicates last, extra arguments before them.
+        assert_eq!(
+            run(&["-l", "0", "-k", "abc"]),
+            Err(OptionsError::BadLevel("0".into()))
+        );
+        assert_eq!(run(&["-k", "abc", "-l", "0"]), Err(OptionsError::Usage));
+        assert_eq!(
+            run(&["-k", "aabcdef", "-l", "0"]),
+            Err(OptionsError::BadLevel("0".into()))
+        );
+        assert_eq!(run(&["-k", "aabcdef", "extra"]), Err(OptionsError::Usage));
+    }
+
+    #[test]
+    fn dash_s_early_still_finds_the_scores_file() {
+        let o = run(&["-s", "-x", "--scores-file", "/a/b"]).expect("scores");
+        assert_eq!(o.scores_file, Some(PathBuf::from("/a/b")));
+        let o = run(&["-s", "--scores-file=/c"]).expect("scores");
+        assert_eq!(o.scores_file, Some(PathBuf::from("/c")));
+    }
+
+    #[test]
+    fn long_options_are_stepped_over_by_the_getopt_pass() {
+        let o = run(&["--seed", "-5x", "--headless"]);
+        assert_eq!(o, Err(OptionsError::BadSeed("-5x".into())));
+        let o = run(&["--seed=7", "--script", "-", "-l", "4"]).expect("parses");
+        assert_eq!((o.seed, o.level), (Some(7), 4));
     }
 
     #[test]

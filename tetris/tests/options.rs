@@ -99,3 +99,16 @@ fn show_scores_exits_0_with_an_empty_table() {
         "\n\t\t\t    Tetris High Scores\n"
     );
 }
+
+#[test]
+fn dash_s_is_acted_on_where_getopt_meets_it() {
+    // As in BSD (and Debian's tetris-bsd): `-s -x` shows the scores, `-x -s` is a usage error.
+    let out = tetris(&["-s", "-x"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "\n\t\t\t    Tetris High Scores\n"
+    );
+    assert_fails_with(&["-x", "-s"], USAGE);
+    assert_fails_with(&["-l", "0", "-s"], "tetris: level must be from 1 to 9\n");
+}
