@@ -175,11 +175,10 @@ where
         let start = clock.now();
         let event = input.wait(timeout)?;
         let waited = clock.now().saturating_sub(start);
-        if !frozen {
-            let waited_us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
-            state.timer_left_us = state.timer_left_us.saturating_sub(waited_us);
-        }
+        let waited_us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
         match event {
+            // The timer stays armed (non-zero) so step does not re-arm it a second time;
+            // step marks it expired.
             Event::Timeout => {
                 let before = *state;
                 let outcome = rules::step(state, Input::Timer, Mode::Interactive);
@@ -191,12 +190,20 @@ where
                 }
             }
             Event::Key(k) => {
+                if !frozen {
+                    // BSD's rwait: a key arriving at or after expiry uses the expiry up.
+                    state.timer_left_us = state.timer_left_us.saturating_sub(waited_us);
+                }
                 let outcome = rules::step(state, Input::Key(k), Mode::Interactive);
                 if outcome.redraw {
                     redraw(front, state, &View::of(state, colour))?;
                 }
             }
             Event::Signal(caught) => {
+                if !frozen {
+                    // A signal must not swallow an expiry: at least 1 µs stays to wait.
+                    state.timer_left_us = state.timer_left_us.saturating_sub(waited_us).max(1);
+                }
                 if let After::End(ending) =
                     on_signal(caught, front, state, &View::of(state, colour))?
                 {
@@ -326,4 +333,295 @@ pub fn elide_frames(board: &[u8; B_SIZE]) -> Vec<[u8; B_SIZE]> {
         }
     }
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+
+    use ratatui::backend::TestBackend;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::input::InputError;
+    use crate::state::{DEFAULT_KEYS, SPAWN_POS};
+
+    /// Level 1's fall rate after the first re-arm: 1_000_000 - 1_000_000 / 3000.
+    const FIRST_ARM_US: u64 = 999_667;
+
+    /// Events at fixed virtual times; records every timeout it was asked to wait.
+    struct Scripted {
+        clock: ManualClock,
+        events: VecDeque<(Duration, Event)>,
+        waits: Vec<Option<Duration>>,
+        /// Set when Ctrl-L is delivered, so the frontend scribbles on the screen just then.
+        scribble_on_ctrl_l: Option<Rc<Cell<bool>>>,
+    }
+
+    impl Scripted {
+        fn new(clock: &ManualClock, events: &[(u64, Event)]) -> Self {
+            Self {
+                clock: clock.clone(),
+                events: events
+                    .iter()
+                    .map(|&(us, e)| (Duration::from_micros(us), e))
+                    .collect(),
+                waits: Vec::new(),
+                scribble_on_ctrl_l: None,
+            }
+        }
+
+        fn waits_us(&self) -> Vec<Option<u64>> {
+            self.waits
+                .iter()
+                .map(|w| w.map(|d| u64::try_from(d.as_micros()).unwrap()))
+                .collect()
+        }
+    }
+
+    impl Source for Scripted {
+        fn wait(&mut self, timeout: Option<Duration>) -> Result<Event, InputError> {
+            self.waits.push(timeout);
+            let now = self.clock.now();
+            match self.events.front() {
+                Some(&(at, event)) if timeout.is_none_or(|t| at <= now + t) => {
+                    self.events.pop_front();
+                    self.clock.advance_to(at);
+                    if let (Event::Key(rules::CTRL_L), Some(flag)) =
+                        (event, &self.scribble_on_ctrl_l)
+                    {
+                        flag.set(true);
+                    }
+                    Ok(event)
+                }
+                _ => match timeout {
+                    Some(t) => {
+                        self.clock.advance(t);
+                        Ok(Event::Timeout)
+                    }
+                    // The script ran out while the game waits for ever: end it loudly.
+                    None => Ok(Event::Eof),
+                },
+            }
+        }
+    }
+
+    struct TestFrontend {
+        terminal: Terminal<TestBackend>,
+        suspends: usize,
+        resumes: usize,
+        scribble: Option<Rc<Cell<bool>>>,
+    }
+
+    impl TestFrontend {
+        fn new() -> Self {
+            Self {
+                terminal: Terminal::new(TestBackend::new(80, 24)).unwrap(),
+                suspends: 0,
+                resumes: 0,
+                scribble: None,
+            }
+        }
+
+        fn row(&self, y: u16) -> String {
+            let buf = self.terminal.backend().buffer();
+            (0..buf.area.width)
+                .map(|x| buf[(x, y)].symbol().to_owned())
+                .collect::<String>()
+                .trim_end()
+                .to_owned()
+        }
+    }
+
+    impl Frontend for TestFrontend {
+        type Backend = TestBackend;
+        fn terminal(&mut self) -> &mut Terminal<TestBackend> {
+            if self.scribble.as_ref().is_some_and(|f| f.replace(false)) {
+                let x = ratatui::buffer::Cell::new("X");
+                self.terminal
+                    .backend_mut()
+                    .draw(std::iter::once((0, 0, &x)))
+                    .unwrap();
+            }
+            &mut self.terminal
+        }
+        fn suspend(&mut self) -> anyhow::Result<()> {
+            self.suspends += 1;
+            Ok(())
+        }
+        fn resume(&mut self) -> anyhow::Result<()> {
+            self.resumes += 1;
+            Ok(())
+        }
+    }
+
+    fn key(k: u8) -> Event {
+        Event::Key(k)
+    }
+
+    fn play_script(
+        state: &mut GameState,
+        events: &[(u64, Event)],
+    ) -> (anyhow::Result<Ending>, Scripted, TestFrontend) {
+        let clock = ManualClock::new();
+        let mut input = Scripted::new(&clock, events);
+        let mut front = TestFrontend::new();
+        let ending = game_loop(state, true, &mut front, &mut input, &clock);
+        (ending, input, front)
+    }
+
+    fn level1() -> GameState {
+        rules::new_game(42, 1, DEFAULT_KEYS, false)
+    }
+
+    #[test]
+    fn keys_never_reset_the_fall_timer_they_use_up_the_time_waited() {
+        let mut state = level1();
+        let (ending, input, _) =
+            play_script(&mut state, &[(400_000, key(b'j')), (500_000, key(b'q'))]);
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        assert_eq!(
+            input.waits_us(),
+            [Some(FIRST_ARM_US), Some(FIRST_ARM_US - 400_000)]
+        );
+        assert_eq!(state.timer_left_us, FIRST_ARM_US - 500_000);
+    }
+
+    #[test]
+    fn timer_expiry_drops_the_piece_a_row_and_the_rate_speeds_up_on_re_arm() {
+        let mut state = level1();
+        let (ending, input, _) = play_script(&mut state, &[(1_500_000, key(b'q'))]);
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        let second = FIRST_ARM_US - FIRST_ARM_US / 3000;
+        assert_eq!(input.waits_us(), [Some(FIRST_ARM_US), Some(second)]);
+        assert_eq!(state.pos, SPAWN_POS + B_COLS as i32);
+        assert_eq!(state.fallrate_us, second);
+    }
+
+    #[test]
+    fn pause_freezes_the_timer_and_the_resuming_key_is_a_command() {
+        let mut state = level1();
+        let (ending, input, front) =
+            play_script(&mut state, &[(300_000, key(b'p')), (10_000_000, key(b'q'))]);
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        assert!(state.has_quit());
+        // While paused the loop waits without a timeout, and the time paused is not counted.
+        assert_eq!(input.waits_us(), [Some(FIRST_ARM_US), None]);
+        assert_eq!(state.timer_left_us, FIRST_ARM_US - 300_000);
+        assert_eq!(
+            front.row(22),
+            format!("{}{}", " ".repeat(22), screen::PAUSED)
+        );
+    }
+
+    /// Row 20 full but for columns 4-7, and a horizontal I (shape 6: ML, centre, MR, +2)
+    /// resting in that gap: the next timer expiry locks it and clears the row.
+    fn one_row_to_clear() -> GameState {
+        let mut state = level1();
+        for col in [1, 2, 3, 8, 9, 10] {
+            state.board[20 * B_COLS + col] = 3;
+        }
+        state.board[19 * B_COLS + 1] = 2;
+        state.curshape = 6;
+        state.pos = (20 * B_COLS + 5) as i32;
+        state
+    }
+
+    #[test]
+    fn a_cleared_row_is_held_two_fall_rates_and_keys_meanwhile_are_dropped() {
+        let mut state = one_row_to_clear();
+        let expected_after = {
+            let mut s = state;
+            rules::step(&mut s, Input::Timer, Mode::Interactive);
+            s
+        };
+        let (ending, input, _) = play_script(
+            &mut state,
+            &[(1_200_000, key(b'j')), (3_500_000, key(b'q'))],
+        );
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        assert_eq!(
+            input.waits_us(),
+            [
+                Some(FIRST_ARM_US),                              // the fall timer: lock, 1 row
+                Some(FIRST_ARM_US),                              // row shown empty
+                Some(FIRST_ARM_US - (1_200_000 - FIRST_ARM_US)), // 'j' dropped, wait on
+                Some(FIRST_ARM_US),                              // rows shifted down
+                Some(FIRST_ARM_US - FIRST_ARM_US / 3000),        // the game again
+            ]
+        );
+        // The 'j' never reached the rules: the new piece is where it spawned.
+        assert_eq!(state.pos, expected_after.pos);
+        assert_eq!(state.board, expected_after.board);
+        assert_eq!(state.inputs, 2, "the timer and the q");
+    }
+
+    #[test]
+    fn elide_frames_show_the_row_emptied_then_shifted_ending_as_the_rules_do() {
+        let mut state = one_row_to_clear();
+        rules::place(&mut state.board, state.curshape, state.pos, true);
+        let frames = elide_frames(&state.board);
+        assert_eq!(frames.len(), 2);
+        let row20 = 20 * B_COLS + 1..20 * B_COLS + 11;
+        assert!(frames[0][row20.clone()].iter().all(|&c| c == 0));
+        assert_eq!(frames[0][19 * B_COLS + 1], 2, "rows above not moved yet");
+        assert_eq!(frames[1][20 * B_COLS + 1], 2, "rows above moved down");
+        let mut by_rules = state.board;
+        assert_eq!(rules::elide(&mut by_rules), 1);
+        assert_eq!(frames[1], by_rules);
+    }
+
+    #[test]
+    fn sigint_ends_the_game_as_interrupted() {
+        let mut state = level1();
+        let (ending, _, _) = play_script(&mut state, &[(100, Event::Signal(Caught::Interrupt))]);
+        assert_eq!(ending.unwrap(), Ending::Interrupted);
+        assert!(!state.is_finished());
+    }
+
+    #[test]
+    fn suspend_stops_via_the_frontend_and_keeps_the_timer() {
+        let mut state = level1();
+        let (ending, input, front) = play_script(
+            &mut state,
+            &[
+                (200_000, Event::Signal(Caught::Suspend)),
+                (300_000, Event::Signal(Caught::Continue)),
+                (400_000, key(b'q')),
+            ],
+        );
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        assert_eq!((front.suspends, front.resumes), (1, 1));
+        assert_eq!(
+            input.waits_us(),
+            [
+                Some(FIRST_ARM_US),
+                Some(FIRST_ARM_US - 200_000),
+                Some(FIRST_ARM_US - 300_000)
+            ]
+        );
+    }
+
+    #[test]
+    fn ctrl_l_redraws_a_screen_that_was_scribbled_on() {
+        let mut state = level1();
+        let clock = ManualClock::new();
+        let mut input = Scripted::new(&clock, &[(100, key(rules::CTRL_L)), (200, key(b'q'))]);
+        input.scribble_on_ctrl_l = Some(Rc::new(Cell::new(false)));
+        let mut front = TestFrontend::new();
+        front.scribble = input.scribble_on_ctrl_l.clone();
+        let ending = game_loop(&mut state, true, &mut front, &mut input, &clock);
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        // Without a full redraw ratatui's diff would leave the scribbled X in place.
+        assert!(front.row(0).starts_with("Score: 0 "), "{}", front.row(0));
+    }
+
+    #[test]
+    fn end_of_file_on_the_terminal_is_an_error() {
+        let mut state = level1();
+        let (ending, _, _) = play_script(&mut state, &[(100, Event::Eof)]);
+        assert!(ending.unwrap_err().to_string().contains("end of file"));
+    }
 }
