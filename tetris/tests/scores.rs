@@ -177,6 +177,25 @@ fn table_text_with_odd_count_and_single_entry() {
 }
 
 #[test]
+fn tables_longer_than_40_are_printed_in_pages_of_40() {
+    // 41 entries: a first page of 40 (20 rows, ranks 1-20 left and 21-40 right), then a
+    // blank line where BSD waits for RETURN, then a page with rank 41 alone.
+    let t: Vec<Entry> = (0..41)
+        .map(|i| e(&format!("u{i}"), 100 - i, 1, 0))
+        .collect();
+    let mut out = Vec::new();
+    write_table_text(&t, &mut out).expect("write to a Vec");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2 + 1 + 20 + 1 + 1 + 1);
+    assert!(lines[3].starts_with("  1*    100  u0 ") && lines[3].contains(" 21      80  u20 "));
+    assert!(lines[22].starts_with(" 20      81  u19 ") && lines[22].contains(" 40      61  u39 "));
+    assert_eq!(lines[23], "");
+    assert_eq!(lines[24], "Rank  Score   Name     (points/level)   ");
+    assert_eq!(lines[25], " 41      60  u40         (    60 on 1)  ");
+}
+
+#[test]
 fn names_are_cut_to_19_characters() {
     assert_eq!(
         scores::cut_name("abcdefghijklmnopqrstuvwxyz"),
