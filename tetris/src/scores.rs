@@ -443,8 +443,9 @@ pub fn save_score(
     let _guard = lock(path, FlockArg::LockExclusive, true)?;
     let (mut table, warning) = read_table(path)?;
     let recorded = record(&mut table, name, level, points, now);
-    // A corrupt file is rewritten even when the score changed nothing, so it is valid again.
-    if recorded != Recorded::Worse || warning.is_some() {
+    // A corrupt file reads as an empty table, so the score is always New there and the
+    // garbage is always replaced.
+    if recorded != Recorded::Worse {
         write_table(path, &table)?;
     }
     Ok(Saved {

@@ -257,17 +257,6 @@ fn corrupt_file_gives_a_warning_and_a_fresh_table_with_the_score() {
     assert_eq!(on_disk, vec![e("ann", 10, 2, NOW)]);
 }
 
-#[test]
-fn corrupt_file_is_rewritten_even_when_the_score_changes_nothing() {
-    // A worse score on a valid table writes nothing; on a corrupt file the fresh table
-    // (with this score) must still replace the garbage.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("scores");
-    std::fs::write(&path, b"garbage").expect("write garbage");
-    save_score(&path, "ann", 2, 0, NOW).expect("save");
-    assert!(parse(&std::fs::read(&path).expect("read")).is_ok());
-}
-
 fn options_with(path: &Path, level: u32) -> Options {
     Options {
         level,
