@@ -83,6 +83,9 @@ pub enum OptionsError {
     /// Two commands share a key.
     #[error("duplicate command keys specified.")]
     DuplicateKeys,
+    /// `--script` without `--headless`: the interactive game reads the terminal, not a script.
+    #[error("--script needs --headless")]
+    ScriptWithoutHeadless,
     /// `--seed` not an unsigned 64-bit number; carries the value given.
     #[error("seed must be a number from 0 to 18446744073709551615, not {0:?}")]
     BadSeed(String),
@@ -342,6 +345,9 @@ where
                 .map_err(|_| OptionsError::BadSeed(text.into_owned()))?,
         );
     }
+    if o.script.is_some() && !o.headless && !o.show_scores {
+        return Err(OptionsError::ScriptWithoutHeadless);
+    }
     o.scores_file = m
         .get_one::<PathBuf>("scores-file")
         .cloned()
@@ -470,6 +476,15 @@ mod tests {
         assert_eq!(o, Err(OptionsError::BadSeed("-5x".into())));
         let o = run(&["--seed=7", "--script", "-", "-l", "4"]).expect("parses");
         assert_eq!((o.seed, o.level), (Some(7), 4));
+    }
+
+    #[test]
+    fn script_without_headless_is_an_error() {
+        assert_eq!(
+            run(&["--script", "x"]),
+            Err(OptionsError::ScriptWithoutHeadless)
+        );
+        assert!(run(&["--script", "x", "--headless"]).is_ok());
     }
 
     #[test]
