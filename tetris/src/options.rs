@@ -474,7 +474,7 @@ mod tests {
     fn long_options_are_stepped_over_by_the_getopt_pass() {
         let o = run(&["--seed", "-5x", "--headless"]);
         assert_eq!(o, Err(OptionsError::BadSeed("-5x".into())));
-        let o = run(&["--seed=7", "--script", "-", "-l", "4"]).expect("parses");
+        let o = run(&["--seed=7", "--script", "-", "--headless", "-l", "4"]).expect("parses");
         assert_eq!((o.seed, o.level), (Some(7), 4));
     }
 
