@@ -14,6 +14,10 @@ use crate::runs::PageRuns;
 use crate::sys::segv::{self, Registration};
 use crate::sys::{PAGE_SIZE, mman};
 
+/// Above this many dirty runs in a region, re-protect it with one `mprotect` of the whole
+/// region instead of one per run.
+const WHOLE_REGION_RUNS: usize = 16;
+
 /// Exact tracking through page protection and a SIGSEGV handler; costs a signal and an
 /// `mprotect` per first write and one `mprotect` per dirty run per checkpoint. At most
 /// [`segv::MAX_REGIONS`] regions process-wide.
@@ -80,9 +84,23 @@ impl Tracker for MprotectTracker {
         for (t, reg) in &mut self.regions {
             let mut runs = PageRuns::new();
             reg.take_dirty(|page| runs.push(page, 1));
-            for r in &runs {
-                let (addr, len) = (t.base + r.start * PAGE_SIZE, r.count * PAGE_SIZE);
-                mman::protect_read(addr, len).map_err(t.sys("mprotect(PROT_READ)", addr, len))?;
+            if runs.as_slice().len() > WHOLE_REGION_RUNS {
+                // One call over the region also merges the mappings the handler split off,
+                // and beats hundreds of per-run calls that each merge one mapping.
+                mman::protect_read(t.base, t.len).map_err(t.sys(
+                    "mprotect(PROT_READ)",
+                    t.base,
+                    t.len,
+                ))?;
+            } else {
+                for r in &runs {
+                    let (addr, len) = (t.base + r.start * PAGE_SIZE, r.count * PAGE_SIZE);
+                    mman::protect_read(addr, len).map_err(t.sys(
+                        "mprotect(PROT_READ)",
+                        addr,
+                        len,
+                    ))?;
+                }
             }
             if !t.forced.is_empty() {
                 runs = runs.union(&t.forced);
