@@ -82,7 +82,10 @@ fn oracle_64m(backend: Backend, thp: bool) {
     t.register(&r).expect("register");
     let mut o = Oracle::new(r, 64 + u64::from(thp));
     let stats = o.run(t.as_mut(), 3, 400, &format!("{backend} 64 MiB thp={thp}"));
-    eprintln!("{backend} 64 MiB thp={thp} (populated after register): {stats:?}");
+    eprintln!(
+        "{backend} 64 MiB thp={thp} (populated after register): AnonHugePages {} KiB; {stats:?}",
+        anon_huge_bytes(o.region.base()) / KIB
+    );
     t.unregister(o.region.id()).expect("unregister");
 }
 
@@ -101,6 +104,7 @@ fn oracle_thp_populated_first(backend: Backend) {
         );
     }
     t.register(&r).expect("register");
+    let huge_registered = anon_huge_bytes(r.base());
     let mut o = Oracle::new(r, 16);
     // Single pages in distinct huge pages first: the sharpest test of huge-page granularity.
     for hp in 0..8 {
@@ -115,9 +119,10 @@ fn oracle_thp_populated_first(backend: Backend) {
         &format!("{backend} 16 MiB thp populated first"),
     );
     eprintln!(
-        "{backend} THP populated before register: AnonHugePages before {} KiB, after {} KiB; \
-         first check {first:?}; then {stats:?}",
+        "{backend} THP populated before register: AnonHugePages before {} KiB, registered {} \
+         KiB, after {} KiB; first check {first:?}; then {stats:?}",
         huge_before / KIB,
+        huge_registered / KIB,
         anon_huge_bytes(o.region.base()) / KIB
     );
     t.unregister(o.region.id()).expect("unregister");
@@ -380,6 +385,28 @@ macro_rules! backend_tests {
 backend_tests!(uffd, Backend::Uffd);
 backend_tests!(mprotect, Backend::Mprotect);
 backend_tests!(full, Backend::Full);
+
+/// More runs than one `PAGEMAP_SCAN` output vector holds (512): the scan continues from
+/// `walk_end` and loses none.
+#[test]
+fn uffd_reports_more_runs_than_one_scan_vector_holds() {
+    let mut t = tracker(Backend::Uffd);
+    let mut r = region(16 * MIB, false);
+    t.register(&r).expect("register");
+    for p in (0..r.pages()).step_by(2) {
+        r.as_bytes_mut()[p * PAGE_SIZE] = 1;
+    }
+    let d = t.collect_dirty().expect("collect");
+    let runs = d.runs(r.id()).expect("runs");
+    assert_eq!(runs.as_slice().len(), r.pages() / 2);
+    assert!(
+        runs.iter()
+            .enumerate()
+            .all(|(i, run)| run.start == 2 * i && run.count == 1)
+    );
+    assert_eq!(t.collect_dirty().expect("collect").page_count(), 0);
+    t.unregister(r.id()).expect("unregister");
+}
 
 #[test]
 fn each_backend_reports_its_name() {

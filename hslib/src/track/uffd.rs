@@ -5,6 +5,17 @@
 //! waking anybody) and `UFFD_FEATURE_WP_UNPOPULATED` (pages never touched count as protected
 //! too). A checkpoint is one `PAGEMAP_SCAN` per region that lists the unprotected ("written")
 //! pages and protects them again in the same walk.
+//!
+//! Observed on Linux 6.18 and checked by the oracle tests:
+//! - Transparent huge pages: a region populated with huge pages before registration stays
+//!   huge-page backed when protected; the first write to a protected huge page splits it and
+//!   only the written 4 KiB page is reported (no huge-page-granularity over-reporting). Pages
+//!   first touched after registration are faulted in at 4 KiB (the unpopulated-protection
+//!   markers are per page), so no new huge pages appear in a tracked region.
+//! - `MADV_DONTNEED` on a protected page is reported once as written, then protected again.
+//! - `fork`: without `UFFD_FEATURE_EVENT_FORK` the child's copy of the region is not
+//!   registered; the parent's copy-on-write faults after the fork still clear the protection
+//!   of exactly the pages the parent writes.
 
 use nix::errno::Errno;
 
