@@ -125,9 +125,9 @@ fn child_select_rejects_unknown_hs_tracker() {
     );
 }
 
-/// Installs a seccomp filter on every thread that makes `userfaultfd(2)` and the
-/// `USERFAULTFD_IOC_NEW` ioctl (on /dev/userfaultfd) fail with EPERM: uffd made unavailable.
-fn block_userfaultfd() {
+/// Installs a seccomp filter on every thread that makes `userfaultfd(2)` fail with EPERM,
+/// and with `device` also the `USERFAULTFD_IOC_NEW` ioctl (on /dev/userfaultfd).
+fn block_userfaultfd(device: bool) {
     const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
     const USERFAULTFD_IOC_NEW: u32 = 0xAA00;
     let ld = |k: u32| libc::sock_filter {
@@ -157,7 +157,15 @@ fn block_userfaultfd() {
         jeq(libc::SYS_userfaultfd as u32, 4, 0),
         jeq(libc::SYS_ioctl as u32, 0, 2),
         ld(16 + 8),
-        jeq(USERFAULTFD_IOC_NEW, 1, 0),
+        jeq(
+            if device {
+                USERFAULTFD_IOC_NEW
+            } else {
+                u32::MAX
+            },
+            1,
+            0,
+        ),
         ret(libc::SECCOMP_RET_ALLOW),
         ret(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
     ];
@@ -196,7 +204,7 @@ fn child_fallback_to_mprotect() {
     if !in_child() {
         return;
     }
-    block_userfaultfd();
+    block_userfaultfd(true);
     let err = UffdTracker::new().expect_err("uffd must be unavailable");
     assert!(
         matches!(
@@ -253,4 +261,36 @@ fn child_unprivileged_uffd() {
     let mut t = track::probe();
     assert_eq!(t.backend(), Backend::Uffd);
     oracle_sizes(t.as_mut());
+}
+
+#[test]
+fn with_the_syscall_refused_uffd_comes_from_dev_userfaultfd_when_permitted() {
+    run_child("child_device_fallback", &[]);
+}
+
+#[test]
+#[ignore = "runs only as a child of \
+            with_the_syscall_refused_uffd_comes_from_dev_userfaultfd_when_permitted"]
+fn child_device_fallback() {
+    if !in_child() {
+        return;
+    }
+    block_userfaultfd(false);
+    let device_usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/userfaultfd")
+        .is_ok();
+    match UffdTracker::new() {
+        Ok(t) => {
+            assert!(device_usable);
+            assert_eq!(t.uffd_source(), Source::Device);
+            let mut t: Box<dyn Tracker> = Box::new(t);
+            oracle_sizes(t.as_mut());
+        }
+        Err(err) => {
+            assert!(!device_usable, "/dev/userfaultfd opens, yet: {err}");
+            assert!(err.to_string().contains("EPERM"), "{err}");
+        }
+    }
 }
