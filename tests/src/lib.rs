@@ -12,3 +12,4 @@ pub mod pty;
 pub mod session;
 
 pub use session::{Session, SessionError};
+pub use vt100;

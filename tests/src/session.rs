@@ -119,6 +119,7 @@ pub struct Session {
     output: Vec<u8>,
     status: Option<ExitStatus>,
     started: Instant,
+    initial_termios: Termios,
 }
 
 impl std::fmt::Debug for Session {
@@ -143,6 +144,7 @@ impl Session {
             return Err(SessionError::ZeroSize { rows, cols });
         };
         let pty = Pty::open(rows, cols)?;
+        let initial_termios = pty.termios()?;
         let child = pty.spawn(command)?;
         Ok(Self {
             pty,
@@ -151,6 +153,7 @@ impl Session {
             output: Vec::new(),
             status: None,
             started: Instant::now(),
+            initial_termios,
         })
     }
 
@@ -192,6 +195,11 @@ impl Session {
     /// The terminal's current termios.
     pub fn termios(&self) -> Result<Termios, SessionError> {
         Ok(self.pty.termios()?)
+    }
+
+    /// The terminal's termios before the program started: what it must restore.
+    pub fn initial_termios(&self) -> &Termios {
+        &self.initial_termios
     }
 
     /// The exit status, once [`Session::pump`] or a wait has seen the child exit.

@@ -15,6 +15,7 @@ use anyhow::Context;
 use nix::sys::signal::Signal;
 use ratatui::Terminal;
 use ratatui::backend::{Backend, CrosstermBackend};
+use ratatui::layout::Rect;
 
 use crate::clock::{Clock, SystemClock};
 use crate::input::{Event, Source, TerminalInput};
@@ -239,8 +240,11 @@ where
     <F::Backend as Backend>::Error: Send + Sync + 'static,
 {
     let terminal = front.terminal();
-    terminal.autoresize()?;
-    terminal.clear()?;
+    // Not Terminal::clear: it asks the terminal for the cursor position (ESC[6n) and lets
+    // crossterm read the answer from stdin, where it can swallow the player's keys.
+    // resize clears the screen and forgets the previous frame without asking anything.
+    let size = terminal.size()?;
+    terminal.resize(Rect::new(0, 0, size.width, size.height))?;
     draw(front, state, view)
 }
 

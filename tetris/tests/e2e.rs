@@ -1,0 +1,295 @@
+//! The real `tetris` binary on a pseudo-terminal, its screen parsed with vt100.
+//!
+//! Nothing here waits on wall-clock time to pass: every step polls the screen (or the exit)
+//! with a generous deadline. Games run at level 1 (one row a second) so a human-speed test
+//! is never raced by the fall timer in a way that changes what is asserted.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use hotspare_tests::{Session, keys, vt100};
+use nix::sys::signal::Signal;
+use nix::sys::termios::LocalFlags;
+use tempfile::TempDir;
+use tetris::rules::{self, Input, Mode, WALL};
+use tetris::state::{B_COLS, DEFAULT_KEYS};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const SEED: u64 = 7;
+const HELP: &str = "j - left  k - rotate  l - right  <space> - drop  p - pause  q - quit  n - down";
+
+fn tetris(scores: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tetris"));
+    cmd.args(args)
+        .arg("--scores-file")
+        .arg(scores)
+        .env("TERM", "xterm-256color")
+        .env_remove("NO_COLOR")
+        .env_remove("TETRIS_SCORES");
+    cmd
+}
+
+fn start(dir: &TempDir, args: &[&str], rows: u16, cols: u16) -> Session {
+    let scores = dir.path().join("scores");
+    Session::spawn(tetris(&scores, args), rows, cols).expect("tetris starts on a pty")
+}
+
+/// The board frame on 80x24: walls in reverse video at columns 27-28 and 49-50 of rows
+/// 0-19, the floor on row 20 columns 27-50, and the help line on row 22.
+fn board_is_drawn(screen: &vt100::Screen) -> bool {
+    let rev = |r: u16, c: u16| screen.cell(r, c).is_some_and(vt100::Cell::inverse);
+    screen.alternate_screen()
+        && (0..20).all(|r| rev(r, 27) && rev(r, 28) && rev(r, 49) && rev(r, 50))
+        && (27..51).all(|c| rev(20, c))
+        && !rev(10, 30)
+        && screen.contents().lines().nth(22).map(str::trim_end) == Some(HELP)
+}
+
+fn score_on_screen(screen: &vt100::Screen) -> Option<u32> {
+    let first = screen.contents().lines().next()?.to_owned();
+    first
+        .strip_prefix("Score: ")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Where the first piece of `SEED` ends up after `keys` then a drop on an empty level-1
+/// board, by the rules (falls before the drop cannot change that: same column, same floor).
+fn dropped_cells(keys: &[u8]) -> Vec<(u16, u16)> {
+    let mut state = rules::new_game(SEED, 1, DEFAULT_KEYS, false);
+    for &k in keys.iter().chain(b" ") {
+        rules::step(&mut state, Input::Key(k), Mode::Interactive);
+    }
+    let mut board = rules::empty_board();
+    rules::place(&mut board, state.curshape, state.pos, true);
+    let mut cells = Vec::new();
+    for row in 1..=20 {
+        for col in 1..=10 {
+            let v = board[row * B_COLS + col];
+            if v != 0 && v != WALL {
+                // Screen row row - 1, column 2 * col + 27 on 80x24.
+                cells.push(((row - 1) as u16, (2 * col + 27) as u16));
+            }
+        }
+    }
+    cells
+}
+
+fn blocks_at(screen: &vt100::Screen, cells: &[(u16, u16)]) -> bool {
+    cells.iter().all(|&(r, c)| {
+        screen.cell(r, c).is_some_and(|x| x.contents() == "[")
+            && screen.cell(r, c + 1).is_some_and(|x| x.contents() == "]")
+    })
+}
+
+fn assert_terminal_restored(s: &Session) {
+    let now = s.termios().expect("tcgetattr on the pty");
+    assert_eq!(&now, s.initial_termios(), "termios not restored");
+    assert!(
+        !s.screen().alternate_screen(),
+        "still on the alternate screen"
+    );
+    assert!(!s.screen().hide_cursor(), "cursor left hidden");
+}
+
+#[test]
+fn play_move_drop_and_quit_prints_the_score_and_restores_the_terminal() {
+    let dir = TempDir::new().unwrap();
+    let seed = SEED.to_string();
+    let mut s = start(&dir, &["--seed", &seed, "-l", "1"], 24, 80);
+    s.wait_for("the board and the help line", DEADLINE, board_is_drawn)
+        .unwrap();
+    assert_eq!(score_on_screen(s.screen()), Some(0));
+    // In game mode: no canonical input, no echo (BSD's -icanon -echo), signals still on.
+    let game = s.termios().unwrap();
+    assert!(!game.local_flags.contains(LocalFlags::ICANON));
+    assert!(!game.local_flags.contains(LocalFlags::ECHO));
+    assert!(game.local_flags.contains(LocalFlags::ISIG));
+
+    s.send(b"jj ").unwrap();
+    let cells = dropped_cells(b"jj");
+    s.wait_for("the dropped piece, moved left twice", DEADLINE, |sc| {
+        blocks_at(sc, &cells)
+    })
+    .unwrap();
+    s.wait_for("a score above 0", DEADLINE, |sc| {
+        score_on_screen(sc).is_some_and(|n| n > 0)
+    })
+    .unwrap();
+
+    s.send(b"q").unwrap();
+    let status = s.wait_exit(DEADLINE).unwrap();
+    assert_eq!(status.code(), Some(0));
+    let text = s.contents();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Your score:  "))
+        .unwrap_or_else(|| panic!("no score line in:\n{text}"));
+    assert!(line.contains("x  level 1  ="), "{line}");
+    assert!(text.contains("Tetris High Scores"), "{text}");
+    assert!(dir.path().join("scores").exists(), "the score was saved");
+    assert_terminal_restored(&s);
+}
+
+#[test]
+fn arrow_keys_move_the_piece_as_the_key_map_does() {
+    let dir = TempDir::new().unwrap();
+    let seed = SEED.to_string();
+    let mut s = start(&dir, &["--seed", &seed, "-l", "1"], 24, 80);
+    s.wait_for("the board", DEADLINE, board_is_drawn).unwrap();
+    // Right arrow three times, then drop: where "lll " puts it.
+    for _ in 0..3 {
+        s.send(keys::RIGHT).unwrap();
+    }
+    s.send(b" ").unwrap();
+    let cells = dropped_cells(b"lll");
+    assert_ne!(cells, dropped_cells(b""), "the test must move the piece");
+    s.wait_for("the piece dropped three columns right", DEADLINE, |sc| {
+        blocks_at(sc, &cells)
+    })
+    .unwrap();
+    s.send(b"q").unwrap();
+    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+}
+
+#[test]
+fn ctrl_c_exits_0_restoring_the_terminal_without_saving_a_score() {
+    let dir = TempDir::new().unwrap();
+    let mut s = start(&dir, &["--seed", "3"], 24, 80);
+    s.wait_for("the board", DEADLINE, board_is_drawn).unwrap();
+    s.send(keys::CTRL_C).unwrap();
+    let status = s.wait_exit(DEADLINE).unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!s.contents().contains("Your score"), "{}", s.contents());
+    assert!(!dir.path().join("scores").exists(), "no score saved on ^C");
+    assert_terminal_restored(&s);
+}
+
+#[test]
+fn too_small_terminal_prints_the_message_and_exits_1_untouched() {
+    let dir = TempDir::new().unwrap();
+    let mut s = start(&dir, &["--seed", "3"], 22, 80);
+    let status = s.wait_exit(DEADLINE).unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        s.contents()
+            .contains("the screen is too small: must be at least 40x23"),
+        "{}",
+        s.contents()
+    );
+    assert_terminal_restored(&s);
+}
+
+#[test]
+fn pause_shows_the_message_and_the_next_key_is_a_command() {
+    let dir = TempDir::new().unwrap();
+    let mut s = start(&dir, &["--seed", "3", "-l", "1"], 24, 80);
+    s.wait_for("the board", DEADLINE, board_is_drawn).unwrap();
+    s.send(b"p").unwrap();
+    s.wait_for("the pause message", DEADLINE, |sc| {
+        sc.contents().lines().nth(22).map(str::trim_end)
+            == Some("                      paused - press RETURN to continue")
+    })
+    .unwrap();
+    // BSD: the key that ends the pause is then handled, so p then q quits.
+    s.send(b"q").unwrap();
+    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+    assert!(s.contents().contains("Your score:"));
+}
+
+#[test]
+fn resize_redraws_the_board_centred_in_the_new_size() {
+    let dir = TempDir::new().unwrap();
+    let mut s = start(&dir, &["--seed", "3", "-l", "1"], 24, 80);
+    s.wait_for("the board", DEADLINE, board_is_drawn).unwrap();
+    s.resize(30, 100).unwrap();
+    // 100x30: offset 3, wall columns 2 * 0 + 37 and 2 * 11 + 37, floor on row 23.
+    s.wait_for("the board centred in 100x30", DEADLINE, |sc| {
+        let rev = |r: u16, c: u16| sc.cell(r, c).is_some_and(vt100::Cell::inverse);
+        rev(3, 37) && rev(3, 59) && (37..61).all(|c| rev(23, c)) && !rev(2, 37)
+    })
+    .unwrap();
+    // A redraw must not ask for the cursor position: the answer is read from stdin, and
+    // the library that reads it swallowed the keys typed around it.
+    assert!(!s.output_text().contains("\x1b[6n"));
+    s.send(b"q").unwrap();
+    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+}
+
+#[test]
+fn ctrl_z_stops_with_the_terminal_restored_and_continue_redraws() {
+    let dir = TempDir::new().unwrap();
+    let mut s = start(&dir, &["--seed", "3", "-l", "1"], 24, 80);
+    s.wait_for("the board", DEADLINE, board_is_drawn).unwrap();
+    s.send(keys::CTRL_Z).unwrap();
+    let pid = s.pid();
+    s.wait_for("the process stopped, main screen back", DEADLINE, |sc| {
+        process_state(pid) == Some('T') && !sc.alternate_screen()
+    })
+    .unwrap();
+    assert_eq!(&s.termios().unwrap(), s.initial_termios());
+    s.signal(Signal::SIGCONT).unwrap();
+    s.wait_for("the board redrawn after continue", DEADLINE, board_is_drawn)
+        .unwrap();
+    assert!(
+        !s.termios()
+            .unwrap()
+            .local_flags
+            .contains(LocalFlags::ICANON),
+        "game mode again"
+    );
+    s.send(b"q").unwrap();
+    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+    assert_terminal_restored(&s);
+}
+
+#[test]
+fn no_color_draws_blocks_in_the_default_colour() {
+    let dir = TempDir::new().unwrap();
+    let scores = dir.path().join("scores");
+    let colours = |env_no_color: bool| {
+        let mut cmd = tetris(&scores, &["--seed", "3", "-l", "1", "-p"]);
+        if env_no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        let mut s = Session::spawn(cmd, 24, 80).unwrap();
+        s.wait_for("the board and preview", DEADLINE, |sc| {
+            board_is_drawn(sc) && sc.contents().contains("Next shape:")
+        })
+        .unwrap();
+        let screen = s.screen().clone();
+        s.send(keys::CTRL_C).unwrap();
+        s.wait_exit(DEADLINE).unwrap();
+        let mut fg = Vec::new();
+        for r in 0..24 {
+            for c in 0..80 {
+                if let Some(cell) = screen.cell(r, c)
+                    && cell.contents() == "["
+                {
+                    fg.push(cell.fgcolor());
+                }
+            }
+        }
+        fg
+    };
+    let coloured = colours(false);
+    let plain = colours(true);
+    assert!(!plain.is_empty());
+    assert!(
+        plain.iter().all(|&c| c == vt100::Color::Default),
+        "{plain:?}"
+    );
+    assert!(
+        coloured.iter().any(|&c| c != vt100::Color::Default),
+        "{coloured:?}"
+    );
+}
+
+/// The state letter of /proc/PID/stat ('T' when stopped).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
