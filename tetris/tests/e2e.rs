@@ -169,6 +169,21 @@ fn ctrl_c_exits_0_restoring_the_terminal_without_saving_a_score() {
 }
 
 #[test]
+fn sigterm_restores_the_terminal_then_dies_of_the_signal() {
+    let dir = TempDir::new().unwrap();
+    let mut s = start(&dir, &["--seed", "3"], 24, 80);
+    s.wait_for("the board", DEADLINE, board_is_drawn).unwrap();
+    s.signal(Signal::SIGTERM).unwrap();
+    let status = s.wait_exit(DEADLINE).unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGTERM)
+    );
+    assert!(!dir.path().join("scores").exists());
+    assert_terminal_restored(&s);
+}
+
+#[test]
 fn too_small_terminal_prints_the_message_and_exits_1_untouched() {
     let dir = TempDir::new().unwrap();
     let mut s = start(&dir, &["--seed", "3"], 22, 80);
