@@ -235,6 +235,25 @@ fn resize_redraws_the_board_centred_in_the_new_size() {
 }
 
 #[test]
+fn shrinking_below_40x23_mid_game_shows_the_message_until_it_grows_back() {
+    let dir = TempDir::new().unwrap();
+    let mut s = start(&dir, &["--seed", "3", "-l", "1"], 24, 80);
+    s.wait_for("the board", DEADLINE, board_is_drawn).unwrap();
+    s.resize(20, 60).unwrap();
+    s.wait_for("the too-small message", DEADLINE, |sc| {
+        sc.contents()
+            .starts_with("the screen is too small: must be at least 40x23")
+    })
+    .unwrap();
+    s.resize(24, 80).unwrap();
+    s.wait_for("the board again", DEADLINE, board_is_drawn)
+        .unwrap();
+    s.send(b"q").unwrap();
+    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+    assert_terminal_restored(&s);
+}
+
+#[test]
 fn ctrl_z_stops_with_the_terminal_restored_and_continue_redraws() {
     let dir = TempDir::new().unwrap();
     let mut s = start(&dir, &["--seed", "3", "-l", "1"], 24, 80);
