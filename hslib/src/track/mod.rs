@@ -198,10 +198,15 @@ pub trait Tracker: Send + std::fmt::Debug {
     -> Result<(), TrackError>;
 }
 
-/// Creates a tracker of the given backend, or says why it cannot run here.
+/// Creates a tracker of the given backend, or says why it cannot run here (for uffd, after
+/// the same end-to-end self-test as probing).
 pub fn create(backend: Backend) -> Result<Box<dyn Tracker>, TrackError> {
     Ok(match backend {
-        Backend::Uffd => Box::new(UffdTracker::new()?),
+        Backend::Uffd => {
+            let mut t = UffdTracker::new()?;
+            t.self_test()?;
+            Box::new(t)
+        }
         Backend::Mprotect => Box::new(MprotectTracker::new()?),
         Backend::Full => Box::new(FullTracker::new()),
     })
