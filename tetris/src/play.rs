@@ -132,8 +132,15 @@ pub fn play(state: &mut GameState, colour: bool) -> anyhow::Result<Ending> {
         &SystemClock::new(),
     );
     // Restore before anything is printed, and before the signal handlers go.
-    frontend.mode.leave()?;
-    ending
+    let left = frontend.mode.leave();
+    match ending? {
+        // After SIGHUP the terminal is gone and restoring it fails: die of the signal anyway.
+        terminated @ Ending::Terminated(_) => Ok(terminated),
+        ending => {
+            left?;
+            Ok(ending)
+        }
+    }
 }
 
 /// What the loop does next after a signal.
