@@ -453,6 +453,86 @@ fn uffd_reports_more_runs_than_one_scan_vector_holds() {
     t.unregister(r.id()).expect("unregister");
 }
 
+/// When unprotecting a single page fails (ENOMEM: the split would exceed
+/// vm.max_map_count), the handler counts the whole region as written and unprotects all of
+/// it, leaving errno untouched; tracking resumes once mappings are available again. Runs in
+/// a child process, which uses up its own map count.
+#[test]
+fn mprotect_handler_degrades_to_whole_region_when_mappings_run_out() {
+    common::run_child("child_mprotect_map_count_exhausted", &[]);
+}
+
+#[test]
+#[ignore = "runs only as a child of \
+            mprotect_handler_degrades_to_whole_region_when_mappings_run_out"]
+fn child_mprotect_map_count_exhausted() {
+    if !common::in_child() {
+        return;
+    }
+    let mut t = tracker(Backend::Mprotect);
+    let mut r = region(64 * PAGE_SIZE, false);
+    t.register(&r).expect("register");
+    // Fill the map count with one-page mappings of alternating protection (so none merge).
+    let mut fillers = Vec::new();
+    loop {
+        let prot = if fillers.len() % 2 == 0 {
+            libc::PROT_READ
+        } else {
+            libc::PROT_NONE
+        };
+        // SAFETY: a fresh anonymous mapping wherever the kernel likes; nothing existing moves.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE_SIZE,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            assert_eq!(Errno::last(), Errno::ENOMEM);
+            break;
+        }
+        fillers.push(p as usize);
+        assert!(fillers.len() < 1 << 22, "vm.max_map_count never reached");
+    }
+    // One free mapping: splitting a page out of the middle of the region needs two.
+    let freed = fillers.pop().expect("at least one filler");
+    // SAFETY: `freed` is a filler mapped above and referenced by nothing.
+    assert_eq!(
+        unsafe { libc::munmap(freed as *mut libc::c_void, PAGE_SIZE) },
+        0
+    );
+
+    Errno::set_raw(Errno::EAGAIN as i32);
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    r.as_bytes_mut()[20 * PAGE_SIZE + 3] = black_box(0x33);
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(Errno::last(), Errno::EAGAIN, "the handler changed errno");
+    assert_eq!(r.as_bytes()[20 * PAGE_SIZE + 3], 0x33);
+    // The whole region is writable now: no more faults, all pages count as written.
+    r.as_bytes_mut()[40 * PAGE_SIZE] = black_box(0x44);
+    let d = t
+        .collect_dirty()
+        .expect("collect re-protects the whole region in one call");
+    assert_eq!(d.page_count(), 64);
+
+    for p in fillers {
+        // SAFETY: each filler was mapped above and is referenced by nothing.
+        assert_eq!(
+            unsafe { libc::munmap(p as *mut libc::c_void, PAGE_SIZE) },
+            0
+        );
+    }
+    r.as_bytes_mut()[50 * PAGE_SIZE] = black_box(0x55);
+    let d = t.collect_dirty().expect("collect");
+    let pages: Vec<usize> = d.runs(r.id()).expect("runs").pages().collect();
+    assert_eq!(pages, vec![50], "exact tracking resumes");
+    t.unregister(r.id()).expect("unregister");
+}
+
 #[test]
 fn each_backend_reports_its_name() {
     for b in [Backend::Uffd, Backend::Mprotect, Backend::Full] {

@@ -158,6 +158,13 @@ impl Drop for Registration {
 }
 
 extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // The interrupted code may be between a failed call and its read of errno.
+    let saved = Errno::last_raw();
+    handle(sig, info, ctx);
+    Errno::set_raw(saved);
+}
+
+fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t for an SA_SIGINFO handler.
     let siginfo = unsafe { &*info };
     // SAFETY: for SIGSEGV the kernel fills in si_addr.
