@@ -501,10 +501,8 @@ fn child_mprotect_map_count_exhausted() {
     // One free mapping: splitting a page out of the middle of the region needs two.
     let freed = fillers.pop().expect("at least one filler");
     // SAFETY: `freed` is a filler mapped above and referenced by nothing.
-    assert_eq!(
-        unsafe { libc::munmap(freed as *mut libc::c_void, PAGE_SIZE) },
-        0
-    );
+    let rc = unsafe { libc::munmap(freed as *mut libc::c_void, PAGE_SIZE) };
+    assert_eq!(rc, 0);
 
     Errno::set_raw(Errno::EAGAIN as i32);
     std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
@@ -521,10 +519,8 @@ fn child_mprotect_map_count_exhausted() {
 
     for p in fillers {
         // SAFETY: each filler was mapped above and is referenced by nothing.
-        assert_eq!(
-            unsafe { libc::munmap(p as *mut libc::c_void, PAGE_SIZE) },
-            0
-        );
+        let rc = unsafe { libc::munmap(p as *mut libc::c_void, PAGE_SIZE) };
+        assert_eq!(rc, 0);
     }
     r.as_bytes_mut()[50 * PAGE_SIZE] = black_box(0x55);
     let d = t.collect_dirty().expect("collect");
