@@ -220,7 +220,11 @@ pub fn select() -> Result<Box<dyn Tracker>, TrackError> {
         Ok(v) if !v.is_empty() => {
             let backend: Backend = v.parse()?;
             let t = create(backend)?;
-            tracing::info!(backend = %backend, source = ENV_OVERRIDE, "dirty-page tracker selected");
+            tracing::info!(
+                backend = %backend,
+                source = ENV_OVERRIDE,
+                "dirty-page tracker selected"
+            );
             Ok(t)
         }
         _ => Ok(probe()),
@@ -231,18 +235,34 @@ pub fn select() -> Result<Box<dyn Tracker>, TrackError> {
 pub fn probe() -> Box<dyn Tracker> {
     let uffd_err = match UffdTracker::new().and_then(|mut t| t.self_test().map(|()| t)) {
         Ok(t) => {
-            tracing::info!(backend = "uffd", source = "probe", uffd = ?t.uffd_source(), "dirty-page tracker selected");
+            tracing::info!(
+                backend = "uffd",
+                source = "probe",
+                uffd = ?t.uffd_source(),
+                "dirty-page tracker selected"
+            );
             return Box::new(t);
         }
         Err(e) => e,
     };
     match MprotectTracker::new() {
         Ok(t) => {
-            tracing::info!(backend = "mprotect", source = "probe", uffd_error = %uffd_err, "dirty-page tracker selected");
+            tracing::info!(
+                backend = "mprotect",
+                source = "probe",
+                uffd_error = %uffd_err,
+                "dirty-page tracker selected"
+            );
             Box::new(t)
         }
         Err(e) => {
-            tracing::info!(backend = "full", source = "probe", uffd_error = %uffd_err, mprotect_error = %e, "dirty-page tracker selected");
+            tracing::info!(
+                backend = "full",
+                source = "probe",
+                uffd_error = %uffd_err,
+                mprotect_error = %e,
+                "dirty-page tracker selected"
+            );
             Box::new(FullTracker::new())
         }
     }
