@@ -135,6 +135,38 @@ fn play_move_drop_and_quit_prints_the_score_and_restores_the_terminal() {
 }
 
 #[test]
+fn game_over_ends_like_quit_with_the_score_saved() {
+    let dir = TempDir::new().unwrap();
+    let mut s = start(&dir, &["--seed", "5", "-l", "9"], 24, 80);
+    s.wait_for("the board", DEADLINE, board_is_drawn).unwrap();
+    // Drop every piece straight down: the middle fills up and a new piece soon does not fit.
+    // One drop per score change (a drop, or a lock dealing a new piece): keys must not
+    // flood the game, as a stream of keys starves BSD's fall timer.
+    let start = std::time::Instant::now();
+    let mut last = None;
+    while s.exit_status().is_none() {
+        assert!(
+            start.elapsed() < DEADLINE * 2,
+            "no game over:\n{}",
+            s.contents()
+        );
+        let score = score_on_screen(s.screen());
+        if score.is_some() && score != last {
+            last = score;
+            s.send(b" ").unwrap();
+        }
+        s.pump(Duration::from_millis(20)).unwrap();
+    }
+    let status = s.wait_exit(DEADLINE).unwrap();
+    assert_eq!(status.code(), Some(0));
+    let text = s.contents();
+    assert!(text.contains("Your score:"), "{text}");
+    assert!(text.contains("x  level 9  ="), "{text}");
+    assert!(dir.path().join("scores").exists());
+    assert_terminal_restored(&s);
+}
+
+#[test]
 fn arrow_keys_move_the_piece_as_the_key_map_does() {
     let dir = TempDir::new().unwrap();
     let seed = SEED.to_string();
