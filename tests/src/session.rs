@@ -62,6 +62,16 @@ pub enum SessionError {
         /// The OS error.
         source: nix::Error,
     },
+    /// The program exited, and its output is all read, before a condition held.
+    #[error("the program exited ({status:?}) before {what}; screen:\n{screen}")]
+    Exited {
+        /// What was waited for.
+        what: String,
+        /// The exit status.
+        status: Option<ExitStatus>,
+        /// The screen's text at the end.
+        screen: String,
+    },
     /// A condition did not hold before its deadline; the screen is attached for diagnosis.
     #[error("timed out after {waited:?} waiting for {what}; exited: {exited:?}; screen:\n{screen}")]
     Timeout {
@@ -346,7 +356,16 @@ impl Session {
             if now >= deadline {
                 return Err(self.timeout_error(what, start));
             }
-            self.pump(POLL_SLICE.min(deadline - now))?;
+            let exited_before = self.status.is_some();
+            let read = self.pump(POLL_SLICE.min(deadline - now))?;
+            // Exited and nothing more to read: the condition can no longer change.
+            if exited_before && !read && !cond(self) {
+                return Err(SessionError::Exited {
+                    what: what.to_owned(),
+                    status: self.status,
+                    screen: self.contents(),
+                });
+            }
         }
     }
 

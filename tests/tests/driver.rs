@@ -81,3 +81,14 @@ fn wait_for_times_out_with_the_screen_attached() {
         .to_string();
     assert!(err.contains("nothing-else"), "{err}");
 }
+
+#[test]
+fn wait_for_fails_at_once_when_the_program_exits_first() {
+    let mut s = Session::spawn(sh("echo bye"), 24, 80).unwrap();
+    let err = s.wait_for_text("never", DEADLINE).unwrap_err();
+    assert!(
+        matches!(err, hotspare_tests::SessionError::Exited { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("bye"), "{err}");
+}
