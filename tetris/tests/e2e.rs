@@ -166,6 +166,85 @@ fn game_over_ends_like_quit_with_the_score_saved() {
     assert_terminal_restored(&s);
 }
 
+/// The playfield as the screen shows it on 80x24: for board rows `rows`, true where a block
+/// (`[`) is drawn in columns 1-10.
+fn screen_cells(screen: &vt100::Screen, rows: std::ops::RangeInclusive<usize>) -> Vec<bool> {
+    let mut cells = Vec::new();
+    for row in rows {
+        for col in 1..=10 {
+            let cell = screen.cell((row - 1) as u16, (2 * col + 27) as u16);
+            cells.push(cell.is_some_and(|c| c.contents() == "["));
+        }
+    }
+    cells
+}
+
+/// The same for a board array.
+fn board_cells(board: &[u8], rows: std::ops::RangeInclusive<usize>) -> Vec<bool> {
+    let mut cells = Vec::new();
+    for row in rows {
+        for col in 1..=10 {
+            cells.push(board[row * B_COLS + col] != 0);
+        }
+    }
+    cells
+}
+
+#[test]
+fn a_full_row_is_shown_emptied_then_closed_up_before_the_next_piece() {
+    // Found by a greedy search over the rules: on seed 5 these three pieces (rotations and
+    // moves, then a drop; the fall timer locks them) fill board row 20.
+    const SEED5: u64 = 5;
+    const PIECES: [&[u8]; 3] = [b"kkjjjjj ", b"kk ", b"lll "];
+    // What the rules say: the locked board after each piece, and the two frames BSD shows
+    // while eliding the row the last piece completes.
+    let mut state = rules::new_game(SEED5, 1, DEFAULT_KEYS, false);
+    let mut locked = vec![state.board];
+    let mut frames = Vec::new();
+    for keys in PIECES {
+        for &k in keys {
+            rules::step(&mut state, Input::Key(k), Mode::Interactive);
+        }
+        let mut with_piece = state.board;
+        rules::place(&mut with_piece, state.curshape, state.pos, true);
+        frames = tetris::play::elide_frames(&with_piece);
+        let outcome = rules::step(&mut state, Input::Timer, Mode::Interactive);
+        assert!(outcome.locked);
+        locked.push(state.board);
+    }
+    assert_eq!(frames.len(), 2, "the last piece clears exactly one row");
+    assert_ne!(board_cells(&frames[0], 1..=20), board_cells(&frames[1], 1..=20));
+
+    let dir = TempDir::new().unwrap();
+    let mut s = start(&dir, &["--seed", "5", "-l", "1"], 24, 80);
+    s.wait_for("the board", DEADLINE, board_is_drawn).unwrap();
+    for (i, keys) in PIECES.iter().enumerate() {
+        // The pieces so far are locked (rows 5-20 as the rules say) and a new one is at the
+        // top (rows 1-4): its turn now.
+        s.wait_for(&format!("piece {i} dealt"), DEADLINE, |sc| {
+            screen_cells(sc, 5..=20) == board_cells(&locked[i], 5..=20)
+                && screen_cells(sc, 1..=4).contains(&true)
+        })
+        .unwrap();
+        s.send(keys).unwrap();
+    }
+    s.wait_for("the full row shown emptied", DEADLINE, |sc| {
+        screen_cells(sc, 1..=20) == board_cells(&frames[0], 1..=20)
+    })
+    .unwrap();
+    s.wait_for("the rows above moved down", DEADLINE, |sc| {
+        screen_cells(sc, 1..=20) == board_cells(&frames[1], 1..=20)
+    })
+    .unwrap();
+    s.wait_for("the next piece after the elide", DEADLINE, |sc| {
+        screen_cells(sc, 5..=20) == board_cells(&locked[3], 5..=20)
+            && screen_cells(sc, 1..=4).contains(&true)
+    })
+    .unwrap();
+    s.send(b"q").unwrap();
+    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+}
+
 #[test]
 fn arrow_keys_move_the_piece_as_the_key_map_does() {
     let dir = TempDir::new().unwrap();
