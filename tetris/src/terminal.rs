@@ -37,6 +37,9 @@ pub enum TerminalError {
         /// The OS error.
         source: nix::Error,
     },
+    /// Game mode is already on: a second guard would save game mode as the mode to restore.
+    #[error("the terminal on fd {0} is already in game mode")]
+    AlreadyInGameMode(RawFd),
     /// Writing the screen-mode sequences failed.
     #[error("writing the screen-mode sequences failed: {0}")]
     Write(#[from] std::io::Error),
@@ -56,6 +59,9 @@ impl<'a> GameMode<'a> {
     /// Saves `tty`'s mode, switches it to BSD's game mode, enters the alternate screen on
     /// stdout, hides the cursor and clears the screen.
     pub fn enter(tty: BorrowedFd<'a>) -> Result<Self, TerminalError> {
+        if is_active(tty.as_raw_fd()) {
+            return Err(TerminalError::AlreadyInGameMode(tty.as_raw_fd()));
+        }
         let mode = Self { tty };
         // On error, drop restores whatever was already changed.
         setup(tty)?;
