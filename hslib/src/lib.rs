@@ -7,7 +7,9 @@
 //!   typed placement of plain-old-data values.
 //! - [`track`]: which pages were written since the last checkpoint (uffd, mprotect, full).
 //! - [`runs`]: the scan result, sorted runs of pages.
+//! - [`meta`]: the checkpoint's process metadata (fds, signal handlers, worker, blobs).
 
+pub mod meta;
 pub mod region;
 pub mod runs;
 pub mod sys;

@@ -3,9 +3,11 @@
 //! Everything above this module works with safe wrappers; every `unsafe` block here says why
 //! it is sound.
 
+pub mod fd;
 pub mod mman;
 pub mod pagemap;
 pub mod segv;
+pub mod signal;
 pub mod uffd;
 
 /// The page size hslib tracks at. Checked against `sysconf(_SC_PAGESIZE)` by [`check_page_size`].
