@@ -28,7 +28,9 @@ pub enum BlobError {
         cap: usize,
     },
     /// Storing the value would take all blobs over the total cap.
-    #[error("blob {name:?}: {size} bytes would bring all blobs to {total}, over the {cap}-byte cap")]
+    #[error(
+        "blob {name:?}: {size} bytes would bring all blobs to {total}, over the {cap}-byte cap"
+    )]
     TotalTooLarge {
         /// The blob's name.
         name: String,

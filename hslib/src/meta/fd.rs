@@ -534,24 +534,37 @@ fn inspect_socket(fd: RawFd, name: &str, backlog: Option<u32>) -> Result<FdKind,
         other => return Err(refused(fd, name, Unrestorable::SocketType(other))),
     };
     if inet {
-        let proto = opt(libc::SOL_SOCKET, libc::SO_PROTOCOL, "getsockopt(SO_PROTOCOL)")?;
+        let proto = opt(
+            libc::SOL_SOCKET,
+            libc::SO_PROTOCOL,
+            "getsockopt(SO_PROTOCOL)",
+        )?;
         if proto != libc::IPPROTO_TCP {
             return Err(refused(fd, name, Unrestorable::Protocol(proto)));
         }
     }
     let name_of = |addr: Result<_, Errno>, call| {
         let addr = addr.map_err(|e| inspect(fd, name, call, e))?;
-        SocketName::from_storage(&addr).ok_or_else(|| refused(fd, name, Unrestorable::Family(domain)))
+        SocketName::from_storage(&addr)
+            .ok_or_else(|| refused(fd, name, Unrestorable::Family(domain)))
     };
     let local = name_of(sysfd::sock_name(fd), "getsockname")?;
-    let listening = opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN, "getsockopt(SO_ACCEPTCONN)")? != 0;
+    let listening = opt(
+        libc::SOL_SOCKET,
+        libc::SO_ACCEPTCONN,
+        "getsockopt(SO_ACCEPTCONN)",
+    )? != 0;
     if listening {
         if local == SocketName::Unnamed {
             return Err(refused(fd, name, Unrestorable::UnnamedListener));
         }
         let flags = sysfd::status_flags(fd).map_err(|e| inspect(fd, name, "fcntl(F_GETFL)", e))?;
         let v6only = domain == libc::AF_INET6
-            && opt(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, "getsockopt(IPV6_V6ONLY)")? != 0;
+            && opt(
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                "getsockopt(IPV6_V6ONLY)",
+            )? != 0;
         return Ok(FdKind::Listening(ListeningSocket {
             sock_type,
             local,
@@ -603,7 +616,8 @@ fn restore_file(r: &FdRecord, f: &FileRecord) -> Result<(), FdError> {
         errno,
     };
     let flags = OFlag::from_bits_retain((f.flags & RESTORABLE_FLAGS) | libc::O_CLOEXEC);
-    let file = nix::fcntl::open(f.path.as_path(), flags, Mode::empty()).map_err(|e| err("open", e))?;
+    let file =
+        nix::fcntl::open(f.path.as_path(), flags, Mode::empty()).map_err(|e| err("open", e))?;
     sysfd::seek_to(file.as_raw_fd(), f.offset).map_err(|e| err("lseek", e))?;
     sysfd::place_at(file, r.fd, r.cloexec).map_err(|e| err("dup3", e))
 }
@@ -645,8 +659,13 @@ fn restore_listener(r: &FdRecord, l: &ListeningSocket) -> Result<(), FdError> {
             sysfd::set_sockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
                 .map_err(|e| err("setsockopt(SO_REUSEADDR)", e))?;
             if a.is_ipv6() {
-                sysfd::set_sockopt_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(l.v6only))
-                    .map_err(|e| err("setsockopt(IPV6_V6ONLY)", e))?;
+                sysfd::set_sockopt_int(
+                    raw,
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_V6ONLY,
+                    i32::from(l.v6only),
+                )
+                .map_err(|e| err("setsockopt(IPV6_V6ONLY)", e))?;
             }
         }
         SocketName::Unix(path) => remove_stale_socket(r, path)?,

@@ -33,7 +33,9 @@ impl Handler {
     }
 
     /// A `void handler(int, siginfo_t *, void *)`, installed with `SA_SIGINFO`.
-    pub fn with_info(f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)) -> Self {
+    pub fn with_info(
+        f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+    ) -> Self {
         Self(Entry::Info(f))
     }
 }
@@ -211,7 +213,8 @@ impl SignalRegistry {
     }
 
     fn lookup(&self, r: &SignalRecord) -> Result<Handler, SignalError> {
-        let signal = Signal::try_from(r.signal).map_err(|_| SignalError::BadSignal { signal: r.signal })?;
+        let signal =
+            Signal::try_from(r.signal).map_err(|_| SignalError::BadSignal { signal: r.signal })?;
         if matches!(
             signal,
             Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGSEGV | Signal::SIGBUS

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 /// A socket's address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SocketName {
-    /// An IPv4 or IPv6 address and port.
-    Inet(SocketAddr),
+    /// An IPv4 or IPv6 address and port (with an IPv6 address's flow info and scope id).
+    Inet(#[serde(with = "inet")] SocketAddr),
     /// A Unix socket bound to a filesystem path.
     Unix(#[serde(with = "super::path_bytes")] PathBuf),
     /// A Unix socket in the abstract namespace (the name without the leading NUL).
@@ -69,5 +69,36 @@ impl SocketName {
             Self::Abstract(n) => Some(Box::new(UnixAddr::new_abstract(n).ok()?)),
             Self::Unnamed => None,
         }
+    }
+}
+
+/// Serde for inet addresses that keeps an IPv6 address's flow info and scope id (serde's
+/// own `SocketAddr` drops them, and a link-local listener needs its scope to bind again).
+mod inet {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    enum Repr {
+        V4(Ipv4Addr, u16),
+        V6(Ipv6Addr, u16, u32, u32),
+    }
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        match a {
+            SocketAddr::V4(a) => Repr::V4(*a.ip(), a.port()),
+            SocketAddr::V6(a) => Repr::V6(*a.ip(), a.port(), a.flowinfo(), a.scope_id()),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        Ok(match Repr::deserialize(d)? {
+            Repr::V4(ip, port) => SocketAddr::V4(SocketAddrV4::new(ip, port)),
+            Repr::V6(ip, port, flow, scope) => {
+                SocketAddr::V6(SocketAddrV6::new(ip, port, flow, scope))
+            }
+        })
     }
 }
