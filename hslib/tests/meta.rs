@@ -324,6 +324,83 @@ fn a_connected_socket_is_restored_as_a_dead_connection_the_worker_can_see() {
     );
 }
 
+#[test]
+fn a_unix_connection_is_restored_dead_too() {
+    let _g = global_lock();
+    let (a, _b) = UnixStream::pair().expect("pair");
+    let fd = a.as_raw_fd();
+    let mut fds = FdRegistry::new();
+    fds.register_socket(fd, "pair").expect("register");
+    let meta = ship(&fds, &SignalRegistry::new());
+    drop(a);
+    let lost = restore(&meta);
+    assert_eq!(lost.len(), 1);
+    assert_eq!((lost[0].fd, &lost[0].peer), (fd, &SocketName::Unnamed));
+    let mut s = UnixStream::from(adopt(fd));
+    let e = s
+        .peer_addr()
+        .expect_err("a restored connection has no peer");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN));
+    let mut buf = [0u8; 1];
+    assert!(
+        s.read(&mut buf).is_err(),
+        "read from a dead unix connection"
+    );
+    let mut pfd = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&s),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).expect("poll");
+    let revents = pfd[0].revents().expect("revents");
+    assert!(
+        revents.contains(nix::poll::PollFlags::POLLHUP),
+        "{revents:?}"
+    );
+}
+
+#[test]
+fn an_abstract_seqpacket_listener_is_recreated_with_its_type() {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let _g = global_lock();
+    let name = format!("hslib-meta-test-{}", std::process::id());
+    let addr = UnixAddr::new_abstract(name.as_bytes()).expect("addr");
+    let l = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    socket::bind(l.as_raw_fd(), &addr).expect("bind");
+    socket::listen(&l, Backlog::new(4).expect("backlog")).expect("listen");
+    let fd = l.as_raw_fd();
+    let mut fds = FdRegistry::new();
+    fds.register_listener(fd, "seq", 4).expect("register");
+    let meta = ship(&fds, &SignalRegistry::new());
+    match &meta.fds[0].kind {
+        FdKind::Listening(ls) => {
+            assert_eq!(ls.local, SocketName::Abstract(name.clone().into_bytes()));
+            assert_eq!(ls.sock_type, hslib::meta::SocketType::SeqPacket);
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(l);
+
+    restore(&meta);
+    let l = adopt(fd);
+    let ty = hslib::sys::fd::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).expect("SO_TYPE");
+    assert_eq!(ty, libc::SOCK_SEQPACKET);
+    let c = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    socket::connect(c.as_raw_fd(), &addr).expect("connect to the restored listener");
+    socket::accept(&l).expect("accept");
+}
+
 fn refusal(fds: &mut FdRegistry, fd: RawFd, file: bool) -> Unrestorable {
     let res = if file {
         fds.register_file(fd, "x", false)

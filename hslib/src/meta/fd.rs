@@ -11,8 +11,9 @@
 //!   A Unix socket file left by the dead primary is unlinked first (only if it is a socket).
 //! - connected stream sockets are accepted at registration, but a connection cannot move to
 //!   another process (the paper's TCP problem). On restore the number gets a fresh, unconnected
-//!   socket of the same family and type: reads and `getpeername` fail with `ENOTCONN`, `poll`
-//!   reports `POLLHUP`, so the worker sees a dead connection as if the peer had gone, and
+//!   socket of the same family and type: `getpeername` fails with `ENOTCONN`, reads fail
+//!   (`ENOTCONN` for TCP, `EINVAL` for Unix), `poll` reports `POLLHUP`, so the worker sees a
+//!   dead connection as if the peer had gone, and
 //!   [`restore`] returns the list of [`LostConnection`]s. Leaving the number closed instead
 //!   would let a later `open` take it and receive writes meant for the peer.
 //!
