@@ -998,10 +998,20 @@ mod encoding {
             Some(("x".into(), 3))
         );
 
+        // Caps above the limits a spare accepts are lowered to them.
+        let mut wide = Blobs::with_caps(usize::MAX, usize::MAX);
+        let err = wide
+            .put("big", &vec![0u8; hslib::meta::blob::MAX_BLOB_BYTES])
+            .expect_err("over the largest cap");
+        assert!(
+            matches!(err, BlobError::TooLarge { cap, .. } if cap == hslib::meta::blob::MAX_BLOB_BYTES),
+            "{err}"
+        );
+
         let mut huge = BTreeMap::new();
         huge.insert(
             "huge".to_string(),
-            vec![0u8; hslib::meta::blob::DEFAULT_BLOB_CAP + 1],
+            vec![0u8; hslib::meta::blob::MAX_BLOB_BYTES + 1],
         );
         let meta = Metadata {
             blobs: huge,

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The default cap on one blob's encoded size.
-pub const DEFAULT_BLOB_CAP: usize = 64 << 10;
-/// The default cap on all blobs' encoded sizes together.
-pub const DEFAULT_TOTAL_CAP: usize = 1 << 20;
+/// The largest cap on one blob's encoded size, and the default.
+pub const MAX_BLOB_BYTES: usize = 64 << 10;
+/// The largest cap on all blobs' encoded sizes together, and the default.
+pub const MAX_TOTAL_BYTES: usize = 1 << 20;
 /// The longest blob name.
 pub const MAX_NAME_LEN: usize = 255;
 
@@ -80,17 +80,19 @@ pub struct Blobs {
 
 impl Default for Blobs {
     fn default() -> Self {
-        Self::with_caps(DEFAULT_BLOB_CAP, DEFAULT_TOTAL_CAP)
+        Self::with_caps(MAX_BLOB_BYTES, MAX_TOTAL_BYTES)
     }
 }
 
 impl Blobs {
-    /// No blobs, with the given caps on one blob's and on all blobs' encoded sizes.
+    /// No blobs, with the given caps on one blob's and on all blobs' encoded sizes, at most
+    /// [`MAX_BLOB_BYTES`] and [`MAX_TOTAL_BYTES`] (larger values are lowered to those), so
+    /// whatever a primary stores, a spare's [`super::Metadata::decode`] accepts.
     pub fn with_caps(blob_cap: usize, total_cap: usize) -> Self {
         Self {
             map: BTreeMap::new(),
-            blob_cap,
-            total_cap,
+            blob_cap: blob_cap.min(MAX_BLOB_BYTES),
+            total_cap: total_cap.min(MAX_TOTAL_BYTES),
             total: 0,
         }
     }

@@ -173,7 +173,7 @@ impl Metadata {
     }
 
     /// Decodes a record and checks it: size, no trailing bytes, distinct non-negative fd
-    /// numbers, blobs within the default [`Blobs`] limits.
+    /// numbers, blobs within [`blob::MAX_BLOB_BYTES`] and [`blob::MAX_TOTAL_BYTES`].
     pub fn decode(bytes: &[u8]) -> Result<Self, MetaError> {
         let len = bytes.len();
         if len > MAX_METADATA_BYTES {
