@@ -165,6 +165,7 @@ impl SignalRegistry {
     /// `hs_sigreg`: installs the handler defined as `name` for `signal` now, with `flags` and
     /// `mask` blocked while it runs, and records it for the metadata. Replaces an earlier
     /// registration for the same signal.
+    #[doc(alias = "hs_sigreg")]
     pub fn register(
         &mut self,
         signal: Signal,
