@@ -576,7 +576,7 @@ fn read_through_newline(input: &mut dyn Read) {
         match input.read(&mut byte) {
             Ok(1) if byte[0] == b'\n' => return,
             Ok(1) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Ok(_) | Err(_) => return,
         }
     }
