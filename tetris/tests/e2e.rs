@@ -38,9 +38,10 @@ fn start(dir: &TempDir, args: &[&str], rows: u16, cols: u16) -> Session {
 
 /// After a game: BSD's "Hit RETURN to see high scores" wait is answered, then the exit awaited.
 fn answer_scores_prompt_and_exit(s: &mut Session) -> std::process::ExitStatus {
-    s.wait_for_text(SEE_SCORES_PROMPT, DEADLINE).unwrap();
-    s.send(b"\n").unwrap();
-    s.wait_exit(DEADLINE).unwrap()
+    s.wait_for_text(SEE_SCORES_PROMPT, DEADLINE)
+        .expect("the see-high-scores prompt");
+    s.send(b"\n").expect("answering the prompt");
+    s.wait_exit(DEADLINE).expect("exit after the table")
 }
 
 /// The board frame on 80x24: walls in reverse video at columns 27-28 and 49-50 of rows
