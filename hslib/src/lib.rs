@@ -7,11 +7,15 @@
 //!   typed placement of plain-old-data values.
 //! - [`track`]: which pages were written since the last checkpoint (uffd, mprotect, full).
 //! - [`runs`]: the scan result, sorted runs of pages.
+//! - [`replica`]: the spare's image, changed only by whole, validated checkpoints.
+//! - [`wire`]: the checkpoint stream's frames (specified in `hslib/PROTOCOL.md`).
 
 pub mod region;
+pub mod replica;
 pub mod runs;
 pub mod sys;
 pub mod track;
+pub mod wire;
 
 pub use region::{Region, RegionError, RegionId, Slot};
 pub use runs::{PageRun, PageRuns};
