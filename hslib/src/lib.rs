@@ -8,13 +8,17 @@
 //! - [`track`]: which pages were written since the last checkpoint (uffd, mprotect, full).
 //! - [`runs`]: the scan result, sorted runs of pages.
 //! - [`replica`]: the spare's image, changed only by whole, validated checkpoints.
+//! - [`session`]: opening a session (the hello handshake) with bounded waits.
+//! - [`transport`]: the byte streams (Unix socket, authenticated TCP, log file, null).
 //! - [`wire`]: the checkpoint stream's frames (specified in `hslib/PROTOCOL.md`).
 
 pub mod region;
 pub mod replica;
 pub mod runs;
+pub mod session;
 pub mod sys;
 pub mod track;
+pub mod transport;
 pub mod wire;
 
 pub use region::{Region, RegionError, RegionId, Slot};

@@ -658,8 +658,16 @@ impl Replica {
         })
     }
 
-    /// Receives a session from `stream` until it ends, sending an ack for the hello and for
-    /// every commit. Whatever was staged when the stream ended or broke is dropped.
+    /// The epoch and sequence number for the next ack of the session, if one is open.
+    pub fn take_ack_slot(&mut self) -> Option<(u64, u64)> {
+        let session = self.session.as_mut()?;
+        let slot = (session.epoch, session.ack_sequence);
+        session.ack_sequence += 1;
+        Some(slot)
+    }
+
+    /// Receives from `stream` until it ends, sending an ack for each hello and commit (a
+    /// session opened before, as by [`crate::session::serve_spare`], continues). Whatever was staged when the stream ended or broke is dropped.
     pub fn serve(&mut self, stream: &mut (impl Read + Write)) -> StreamEnd {
         self.run(stream, |w: &mut _, epoch, seq, ack: &Ack| {
             wire::write_ack(w, epoch, seq, ack)?;
@@ -695,11 +703,9 @@ impl Replica {
                     if kind == FrameKind::Commit {
                         commits += 1;
                     }
-                    let Some(session) = &mut self.session else {
+                    let Some((epoch, seq)) = self.take_ack_slot() else {
                         continue;
                     };
-                    let (epoch, seq) = (session.epoch, session.ack_sequence);
-                    session.ack_sequence += 1;
                     if let Err(e) = send(stream, epoch, seq, &ack) {
                         break Some(e.into());
                     }
