@@ -138,3 +138,59 @@ pub enum TransportError {
         source: crate::wire::WireError,
     },
 }
+
+impl<E: Endpoint + ?Sized> Endpoint for &mut E {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        (**self).set_read_timeout(timeout)
+    }
+
+    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
+        (**self).try_clone_endpoint()
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        (**self).shutdown()
+    }
+}
+
+impl<E: Endpoint + ?Sized> Endpoint for Box<E> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        (**self).set_read_timeout(timeout)
+    }
+
+    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
+        (**self).try_clone_endpoint()
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        (**self).shutdown()
+    }
+}
+
+/// A connected Unix socket pair end (e.g. from `socketpair` between a parent and a spare it
+/// forked) is an endpoint as it is.
+impl Endpoint for std::os::unix::net::UnixStream {
+    fn describe(&self) -> String {
+        "unix:socketpair".to_owned()
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, timeout)
+    }
+
+    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        std::os::unix::net::UnixStream::shutdown(self, std::net::Shutdown::Both)
+    }
+}
