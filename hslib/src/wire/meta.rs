@@ -46,8 +46,9 @@ pub struct FileRecord {
 /// A socket's address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SocketName {
-    /// An IPv4 or IPv6 address and port.
-    Inet(SocketAddr),
+    /// An IPv4 or IPv6 address and port (IPv6 with its flow info and scope id, which
+    /// serde's own encoding of `SocketAddr` drops).
+    Inet(#[serde(with = "inet")] SocketAddr),
     /// A Unix socket bound to a path.
     Unix(#[serde(with = "path_bytes")] PathBuf),
     /// A Unix socket in the abstract namespace (the name without the leading NUL).
@@ -101,6 +102,37 @@ pub struct Metadata {
     pub worker: Option<String>,
     /// Application blobs: small serialised values by name.
     pub blobs: BTreeMap<String, Vec<u8>>,
+}
+
+/// Serialises a socket address with every field, the IPv6 scope id included (a link-local
+/// listener needs it to bind again).
+mod inet {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    enum Repr {
+        V4(Ipv4Addr, u16),
+        V6(Ipv6Addr, u16, u32, u32),
+    }
+
+    pub fn serialize<S: Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            SocketAddr::V4(a) => Repr::V4(*a.ip(), a.port()),
+            SocketAddr::V6(a) => Repr::V6(*a.ip(), a.port(), a.flowinfo(), a.scope_id()),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        Ok(match Repr::deserialize(d)? {
+            Repr::V4(ip, port) => SocketAddr::V4(SocketAddrV4::new(ip, port)),
+            Repr::V6(ip, port, flow, scope) => {
+                SocketAddr::V6(SocketAddrV6::new(ip, port, flow, scope))
+            }
+        })
+    }
 }
 
 /// Serialises a path as its raw bytes.
