@@ -453,7 +453,8 @@ impl Replica {
         self.staged = Staged::default();
     }
 
-    /// Takes one frame. On success returns the ack to send back, if the frame earns one (a
+    /// Takes one frame, as [`wire::read_frame`] returned it (its header's checksum fields are
+    /// trusted to describe its body). On success returns the ack to send back, if the frame earns one (a
     /// hello or a commit). On error the frame is refused, the staged checkpoint dropped, the
     /// session ended, and the committed state is unchanged.
     pub fn accept(&mut self, frame: Frame) -> Result<Option<Ack>, ReplicaError> {

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use hslib::replica::{Replica, ReplicaConfig, ReplicaError, ReplicaState};
-use hslib::session::{open_primary, serve_spare};
+use hslib::session::{SessionError, open_primary, serve_spare};
 use hslib::transport::file::{self, FileLog};
 use hslib::transport::tcp::{self, AuthKey, TcpConfig, TcpServer};
 use hslib::transport::unix::{self, UnixServer};
@@ -220,9 +220,9 @@ fn torn_unix_connections_hold_exactly_the_last_whole_checkpoint() {
 }
 
 #[test]
-fn a_killed_primary_leaves_the_spare_at_its_last_acked_checkpoint() {
-    // The primary process is cut off mid-checkpoint (socket closed under it); the spare
-    // keeps the checkpoint it acked last and takes a new session from a successor.
+fn a_primary_cut_off_mid_checkpoint_leaves_the_spare_at_its_last_acked_checkpoint() {
+    // The primary's socket is closed mid-checkpoint, with acks unread (as when its process
+    // dies); the spare keeps the checkpoint it acked last.
     let (mut a, mut b) = UnixStream::pair().expect("socketpair");
     b.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
@@ -242,7 +242,10 @@ fn a_killed_primary_leaves_the_spare_at_its_last_acked_checkpoint() {
     // The unread acks make the kernel report the close as a reset rather than an end of
     // stream; either way the staged frames are dropped.
     assert!(
-        matches!(&end.error, None | Some(ReplicaError::Wire(WireError::Io(_)))),
+        matches!(
+            &end.error,
+            None | Some(ReplicaError::Wire(WireError::Io(_)))
+        ),
         "{:?}",
         end.error
     );
@@ -451,4 +454,59 @@ fn a_reconnected_spare_gets_a_session_on_top_of_its_image() {
         "{e:?}"
     );
     assert_eq!(r.digest(), Some(cps[1].digest));
+}
+
+#[test]
+fn the_spare_gives_up_waiting_for_a_hello_after_the_handshake_timeout() {
+    let (_primary, mut b) = UnixStream::pair().expect("socketpair");
+    let mut r = Replica::default();
+    match serve_spare(&mut r, &mut b, Duration::from_millis(100)) {
+        Err(SessionError::Wire {
+            source: WireError::Io(e),
+            ..
+        }) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+        other => panic!("want a timeout, got {other:?}"),
+    }
+    assert_eq!(r.state(), ReplicaState::Idle);
+}
+
+#[test]
+fn the_primary_gives_up_waiting_for_the_hello_ack_after_the_handshake_timeout() {
+    let (a, _silent_spare) = UnixStream::pair().expect("socketpair");
+    match open_primary(a, 1, 1, &hello(), Duration::from_millis(100)) {
+        Err(SessionError::Wire {
+            source: WireError::Io(e),
+            ..
+        }) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+        other => panic!("want a timeout, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_spare_refuses_a_session_that_does_not_start_with_a_hello() {
+    let (mut a, mut b) = UnixStream::pair().expect("socketpair");
+    let (_, enc) = base();
+    // The stream without its hello frame.
+    a.write_all(&enc.bytes[enc.frame_ends[0]..enc.frame_ends[1]])
+        .expect("write");
+    let mut r = Replica::default();
+    match serve_spare(&mut r, &mut b, HANDSHAKE_TIMEOUT) {
+        Err(SessionError::Replica {
+            source: ReplicaError::NoSession { kind },
+            ..
+        }) => assert_eq!(kind, FrameKind::Pages),
+        other => panic!("want a refusal, got {other:?}"),
+    }
 }
