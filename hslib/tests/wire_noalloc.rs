@@ -87,6 +87,7 @@ fn pages_metadata_and_commit_write_without_allocating() {
     );
     w.hello(&hello).expect("hello");
     w.begin(false).expect("begin");
+    ALLOCATIONS.with(|a| a.set(0));
     COUNTING.with(|c| c.set(true));
     let result = (|| {
         w.pages(1, 0, &data)?;
@@ -106,4 +107,56 @@ fn pages_metadata_and_commit_write_without_allocating() {
         ALLOCATIONS.with(Cell::get) > 0,
         "the counting allocator counts"
     );
+}
+
+#[test]
+fn a_checkpoint_finished_through_a_raw_fd_writer_allocates_nothing_and_replays() {
+    use std::os::fd::AsFd;
+
+    use hslib::replica::Replica;
+    use hslib::transport::FdWriter;
+    use hslib::wire::page_frames;
+
+    let hello = Hello {
+        page_size: PAGE_SIZE as u32,
+        regions: vec![RegionInfo {
+            id: 1,
+            base: 1 << 44,
+            len: 300 * PAGE_SIZE as u64,
+        }],
+    };
+    let md = Metadata {
+        regions: hello.regions.clone(),
+        ..Metadata::default()
+    };
+    let file = tempfile::tempfile().expect("tempfile");
+    // The parent: hello, begin, metadata encoded, all before the "fork".
+    let mut parent = CheckpointWriter::new(FdWriter::new(file.as_fd()), 4, 1);
+    parent.hello(&hello).expect("hello");
+    parent.begin(true).expect("begin");
+    let encoded = encode_record(FrameKind::Metadata, &md).expect("encode");
+    let data = vec![9u8; 300 * PAGE_SIZE];
+    // The child's part, with a copy of the writer state, counted.
+    let mut child = CheckpointWriter::with_state(FdWriter::new(file.as_fd()), parent.state());
+    ALLOCATIONS.with(|a| a.set(0));
+    COUNTING.with(|c| c.set(true));
+    let result = (|| {
+        child.pages(1, 0, &data)?;
+        child.encoded_metadata(&encoded)?;
+        child.commit()
+    })();
+    COUNTING.with(|c| c.set(false));
+    result.expect("child checkpoint");
+    assert_eq!(ALLOCATIONS.with(Cell::get), 0, "the fd path allocated");
+    let mut st = parent.state();
+    st.skip_checkpoint(page_frames(300) + 1);
+    assert_eq!(st, child.state());
+    // What the child wrote is a complete checkpoint.
+    let mut r = Replica::default();
+    let mut f = file;
+    io::Seek::rewind(&mut f).expect("rewind");
+    let end = r.replay(&mut f);
+    assert!(end.error.is_none(), "{:?}", end.error);
+    assert_eq!(end.commits, 1);
+    assert_eq!(r.image().and_then(|i| i.region(1)), Some(data.as_slice()));
 }

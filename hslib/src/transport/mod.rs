@@ -1,7 +1,9 @@
 //! Byte streams that carry the checkpoint stream: Unix socket (the default), TCP with mutual
 //! authentication from a shared key, a file (a checkpoint log a replica can be rebuilt from),
 //! and null (discards; for benchmarks). The frames on top are the same for all of them.
+//! [`FdWriter`] is the bare `write(2)` output a fork child uses.
 
+pub mod fd;
 pub mod file;
 pub mod null;
 pub mod tcp;
@@ -11,6 +13,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use fd::FdWriter;
 pub use file::FileLog;
 pub use null::NullEndpoint;
 pub use tcp::{AuthKey, TcpConfig, TcpEndpoint, TcpServer};
