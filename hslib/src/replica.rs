@@ -78,6 +78,14 @@ pub enum ReplicaError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The hello lists more regions than the limit.
+    #[error("region table lists {count} regions; at most {max} are accepted")]
+    TooManyRegions {
+        /// Regions listed.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The image would be larger than the configured limit.
     #[error("image of {bytes} bytes exceeds the limit of {max} bytes")]
     ImageTooLarge {
@@ -174,7 +182,10 @@ pub fn validate_table(
 ) -> Result<(Vec<RegionInfo>, u64), ReplicaError> {
     let bad = |region: u32, reason| ReplicaError::BadRegionTable { region, reason };
     if table.len() > MAX_REGIONS {
-        return Err(bad(u32::MAX, "more regions than the limit of 4096"));
+        return Err(ReplicaError::TooManyRegions {
+            count: table.len(),
+            max: MAX_REGIONS,
+        });
     }
     let page = PAGE_SIZE as u64;
     let mut total: u64 = 0;

@@ -468,6 +468,30 @@ fn bad_region_tables_and_page_sizes_in_the_hello_are_refused() {
             "{regions:?}: {e}"
         );
     }
+    let many: Vec<RegionInfo> = (0..4097u32)
+        .map(|i| RegionInfo {
+            id: i,
+            base: (u64::from(i) + 1) * page,
+            len: page,
+        })
+        .collect();
+    let mut w = CheckpointWriter::new(Vec::new(), 1, 1);
+    w.hello(&Hello {
+        page_size: PAGE_SIZE as u32,
+        regions: many,
+    })
+    .expect("hello");
+    let e = feed(&mut Replica::default(), frames(&w.into_inner())).expect_err("4097 regions");
+    assert!(
+        matches!(
+            e,
+            ReplicaError::TooManyRegions {
+                count: 4097,
+                max: 4096
+            }
+        ),
+        "{e}"
+    );
     let mut w = CheckpointWriter::new(Vec::new(), 1, 1);
     w.hello(&Hello {
         page_size: 16384,

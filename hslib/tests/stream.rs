@@ -16,7 +16,7 @@ use hslib::session::{SessionError, open_primary, serve_spare};
 use hslib::transport::file::{self, FileLog};
 use hslib::transport::tcp::{self, AuthKey, TcpConfig, TcpServer};
 use hslib::transport::unix::{self, UnixServer};
-use hslib::transport::{Endpoint, HANDSHAKE_TIMEOUT};
+use hslib::transport::{Endpoint, HANDSHAKE_TIMEOUT, TransportError};
 use hslib::wire::{CheckpointWriter, FrameHeader, FrameKind, HEADER_LEN, MAX_BODY_LEN, WireError};
 use proptest::prelude::*;
 use streamutil::{Cp, Encoded, Rng, encode, hello, script, write_script};
@@ -146,7 +146,7 @@ fn log_append_cuts_a_torn_tail_and_replays_the_new_session() {
     assert_eq!(replica.digest(), Some(first[1].digest));
     // A new session appended after the torn tail (epoch 2) replays as well.
     let second = script(5, 2);
-    let log = FileLog::append(&path).expect("append");
+    let log = FileLog::append(&path, ReplicaConfig::default()).expect("append");
     let mut w = CheckpointWriter::new(log, 2, 3);
     write_script(&mut w, &second);
     drop(w);
@@ -155,6 +155,33 @@ fn log_append_cuts_a_torn_tail_and_replays_the_new_session() {
     assert_eq!(replica.digest(), Some(second[1].digest));
     assert_eq!(replica.checkpoint(), Some(4));
     assert_eq!(end.commits, 2 + 2);
+}
+
+#[test]
+fn log_append_refuses_a_log_a_replica_refuses_instead_of_cutting_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cp.log");
+    let cps = script(6, 2);
+    let mut w = CheckpointWriter::new(FileLog::create(&path).expect("create"), 1, 1);
+    write_script(&mut w, &cps);
+    drop(w);
+    let len = std::fs::metadata(&path).expect("stat").len();
+    // A limit too small for the log's image: its frames read back fine but are refused.
+    let small = ReplicaConfig {
+        max_image_bytes: 4096,
+    };
+    match FileLog::append(&path, small) {
+        Err(TransportError::Log {
+            source: ReplicaError::ImageTooLarge { .. },
+            ..
+        }) => {}
+        other => panic!("want a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        len,
+        "log was cut"
+    );
 }
 
 fn base() -> &'static (Vec<Cp>, Encoded) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::{Endpoint, TransportError};
 use crate::replica::{Replica, ReplicaConfig, StreamEnd};
-use crate::wire::{self, Acked};
+use crate::wire::{self, Acked, WireError};
 
 /// A checkpoint log file.
 #[derive(Debug)]
@@ -41,9 +41,9 @@ impl FileLog {
     }
 
     /// Opens a log for appending a new session (which starts with a hello), creating it if
-    /// missing; a torn or unusable tail after the last complete checkpoint is cut off first,
-    /// so the new frames follow a frame boundary.
-    pub fn append(path: &Path) -> Result<Self, TransportError> {
+    /// missing; a torn tail after the last complete checkpoint is cut off first, so the new
+    /// frames follow a frame boundary. A log that does not replay is refused, not cut. `config` bounds the replay that finds it.
+    pub fn append(path: &Path, config: ReplicaConfig) -> Result<Self, TransportError> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -52,7 +52,7 @@ impl FileLog {
             .mode(0o600)
             .open(path)
             .map_err(path_err("opening log", path))?;
-        let keep = committed_len(&mut file)?;
+        let keep = committed_len(&mut file, path, config)?;
         file.set_len(keep)
             .map_err(path_err("truncating log", path))?;
         file.seek(SeekFrom::Start(keep))
@@ -99,22 +99,38 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// The length of the prefix of the log a replica accepts up to its last commit.
-fn committed_len(file: &mut File) -> Result<u64, TransportError> {
+/// The length of the prefix of the log up to its last complete commit. A torn or corrupt
+/// tail (a frame that does not read back) is what gets cut; a read error, or frames that read
+/// back but that a replica refuses, are errors: cutting there could destroy good checkpoints.
+fn committed_len(
+    file: &mut File,
+    path: &Path,
+    config: ReplicaConfig,
+) -> Result<u64, TransportError> {
     let mut r = Counting {
         inner: BufReader::new(&mut *file),
         read: 0,
     };
-    let mut replica = Replica::new(ReplicaConfig::default());
+    let mut replica = Replica::new(config);
     let mut keep = 0;
-    while let Ok(Some(frame)) = wire::read_frame(&mut r) {
+    let refused = |source| TransportError::Log {
+        path: path.to_owned(),
+        source,
+    };
+    loop {
+        let frame = match wire::read_frame(&mut r) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(keep),
+            Err(e @ WireError::Io(_)) => return Err(refused(e.into())),
+            // The torn tail of a writer that died mid-frame.
+            Err(_) => return Ok(keep),
+        };
         match replica.accept(frame) {
             Ok(Some(ack)) if ack.acked == Acked::Commit => keep = r.read,
             Ok(_) => {}
-            Err(_) => break,
+            Err(e) => return Err(refused(e)),
         }
     }
-    Ok(keep)
 }
 
 /// Rebuilds a replica from the log at `path`: the result holds the last checkpoint the log

@@ -132,13 +132,13 @@ pub enum TransportError {
     /// No randomness for the nonce.
     #[error("no random nonce: {0}")]
     Random(getrandom::Error),
-    /// Reading a checkpoint log failed.
-    #[error("checkpoint log {path:?}: {source}")]
+    /// A checkpoint log cannot be read back, or holds frames a replica refuses.
+    #[error("checkpoint log {path:?} does not replay: {source}")]
     Log {
         /// The log.
         path: PathBuf,
         /// Why.
-        source: crate::wire::WireError,
+        source: crate::replica::ReplicaError,
     },
 }
 
