@@ -428,6 +428,11 @@ impl Replica {
         self.committed.as_ref()
     }
 
+    /// Gives up the replica for its latest completed checkpoint (on promotion).
+    pub fn into_committed(self) -> Option<Committed> {
+        self.committed
+    }
+
     /// The committed image, if any.
     pub fn image(&self) -> Option<&Image> {
         self.committed.as_ref().map(|c| &c.image)

@@ -546,6 +546,10 @@ fn the_latest_committed_blobs_and_metadata_are_kept_for_callers() {
         t.sort_by_key(|r| r.id);
         t
     });
+    let digest = r.digest();
+    let taken = r.into_committed().expect("committed");
+    assert_eq!(Some(taken.image.digest()), digest);
+    assert_eq!(taken.checkpoint, 2);
 }
 
 #[test]
