@@ -34,6 +34,26 @@ fn unix_socket_directory_is_created_with_mode_0700() {
 }
 
 #[test]
+fn unix_replaces_a_stale_socket_but_not_a_live_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("hs");
+    let live = UnixServer::bind(&dir, "s").expect("bind");
+    match UnixServer::bind(&dir, "s") {
+        Err(TransportError::Path { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse)
+        }
+        other => panic!("second bind on a live socket: {other:?}"),
+    }
+    drop(live);
+    // A socket file left behind by a process that died: std's listener does not unlink it.
+    let path = dir.join("s");
+    drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+    assert!(path.exists());
+    let again = UnixServer::bind(&dir, "s").expect("rebind over a stale socket");
+    assert_eq!(again.path(), path);
+}
+
+#[test]
 fn unix_refuses_an_existing_directory_open_to_others_on_both_sides() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("loose");

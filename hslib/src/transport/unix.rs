@@ -77,14 +77,21 @@ pub struct UnixServer {
 
 impl UnixServer {
     /// Listens on `dir/name`, creating `dir` (0700) if needed and replacing a stale socket
-    /// file left by a dead process.
+    /// file left by a dead process; a socket a live server still answers on is refused.
     pub fn bind(dir: &Path, name: &str) -> Result<Self, TransportError> {
         secure_dir(dir)?;
         let path = dir.join(name);
         if let Ok(meta) = fs::symlink_metadata(&path)
             && meta.file_type().is_socket()
         {
-            // Only this user can write the directory, so the stale socket is our own.
+            if UnixStream::connect(&path).is_ok() {
+                return Err(TransportError::Path {
+                    what: "binding (a live server answers there)",
+                    path,
+                    source: io::ErrorKind::AddrInUse.into(),
+                });
+            }
+            // Nobody answers, and only this user can write the directory: our stale socket.
             fs::remove_file(&path).map_err(|source| TransportError::Path {
                 what: "removing stale socket",
                 path: path.clone(),
