@@ -7,10 +7,10 @@
 //!   typed placement of plain-old-data values.
 //! - [`track`]: which pages were written since the last checkpoint (uffd, mprotect, full).
 //! - [`runs`]: the scan result, sorted runs of pages.
-//! - [`replica`]: the spare's image, changed only by whole, validated checkpoints.
-//! - [`session`]: opening a session (the hello handshake) with bounded waits.
-//! - [`transport`]: the byte streams (Unix socket, authenticated TCP, log file, null).
 //! - [`wire`]: the checkpoint stream's frames (specified in `hslib/PROTOCOL.md`).
+//! - [`transport`]: the byte streams (Unix socket, authenticated TCP, log file, null).
+//! - [`session`]: opening a session (the hello handshake) with bounded waits.
+//! - [`replica`]: the spare's image, changed only by whole, validated checkpoints.
 
 pub mod region;
 pub mod replica;

@@ -97,7 +97,9 @@ pub fn open_primary<E: Endpoint>(
 
 /// Serves a session as the spare: waits at most `timeout` for the primary's hello, acks it,
 /// then receives checkpoints (acking each commit) until the stream ends. The replica keeps
-/// the last completed checkpoint whatever happens.
+/// the last completed checkpoint whatever happens. After a refusal (an error here or in the
+/// returned [`StreamEnd`]) the caller closes the endpoint: the protocol has no error frame,
+/// the primary sees the stream end and starts a new session.
 pub fn serve_spare<E: Endpoint>(
     replica: &mut Replica,
     endpoint: &mut E,
