@@ -8,12 +8,20 @@
 //! - [`track`]: which pages were written since the last checkpoint (uffd, mprotect, full).
 //! - [`runs`]: the scan result, sorted runs of pages.
 //! - [`meta`]: the checkpoint's process metadata (fds, signal handlers, worker, blobs).
+//! - [`wire`]: the checkpoint stream's frames (specified in `hslib/PROTOCOL.md`).
+//! - [`transport`]: the byte streams (Unix socket, authenticated TCP, log file, null).
+//! - [`session`]: opening a session (the hello handshake) with bounded waits.
+//! - [`replica`]: the spare's image, changed only by whole, validated checkpoints.
 
 pub mod meta;
 pub mod region;
+pub mod replica;
 pub mod runs;
+pub mod session;
 pub mod sys;
 pub mod track;
+pub mod transport;
+pub mod wire;
 
 pub use region::{Region, RegionError, RegionId, Slot};
 pub use runs::{PageRun, PageRuns};

@@ -6,7 +6,7 @@
 //! state can be played on. [`game_loop`] is the loop itself, over a [`Frontend`], an input
 //! [`Source`] and a [`Clock`], so tests drive it on a virtual clock without a terminal.
 
-use std::io::Stdout;
+use std::io::{IsTerminal as _, Stdout};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -66,7 +66,14 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
     match play(&mut state, colour)? {
         Ending::Finished => {
             let mut out = std::io::stdout().lock();
-            scores::finish_game(options, state.points, &mut out)?;
+            let mut stdin = std::io::stdin();
+            // BSD waits for RETURN before the table; a script on a pipe must never hang there.
+            let wait: Option<&mut dyn std::io::Read> = if stdin.is_terminal() {
+                Some(&mut stdin)
+            } else {
+                None
+            };
+            scores::finish_game(options, state.points, &mut out, wait)?;
             Ok(ExitCode::SUCCESS)
         }
         Ending::Interrupted => Ok(ExitCode::SUCCESS),

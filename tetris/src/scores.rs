@@ -12,7 +12,7 @@
 //! entry and readers never see a half-written table.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -523,8 +523,17 @@ pub fn your_score_line(points: u32, level: u32) -> String {
 
 /// Everything after an interactive game, with the terminal already restored: the score line,
 /// the save (a bad file costs a warning on stderr, never the game), the bettered/tied message
-/// and the table, all to `out`. BSD's "Hit RETURN to see high scores" wait is not done.
-pub fn finish_game(options: &Options, points: u32, out: &mut dyn Write) -> anyhow::Result<()> {
+/// and the table, all to `out`.
+///
+/// With `wait_for_return` (the player's terminal), BSD's pause comes between the score and the
+/// table: [`SEE_SCORES_PROMPT`], then nothing until a newline or end of file. The score is saved
+/// before the pause, so ^C there skips only the table.
+pub fn finish_game(
+    options: &Options,
+    points: u32,
+    out: &mut dyn Write,
+    wait_for_return: Option<&mut dyn Read>,
+) -> anyhow::Result<()> {
     let level = options.level;
     writeln!(out, "{}", your_score_line(points, level))?;
     let name = this_user();
@@ -547,9 +556,30 @@ pub fn finish_game(options: &Options, points: u32, out: &mut dyn Write) -> anyho
             only
         }
     };
+    if let Some(input) = wait_for_return {
+        writeln!(out, "\n{SEE_SCORES_PROMPT}")?;
+        out.flush()?;
+        read_through_newline(input);
+    }
     write_table_text(&table, out)?;
     out.flush()?;
     Ok(())
+}
+
+/// BSD's line between the score and the table when a player is at the terminal.
+pub const SEE_SCORES_PROMPT: &str = "Hit RETURN to see high scores, ^C to skip.";
+
+/// BSD's `while ((i = getchar()) != '\n') if (i == EOF) break;`: a read error counts as EOF.
+fn read_through_newline(input: &mut dyn Read) {
+    let mut byte = [0u8; 1];
+    loop {
+        match input.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => return,
+            Ok(1) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(_) | Err(_) => return,
+        }
+    }
 }
 
 /// `tetris -s`: prints the table (a corrupt file gives a warning on stderr and no entries).

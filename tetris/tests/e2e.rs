@@ -13,6 +13,7 @@ use nix::sys::signal::Signal;
 use nix::sys::termios::LocalFlags;
 use tempfile::TempDir;
 use tetris::rules::{self, Input, Mode, WALL};
+use tetris::scores::SEE_SCORES_PROMPT;
 use tetris::state::{B_COLS, DEFAULT_KEYS};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -33,6 +34,14 @@ fn tetris(scores: &Path, args: &[&str]) -> Command {
 fn start(dir: &TempDir, args: &[&str], rows: u16, cols: u16) -> Session {
     let scores = dir.path().join("scores");
     Session::spawn(tetris(&scores, args), rows, cols).expect("tetris starts on a pty")
+}
+
+/// After a game: BSD's "Hit RETURN to see high scores" wait is answered, then the exit awaited.
+fn answer_scores_prompt_and_exit(s: &mut Session) -> std::process::ExitStatus {
+    s.wait_for_text(SEE_SCORES_PROMPT, DEADLINE)
+        .expect("the see-high-scores prompt");
+    s.send(b"\n").expect("answering the prompt");
+    s.wait_exit(DEADLINE).expect("exit after the table")
 }
 
 /// The board frame on 80x24: walls in reverse video at columns 27-28 and 49-50 of rows
@@ -121,7 +130,7 @@ fn play_move_drop_and_quit_prints_the_score_and_restores_the_terminal() {
     .unwrap();
 
     s.send(b"q").unwrap();
-    let status = s.wait_exit(DEADLINE).unwrap();
+    let status = answer_scores_prompt_and_exit(&mut s);
     assert_eq!(status.code(), Some(0));
     let text = s.contents();
     let line = text
@@ -144,7 +153,7 @@ fn game_over_ends_like_quit_with_the_score_saved() {
     // flood the game, as a stream of keys starves BSD's fall timer.
     let start = std::time::Instant::now();
     let mut last = None;
-    while s.exit_status().is_none() {
+    while !s.contents().contains(SEE_SCORES_PROMPT) {
         assert!(
             start.elapsed() < DEADLINE * 2,
             "no game over:\n{}",
@@ -157,7 +166,7 @@ fn game_over_ends_like_quit_with_the_score_saved() {
         }
         s.pump(Duration::from_millis(20)).unwrap();
     }
-    let status = s.wait_exit(DEADLINE).unwrap();
+    let status = answer_scores_prompt_and_exit(&mut s);
     assert_eq!(status.code(), Some(0));
     let text = s.contents();
     assert!(text.contains("Your score:"), "{text}");
@@ -213,7 +222,10 @@ fn a_full_row_is_shown_emptied_then_closed_up_before_the_next_piece() {
         locked.push(state.board);
     }
     assert_eq!(frames.len(), 2, "the last piece clears exactly one row");
-    assert_ne!(board_cells(&frames[0], 1..=20), board_cells(&frames[1], 1..=20));
+    assert_ne!(
+        board_cells(&frames[0], 1..=20),
+        board_cells(&frames[1], 1..=20)
+    );
 
     let dir = TempDir::new().unwrap();
     let mut s = start(&dir, &["--seed", "5", "-l", "1"], 24, 80);
@@ -242,7 +254,7 @@ fn a_full_row_is_shown_emptied_then_closed_up_before_the_next_piece() {
     })
     .unwrap();
     s.send(b"q").unwrap();
-    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+    assert_eq!(answer_scores_prompt_and_exit(&mut s).code(), Some(0));
 }
 
 #[test]
@@ -263,7 +275,7 @@ fn arrow_keys_move_the_piece_as_the_key_map_does() {
     })
     .unwrap();
     s.send(b"q").unwrap();
-    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+    assert_eq!(answer_scores_prompt_and_exit(&mut s).code(), Some(0));
 }
 
 #[test]
@@ -322,7 +334,7 @@ fn pause_shows_the_message_and_the_next_key_is_a_command() {
     .unwrap();
     // BSD: the key that ends the pause is then handled, so p then q quits.
     s.send(b"q").unwrap();
-    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+    assert_eq!(answer_scores_prompt_and_exit(&mut s).code(), Some(0));
     assert!(s.contents().contains("Your score:"));
 }
 
@@ -342,7 +354,7 @@ fn resize_redraws_the_board_centred_in_the_new_size() {
     // the library that reads it swallowed the keys typed around it.
     assert!(!s.output_text().contains("\x1b[6n"));
     s.send(b"q").unwrap();
-    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+    assert_eq!(answer_scores_prompt_and_exit(&mut s).code(), Some(0));
 }
 
 #[test]
@@ -360,7 +372,7 @@ fn shrinking_below_40x23_mid_game_shows_the_message_until_it_grows_back() {
     s.wait_for("the board again", DEADLINE, board_is_drawn)
         .unwrap();
     s.send(b"q").unwrap();
-    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+    assert_eq!(answer_scores_prompt_and_exit(&mut s).code(), Some(0));
     assert_terminal_restored(&s);
 }
 
@@ -387,7 +399,7 @@ fn ctrl_z_stops_with_the_terminal_restored_and_continue_redraws() {
         "game mode again"
     );
     s.send(b"q").unwrap();
-    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+    assert_eq!(answer_scores_prompt_and_exit(&mut s).code(), Some(0));
     assert_terminal_restored(&s);
 }
 

@@ -279,7 +279,7 @@ fn finish_game_prints_score_messages_and_table() {
         )
     };
     let mut out = Vec::new();
-    finish_game(&options_with(&path, 2), 1, &mut out).expect("finish");
+    finish_game(&options_with(&path, 2), 1, &mut out, None).expect("finish");
     let want = format!(
         "Your score:  1 point  x  level 2  =  2\n\n\t\t\t    Tetris High Scores\n\
          Rank  Score   Name     (points/level)   \n{}  \n",
@@ -288,14 +288,14 @@ fn finish_game_prints_score_messages_and_table() {
     assert_eq!(String::from_utf8_lossy(&out), want);
 
     let mut out = Vec::new();
-    finish_game(&options_with(&path, 2), 5, &mut out).expect("finish");
+    finish_game(&options_with(&path, 2), 5, &mut out, None).expect("finish");
     let text = String::from_utf8_lossy(&out).into_owned();
     assert!(text.starts_with(
         "Your score:  5 points  x  level 2  =  10\n\nYou bettered your old level 2 score of 2!\n"
     ));
 
     let mut out = Vec::new();
-    finish_game(&options_with(&path, 2), 5, &mut out).expect("finish");
+    finish_game(&options_with(&path, 2), 5, &mut out, None).expect("finish");
     let text = String::from_utf8_lossy(&out).into_owned();
     assert!(
         text.contains("\nYou tied your old level 2 high score.\n"),
@@ -311,7 +311,7 @@ fn finish_game_never_loses_the_game_when_the_file_cannot_be_written() {
     std::fs::write(&blocker, b"x").expect("write");
     // The scores file's parent is a regular file: the directory cannot be created.
     let mut out = Vec::new();
-    finish_game(&options_with(&blocker.join("scores"), 3), 4, &mut out).expect("no error");
+    finish_game(&options_with(&blocker.join("scores"), 3), 4, &mut out, None).expect("no error");
     let text = String::from_utf8_lossy(&out).into_owned();
     assert!(text.starts_with("Your score:  4 points  x  level 3  =  12\n"));
     assert!(
@@ -427,4 +427,24 @@ fn show_scores_binary_prints_a_saved_table() {
         String::from_utf8_lossy(&out.stdout)
             .ends_with("  1*    100  ann         (    25 on 4)  \n")
     );
+}
+
+#[test]
+fn finish_game_at_a_terminal_saves_then_waits_for_return_before_the_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("scores");
+    let mut out = Vec::new();
+    // Bytes before the newline are swallowed by the wait, as BSD's getchar loop does.
+    let mut typed: &[u8] = b"xy\nleft over";
+    finish_game(&options_with(&path, 2), 3, &mut out, Some(&mut typed)).expect("finish");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let prompt = text
+        .find(&format!("\n\n{}\n", scores::SEE_SCORES_PROMPT))
+        .unwrap_or_else(|| panic!("no prompt after the score line: {text}"));
+    let table = text.find("Tetris High Scores").expect("table printed");
+    assert!(text.starts_with("Your score:  3 points  x  level 2  =  6\n"));
+    assert!(prompt < table, "the prompt comes before the table: {text}");
+    assert_eq!(typed, b"left over", "reading stops at the newline");
+    // The score was saved before the wait.
+    assert!(std::fs::read_to_string(&path).expect("saved").contains('3'));
 }

@@ -288,6 +288,21 @@ impl Tracked {
         }
     }
 
+    /// This collection's report for the region: the backend's `runs` plus the forced pages,
+    /// which are forgotten once reported.
+    fn report(&mut self, runs: PageRuns) -> DirtyRegion {
+        let runs = if self.forced.is_empty() {
+            runs
+        } else {
+            runs.union(&std::mem::replace(&mut self.forced, PageRuns::new()))
+        };
+        DirtyRegion {
+            id: self.id,
+            base: self.base,
+            runs,
+        }
+    }
+
     /// Checks that `[offset, offset + len)` is a page-aligned range inside the region and
     /// returns it as (first page, page count).
     fn pages_of(&self, offset: usize, len: usize) -> Result<(usize, usize), TrackError> {

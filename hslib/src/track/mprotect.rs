@@ -6,9 +6,7 @@
 //! `read(2)` (or any system call that stores into user memory) into a protected page fails
 //! with `EFAULT`. Call [`Tracker::prepare_kernel_write`] on the destination first.
 
-use super::{
-    Backend, DirtyPages, DirtyRegion, TrackError, Tracked, Tracker, check_new, discard_range,
-};
+use super::{Backend, DirtyPages, TrackError, Tracked, Tracker, check_new, discard_range};
 use crate::region::{Region, RegionId};
 use crate::runs::PageRuns;
 use crate::sys::segv::{self, Registration};
@@ -102,15 +100,7 @@ impl Tracker for MprotectTracker {
                     ))?;
                 }
             }
-            if !t.forced.is_empty() {
-                runs = runs.union(&t.forced);
-                t.forced.clear();
-            }
-            out.push(DirtyRegion {
-                id: t.id,
-                base: t.base,
-                runs,
-            });
+            out.push(t.report(runs));
         }
         Ok(DirtyPages { regions: out })
     }

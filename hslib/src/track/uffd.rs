@@ -19,9 +19,7 @@
 
 use nix::errno::Errno;
 
-use super::{
-    Backend, DirtyPages, DirtyRegion, TrackError, Tracked, Tracker, check_new, discard_range, find,
-};
+use super::{Backend, DirtyPages, TrackError, Tracked, Tracker, check_new, discard_range, find};
 use crate::region::{Region, RegionId};
 use crate::runs::PageRuns;
 use crate::sys::PAGE_SIZE;
@@ -160,15 +158,7 @@ impl Tracker for UffdTracker {
                     runs.push((s - base) / PAGE_SIZE, (e - s) / PAGE_SIZE);
                 })
                 .map_err(t.sys("PAGEMAP_SCAN(WP_MATCHING)", t.base, t.len))?;
-            if !t.forced.is_empty() {
-                runs = runs.union(&t.forced);
-                t.forced.clear();
-            }
-            out.push(DirtyRegion {
-                id: t.id,
-                base,
-                runs,
-            });
+            out.push(t.report(runs));
         }
         Ok(DirtyPages { regions: out })
     }

@@ -1,0 +1,154 @@
+//! Opening a session over an endpoint, on both sides, with a bounded wait for the other side:
+//! the primary sends its hello and waits for the spare's ack; the spare waits for the hello,
+//! then receives checkpoints without a time limit (a primary may idle between checkpoints).
+
+use std::time::Duration;
+
+use crate::replica::{Replica, ReplicaError, StreamEnd};
+use crate::transport::Endpoint;
+use crate::wire::{self, Ack, AckReader, Acked, CheckpointWriter, FrameKind, Hello, WireError};
+
+/// What went wrong opening a session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Setting the endpoint's timeout failed.
+    #[error("setting the handshake timeout on {peer} failed: {source}")]
+    Timeout {
+        /// The peer.
+        peer: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The hello or its ack failed (a timeout shows here as an I/O error).
+    #[error("hello handshake with {peer} failed: {source}")]
+    Wire {
+        /// The peer.
+        peer: String,
+        /// Why.
+        source: WireError,
+    },
+    /// The spare refused the hello, or the primary sent something else first.
+    #[error("hello handshake with {peer} refused: {source}")]
+    Replica {
+        /// The peer.
+        peer: String,
+        /// Why.
+        source: ReplicaError,
+    },
+}
+
+/// A primary's open session: the writer for checkpoints and the reader of the spare's acks
+/// (both over the same endpoint).
+#[derive(Debug)]
+pub struct PrimarySession<E> {
+    /// Writes the checkpoints.
+    pub writer: CheckpointWriter<E>,
+    /// Reads the acks (from `writer.get_mut()`).
+    pub acks: AckReader,
+    /// The spare's answer to the hello (its last committed checkpoint, 0 for none).
+    pub hello_ack: Ack,
+}
+
+impl<E: Endpoint> PrimarySession<E> {
+    /// Waits for the spare's ack of checkpoint `checkpoint` (sync mode).
+    pub fn wait_commit_ack(&mut self, checkpoint: u64) -> Result<Ack, WireError> {
+        self.acks
+            .expect(self.writer.get_mut(), Acked::Commit, Some(checkpoint))
+    }
+}
+
+/// Opens a session as the primary: sends `hello` under `epoch` and waits at most `timeout`
+/// for the spare's ack. Checkpoints then start at `first_checkpoint`.
+pub fn open_primary<E: Endpoint>(
+    endpoint: E,
+    epoch: u64,
+    first_checkpoint: u64,
+    hello: &Hello,
+    timeout: Duration,
+) -> Result<PrimarySession<E>, SessionError> {
+    let peer = endpoint.describe();
+    let timeout_err = |source| SessionError::Timeout {
+        peer: peer.clone(),
+        source,
+    };
+    let wire_err = |source| SessionError::Wire {
+        peer: peer.clone(),
+        source,
+    };
+    endpoint
+        .set_read_timeout(Some(timeout))
+        .map_err(timeout_err)?;
+    let mut writer = CheckpointWriter::new(endpoint, epoch, first_checkpoint);
+    writer.hello(hello).map_err(wire_err)?;
+    let mut acks = AckReader::new(epoch);
+    let hello_ack = acks
+        .expect(writer.get_mut(), Acked::Hello, None)
+        .map_err(wire_err)?;
+    writer
+        .get_ref()
+        .set_read_timeout(None)
+        .map_err(timeout_err)?;
+    Ok(PrimarySession {
+        writer,
+        acks,
+        hello_ack,
+    })
+}
+
+/// Serves a session as the spare: waits at most `timeout` for the primary's hello, acks it,
+/// then receives checkpoints (acking each commit) until the stream ends. The replica keeps
+/// the last completed checkpoint whatever happens. After a refusal (an error here or in the
+/// returned [`StreamEnd`]) the caller closes the endpoint: the protocol has no error frame,
+/// the primary sees the stream end and starts a new session.
+pub fn serve_spare<E: Endpoint>(
+    replica: &mut Replica,
+    endpoint: &mut E,
+    timeout: Duration,
+) -> Result<StreamEnd, SessionError> {
+    let peer = endpoint.describe();
+    let timeout_err = |source| SessionError::Timeout {
+        peer: peer.clone(),
+        source,
+    };
+    endpoint
+        .set_read_timeout(Some(timeout))
+        .map_err(timeout_err)?;
+    let wire_err = |source| SessionError::Wire {
+        peer: peer.clone(),
+        source,
+    };
+    let frame = wire::read_frame(endpoint)
+        .map_err(wire_err)?
+        .ok_or_else(|| {
+            wire_err(WireError::Truncated {
+                what: "hello (the primary closed the stream)",
+                got: 0,
+                want: wire::HEADER_LEN,
+            })
+        })?;
+    if frame.header.kind != FrameKind::Hello {
+        return Err(SessionError::Replica {
+            peer,
+            source: ReplicaError::NoSession {
+                kind: frame.header.kind,
+            },
+        });
+    }
+    let ack = match replica.accept(frame) {
+        Ok(Some(ack)) => ack,
+        Ok(None) => {
+            return Err(SessionError::Replica {
+                peer,
+                source: ReplicaError::NoSession {
+                    kind: FrameKind::Hello,
+                },
+            });
+        }
+        Err(source) => return Err(SessionError::Replica { peer, source }),
+    };
+    if let Some((epoch, sequence)) = replica.take_ack_slot() {
+        wire::write_ack(endpoint, epoch, sequence, &ack).map_err(wire_err)?;
+    }
+    endpoint.set_read_timeout(None).map_err(timeout_err)?;
+    Ok(replica.serve(endpoint))
+}

@@ -1,0 +1,199 @@
+//! Byte streams that carry the checkpoint stream: Unix socket (the default), TCP with mutual
+//! authentication from a shared key, a file (a checkpoint log a replica can be rebuilt from),
+//! and null (discards; for benchmarks). The frames on top are the same for all of them.
+//! [`FdWriter`] is the bare `write(2)` output a fork child uses.
+
+pub mod fd;
+pub mod file;
+pub mod null;
+pub mod tcp;
+pub mod unix;
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use fd::FdWriter;
+pub use file::FileLog;
+pub use null::NullEndpoint;
+pub use tcp::{AuthKey, TcpConfig, TcpEndpoint, TcpServer};
+pub use unix::{UnixEndpoint, UnixServer};
+
+/// How long a handshake (TCP authentication, the hello and its ack) may take by default.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One end of a byte stream between a primary and a spare.
+pub trait Endpoint: Read + Write + Send {
+    /// Who is at the other end, for messages ("unix:/run/...", "tcp:127.0.0.1:7000").
+    fn describe(&self) -> String;
+    /// Bounds how long a read may block (`None`: forever).
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Another handle on the same stream, e.g. to read acks on another thread.
+    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>>;
+    /// Closes both directions; the peer reads end of stream.
+    fn shutdown(&self) -> io::Result<()>;
+}
+
+/// What went wrong setting up or using a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// TCP was asked for without a shared key.
+    #[error(
+        "the TCP transport needs a shared key and refuses to start without one (set {var} or pass a key)"
+    )]
+    MissingKey {
+        /// The environment variable that would hold it.
+        var: &'static str,
+    },
+    /// The shared key is too short to be a secret.
+    #[error("the shared key is {len} bytes; at least {min} are required")]
+    KeyTooShort {
+        /// Its length.
+        len: usize,
+        /// The minimum.
+        min: usize,
+    },
+    /// The socket directory is not a directory (or is a symbolic link).
+    #[error("socket directory {path:?} is not a directory (symbolic links are refused)")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The socket directory is open to others.
+    #[error(
+        "socket directory {path:?} has mode {mode:#o}; it must be 0700 (no group/other access)"
+    )]
+    DirectoryMode {
+        /// The path.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The socket directory belongs to someone else.
+    #[error("socket directory {path:?} is owned by uid {owner}, not by this process's uid {uid}")]
+    DirectoryOwner {
+        /// The path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's effective uid.
+        uid: u32,
+    },
+    /// A file system operation failed.
+    #[error("{what} {path:?} failed: {source}")]
+    Path {
+        /// The operation.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A network operation failed.
+    #[error("{what} {addr} failed: {source}")]
+    Net {
+        /// The operation.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The authentication exchange failed (includes its timeout).
+    #[error("authentication with {peer} failed while {stage}: {source}")]
+    Handshake {
+        /// The peer.
+        peer: String,
+        /// Which step.
+        stage: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// The peer does not speak the authentication protocol.
+    #[error("{peer} sent {found:02x?} instead of the authentication greeting")]
+    BadGreeting {
+        /// The peer.
+        peer: String,
+        /// What it sent.
+        found: [u8; 8],
+    },
+    /// The peer's proof does not match: it does not hold the same key.
+    #[error("{peer} failed to prove it holds the shared key (wrong or missing key)")]
+    PeerNotAuthenticated {
+        /// The peer.
+        peer: String,
+    },
+    /// The peer refused this side's proof.
+    #[error("{peer} refused this side's key proof (the keys differ)")]
+    Refused {
+        /// The peer.
+        peer: String,
+    },
+    /// No randomness for the nonce.
+    #[error("no random nonce: {0}")]
+    Random(getrandom::Error),
+    /// A checkpoint log cannot be read back, or holds frames a replica refuses.
+    #[error("checkpoint log {path:?} does not replay: {source}")]
+    Log {
+        /// The log.
+        path: PathBuf,
+        /// Why.
+        source: crate::replica::ReplicaError,
+    },
+}
+
+impl<E: Endpoint + ?Sized> Endpoint for &mut E {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        (**self).set_read_timeout(timeout)
+    }
+
+    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
+        (**self).try_clone_endpoint()
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        (**self).shutdown()
+    }
+}
+
+impl<E: Endpoint + ?Sized> Endpoint for Box<E> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        (**self).set_read_timeout(timeout)
+    }
+
+    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
+        (**self).try_clone_endpoint()
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        (**self).shutdown()
+    }
+}
+
+/// A connected Unix socket pair end (e.g. from `socketpair` between a parent and a spare it
+/// forked) is an endpoint as it is.
+impl Endpoint for std::os::unix::net::UnixStream {
+    fn describe(&self) -> String {
+        "unix:socketpair".to_owned()
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, timeout)
+    }
+
+    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        std::os::unix::net::UnixStream::shutdown(self, std::net::Shutdown::Both)
+    }
+}
