@@ -9,6 +9,8 @@
 //! - listening stream sockets (TCP over IPv4/IPv6, Unix stream/seqpacket bound to a path or an
 //!   abstract name): a new socket with `SO_REUSEADDR` is bound to the same address and listens.
 //!   A Unix socket file left by the dead primary is unlinked first (only if it is a socket).
+//!   A Unix path bound relative to the working directory is recorded as the kernel reports it
+//!   (relative) and resolved against the restoring process's working directory.
 //! - connected stream sockets are accepted at registration, but a connection cannot move to
 //!   another process (the paper's TCP problem). On restore the number gets a fresh, unconnected
 //!   socket of the same family and type: `getpeername` fails with `ENOTCONN`, reads fail

@@ -220,3 +220,24 @@ impl Metadata {
         Ok(lost)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::region::RegionId;
+    use crate::sys::PAGE_SIZE;
+
+    #[test]
+    fn region_info_describes_the_mapped_region() {
+        let r = Region::map(RegionId(4010), 3 * PAGE_SIZE).expect("map");
+        let info = RegionInfo::from(&r);
+        assert_eq!(
+            info,
+            RegionInfo {
+                id: 4010,
+                base: Region::derived_address(RegionId(4010)).expect("address") as u64,
+                len: 3 * PAGE_SIZE as u64,
+            }
+        );
+    }
+}
