@@ -4,16 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
-use std::net::SocketAddr;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
+use hslib::meta::{FdKind, FdRecord, FileRecord, SignalFlags, SignalRecord};
 use hslib::sys::PAGE_SIZE;
 use hslib::wire::{
-    ACK_LEN, Ack, Acked, Body, COMMIT_LEN, CheckpointWriter, Commit, FileRecord, FrameHeader,
-    FrameKind, HEADER_LEN, Hello, MAX_BODY_LEN, MAX_PAGES_PER_FRAME, Metadata, RegionInfo,
-    SignalRecord, SocketName, SocketRecord, VERSION, WireError, encode_record, page_frames,
-    read_frame, write_frame,
+    ACK_LEN, Ack, Acked, Body, COMMIT_LEN, CheckpointWriter, Commit, FrameHeader, FrameKind,
+    HEADER_LEN, Hello, MAX_BODY_LEN, MAX_PAGES_PER_FRAME, Metadata, RegionInfo, VERSION, WireError,
+    encode_record, page_frames, read_frame, write_frame,
 };
 use proptest::prelude::*;
 
@@ -27,43 +26,63 @@ fn kind() -> impl Strategy<Value = FrameKind> {
     ]
 }
 
-fn name() -> impl Strategy<Value = SocketName> {
-    prop_oneof![
-        any::<SocketAddr>().prop_map(SocketName::Inet),
-        prop::collection::vec(1u8..=255, 0..40)
-            .prop_map(|b| SocketName::Unix(PathBuf::from(std::ffi::OsString::from_vec(b)))),
-        prop::collection::vec(any::<u8>(), 0..40).prop_map(SocketName::Abstract),
-        Just(SocketName::Unnamed),
-    ]
-}
-
 prop_compose! {
+    // The wire carries `hslib::meta::Metadata`; its fd and signal records have their own
+    // round-trip properties in tests/meta.rs. Here: a record of each shape crosses a frame.
     fn metadata()(
         regions in prop::collection::vec(any::<(u32, u64, u64)>(), 0..5),
         files in prop::collection::vec(
-            (any::<i32>(), prop::collection::vec(1u8..=255, 1..60), any::<i32>(), any::<u64>()),
+            (prop::collection::vec(1u8..=255, 1..60), any::<i32>(), any::<u64>(), any::<bool>()),
             0..4,
         ),
-        sockets in prop::collection::vec((any::<i32>(), name(), prop::option::of(name())), 0..4),
         signals in prop::collection::vec((1i32..64, "[a-z_]{1,20}"), 0..4),
         worker in prop::option::of("[a-zA-Z0-9_:]{0,30}"),
-        blobs in prop::collection::btree_map("[a-z]{0,12}", prop::collection::vec(any::<u8>(), 0..300), 0..5),
+        blobs in prop::collection::btree_map("[a-z]{1,12}", prop::collection::vec(any::<u8>(), 0..300), 0..5),
     ) -> Metadata {
         Metadata {
             regions: regions.into_iter().map(|(id, base, len)| RegionInfo { id, base, len }).collect(),
-            // Non-UTF-8 bytes included: Linux paths are bytes.
-            files: files.into_iter().map(|(fd, path, flags, offset)| FileRecord {
-                fd, path: PathBuf::from(std::ffi::OsString::from_vec(path)), flags, offset,
+            // Distinct, non-negative fd numbers (the record's rule); non-UTF-8 paths included.
+            fds: files.into_iter().enumerate().map(|(i, (path, flags, offset, refresh))| FdRecord {
+                fd: i as i32 + 3,
+                name: format!("file{i}"),
+                cloexec: refresh,
+                kind: FdKind::File(FileRecord {
+                    path: PathBuf::from(std::ffi::OsString::from_vec(path)), flags, offset, refresh,
+                }),
             }).collect(),
-            sockets: sockets.into_iter().map(|(fd, local, peer)| match peer {
-                None => SocketRecord::Listening { fd, local },
-                Some(peer) => SocketRecord::Connected { fd, local, peer },
+            signals: signals.into_iter().map(|(signal, handler)| SignalRecord {
+                signal, handler, flags: SignalFlags::default(), mask: Vec::new(),
             }).collect(),
-            signals: signals.into_iter().map(|(signal, handler)| SignalRecord { signal, handler }).collect(),
             worker,
             blobs: blobs.into_iter().collect::<BTreeMap<_, _>>(),
         }
     }
+}
+
+/// A metadata body that postcard decodes but that breaks the record's rules (two records for
+/// one fd number) is refused by the frame reader, naming the metadata as the reason.
+#[test]
+fn a_metadata_frame_breaking_the_records_rules_is_refused() {
+    let file = |name: &str| FdRecord {
+        fd: 7,
+        name: name.to_owned(),
+        cloexec: false,
+        kind: FdKind::File(FileRecord {
+            path: PathBuf::from("/tmp/x"),
+            flags: 0,
+            offset: 0,
+            refresh: false,
+        }),
+    };
+    let md = Metadata {
+        fds: vec![file("a"), file("b")],
+        ..Metadata::default()
+    };
+    let body = encode_record(FrameKind::Metadata, &md).expect("encode");
+    let mut w = Vec::new();
+    write_frame(&mut w, FrameKind::Metadata, 1, 2, &[&body]).expect("write");
+    let err = read_frame(&mut &w[..]).expect_err("a duplicate fd number is refused");
+    assert!(matches!(err, WireError::Metadata { .. }), "{err}");
 }
 
 proptest! {

@@ -8,11 +8,12 @@ mod writer;
 
 use std::io::{self, IoSlice, Read, Write};
 
+pub use crate::meta::{Metadata, RegionInfo};
 pub use header::{
     ACK_LEN, Ack, Acked, COMMIT_LEN, Commit, FrameHeader, HEADER_LEN, MAGIC, PAGE_SUBHEADER_LEN,
     PageHeader, RawHeader,
 };
-pub use meta::{FileRecord, Hello, Metadata, RegionInfo, SignalRecord, SocketName, SocketRecord};
+pub use meta::Hello;
 pub use writer::{AckReader, CheckpointWriter, WriterState, page_frames};
 
 use crate::sys::PAGE_SIZE;
@@ -159,6 +160,12 @@ pub enum WireError {
         /// Why.
         source: postcard::Error,
     },
+    /// A metadata body did not decode or broke the record's rules (limits, fd numbers).
+    #[error("Metadata body is refused: {source}")]
+    Metadata {
+        /// Why.
+        source: crate::meta::MetaError,
+    },
     /// A record did not encode.
     #[error("{kind:?} record does not encode: {source}")]
     Encode {
@@ -303,7 +310,9 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, WireError> {
 pub fn decode_body(kind: FrameKind, body: Vec<u8>) -> Result<Body, WireError> {
     Ok(match kind {
         FrameKind::Hello => Body::Hello(from_postcard(kind, &body)?),
-        FrameKind::Metadata => Body::Metadata(Box::new(from_postcard(kind, &body)?)),
+        FrameKind::Metadata => Body::Metadata(Box::new(
+            Metadata::decode(&body).map_err(|source| WireError::Metadata { source })?,
+        )),
         FrameKind::Commit => Body::Commit(Commit::decode(&body)?),
         FrameKind::Ack => Body::Ack(Ack::decode(&body)?),
         FrameKind::Pages => {
