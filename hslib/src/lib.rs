@@ -12,17 +12,29 @@
 //! - [`transport`]: the byte streams (Unix socket, authenticated TCP, log file, null).
 //! - [`session`]: opening a session (the hello handshake) with bounded waits.
 //! - [`replica`]: the spare's image, changed only by whole, validated checkpoints.
+//! - [`snapshot`]: a checkpoint taken by copying the dirty pages or by `fork()`.
+//! - [`link`]: the primary's sender, ack reader and spare acceptor threads.
+//! - [`api`]: [`HotSpare`] (regions, worker, roles, modes) and [`Context::checkpoint`].
 
+pub mod api;
+pub mod link;
 pub mod meta;
 pub mod region;
 pub mod replica;
 pub mod runs;
 pub mod session;
+pub mod snapshot;
 pub mod sys;
 pub mod track;
 pub mod transport;
 pub mod wire;
 
+pub use api::{
+    Checkpoint, Context, HotSpare, HsError, Mode, Outcome, Restored, Role, WorkerError,
+    WorkerResult,
+};
+pub use link::{LinkConfig, LinkStats};
 pub use region::{Region, RegionError, RegionId, Slot};
 pub use runs::{PageRun, PageRuns};
+pub use snapshot::Strategy;
 pub use track::{Backend, DirtyPages, DirtyRegion, TrackError, Tracker};

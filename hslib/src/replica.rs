@@ -390,6 +390,7 @@ pub struct Replica {
     highest_epoch: Option<u64>,
     session: Option<Session>,
     rejected: bool,
+    goodbye: bool,
     staged: Staged,
     committed: Option<Committed>,
 }
@@ -408,6 +409,7 @@ impl Replica {
             highest_epoch: None,
             session: None,
             rejected: false,
+            goodbye: false,
             staged: Staged::default(),
             committed: None,
         }
@@ -456,6 +458,12 @@ impl Replica {
     /// A committed application blob.
     pub fn blob(&self, name: &str) -> Option<&[u8]> {
         self.metadata()?.blobs.get(name).map(Vec::as_slice)
+    }
+
+    /// Whether the last session ended with the primary's goodbye (it finished on purpose; a
+    /// spare does not take over). Cleared by the next hello.
+    pub fn said_goodbye(&self) -> bool {
+        self.goodbye
     }
 
     /// The highest epoch accepted so far.
@@ -542,6 +550,13 @@ impl Replica {
                 Ok(None)
             }
             Body::Commit(c) => self.commit(h.epoch, &c).map(Some),
+            Body::Goodbye => {
+                if self.staged.frames > 0 {
+                    return Err(ReplicaError::UnexpectedKind { kind: h.kind });
+                }
+                self.goodbye = true;
+                Ok(None)
+            }
         }
     }
 
@@ -553,6 +568,7 @@ impl Replica {
     fn hello(&mut self, epoch: u64, sequence: u64, hello: &Hello) -> Result<Ack, ReplicaError> {
         // A hello starts a new session: a checkpoint staged in an older one never completes.
         self.end_session();
+        self.goodbye = false;
         if sequence != 0 {
             return Err(ReplicaError::OutOfOrder {
                 found: sequence,

@@ -23,6 +23,7 @@ fn kind() -> impl Strategy<Value = FrameKind> {
         Just(FrameKind::Metadata),
         Just(FrameKind::Commit),
         Just(FrameKind::Ack),
+        Just(FrameKind::Goodbye),
     ]
 }
 
@@ -142,7 +143,7 @@ fn header_with(edit: impl FnOnce(&mut [u8; HEADER_LEN])) -> [u8; HEADER_LEN] {
 
 #[test]
 fn unknown_kinds_are_refused_naming_the_kind() {
-    for k in [0u16, 6, 0x1234, u16::MAX] {
+    for k in [0u16, 7, 0x1234, u16::MAX] {
         let h = header_with(|h| h[6..8].copy_from_slice(&k.to_le_bytes()));
         match FrameHeader::decode(&h) {
             Err(e @ WireError::UnknownKind { kind }) => {

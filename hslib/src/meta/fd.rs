@@ -402,6 +402,23 @@ impl FdRegistry {
         Ok(())
     }
 
+    /// Takes over the records of a restored checkpoint (after [`restore`] re-created them at
+    /// their numbers): later captures carry them on, refreshing files registered with refresh.
+    /// Connected sockets are dropped: their connections were lost in the restore.
+    pub fn adopt(records: &[FdRecord]) -> Self {
+        let mut reg = Self::new();
+        for r in records {
+            if matches!(r.kind, FdKind::Connected(_)) {
+                continue;
+            }
+            if matches!(&r.kind, FdKind::File(f) if f.refresh) {
+                reg.refreshed.push(reg.records.len());
+            }
+            reg.records.push(r.clone());
+        }
+        reg
+    }
+
     /// Forgets the descriptor at `fd` (call it before closing a registered descriptor);
     /// whether it was registered.
     pub fn unregister(&mut self, fd: RawFd) -> bool {

@@ -6,6 +6,7 @@
 pub mod fd;
 pub mod mman;
 pub mod pagemap;
+pub mod process;
 pub mod segv;
 pub mod signal;
 pub mod uffd;

@@ -183,4 +183,12 @@ impl Endpoint for FileLog {
     fn shutdown(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(&self.file))
+    }
+
+    fn acks(&self) -> bool {
+        false
+    }
 }

@@ -10,6 +10,7 @@ pub mod tcp;
 pub mod unix;
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,6 +33,13 @@ pub trait Endpoint: Read + Write + Send {
     fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>>;
     /// Closes both directions; the peer reads end of stream.
     fn shutdown(&self) -> io::Result<()>;
+    /// The descriptor underneath, for a fork child that writes a checkpoint with bare
+    /// `write(2)` ([`FdWriter`]); `None` when there is none (null).
+    fn as_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Whether the other end acks commits (a spare); a log or null sink does not.
+    fn acks(&self) -> bool {
+        true
+    }
 }
 
 /// What went wrong setting up or using a transport.
@@ -158,6 +166,14 @@ impl<E: Endpoint + ?Sized> Endpoint for &mut E {
     fn shutdown(&self) -> io::Result<()> {
         (**self).shutdown()
     }
+
+    fn as_fd(&self) -> Option<BorrowedFd<'_>> {
+        (**self).as_fd()
+    }
+
+    fn acks(&self) -> bool {
+        (**self).acks()
+    }
 }
 
 impl<E: Endpoint + ?Sized> Endpoint for Box<E> {
@@ -175,6 +191,14 @@ impl<E: Endpoint + ?Sized> Endpoint for Box<E> {
 
     fn shutdown(&self) -> io::Result<()> {
         (**self).shutdown()
+    }
+
+    fn as_fd(&self) -> Option<BorrowedFd<'_>> {
+        (**self).as_fd()
+    }
+
+    fn acks(&self) -> bool {
+        (**self).acks()
     }
 }
 
@@ -195,5 +219,9 @@ impl Endpoint for std::os::unix::net::UnixStream {
 
     fn shutdown(&self) -> io::Result<()> {
         std::os::unix::net::UnixStream::shutdown(self, std::net::Shutdown::Both)
+    }
+
+    fn as_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(AsFd::as_fd(self))
     }
 }

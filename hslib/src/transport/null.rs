@@ -63,4 +63,12 @@ impl Endpoint for NullEndpoint {
     fn shutdown(&self) -> io::Result<()> {
         Ok(())
     }
+
+    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+
+    fn acks(&self) -> bool {
+        false
+    }
 }

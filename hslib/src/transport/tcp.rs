@@ -359,6 +359,10 @@ impl Endpoint for TcpEndpoint {
         }))
     }
 
+    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(&self.stream))
+    }
+
     fn shutdown(&self) -> io::Result<()> {
         self.stream.shutdown(Shutdown::Both)
     }

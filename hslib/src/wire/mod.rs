@@ -39,6 +39,9 @@ pub enum FrameKind {
     Commit = 4,
     /// Spare to primary: [`Ack`] of a hello or a commit.
     Ack = 5,
+    /// Primary to spare, last in a session: the primary ended its work on purpose, so the
+    /// spare must not take over (empty body).
+    Goodbye = 6,
 }
 
 impl FrameKind {
@@ -50,6 +53,7 @@ impl FrameKind {
             3 => Self::Metadata,
             4 => Self::Commit,
             5 => Self::Ack,
+            6 => Self::Goodbye,
             other => return Err(WireError::UnknownKind { kind: other }),
         })
     }
@@ -221,6 +225,8 @@ pub enum Body {
     Commit(Commit),
     /// An ack.
     Ack(Ack),
+    /// The primary's goodbye.
+    Goodbye,
 }
 
 /// A page frame's body: the sub-header and the raw bytes, kept in the buffer they were read
@@ -315,6 +321,16 @@ pub fn decode_body(kind: FrameKind, body: Vec<u8>) -> Result<Body, WireError> {
         )),
         FrameKind::Commit => Body::Commit(Commit::decode(&body)?),
         FrameKind::Ack => Body::Ack(Ack::decode(&body)?),
+        FrameKind::Goodbye => {
+            if !body.is_empty() {
+                return Err(WireError::BodyLength {
+                    kind,
+                    length: body.len(),
+                    want: 0,
+                });
+            }
+            Body::Goodbye
+        }
         FrameKind::Pages => {
             let header = PageHeader::decode(&body)?;
             let data = body.len() - PAGE_SUBHEADER_LEN;

@@ -250,6 +250,18 @@ impl<W: Write> CheckpointWriter<W> {
         Ok(commit)
     }
 
+    /// Ends the session on purpose: the spare will not take over when the stream ends. Refused
+    /// inside an open checkpoint.
+    pub fn goodbye(&mut self) -> Result<(), WireError> {
+        if self.state.open.is_some() {
+            return Err(WireError::Misuse {
+                what: "goodbye inside an open checkpoint",
+            });
+        }
+        self.frame(FrameKind::Goodbye, &[])?;
+        Ok(())
+    }
+
     /// A whole checkpoint: the runs `(region, first page, bytes)`, the metadata, the commit.
     pub fn checkpoint<'a>(
         &mut self,

@@ -1,0 +1,833 @@
+//! The application's interface (the paper's `hs_init`, `hs_cpt`, `hs_sigreg`): a [`HotSpare`]
+//! builder names the regions, the worker, the signal handlers, the strategy, the mode and the
+//! link; [`HotSpare::run`] plays the role it is given:
+//!
+//! - **standalone** / **primary**: map the regions, call `init` (a fresh start), take a full
+//!   checkpoint, call the worker. The worker calls [`Context::checkpoint`] whenever its state
+//!   is consistent. A standalone run writes to its link (null unless asked) without waiting for
+//!   anyone; a primary listens for spares and, in sync mode, waits for the first one.
+//! - **spare**: map the same regions, connect to the primary and replicate its checkpoints
+//!   into a [`Replica`] until the stream ends. If the primary said goodbye (it finished on
+//!   purpose) the spare ends too. Otherwise the primary died: the spare is promoted: it copies
+//!   the last completed checkpoint into its regions at the same addresses, restores the
+//!   registered descriptors and signal handlers, opens the link as the new primary (new
+//!   epoch, the same listening address for the next spare) and calls the worker directly,
+//!   never `main()`.
+//! - **resume**: rebuild the last complete checkpoint from a checkpoint log and continue from
+//!   it as a promoted spare would, appending to the same log.
+//!
+//! The role and the link can come from the environment a supervisor sets
+//! ([`HotSpare::from_env`]): `HS_ROLE` (`standalone`, `primary`, `spare`), `HS_TRANSPORT`
+//! (`null`, `file`, `unix`, `tcp`), `HS_SOCKET_DIR` and `HS_SOCKET_NAME` (unix), `HS_TCP_ADDR`
+//! and `HS_KEY` (tcp), `HS_LOG_FILE` (file), `HS_EPOCH`, `HS_MODE` (`async`, `sync`),
+//! `HS_STRATEGY` (`copy`, `fork`).
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::link::{Link, LinkConfig, LinkError, LinkStats, StreamParams};
+use crate::meta::{Blobs, FdRegistry, Handler, MetaError, MetadataRef, RegionInfo, SignalRegistry};
+use crate::region::{Region, RegionError, RegionId, Slot};
+use crate::replica::{Committed, Replica, ReplicaConfig, ReplicaError};
+use crate::session::{self, SessionError};
+use crate::snapshot::{self, Copied, Run, Snapshot, Strategy};
+use crate::sys::PAGE_SIZE;
+use crate::track::{self, Backend, TrackError, Tracker};
+use crate::transport::{self, Endpoint, HANDSHAKE_TIMEOUT, TcpConfig, TransportError};
+use crate::wire::{Hello, WireError};
+
+/// The error a worker (or `init`) returns.
+pub type WorkerError = Box<dyn Error + Send + Sync>;
+/// What a worker returns.
+pub type WorkerResult = Result<(), WorkerError>;
+type WorkerFn = Box<dyn FnOnce(&mut Context) -> WorkerResult>;
+
+/// Environment variable: the role (`standalone`, `primary`, `spare`).
+pub const ENV_ROLE: &str = "HS_ROLE";
+/// Environment variable: the transport (`null`, `file`, `unix`, `tcp`).
+pub const ENV_TRANSPORT: &str = "HS_TRANSPORT";
+/// Environment variable: the Unix socket directory.
+pub const ENV_SOCKET_DIR: &str = "HS_SOCKET_DIR";
+/// Environment variable: the Unix socket name.
+pub const ENV_SOCKET_NAME: &str = "HS_SOCKET_NAME";
+/// Environment variable: the TCP address (listen as primary, connect as spare).
+pub const ENV_TCP_ADDR: &str = "HS_TCP_ADDR";
+/// Environment variable: the checkpoint log for the `file` transport.
+pub const ENV_LOG_FILE: &str = "HS_LOG_FILE";
+/// Environment variable: the epoch of a primary (a promoted spare uses one above every epoch
+/// it has seen and above this).
+pub const ENV_EPOCH: &str = "HS_EPOCH";
+/// Environment variable: `async` or `sync`.
+pub const ENV_MODE: &str = "HS_MODE";
+/// Environment variable: `copy` or `fork`.
+pub const ENV_STRATEGY: &str = "HS_STRATEGY";
+
+/// What a process does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Runs the worker, checkpointing to its link without waiting for a spare.
+    Standalone,
+    /// Runs the worker and serves spares.
+    Primary,
+    /// Replicates a primary until it dies, then takes over.
+    Spare,
+    /// Continues from the last complete checkpoint of this log.
+    Resume(PathBuf),
+}
+
+/// When [`Context::checkpoint`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Once the snapshot is taken (the link ships it while the worker goes on).
+    Async,
+    /// Once the spare acked the checkpoint: nothing committed is ever lost.
+    Sync,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "async" => Ok(Mode::Async),
+            "sync" => Ok(Mode::Sync),
+            other => Err(format!("{other:?} names no mode; use async or sync")),
+        }
+    }
+}
+
+/// What went wrong in the library.
+#[derive(Debug, thiserror::Error)]
+pub enum HsError {
+    /// Mapping or using a region failed.
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    /// Dirty-page tracking failed.
+    #[error(transparent)]
+    Track(#[from] TrackError),
+    /// Capturing or restoring metadata failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The link to the spare failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// Connecting to the primary failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A session with the primary failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// A checkpoint log could not be replayed.
+    #[error("replaying checkpoint log {path:?} failed: {source}")]
+    Replay {
+        /// The log.
+        path: PathBuf,
+        /// Why.
+        source: ReplicaError,
+    },
+    /// `fork()` or a pipe for a fork snapshot failed.
+    #[error("forking a snapshot child failed: {0}")]
+    Fork(nix::errno::Errno),
+    /// A setting is invalid.
+    #[error("invalid {what} {value:?}: {why}")]
+    Config {
+        /// The setting.
+        what: &'static str,
+        /// Its value.
+        value: String,
+        /// Why.
+        why: String,
+    },
+    /// No worker was given.
+    #[error("no worker was registered")]
+    NoWorker,
+    /// The checkpoint names another worker than this process registered.
+    #[error("the checkpoint's worker is {found:?}, but this process registered {want:?}")]
+    WorkerName {
+        /// The checkpoint's.
+        found: Option<String>,
+        /// Ours.
+        want: String,
+    },
+    /// The checkpoint's regions differ from this process's.
+    #[error("the checkpoint's regions {found:?} differ from this process's {want:?}")]
+    RegionTable {
+        /// The checkpoint's.
+        found: Vec<RegionInfo>,
+        /// Ours.
+        want: Vec<RegionInfo>,
+    },
+    /// An unknown region id.
+    #[error("region {0} is not registered")]
+    NoRegion(RegionId),
+    /// The worker (or init) failed.
+    #[error("the worker failed: {0}")]
+    Worker(WorkerError),
+    /// The spare never reached a primary.
+    #[error("no primary answered at {at} within {waited:?}: {last}")]
+    NoPrimary {
+        /// Where.
+        at: String,
+        /// How long it tried.
+        waited: Duration,
+        /// The last error.
+        last: String,
+    },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The worker returned (as primary, standalone, resumed or promoted spare).
+    Finished {
+        /// Whether this process started from a checkpoint (promotion or resume).
+        restored: Option<Restored>,
+        /// The link's counters at the end.
+        stats: LinkStats,
+    },
+    /// As spare: the primary finished on purpose; nothing to take over.
+    PrimaryFinished {
+        /// The last checkpoint replicated.
+        checkpoint: Option<u64>,
+    },
+}
+
+/// Where a restored process came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// The checkpoint's number.
+    pub checkpoint: u64,
+    /// The epoch of the primary that wrote it.
+    pub from_epoch: u64,
+    /// This process's epoch.
+    pub epoch: u64,
+}
+
+/// What [`Context::checkpoint`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Pages in the checkpoint (all of them for a full one).
+    pub pages: u64,
+    /// Whether it was full.
+    pub full: bool,
+    /// How it was taken; `None` when no session was open (nothing to ship it to).
+    pub strategy: Option<Strategy>,
+    /// In sync mode: whether the spare acked it.
+    pub acked: bool,
+}
+
+/// Builds and runs a hot-spare process.
+pub struct HotSpare {
+    name: String,
+    regions: Vec<(RegionId, usize)>,
+    init: Option<WorkerFn>,
+    worker: Option<WorkerFn>,
+    signals: SignalRegistry,
+    strategy: Strategy,
+    mode: Mode,
+    role: Role,
+    link: LinkConfig,
+    epoch: u64,
+    spare_wait: Duration,
+    tracker: Option<Backend>,
+}
+
+impl std::fmt::Debug for HotSpare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HotSpare")
+            .field("name", &self.name)
+            .field("regions", &self.regions)
+            .field("strategy", &self.strategy)
+            .field("mode", &self.mode)
+            .field("role", &self.role)
+            .field("link", &self.link)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HotSpare {
+    /// A process whose worker is registered as `name` (the spare checks the checkpoint names
+    /// the same worker). Defaults: standalone, null link, copy strategy, async mode.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            regions: Vec::new(),
+            init: None,
+            worker: None,
+            signals: SignalRegistry::new(),
+            strategy: Strategy::Copy,
+            mode: Mode::Async,
+            role: Role::Standalone,
+            link: LinkConfig::Null,
+            epoch: 1,
+            spare_wait: Duration::from_secs(10),
+            tracker: None,
+        }
+    }
+
+    /// Registers a region of `len` bytes (rounded up to pages) at the address derived from
+    /// `id`, the same in every process of the binary.
+    pub fn region(mut self, id: RegionId, len: usize) -> Self {
+        self.regions
+            .push((id, len.div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE));
+        self
+    }
+
+    /// What a fresh start runs before the first checkpoint (not run on promotion or resume).
+    pub fn init(mut self, f: impl FnOnce(&mut Context) -> WorkerResult + 'static) -> Self {
+        self.init = Some(Box::new(f));
+        self
+    }
+
+    /// The worker: the application's main loop, called on a fresh start after `init` and on
+    /// promotion after the restore.
+    pub fn worker(mut self, f: impl FnOnce(&mut Context) -> WorkerResult + 'static) -> Self {
+        self.worker = Some(Box::new(f));
+        self
+    }
+
+    /// Defines a signal handler under `name` in this process's table (every process of the
+    /// binary defines the same names); the worker registers it for a signal with
+    /// [`Context::signals`] (`hs_sigreg`), and a promoted spare reinstalls it by name.
+    ///
+    /// # Safety
+    /// `handler` must be async-signal-safe (see [`SignalRegistry::define`]).
+    pub unsafe fn signal_handler(mut self, name: &str, handler: Handler) -> Result<Self, HsError> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.signals.define(name, handler) }.map_err(MetaError::from)?;
+        Ok(self)
+    }
+
+    /// How checkpoints are taken.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// When [`Context::checkpoint`] returns.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The role.
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
+    }
+
+    /// Where checkpoints go (as primary) or come from (as spare: unix and tcp).
+    pub fn link(mut self, link: LinkConfig) -> Self {
+        self.link = link;
+        self
+    }
+
+    /// The epoch of a primary (default 1).
+    pub fn epoch(mut self, epoch: u64) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
+    /// How long a spare tries to reach its primary, and how long a sync primary waits for
+    /// its first spare (default 10 s).
+    pub fn spare_wait(mut self, wait: Duration) -> Self {
+        self.spare_wait = wait;
+        self
+    }
+
+    /// Forces a tracking backend instead of probing (and `HS_TRACKER`).
+    pub fn tracker(mut self, backend: Backend) -> Self {
+        self.tracker = Some(backend);
+        self
+    }
+
+    /// Applies the `HS_*` variables a supervisor sets (see the module docs); unset ones
+    /// leave the builder's settings.
+    pub fn from_env(mut self) -> Result<Self, HsError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let bad = |what, value: &str, why: &str| HsError::Config {
+            what,
+            value: value.to_owned(),
+            why: why.to_owned(),
+        };
+        if let Some(v) = var(ENV_ROLE) {
+            self.role = match v.as_str() {
+                "standalone" => Role::Standalone,
+                "primary" => Role::Primary,
+                "spare" => Role::Spare,
+                _ => return Err(bad(ENV_ROLE, &v, "use standalone, primary or spare")),
+            };
+        }
+        if let Some(v) = var(ENV_TRANSPORT) {
+            self.link = match v.as_str() {
+                "null" => LinkConfig::Null,
+                "file" => {
+                    let path = var(ENV_LOG_FILE)
+                        .ok_or_else(|| bad(ENV_LOG_FILE, "", "the file transport needs it"))?;
+                    LinkConfig::File {
+                        path: path.into(),
+                        append: false,
+                    }
+                }
+                "unix" => LinkConfig::Unix {
+                    dir: var(ENV_SOCKET_DIR).map_or_else(transport::unix::default_dir, Into::into),
+                    name: var(ENV_SOCKET_NAME).unwrap_or_else(|| self.name.clone()),
+                },
+                "tcp" => {
+                    let a = var(ENV_TCP_ADDR)
+                        .ok_or_else(|| bad(ENV_TCP_ADDR, "", "the tcp transport needs it"))?;
+                    let addr = a.parse().map_err(|e: std::net::AddrParseError| {
+                        bad(ENV_TCP_ADDR, &a, &e.to_string())
+                    })?;
+                    LinkConfig::Tcp {
+                        addr,
+                        config: TcpConfig::new(transport::AuthKey::from_env()?),
+                    }
+                }
+                _ => return Err(bad(ENV_TRANSPORT, &v, "use null, file, unix or tcp")),
+            };
+        }
+        if let Some(v) = var(ENV_EPOCH) {
+            self.epoch = v
+                .parse()
+                .map_err(|e: std::num::ParseIntError| bad(ENV_EPOCH, &v, &e.to_string()))?;
+        }
+        if let Some(v) = var(ENV_MODE) {
+            self.mode = v.parse().map_err(|e: String| bad(ENV_MODE, &v, &e))?;
+        }
+        if let Some(v) = var(ENV_STRATEGY) {
+            self.strategy = v.parse().map_err(|e: String| bad(ENV_STRATEGY, &v, &e))?;
+        }
+        Ok(self)
+    }
+
+    /// Plays the role (see the module docs).
+    pub fn run(mut self) -> Result<Outcome, HsError> {
+        if self.worker.is_none() {
+            return Err(HsError::NoWorker);
+        }
+        let regions = self
+            .regions
+            .iter()
+            .map(|&(id, len)| Region::map(id, len))
+            .collect::<Result<Vec<_>, _>>()?;
+        match self.role.clone() {
+            Role::Standalone | Role::Primary => {
+                let epoch = self.epoch;
+                self.fresh(regions, epoch)
+            }
+            Role::Spare => self.spare(regions),
+            Role::Resume(path) => {
+                let (replica, end) = transport::file::rebuild(&path, ReplicaConfig::default())?;
+                if let Some(e) = end.error {
+                    tracing::warn!(log = %path.display(), error = %e, "the log's tail is torn; resuming from its last complete checkpoint");
+                }
+                let epoch = replica.highest_epoch().unwrap_or(0).max(self.epoch - 1) + 1;
+                let Some(committed) = replica.into_committed() else {
+                    return Err(HsError::Replay {
+                        path,
+                        source: ReplicaError::NoSession {
+                            kind: crate::wire::FrameKind::Commit,
+                        },
+                    });
+                };
+                if matches!(self.link, LinkConfig::Null) {
+                    self.link = LinkConfig::File { path, append: true };
+                }
+                self.restored(regions, committed, epoch)
+            }
+        }
+    }
+
+    fn context(&mut self, regions: Vec<Region>) -> Result<Context, HsError> {
+        let mut tracker = match self.tracker {
+            Some(b) => track::create(b)?,
+            None => track::select()?,
+        };
+        for r in &regions {
+            tracker.register(r)?;
+        }
+        let table = regions.iter().map(RegionInfo::from).collect();
+        Ok(Context {
+            name: self.name.clone(),
+            regions,
+            table,
+            tracker,
+            fds: FdRegistry::new(),
+            signals: std::mem::take(&mut self.signals),
+            blobs: Blobs::default(),
+            strategy: self.strategy,
+            mode: self.mode,
+            link: None,
+            runs: Vec::new(),
+            meta: Vec::new(),
+            restored: None,
+            role: self.role.clone(),
+            epoch: self.epoch,
+        })
+    }
+
+    fn open_link(
+        &self,
+        ctx: &mut Context,
+        epoch: u64,
+        first_checkpoint: u64,
+    ) -> Result<(), HsError> {
+        let params = StreamParams {
+            epoch,
+            first_checkpoint,
+            hello: Hello {
+                page_size: PAGE_SIZE as u32,
+                regions: ctx.table.clone(),
+            },
+            sync_sink: self.mode == Mode::Sync,
+        };
+        let link = Link::open(&self.link, params)?;
+        tracing::info!(link = link.describe(), epoch, role = ?self.role, "link open");
+        if self.mode == Mode::Sync && self.role != Role::Standalone {
+            let waited = Instant::now();
+            if !link.wait_live(self.spare_wait) {
+                tracing::warn!(waited = ?waited.elapsed(), "no spare connected; going on without one");
+            }
+        }
+        ctx.epoch = epoch;
+        ctx.link = Some(link);
+        Ok(())
+    }
+
+    fn fresh(mut self, regions: Vec<Region>, epoch: u64) -> Result<Outcome, HsError> {
+        let mut ctx = self.context(regions)?;
+        self.open_link(&mut ctx, epoch, 1)?;
+        if let Some(init) = self.init.take() {
+            init(&mut ctx).map_err(HsError::Worker)?;
+        }
+        self.work(ctx)
+    }
+
+    fn work(mut self, mut ctx: Context) -> Result<Outcome, HsError> {
+        ctx.checkpoint()?;
+        let worker = self.worker.take().ok_or(HsError::NoWorker)?;
+        let result = worker(&mut ctx);
+        let stats = match ctx.link.take() {
+            Some(link) => link.finish()?,
+            None => LinkStats::default(),
+        };
+        result.map_err(HsError::Worker)?;
+        Ok(Outcome::Finished {
+            restored: ctx.restored,
+            stats,
+        })
+    }
+
+    fn restored(
+        mut self,
+        mut regions: Vec<Region>,
+        committed: Committed,
+        epoch: u64,
+    ) -> Result<Outcome, HsError> {
+        if committed.metadata.worker.as_deref() != Some(self.name.as_str()) {
+            return Err(HsError::WorkerName {
+                found: committed.metadata.worker,
+                want: self.name,
+            });
+        }
+        restore_image(&mut regions, &committed)?;
+        let mut ctx = self.context(regions)?;
+        committed.metadata.restore(&mut ctx.signals)?;
+        ctx.fds = FdRegistry::adopt(&committed.metadata.fds);
+        ctx.blobs = Blobs::from_map(committed.metadata.blobs.clone(), &Blobs::default())
+            .map_err(MetaError::from)?;
+        ctx.restored = Some(Restored {
+            checkpoint: committed.checkpoint,
+            from_epoch: committed.epoch,
+            epoch,
+        });
+        tracing::info!(
+            checkpoint = committed.checkpoint,
+            from_epoch = committed.epoch,
+            epoch,
+            "restored"
+        );
+        self.open_link(&mut ctx, epoch, committed.checkpoint + 1)?;
+        self.work(ctx)
+    }
+
+    fn connect(&self) -> Result<Box<dyn Endpoint>, HsError> {
+        match &self.link {
+            LinkConfig::Unix { dir, name } => Ok(Box::new(transport::unix::connect(dir, name)?)),
+            LinkConfig::Tcp { addr, config } => {
+                Ok(Box::new(transport::tcp::connect(*addr, config)?))
+            }
+            other => Err(HsError::Config {
+                what: "spare link",
+                value: format!("{other:?}"),
+                why: "a spare connects over unix or tcp".to_owned(),
+            }),
+        }
+    }
+
+    fn connect_retrying(&self, wait: Duration) -> Result<Box<dyn Endpoint>, HsError> {
+        let start = Instant::now();
+        loop {
+            match self.connect() {
+                Ok(ep) => return Ok(ep),
+                Err(e @ HsError::Config { .. }) => return Err(e),
+                Err(e) if start.elapsed() >= wait => {
+                    return Err(HsError::NoPrimary {
+                        at: format!("{:?}", self.link),
+                        waited: start.elapsed(),
+                        last: e.to_string(),
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    fn spare(self, regions: Vec<Region>) -> Result<Outcome, HsError> {
+        let mut replica = Replica::new(ReplicaConfig::default());
+        let mut ep = self.connect_retrying(self.spare_wait)?;
+        loop {
+            let served = session::serve_spare(&mut replica, &mut ep, HANDSHAKE_TIMEOUT);
+            if replica.said_goodbye() {
+                return Ok(Outcome::PrimaryFinished {
+                    checkpoint: replica.checkpoint(),
+                });
+            }
+            let primary_gone = match &served {
+                Ok(end) => end.error.as_ref().is_none_or(stream_broke),
+                Err(SessionError::Wire { source, .. }) => {
+                    matches!(source, WireError::Io(_) | WireError::Truncated { .. })
+                }
+                Err(_) => false,
+            };
+            tracing::info!(?served, primary_gone, checkpoint = ?replica.checkpoint(), "stream from the primary ended");
+            if !primary_gone {
+                // A refused stream: the primary lives; a new session brings a full checkpoint.
+                let _ = ep.shutdown();
+                match self.connect() {
+                    Ok(e) => {
+                        ep = e;
+                        continue;
+                    }
+                    Err(e) => tracing::info!(error = %e, "the primary does not answer any more"),
+                }
+            }
+            return self.promote(regions, replica);
+        }
+    }
+
+    fn promote(self, regions: Vec<Region>, replica: Replica) -> Result<Outcome, HsError> {
+        let epoch = replica.highest_epoch().unwrap_or(0).max(self.epoch) + 1;
+        match replica.into_committed() {
+            Some(committed) => self.role(Role::Primary).restored(regions, committed, epoch),
+            None => {
+                tracing::warn!("the primary died before its first checkpoint; starting afresh");
+                self.role(Role::Primary).fresh(regions, epoch)
+            }
+        }
+    }
+}
+
+/// Whether a replica's stream error means the stream broke (the primary is gone) rather than
+/// that a frame was refused (the primary lives and should start over).
+fn stream_broke(e: &ReplicaError) -> bool {
+    matches!(
+        e,
+        ReplicaError::Wire(WireError::Io(_) | WireError::Truncated { .. })
+    )
+}
+
+/// Copies a checkpoint's image into `regions`, which must be the checkpoint's regions (same
+/// ids, addresses and lengths).
+pub fn restore_image(regions: &mut [Region], committed: &Committed) -> Result<(), HsError> {
+    let mut want: Vec<RegionInfo> = regions.iter().map(RegionInfo::from).collect();
+    let mut found = committed.image.table();
+    want.sort();
+    found.sort();
+    if want != found {
+        return Err(HsError::RegionTable { found, want });
+    }
+    for r in regions.iter_mut() {
+        let id = r.id();
+        let bytes = committed.image.region(id.0).ok_or(HsError::NoRegion(id))?;
+        r.as_bytes_mut().copy_from_slice(bytes);
+    }
+    Ok(())
+}
+
+/// What the worker sees: its regions, the registries, and [`Context::checkpoint`].
+pub struct Context {
+    name: String,
+    regions: Vec<Region>,
+    table: Vec<RegionInfo>,
+    tracker: Box<dyn Tracker>,
+    fds: FdRegistry,
+    signals: SignalRegistry,
+    blobs: Blobs,
+    strategy: Strategy,
+    mode: Mode,
+    link: Option<Link>,
+    runs: Vec<Run>,
+    meta: Vec<u8>,
+    restored: Option<Restored>,
+    role: Role,
+    epoch: u64,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("name", &self.name)
+            .field("table", &self.table)
+            .field("tracker", &self.tracker.backend())
+            .field("strategy", &self.strategy)
+            .field("mode", &self.mode)
+            .field("restored", &self.restored)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Region `id`.
+    pub fn region(&self, id: RegionId) -> Result<&Region, HsError> {
+        self.regions
+            .iter()
+            .find(|r| r.id() == id)
+            .ok_or(HsError::NoRegion(id))
+    }
+
+    /// Region `id`, mutably.
+    pub fn region_mut(&mut self, id: RegionId) -> Result<&mut Region, HsError> {
+        self.regions
+            .iter_mut()
+            .find(|r| r.id() == id)
+            .ok_or(HsError::NoRegion(id))
+    }
+
+    /// The value at `slot` of region `id`.
+    pub fn get<T>(&self, id: RegionId, slot: Slot<T>) -> Result<&T, HsError>
+    where
+        T: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout + zerocopy::Immutable,
+    {
+        Ok(self.region(id)?.get(slot)?)
+    }
+
+    /// The value at `slot` of region `id`, mutably.
+    pub fn get_mut<T>(&mut self, id: RegionId, slot: Slot<T>) -> Result<&mut T, HsError>
+    where
+        T: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout + zerocopy::Immutable,
+    {
+        Ok(self.region_mut(id)?.get_mut(slot)?)
+    }
+
+    /// The registered file descriptors (register what a promoted spare must have).
+    pub fn fds(&mut self) -> &mut FdRegistry {
+        &mut self.fds
+    }
+
+    /// The signal handler registry: `register` is `hs_sigreg`.
+    pub fn signals(&mut self) -> &mut SignalRegistry {
+        &mut self.signals
+    }
+
+    /// Application blobs, carried by every checkpoint.
+    pub fn blobs(&mut self) -> &mut Blobs {
+        &mut self.blobs
+    }
+
+    /// The tracker in use.
+    pub fn tracker(&mut self) -> &mut dyn Tracker {
+        self.tracker.as_mut()
+    }
+
+    /// Where this process was restored from, if it was.
+    pub fn restored(&self) -> Option<Restored> {
+        self.restored
+    }
+
+    /// This process's role as it started.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// This process's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The link's counters.
+    pub fn link_stats(&self) -> LinkStats {
+        self.link.as_ref().map(Link::stats).unwrap_or_default()
+    }
+
+    /// `hs_cpt`: takes a checkpoint of the regions and the metadata as they are now. In
+    /// async mode it returns once the snapshot is taken; in sync mode once the spare acked.
+    /// With no session open (no spare yet) it only starts a new tracking interval: the next
+    /// session begins with a full checkpoint anyway.
+    pub fn checkpoint(&mut self) -> Result<Checkpoint, HsError> {
+        let dirty = self.tracker.collect_dirty()?;
+        let Some(link) = self.link.as_mut() else {
+            return Ok(Checkpoint {
+                pages: dirty.page_count() as u64,
+                full: false,
+                strategy: None,
+                acked: false,
+            });
+        };
+        let Some((generation, full)) = link.plan() else {
+            return Ok(Checkpoint {
+                pages: dirty.page_count() as u64,
+                full: false,
+                strategy: None,
+                acked: false,
+            });
+        };
+        self.fds.capture().map_err(MetaError::from)?;
+        let mut meta = std::mem::take(&mut self.meta);
+        MetadataRef {
+            worker: Some(&self.name),
+            regions: &self.table,
+            fds: self.fds.records(),
+            signals: self.signals.records(),
+            blobs: self.blobs.as_map(),
+        }
+        .encode_into(&mut meta)?;
+        snapshot::plan(&self.regions, &dirty, full, &mut self.runs);
+        let pages = snapshot::page_count(&self.runs);
+        let strategy = match self.strategy {
+            Strategy::Fork if !link.fork_in_flight() => Strategy::Fork,
+            _ => Strategy::Copy,
+        };
+        let snap = match strategy {
+            Strategy::Fork => {
+                let child = snapshot::fork(&self.regions, full, &self.runs, &meta)
+                    .map_err(HsError::Fork)?;
+                self.meta = meta;
+                Snapshot::Forked(child)
+            }
+            Strategy::Copy => {
+                let runs = self.runs.clone();
+                Snapshot::Copied(Copied::take(
+                    &self.regions,
+                    full,
+                    runs,
+                    link.reuse_buffer(),
+                    meta,
+                ))
+            }
+        };
+        let id = link.submit(generation, full, snap)?;
+        let acked = match self.mode {
+            Mode::Sync => link.wait_acked(id)?,
+            Mode::Async => false,
+        };
+        Ok(Checkpoint {
+            pages,
+            full,
+            strategy: Some(strategy),
+            acked,
+        })
+    }
+}

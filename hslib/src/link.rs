@@ -1,0 +1,671 @@
+//! The primary's link to its spare: a sender thread that owns the stream and puts snapshots on
+//! it one at a time, in order; a thread that reads the spare's acks; and, for the socket
+//! transports, a thread that accepts spares (a spare that connects gets a new session and a
+//! full checkpoint).
+//!
+//! Sessions are numbered by *generation*. A snapshot is taken for the generation that was
+//! live when it was taken and is dropped if that session has ended by its turn: a new session
+//! must start with a full checkpoint, which the next snapshot will be.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::replica::ReplicaConfig;
+use crate::session;
+use crate::snapshot::{Copied, ForkedChild, Go, Snapshot};
+use crate::sys::process::{self, ChildEnd};
+use crate::transport::{
+    self, Endpoint, FileLog, HANDSHAKE_TIMEOUT, NullEndpoint, TcpConfig, TcpServer, TransportError,
+    UnixServer,
+};
+use crate::wire::{AckReader, Acked, CheckpointWriter, Hello};
+
+/// Where a primary's checkpoints go.
+#[derive(Debug, Clone)]
+pub enum LinkConfig {
+    /// Nowhere (standalone runs and benchmarks); the snapshots are still taken and written.
+    Null,
+    /// A checkpoint log file; `append` adds a session to an existing log instead of
+    /// replacing it.
+    File {
+        /// The log.
+        path: PathBuf,
+        /// Append rather than truncate.
+        append: bool,
+    },
+    /// Listen on a Unix socket `name` in directory `dir` (mode 0700) for spares.
+    Unix {
+        /// The socket directory.
+        dir: PathBuf,
+        /// The socket's name in it.
+        name: String,
+    },
+    /// Listen on TCP for authenticated spares.
+    Tcp {
+        /// The address to listen on.
+        addr: SocketAddr,
+        /// The key and timeouts.
+        config: TcpConfig,
+    },
+}
+
+/// What became of a checkpoint on the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shipped {
+    /// Written to the stream as this checkpoint number.
+    Written(u64),
+    /// Dropped: no session was open for it by its turn.
+    Dropped,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    /// The last job the sender finished, and what became of it.
+    done_job: u64,
+    done: Option<Shipped>,
+    /// The last checkpoint the spare acked (or that a sink without acks took).
+    acked: u64,
+    /// Checkpoints written and their page bytes.
+    written: u64,
+    bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// The generation of the open session (0: none yet).
+    generation: AtomicU64,
+    /// Whether that session is still open.
+    live: AtomicBool,
+    /// Whether a fork child has not yet been reaped.
+    fork_in_flight: AtomicBool,
+    progress: Mutex<Progress>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Progress> {
+        // A panicking holder leaves plain counters behind; they are still meaningful.
+        self.progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+enum Job {
+    Connect(Box<dyn Endpoint>),
+    Snapshot {
+        id: u64,
+        generation: u64,
+        snapshot: Snapshot,
+    },
+    Goodbye,
+}
+
+/// Counters of a link, for status displays and statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Checkpoints written to the stream.
+    pub written: u64,
+    /// Page bytes written.
+    pub bytes: u64,
+    /// The last checkpoint acked by the spare.
+    pub acked: u64,
+    /// Sessions opened so far (spares connected, or the sink opened).
+    pub sessions: u64,
+    /// Whether a session is open now.
+    pub live: bool,
+}
+
+/// The primary's end of the link.
+#[derive(Debug)]
+pub struct Link {
+    jobs: Sender<Job>,
+    recycle: Receiver<Vec<u8>>,
+    shared: Arc<Shared>,
+    sender: Option<JoinHandle<()>>,
+    next_job: u64,
+    full_generation: u64,
+    describe: String,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Connect(e) => write!(f, "Connect({})", e.describe()),
+            Job::Snapshot { id, generation, .. } => write!(f, "Snapshot({id}, gen {generation})"),
+            Job::Goodbye => f.write_str("Goodbye"),
+        }
+    }
+}
+
+/// The stream's parameters for every session of a link.
+#[derive(Debug, Clone)]
+pub struct StreamParams {
+    /// The epoch of this primary.
+    pub epoch: u64,
+    /// The number of its first checkpoint.
+    pub first_checkpoint: u64,
+    /// The hello (the region table).
+    pub hello: Hello,
+    /// Whether a sink without acks should be synced to disk at each commit.
+    pub sync_sink: bool,
+}
+
+impl Link {
+    /// Opens the link: the sink's session at once (null, file), or a listener whose spares
+    /// each get a session (unix, tcp).
+    pub fn open(config: &LinkConfig, params: StreamParams) -> Result<Self, LinkError> {
+        let (jobs, rx) = mpsc::channel();
+        let (give_back, recycle) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let describe = match config {
+            LinkConfig::Null => {
+                jobs.send(Job::Connect(Box::new(NullEndpoint::new())))
+                    .map_err(|_| LinkError::SenderGone)?;
+                "null".to_owned()
+            }
+            LinkConfig::File { path, append } => {
+                let log = if *append {
+                    FileLog::append(path, ReplicaConfig::default())?
+                } else {
+                    FileLog::create(path)?
+                };
+                jobs.send(Job::Connect(Box::new(log)))
+                    .map_err(|_| LinkError::SenderGone)?;
+                format!("file:{}", path.display())
+            }
+            LinkConfig::Unix { dir, name } => {
+                transport::unix::secure_dir(dir)?;
+                let server = UnixServer::bind(dir, name)?;
+                let describe = format!("unix:{}", server.path().display());
+                let tx = jobs.clone();
+                spawn("hs-accept", move || {
+                    accept_loop(|| server.accept().map(|e| Box::new(e) as _), &tx)
+                })?;
+                describe
+            }
+            LinkConfig::Tcp { addr, config } => {
+                let server = TcpServer::bind(*addr, config)?;
+                let describe = format!("tcp:{}", server.local_addr().unwrap_or(*addr));
+                let tx = jobs.clone();
+                spawn("hs-accept", move || {
+                    accept_loop(|| server.accept().map(|e| Box::new(e) as _), &tx)
+                })?;
+                describe
+            }
+        };
+        let sh = Arc::clone(&shared);
+        let sender = spawn("hs-sender", move || {
+            Sender_::new(sh, params, give_back).run(rx)
+        })?;
+        Ok(Self {
+            jobs,
+            recycle,
+            shared,
+            sender: Some(sender),
+            next_job: 0,
+            full_generation: 0,
+            describe,
+        })
+    }
+
+    /// Where the link goes, for messages.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Whether a session is open (a spare is connected, or the sink is open).
+    pub fn live(&self) -> bool {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
+    /// The generation a snapshot taken now is for, and whether it must be full (the first of
+    /// its session). `None` when no session is open: nothing would carry it.
+    pub fn plan(&self) -> Option<(u64, bool)> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation == 0 || !self.live() {
+            return None;
+        }
+        Some((generation, generation != self.full_generation))
+    }
+
+    /// Whether a fork child is still writing (or waiting to).
+    pub fn fork_in_flight(&self) -> bool {
+        self.shared.fork_in_flight.load(Ordering::Acquire)
+    }
+
+    /// A buffer the sender gave back, for the next copy snapshot.
+    pub fn reuse_buffer(&self) -> Vec<u8> {
+        self.recycle.try_recv().unwrap_or_default()
+    }
+
+    /// Hands a snapshot taken for `generation` to the sender; returns its job id.
+    pub fn submit(
+        &mut self,
+        generation: u64,
+        full: bool,
+        snapshot: Snapshot,
+    ) -> Result<u64, LinkError> {
+        if matches!(snapshot, Snapshot::Forked(_)) {
+            self.shared.fork_in_flight.store(true, Ordering::Release);
+        }
+        self.next_job += 1;
+        let id = self.next_job;
+        self.jobs
+            .send(Job::Snapshot {
+                id,
+                generation,
+                snapshot,
+            })
+            .map_err(|_| LinkError::SenderGone)?;
+        if full {
+            self.full_generation = generation;
+        }
+        Ok(id)
+    }
+
+    /// Waits until job `id` is on the stream and the spare acked it (sync mode). Returns
+    /// what became of it; `Ok(false)` for a checkpoint dropped or whose session ended
+    /// before the ack.
+    pub fn wait_acked(&self, id: u64) -> Result<bool, LinkError> {
+        let mut p = self.shared.lock();
+        while p.done_job < id {
+            if self.sender_gone() {
+                return Err(LinkError::SenderGone);
+            }
+            p = self.wait(p);
+        }
+        let Some(Shipped::Written(cp)) = p.done.filter(|_| p.done_job == id) else {
+            return Ok(false);
+        };
+        while p.acked < cp {
+            if !self.live() {
+                return Ok(false);
+            }
+            p = self.wait(p);
+        }
+        Ok(true)
+    }
+
+    fn wait<'a>(&self, p: MutexGuard<'a, Progress>) -> MutexGuard<'a, Progress> {
+        // The timeout only guards against a missed wake-up; every change notifies.
+        match self
+            .shared
+            .changed
+            .wait_timeout(p, Duration::from_millis(50))
+        {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        }
+    }
+
+    fn sender_gone(&self) -> bool {
+        self.sender.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Waits up to `timeout` for a session to open (a spare to connect).
+    pub fn wait_live(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut p = self.shared.lock();
+        while !self.live() {
+            if Instant::now() >= deadline || self.sender_gone() {
+                return false;
+            }
+            p = self.wait(p);
+        }
+        true
+    }
+
+    /// The link's counters.
+    pub fn stats(&self) -> LinkStats {
+        let p = self.shared.lock();
+        LinkStats {
+            written: p.written,
+            bytes: p.bytes,
+            acked: p.acked,
+            sessions: self.shared.generation.load(Ordering::Acquire),
+            live: self.live(),
+        }
+    }
+
+    /// Puts everything submitted on the stream, ends the session with a goodbye (the spare
+    /// will not take over), and stops the sender.
+    pub fn finish(mut self) -> Result<LinkStats, LinkError> {
+        let _ = self.jobs.send(Job::Goodbye);
+        if let Some(t) = self.sender.take() {
+            t.join().map_err(|_| LinkError::SenderGone)?;
+        }
+        Ok(self.stats())
+    }
+}
+
+/// What went wrong on the link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The transport could not be set up.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The sender thread ended (it panicked).
+    #[error("the checkpoint sender thread is gone")]
+    SenderGone,
+    /// A thread could not start.
+    #[error("starting thread {name} failed: {source}")]
+    Spawn {
+        /// The thread.
+        name: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn spawn<F: FnOnce() + Send + 'static>(
+    name: &'static str,
+    f: F,
+) -> Result<JoinHandle<()>, LinkError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(|source| LinkError::Spawn { name, source })
+}
+
+fn accept_loop(
+    mut accept: impl FnMut() -> Result<Box<dyn Endpoint>, TransportError>,
+    jobs: &Sender<Job>,
+) {
+    loop {
+        match accept() {
+            Ok(ep) => {
+                tracing::info!(peer = %ep.describe(), "spare connected");
+                if jobs.send(Job::Connect(ep)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // A refused handshake (wrong key, ...) is the peer's problem; keep listening.
+                tracing::warn!(error = %e, "a spare's connection was refused");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// The session the sender writes to.
+struct Open {
+    writer: CheckpointWriter<Box<dyn Endpoint>>,
+    generation: u64,
+    acks: bool,
+}
+
+/// The sender thread's state (the trailing underscore keeps it apart from `mpsc::Sender`).
+struct Sender_ {
+    shared: Arc<Shared>,
+    params: StreamParams,
+    give_back: Sender<Vec<u8>>,
+    open: Option<Open>,
+    next_checkpoint: u64,
+    generation: u64,
+    devnull: Option<File>,
+}
+
+impl Sender_ {
+    fn new(shared: Arc<Shared>, params: StreamParams, give_back: Sender<Vec<u8>>) -> Self {
+        let next_checkpoint = params.first_checkpoint.max(1);
+        Self {
+            shared,
+            params,
+            give_back,
+            open: None,
+            next_checkpoint,
+            generation: 0,
+            devnull: None,
+        }
+    }
+
+    fn run(mut self, jobs: Receiver<Job>) {
+        while let Ok(job) = jobs.recv() {
+            match job {
+                Job::Connect(ep) => self.connect(ep),
+                Job::Snapshot {
+                    id,
+                    generation,
+                    snapshot,
+                } => {
+                    let done = self.ship(generation, snapshot);
+                    let mut p = self.shared.lock();
+                    p.done_job = id;
+                    p.done = Some(done);
+                    drop(p);
+                    self.shared.changed.notify_all();
+                }
+                Job::Goodbye => break,
+            }
+        }
+        self.close(true);
+    }
+
+    /// Ends the open session; with `goodbye`, first tells the spare not to take over.
+    fn close(&mut self, goodbye: bool) {
+        if let Some(mut open) = self.open.take() {
+            if goodbye && self.shared.live.load(Ordering::Acquire) {
+                if let Err(e) = open.writer.goodbye() {
+                    tracing::warn!(error = %e, "sending the goodbye failed");
+                }
+                let _ = open.writer.get_ref().shutdown();
+            }
+            self.shared.live.store(false, Ordering::Release);
+            self.shared.changed.notify_all();
+        }
+    }
+
+    fn connect(&mut self, ep: Box<dyn Endpoint>) {
+        self.close(false);
+        let peer = ep.describe();
+        let acks = ep.acks();
+        let (writer, reader) = if acks {
+            let clone = match ep.try_clone_endpoint() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(peer, error = %e, "cloning the spare's stream failed");
+                    return;
+                }
+            };
+            match session::open_primary(
+                ep,
+                self.params.epoch,
+                self.next_checkpoint,
+                &self.params.hello,
+                HANDSHAKE_TIMEOUT,
+            ) {
+                Ok(s) => (s.writer, Some((clone, s.acks))),
+                Err(e) => {
+                    tracing::warn!(peer, error = %e, "opening a session with a spare failed");
+                    return;
+                }
+            }
+        } else {
+            let mut w = CheckpointWriter::new(ep, self.params.epoch, self.next_checkpoint);
+            if let Err(e) = w.hello(&self.params.hello) {
+                tracing::warn!(peer, error = %e, "writing the hello failed");
+                return;
+            }
+            (w, None)
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        if let Some((clone, acks)) = reader {
+            let shared = Arc::clone(&self.shared);
+            let started = spawn("hs-acks", move || {
+                read_acks(clone, acks, &shared, generation)
+            });
+            if let Err(e) = started {
+                tracing::warn!(peer, error = %e, "starting the ack reader failed");
+                return;
+            }
+        }
+        tracing::info!(peer, generation, "session opened");
+        self.open = Some(Open {
+            writer,
+            generation,
+            acks,
+        });
+        let p = self.shared.lock();
+        self.shared.generation.store(generation, Ordering::Release);
+        self.shared.live.store(true, Ordering::Release);
+        drop(p);
+        self.shared.changed.notify_all();
+    }
+
+    /// Puts one snapshot on the stream if its session is still the open one.
+    fn ship(&mut self, generation: u64, snapshot: Snapshot) -> Shipped {
+        let usable = self.shared.live.load(Ordering::Acquire)
+            && self
+                .open
+                .as_ref()
+                .is_some_and(|o| o.generation == generation);
+        let result = match snapshot {
+            Snapshot::Copied(c) => {
+                let r = if usable { self.write_copy(&c) } else { None };
+                let _ = self.give_back.send(c.data);
+                r
+            }
+            Snapshot::Forked(child) => {
+                let r = if usable {
+                    self.run_child(child)
+                } else {
+                    drop(child.go);
+                    reap(child.pid);
+                    None
+                };
+                self.shared.fork_in_flight.store(false, Ordering::Release);
+                r
+            }
+        };
+        match result {
+            Some((cp, bytes)) => {
+                let mut p = self.shared.lock();
+                p.written += 1;
+                p.bytes += bytes;
+                if self.open.as_ref().is_some_and(|o| !o.acks) {
+                    p.acked = cp;
+                }
+                Shipped::Written(cp)
+            }
+            None => Shipped::Dropped,
+        }
+    }
+
+    fn write_copy(&mut self, c: &Copied) -> Option<(u64, u64)> {
+        let open = self.open.as_mut()?;
+        match c.write(&mut open.writer) {
+            Ok(cp) => {
+                self.next_checkpoint = cp + 1;
+                self.sync_sink();
+                Some((cp, c.data.len() as u64))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "writing a checkpoint failed; the session is over");
+                self.close(false);
+                None
+            }
+        }
+    }
+
+    fn sync_sink(&mut self) {
+        if let Some(open) = &self.open
+            && !open.acks
+            && self.params.sync_sink
+            && let Err(e) = open.writer.get_ref().shutdown()
+        {
+            tracing::warn!(error = %e, "syncing the checkpoint log failed");
+        }
+    }
+
+    fn run_child(&mut self, child: ForkedChild) -> Option<(u64, u64)> {
+        let open = self.open.as_mut()?;
+        let state = open.writer.state();
+        let fd = match open.writer.get_ref().as_fd() {
+            Some(fd) => process::raw(fd),
+            None => match self.devnull() {
+                Some(fd) => fd,
+                None => {
+                    drop(child.go);
+                    reap(child.pid);
+                    return None;
+                }
+            },
+        };
+        let go = Go {
+            fd,
+            epoch: state.epoch,
+            sequence: state.next_sequence,
+            checkpoint: state.next_checkpoint,
+        };
+        if let Err(e) = process::write_all(child.go.as_fd(), &go.encode()) {
+            tracing::warn!(error = %e, "handing a fork child its turn failed");
+            drop(child.go);
+            reap(child.pid);
+            return None;
+        }
+        drop(child.go);
+        match process::wait_child(child.pid) {
+            Ok(ChildEnd::Exited(crate::snapshot::CHILD_DONE)) => {
+                let mut s = state;
+                s.skip_checkpoint(child.frames);
+                let open = self.open.as_mut()?;
+                open.writer.set_state(s);
+                self.next_checkpoint = go.checkpoint + 1;
+                self.sync_sink();
+                Some((go.checkpoint, child.pages * crate::sys::PAGE_SIZE as u64))
+            }
+            other => {
+                // The child may have left a partial frame: nothing after it can be read.
+                tracing::warn!(?other, "a fork child failed to write its checkpoint");
+                self.close(false);
+                None
+            }
+        }
+    }
+
+    fn devnull(&mut self) -> Option<i32> {
+        if self.devnull.is_none() {
+            self.devnull = File::options().write(true).open("/dev/null").ok();
+        }
+        self.devnull.as_ref().map(|f| process::raw(f.as_fd()))
+    }
+}
+
+fn reap(pid: nix::unistd::Pid) {
+    if let Err(e) = process::wait_child(pid) {
+        tracing::warn!(%pid, error = %e, "reaping a fork child failed");
+    }
+}
+
+fn read_acks(mut ep: Box<dyn Endpoint>, mut acks: AckReader, shared: &Shared, generation: u64) {
+    loop {
+        match acks.expect(&mut ep, Acked::Commit, None) {
+            Ok(ack) => {
+                let mut p = shared.lock();
+                p.acked = p.acked.max(ack.checkpoint);
+                drop(p);
+                shared.changed.notify_all();
+            }
+            Err(e) => {
+                tracing::info!(generation, error = %e, "the spare's ack stream ended");
+                let p = shared.lock();
+                if shared.generation.load(Ordering::Acquire) == generation {
+                    shared.live.store(false, Ordering::Release);
+                }
+                drop(p);
+                shared.changed.notify_all();
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! `fork(2)`, pipes, raw reads and `_exit(2)` for the fork snapshot: everything a fork child
+//! of a threaded process calls is async-signal-safe (no allocation, no locks).
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+/// Which side of a fork this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// The child.
+    Child,
+    /// The parent, with the child's pid.
+    Parent(Pid),
+}
+
+/// Forks the process.
+///
+/// # Safety
+/// In a process with more than one thread the child may only do async-signal-safe work
+/// until it calls [`exit_now`]: no allocation, no locks (no `println!`, no `tracing`), only
+/// raw system calls such as [`read_full`] and `write(2)`.
+pub unsafe fn fork() -> Result<Forked, Errno> {
+    // SAFETY: the caller keeps the child to async-signal-safe work, as documented above.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => Ok(Forked::Child),
+        ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+    }
+}
+
+/// A pipe whose ends are closed on exec: `(read end, write end)`.
+pub fn pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC)
+}
+
+/// Reads until `buf` is full or the writer closes; returns the bytes read. Retries on
+/// `EINTR`. Async-signal-safe.
+pub fn read_full(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Writes all of `buf`, retrying on `EINTR`.
+pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        match nix::unistd::write(fd, buf) {
+            Ok(0) => return Err(Errno::EPIPE),
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Ends the process at once with `code`, running no destructors or exit handlers (what a
+/// fork child must do). Async-signal-safe.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` has no preconditions; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildEnd {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+}
+
+/// Waits for child `pid` to end (retrying on `EINTR`).
+pub fn wait_child(pid: Pid) -> Result<ChildEnd, Errno> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(ChildEnd::Exited(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(ChildEnd::Signaled(sig as i32)),
+            Ok(_) => {}
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends SIGKILL to child `pid` (which may already have ended).
+pub fn kill_child(pid: Pid) {
+    // An already-reaped pid cannot be reused before we wait for it, so this never hits
+    // another process; ESRCH (it ended) is fine.
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+/// The raw number of a descriptor, for handing to a fork child through a pipe.
+pub fn raw(fd: BorrowedFd<'_>) -> i32 {
+    fd.as_raw_fd()
+}
