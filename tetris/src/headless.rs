@@ -1,20 +1,20 @@
 //! The headless contract (DESIGN.md, "Contracts"): a script of inputs in, one JSON line out.
 //!
 //! Each script byte is one input: `.` is a timer expiry, `\n` and `\r` are skipped, any other
-//! byte is a key. Inputs after game over or quit are not consumed. The pieces here are library
-//! functions so later issues can drive the same game through checkpoints byte by byte.
+//! byte is a key. Inputs after game over or quit are not consumed. [`play_stream`] is what the
+//! worker runs ([`crate::worker`]): the script as it arrives, a checkpoint after every input;
+//! the other functions are the same rules on a plain state, for tests and tools.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
-use std::process::ExitCode;
 
 use anyhow::Context as _;
 
 use crate::options::Options;
-use crate::rng;
 use crate::rules::{self, Input, Mode, Outcome};
 use crate::state::{B_COLS, GameState};
+use crate::store::Store;
 
 /// The script byte meaning "the fall timer expired".
 pub const TIMER_BYTE: u8 = b'.';
@@ -101,37 +101,56 @@ pub fn to_json(state: &GameState) -> String {
     s
 }
 
-/// Reads the script: the file, or stdin when there is none or it is `-`.
-pub fn read_script(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    match path {
-        Some(p) if p != Path::new("-") => {
-            buf =
-                std::fs::read(p).with_context(|| format!("cannot read script {}", p.display()))?;
+/// Plays the script bytes `script` yields, as they arrive, on the game in `store`, with a
+/// commit (a checkpoint) after every input consumed, until the script ends or the game is
+/// finished (what follows then is not consumed, or not even read).
+///
+/// The first `skip` inputs (newlines do not count) are passed over: a restored game that
+/// reads its script from the start again has consumed them before.
+pub fn play_stream<S: Store, R: Read>(
+    store: &mut S,
+    script: &mut R,
+    skip: u64,
+) -> anyhow::Result<()> {
+    let mut skip = skip;
+    let mut buf = [0u8; 4096];
+    loop {
+        if store.state()?.is_finished() {
+            return Ok(());
         }
-        _ => {
-            std::io::stdin()
-                .lock()
-                .read_to_end(&mut buf)
-                .context("cannot read the script from stdin")?;
+        let n = match script.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot read the script")),
+        };
+        for &byte in &buf[..n] {
+            if input_of(byte).is_none() {
+                continue;
+            }
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            let state = store.state()?;
+            if state.is_finished() {
+                return Ok(());
+            }
+            feed_byte(state, byte);
+            store.commit()?;
         }
     }
-    Ok(buf)
 }
 
-/// `tetris --headless`: runs the script and prints the JSON line on stdout.
-///
-/// Without `--seed` the seed comes from the OS; the JSON line reports it, so the run can be
-/// repeated exactly.
-pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
-    let seed = match options.seed {
-        Some(s) => s,
-        None => rng::os_seed().context("cannot draw a seed from /dev/urandom")?,
-    };
-    let script = read_script(options.script.as_deref())?;
-    let state = run_script(options, seed, &script);
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", to_json(&state)).context("cannot write the result to stdout")?;
-    out.flush().context("cannot write the result to stdout")?;
-    Ok(ExitCode::SUCCESS)
+/// Opens the script: the file, or stdin when there is none or it is `-`. The second value
+/// is true for a file, which a restored game reads from its start again.
+pub fn open_script(path: Option<&Path>) -> anyhow::Result<(Box<dyn Read>, bool)> {
+    match path {
+        Some(p) if p != Path::new("-") => {
+            let file = std::fs::File::open(p)
+                .with_context(|| format!("cannot read script {}", p.display()))?;
+            Ok((Box::new(file), true))
+        }
+        _ => Ok((Box::new(std::io::stdin().lock()), false)),
+    }
 }

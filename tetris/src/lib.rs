@@ -3,7 +3,9 @@
 //! Layout: [`state`] is the game as plain old data; [`rng`] and [`rules`] are pure functions on
 //! it (no I/O, no clock); [`headless`] drives the rules from a script; [`options`] parses the
 //! command line; [`scores`] keeps the high-score file; the terminal side (screen, input, clock)
-//! lives next to [`play`], the interactive main loop that ties them together.
+//! lives next to [`play`], the interactive main loop that ties them together. [`worker`] runs
+//! either loop as hslib's worker on the state in checkpoint memory, committing every change
+//! through a [`store::Store`]; [`stats`] and [`status`] are what it reports.
 
 pub mod clock;
 pub mod headless;
@@ -16,4 +18,8 @@ pub mod scores;
 pub mod screen;
 pub mod signals;
 pub mod state;
+pub mod stats;
+pub mod status;
+pub mod store;
 pub mod terminal;
+pub mod worker;

@@ -1,10 +1,12 @@
-//! `tetris`: BSD Tetris. Parses the command line, then shows scores, runs headless or plays.
+//! `tetris`: BSD Tetris. Parses the command line, then shows scores, or plays (on the terminal
+//! or headless) through hslib's worker in whatever role the command line and `HS_*` ask for.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use tetris::options::{self, Parsed};
+use tetris::worker::{self, Ran};
 use tetris::{headless, play, scores};
 
 fn main() -> ExitCode {
@@ -36,8 +38,24 @@ fn run() -> anyhow::Result<ExitCode> {
         out.flush().context("cannot write the high scores")?;
         return Ok(ExitCode::SUCCESS);
     }
-    if options.headless {
-        return headless::run(&options);
+    match worker::run(&options)? {
+        // A spare whose primary finished: the primary showed everything.
+        Ran::SpareDone => Ok(ExitCode::SUCCESS),
+        Ran::Played {
+            state,
+            ending: None,
+            ..
+        } => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", headless::to_json(&state))
+                .and_then(|()| out.flush())
+                .context("cannot write the result to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Ran::Played {
+            state,
+            ending: Some(ending),
+            ..
+        } => play::finish(&options, &state, ending),
     }
-    play::run(&options)
 }

@@ -44,6 +44,12 @@ pub struct Options {
     pub headless: bool,
     /// `--script`: the headless input (`None` or `-` = stdin).
     pub script: Option<PathBuf>,
+    /// `--checkpoint-file`: write the checkpoint stream to this log.
+    pub checkpoint_file: Option<PathBuf>,
+    /// `--resume`: continue the game from the last complete checkpoint of this log.
+    pub resume: Option<PathBuf>,
+    /// `--stats`: write the checkpoint statistics here at the end.
+    pub stats: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -58,6 +64,9 @@ impl Default for Options {
             scores_file: None,
             headless: false,
             script: None,
+            checkpoint_file: None,
+            resume: None,
+            stats: None,
         }
     }
 }
@@ -86,6 +95,9 @@ pub enum OptionsError {
     /// `--script` without `--headless`: the interactive game reads the terminal, not a script.
     #[error("--script needs --headless")]
     ScriptWithoutHeadless,
+    /// `--resume` appends to the log it reads; another log cannot be asked for as well.
+    #[error("--resume appends to the log it continues; it cannot be given with --checkpoint-file")]
+    ResumeWithCheckpointFile,
     /// `--seed` not an unsigned 64-bit number; carries the value given.
     #[error("seed must be a number from 0 to 18446744073709551615, not {0:?}")]
     BadSeed(String),
@@ -110,6 +122,18 @@ timer expired, newlines skipped, any other byte a key) and one JSON line describ
 at the end. Without --seed the seed is drawn from the OS and reported in that line, so any
 run can be repeated with --seed.
 
+Every change of the game is checkpointed (hslib): to nowhere by default, to a log with
+--checkpoint-file, to a spare process when the HS_* environment of a supervisor says so
+(HS_ROLE=standalone|primary|spare, HS_TRANSPORT, HS_SOCKET_DIR, HS_SOCKET_NAME, HS_MODE, ...).
+--resume PATH continues the game from the last complete checkpoint of the log PATH, appending
+to it; the game's seed, level and keys then come from the checkpoint. A resumed headless game
+reading a --script FILE passes over the inputs it had consumed; on stdin it reads on.
+When a game continues from a checkpoint (resumed, or a spare taking over) and
+$TETRIS_STATUS_FD names an open descriptor, it first writes one line to it:
+{\"resumed\":{\"checkpoint\":C,\"inputs\":N,\"epoch\":E}}. --stats FILE writes at the end
+{\"checkpoints\":N,\"bytes\":N,\"stall_us\":{\"p50\":F,\"p99\":F,\"max\":F}}, the stall being the time
+the game spent inside each checkpoint.
+
 High scores live in $XDG_DATA_HOME/tetris-bsd/scores (else ~/.local/share/tetris-bsd/scores),
 or in the file named by --scores-file or $TETRIS_SCORES.";
 
@@ -118,7 +142,8 @@ fn command() -> clap::Command {
         .about("BSD Tetris, ported faithfully to Rust")
         .override_usage(
             "tetris [-bps] [-k keys] [-l level] [--seed N] [--scores-file PATH]\n       \
-             tetris --headless [--seed N] [-l level] [-k keys] [--script FILE]",
+             tetris --headless [--seed N] [-l level] [-k keys] [--script FILE]\n       \
+             tetris ... [--checkpoint-file PATH | --resume PATH] [--stats FILE]",
         )
         .after_help(HELP_AFTER)
         .disable_help_flag(true)
@@ -189,6 +214,30 @@ fn command() -> clap::Command {
                 .help("headless input (default or `-`: stdin)"),
         )
         .arg(
+            Arg::new("checkpoint-file")
+                .long("checkpoint-file")
+                .allow_hyphen_values(true)
+                .value_name("PATH")
+                .value_parser(value_parser!(PathBuf))
+                .help("write every checkpoint to the log PATH (replaced)"),
+        )
+        .arg(
+            Arg::new("resume")
+                .long("resume")
+                .allow_hyphen_values(true)
+                .value_name("PATH")
+                .value_parser(value_parser!(PathBuf))
+                .help("continue the game of the checkpoint log PATH, appending to it"),
+        )
+        .arg(
+            Arg::new("stats")
+                .long("stats")
+                .allow_hyphen_values(true)
+                .value_name("FILE")
+                .value_parser(value_parser!(PathBuf))
+                .help("write checkpoint counts and stall times to FILE at the end (JSON)"),
+        )
+        .arg(
             Arg::new("help")
                 .long("help")
                 .action(ArgAction::Help)
@@ -221,7 +270,14 @@ pub fn parse_keys(raw: &[u8]) -> Result<[u8; 7], OptionsError> {
 }
 
 /// Long options that take a value (the next argument unless given as `--name=value`).
-const LONG_WITH_VALUE: [&str; 3] = ["seed", "scores-file", "script"];
+const LONG_WITH_VALUE: [&str; 6] = [
+    "seed",
+    "scores-file",
+    "script",
+    "checkpoint-file",
+    "resume",
+    "stats",
+];
 /// Long options without a value.
 const LONG_FLAGS: [&str; 2] = ["headless", "help"];
 
@@ -330,6 +386,9 @@ where
         show_scores: m.get_flag("s"),
         headless: m.get_flag("headless"),
         script: m.get_one::<PathBuf>("script").cloned(),
+        checkpoint_file: m.get_one::<PathBuf>("checkpoint-file").cloned(),
+        resume: m.get_one::<PathBuf>("resume").cloned(),
+        stats: m.get_one::<PathBuf>("stats").cloned(),
         ..Options::default()
     };
     if let Some(raw) = m.get_one::<OsString>("level") {
@@ -347,6 +406,9 @@ where
     }
     if o.script.is_some() && !o.headless && !o.show_scores {
         return Err(OptionsError::ScriptWithoutHeadless);
+    }
+    if o.resume.is_some() && o.checkpoint_file.is_some() && !o.show_scores {
+        return Err(OptionsError::ResumeWithCheckpointFile);
     }
     o.scores_file = m
         .get_one::<PathBuf>("scores-file")
@@ -485,6 +547,20 @@ mod tests {
             Err(OptionsError::ScriptWithoutHeadless)
         );
         assert!(run(&["--script", "x", "--headless"]).is_ok());
+    }
+
+    #[test]
+    fn checkpoint_options_parse_and_resume_excludes_another_log() {
+        let o = run(&["--checkpoint-file", "/a", "--stats=/s", "--headless"]).expect("parses");
+        assert_eq!(o.checkpoint_file, Some(PathBuf::from("/a")));
+        assert_eq!(o.stats, Some(PathBuf::from("/s")));
+        let o = run(&["--resume", "-l"]).expect("a path may start with a dash");
+        assert_eq!(o.resume, Some(PathBuf::from("-l")));
+        assert_eq!(
+            run(&["--resume", "/a", "--checkpoint-file", "/b"]),
+            Err(OptionsError::ResumeWithCheckpointFile)
+        );
+        assert_eq!(run(&["--resume"]), Err(OptionsError::Usage));
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The interactive game: BSD Tetris's main loop on a terminal.
 //!
-//! [`run`] is what `tetris` does without `--headless`: a new game, [`play`] it, then the
-//! score lines and table. [`play`] owns the terminal for exactly as long as the game runs
-//! (game mode, signals, the loop, restoration) and takes the state by `&mut`, so a restored
-//! state can be played on. [`game_loop`] is the loop itself, over a [`Frontend`], an input
+//! [`play`] is what the worker does without `--headless` ([`crate::worker`]): it owns the
+//! terminal for exactly as long as the game runs (game mode, signals, the loop, restoration)
+//! and plays the state of a [`Store`], fresh or restored; [`finish`] prints the score lines
+//! and table afterwards. [`game_loop`] is the loop itself, over a [`Frontend`], an input
 //! [`Source`] and a [`Clock`], so tests drive it on a virtual clock without a terminal.
 
 use std::io::{IsTerminal as _, Stdout};
@@ -21,11 +21,12 @@ use crate::clock::{Clock, SystemClock};
 use crate::input::{Event, Source, TerminalInput};
 use crate::options::Options;
 use crate::rules::{self, Input, Mode};
+use crate::scores;
 use crate::screen::{self, Message, View};
 use crate::signals::{self, Caught, Signals};
 use crate::state::{B_COLS, B_SIZE, GameState};
+use crate::store::Store;
 use crate::terminal::{self, GameMode};
-use crate::{rng, scores};
 
 /// How a game on the terminal ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,18 +53,10 @@ pub trait Frontend {
     fn resume(&mut self) -> anyhow::Result<()>;
 }
 
-/// Plays a new game on the process's terminal (`tetris` without `--headless`).
-pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
-    let seed = match options.seed {
-        Some(seed) => seed,
-        None => rng::os_seed().context("reading a random seed from /dev/urandom")?,
-    };
-    let mut state = rules::new_game(seed, options.level, options.keys, options.preview);
-    let colour = screen::colour_wanted(
-        options.black_and_white,
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
-    match play(&mut state, colour)? {
+/// After the game: the score lines and table for a finished game, the too-small message, or
+/// the terminating signal raised again (`state` is the game as it ended).
+pub fn finish(options: &Options, state: &GameState, ending: Ending) -> anyhow::Result<ExitCode> {
+    match ending {
         Ending::Finished => {
             let mut out = std::io::stdout().lock();
             let mut stdin = std::io::stdin();
@@ -114,25 +107,27 @@ impl Frontend for TtyFrontend<'_> {
     }
 }
 
-/// Plays `state` (fresh or restored) on the process's terminal until quit, game over or a
-/// signal ends it; the terminal is back in the user's mode when this returns, whatever way.
+/// Plays the game in `store` (fresh or restored) on the process's terminal until quit, game
+/// over or a signal ends it; the terminal is set up here and is back in the user's mode when
+/// this returns, whatever way, so a promoted spare sets up its own screen and draws it all.
 ///
 /// Nothing is printed: the caller prints the too-small message or the scores.
-pub fn play(state: &mut GameState, colour: bool) -> anyhow::Result<Ending> {
+pub fn play<St: Store>(store: &mut St, colour: bool) -> anyhow::Result<Ending> {
     terminal::install_panic_hook();
     let (cols, rows) = ratatui::crossterm::terminal::size().context("reading the window size")?;
     if !screen::fits_screen(cols, rows) {
         return Ok(Ending::TooSmall);
     }
+    let keys = store.state()?.keys;
     let stdin = std::io::stdin();
     let tty = stdin.as_fd();
     let signals = Signals::install()?;
     let mode = GameMode::enter(tty)?;
     let terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     let mut frontend = TtyFrontend { terminal, mode };
-    let mut input = TerminalInput::new(tty, &signals, state.keys);
+    let mut input = TerminalInput::new(tty, &signals, keys);
     let ending = game_loop(
-        state,
+        store,
         colour,
         &mut frontend,
         &mut input,
@@ -162,21 +157,30 @@ enum After {
 /// Timing is BSD's `tgetchar`: the wait lasts what is left of the fall timer; a key
 /// subtracts the time waited and never resets it; pause freezes it; each cleared row is
 /// shown for two fall rates while keys typed meanwhile are discarded.
-pub fn game_loop<F, S, C>(
-    state: &mut GameState,
+///
+/// The state is borrowed from `store` for each turn and committed after every change (each
+/// key, each timer expiry with its lock and elided rows, the time a signal used up), before
+/// anything is drawn or waited for. The timer's re-arm before a wait is not committed on its
+/// own: it follows from the committed state (`timer_left_us == 0`), so a restored game
+/// re-arms the same way.
+pub fn game_loop<St, F, S, C>(
+    store: &mut St,
     colour: bool,
     front: &mut F,
     input: &mut S,
     clock: &C,
 ) -> anyhow::Result<Ending>
 where
+    St: Store,
     F: Frontend,
     S: Source,
     C: Clock,
     <F::Backend as Backend>::Error: Send + Sync + 'static,
 {
+    let state = store.state()?;
     redraw(front, state, &View::of(state, colour))?;
     loop {
+        let state = store.state()?;
         if state.is_finished() {
             return Ok(Ending::Finished);
         }
@@ -197,9 +201,11 @@ where
             Event::Timeout => {
                 let before = *state;
                 let outcome = rules::step(state, Input::Timer, Mode::Interactive);
+                let after = *state;
+                store.commit()?;
                 if outcome.cleared_rows > 0
                     && let After::End(ending) =
-                        show_elide(&before, state, colour, front, input, clock)?
+                        show_elide(&before, &after, colour, front, input, clock)?
                 {
                     return Ok(ending);
                 }
@@ -209,16 +215,24 @@ where
                     // BSD's rwait: a key arriving at or after expiry uses the expiry up.
                     state.timer_left_us = state.timer_left_us.saturating_sub(waited_us);
                 }
+                // The loop's first check means the key is consumed: the state changed.
                 let outcome = rules::step(state, Input::Key(k), Mode::Interactive);
+                store.commit()?;
                 if outcome.redraw {
+                    let state = store.state()?;
                     redraw(front, state, &View::of(state, colour))?;
                 }
             }
             Event::Signal(caught) => {
                 if !frozen {
                     // A signal must not swallow an expiry: at least 1 µs stays to wait.
-                    state.timer_left_us = state.timer_left_us.saturating_sub(waited_us).max(1);
+                    let left = state.timer_left_us.saturating_sub(waited_us).max(1);
+                    if left != state.timer_left_us {
+                        state.timer_left_us = left;
+                        store.commit()?;
+                    }
                 }
+                let state = store.state()?;
                 if let After::End(ending) =
                     on_signal(caught, front, state, &View::of(state, colour))?
                 {

@@ -1,0 +1,223 @@
+//! The game as hslib's worker: the state in a registered region, a checkpoint after every
+//! change, and the roles (standalone, primary, spare, resumed) chosen by the command line and
+//! the `HS_*` environment.
+//!
+//! One code path for every role: [`run`] registers [`STATE_REGION`] and a worker with hslib.
+//! On a fresh start hslib runs `init`, which places a new [`GameState`] at [`STATE_OFFSET`]
+//! of the region, then the worker; a promoted spare or a resumed game gets the region back as
+//! the last complete checkpoint left it and hslib calls the same worker directly. The worker
+//! sets up whatever it reads and draws (the terminal, or the headless script) itself, plays
+//! the state where it lies through a [`Store`] whose commit is [`hslib::Context::checkpoint`],
+//! and puts the terminal back before it returns.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use hslib::{Context, HotSpare, LinkConfig, Outcome, Region, RegionId, Restored, Role, Slot};
+
+use crate::options::Options;
+use crate::play::{self, Ending};
+use crate::state::{GameState, LAYOUT_VERSION};
+use crate::stats::Stalls;
+use crate::store::Store;
+use crate::{headless, rng, rules, screen, status};
+
+/// The name the worker is registered under (a spare checks the checkpoint names it).
+pub const WORKER_NAME: &str = "tetris";
+/// The region holding the game.
+pub const STATE_REGION: RegionId = RegionId(1);
+/// Its length: one page holds the whole game.
+pub const REGION_LEN: usize = 4096;
+/// Where in the region the state lies: the first allocation, after the region allocator's
+/// 16-byte header (checked when the state is placed).
+pub const STATE_OFFSET: usize = 16;
+
+/// Stall samples recorded before the vector has to grow (`--stats` only).
+const STALL_CAPACITY: usize = 1 << 16;
+
+/// The state's slot in [`STATE_REGION`].
+pub fn state_slot() -> Slot<GameState> {
+    Slot::at(STATE_OFFSET)
+}
+
+/// The state's address, the same in every process of the binary (for tools and tests that
+/// look at a running game's memory).
+pub fn state_address() -> anyhow::Result<usize> {
+    Ok(Region::derived_address(STATE_REGION)? + STATE_OFFSET)
+}
+
+/// How a run of the binary ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ran {
+    /// This process was a spare and its primary ended the game on purpose: nothing to show.
+    SpareDone,
+    /// The game was played here to its end (fresh, resumed or promoted).
+    Played {
+        /// The game as it ended.
+        state: Box<GameState>,
+        /// How the game on the terminal ended; `None` in headless mode.
+        ending: Option<Ending>,
+        /// Where this process was restored from, if it was.
+        restored: Option<Restored>,
+    },
+}
+
+/// What the worker needs from the command line (moved into it: it must be `'static`).
+#[derive(Clone, Debug)]
+struct Plan {
+    headless: bool,
+    script: Option<PathBuf>,
+    colour: bool,
+    record_stalls: bool,
+}
+
+/// What the worker hands back.
+#[derive(Debug, Default)]
+struct Results {
+    state: Option<GameState>,
+    ending: Option<Ending>,
+    stalls: Stalls,
+}
+
+/// Runs the game in the role the command line and the environment ask for; writes the
+/// `--stats` file when the game ended here.
+pub fn run(options: &Options) -> anyhow::Result<Ran> {
+    // Drawn even when a checkpoint will be restored instead: reading /dev/urandom touches no
+    // terminal, and a spare whose primary dies before its first checkpoint starts afresh.
+    let seed = match options.seed {
+        Some(seed) => seed,
+        None => rng::os_seed().context("cannot draw a seed from /dev/urandom")?,
+    };
+    let fresh = rules::new_game(seed, options.level, options.keys, options.preview);
+    let plan = Plan {
+        headless: options.headless,
+        script: options.script.clone(),
+        colour: screen::colour_wanted(
+            options.black_and_white,
+            std::env::var_os("NO_COLOR").as_deref(),
+        ),
+        record_stalls: options.stats.is_some(),
+    };
+    let results = Rc::new(RefCell::new(Results::default()));
+    let out = Rc::clone(&results);
+    let mut hs = HotSpare::new(WORKER_NAME)
+        .region(STATE_REGION, REGION_LEN)
+        .init(move |ctx| init(ctx, fresh).map_err(worker_error))
+        .worker(move |ctx| worker(ctx, &plan, &out).map_err(worker_error))
+        .from_env()?;
+    // The command line is more specific than the environment.
+    if let Some(path) = &options.checkpoint_file {
+        hs = hs.link(LinkConfig::File {
+            path: path.clone(),
+            append: false,
+        });
+    }
+    if let Some(path) = &options.resume {
+        hs = hs.role(Role::Resume(path.clone()));
+    }
+    let (restored, link) = match hs.run()? {
+        Outcome::PrimaryFinished { .. } => return Ok(Ran::SpareDone),
+        Outcome::Finished { restored, stats } => (restored, stats),
+    };
+    let results = results.take();
+    if let Some(path) = &options.stats {
+        results.stalls.summary(link.bytes).write(path)?;
+    }
+    let state = results
+        .state
+        .context("the game's worker ended without handing back its state")?;
+    Ok(Ran::Played {
+        state: Box::new(state),
+        ending: results.ending,
+        restored,
+    })
+}
+
+/// hslib wants errors it can send across threads; keep anyhow's whole chain in the message.
+fn worker_error(e: anyhow::Error) -> hslib::WorkerError {
+    format!("{e:#}").into()
+}
+
+/// A fresh start: the new game goes into the region.
+fn init(ctx: &mut Context, fresh: GameState) -> anyhow::Result<()> {
+    let slot = ctx.region_mut(STATE_REGION)?.alloc(fresh)?;
+    anyhow::ensure!(
+        slot.offset() == STATE_OFFSET,
+        "the game was placed at offset {} of region {STATE_REGION}, not at {STATE_OFFSET}",
+        slot.offset()
+    );
+    Ok(())
+}
+
+/// The main loop, for every role: report a restore, then play the state where it lies.
+fn worker(ctx: &mut Context, plan: &Plan, results: &RefCell<Results>) -> anyhow::Result<()> {
+    let slot = state_slot();
+    let start = *ctx.get(STATE_REGION, slot)?;
+    anyhow::ensure!(
+        start.is_valid_header(),
+        "region {STATE_REGION} holds no tetris game of layout {LAYOUT_VERSION} at offset \
+         {STATE_OFFSET} (magic {:#010x}, layout {})",
+        start.magic,
+        start.layout_version
+    );
+    let restored = ctx.restored();
+    if let Some(r) = &restored {
+        status::report_resumed(r, start.inputs)?;
+    }
+    let mut stalls = Stalls::with_capacity(if plan.record_stalls {
+        STALL_CAPACITY
+    } else {
+        0
+    });
+    let mut store = Checkpointed {
+        ctx,
+        slot,
+        stalls: plan.record_stalls.then_some(&mut stalls),
+    };
+    let ending = if plan.headless {
+        let (mut script, is_file) = headless::open_script(plan.script.as_deref())?;
+        // A file is read from its start again: pass over what the restored game consumed.
+        // A stream (stdin) goes on where it is; whoever feeds it replays what is missing.
+        let skip = match restored {
+            Some(_) if is_file => start.inputs,
+            _ => 0,
+        };
+        headless::play_stream(&mut store, &mut script, skip)?;
+        None
+    } else {
+        Some(play::play(&mut store, plan.colour)?)
+    };
+    let end = *store.state()?;
+    let mut r = results.borrow_mut();
+    r.state = Some(end);
+    r.ending = ending;
+    r.stalls = stalls;
+    Ok(())
+}
+
+/// The game's state in its region; a commit is a checkpoint, timed for `--stats`.
+struct Checkpointed<'a> {
+    ctx: &'a mut Context,
+    slot: Slot<GameState>,
+    stalls: Option<&'a mut Stalls>,
+}
+
+impl Store for Checkpointed<'_> {
+    fn state(&mut self) -> anyhow::Result<&mut GameState> {
+        Ok(self.ctx.get_mut(STATE_REGION, self.slot)?)
+    }
+
+    fn commit(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let taken = self.ctx.checkpoint();
+        let stall = start.elapsed();
+        taken.context("taking a checkpoint failed")?;
+        if let Some(stalls) = self.stalls.as_deref_mut() {
+            stalls.record(stall);
+        }
+        Ok(())
+    }
+}
