@@ -31,7 +31,7 @@ use crate::meta::{Blobs, FdRegistry, Handler, MetaError, MetadataRef, RegionInfo
 use crate::region::{Region, RegionError, RegionId, Slot};
 use crate::replica::{Committed, Replica, ReplicaConfig, ReplicaError};
 use crate::session::{self, SessionError};
-use crate::snapshot::{self, Copied, Run, Snapshot, Strategy};
+use crate::snapshot::{self, Copied, CostModel, Run, Snapshot, Strategy};
 use crate::sys::PAGE_SIZE;
 use crate::track::{self, Backend, TrackError, Tracker};
 use crate::transport::{self, Endpoint, HANDSHAKE_TIMEOUT, TcpConfig, TransportError};
@@ -60,7 +60,7 @@ pub const ENV_LOG_FILE: &str = "HS_LOG_FILE";
 pub const ENV_EPOCH: &str = "HS_EPOCH";
 /// Environment variable: `async` or `sync`.
 pub const ENV_MODE: &str = "HS_MODE";
-/// Environment variable: `copy` or `fork`.
+/// Environment variable: `copy`, `fork` or `adaptive`.
 pub const ENV_STRATEGY: &str = "HS_STRATEGY";
 
 /// What a process does.
@@ -248,7 +248,7 @@ impl std::fmt::Debug for HotSpare {
 
 impl HotSpare {
     /// A process whose worker is registered as `name` (the spare checks the checkpoint names
-    /// the same worker). Defaults: standalone, null link, copy strategy, async mode.
+    /// the same worker). Defaults: standalone, null link, adaptive strategy, async mode.
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
@@ -256,7 +256,7 @@ impl HotSpare {
             init: None,
             worker: None,
             signals: SignalRegistry::new(),
-            strategy: Strategy::Copy,
+            strategy: Strategy::Adaptive,
             mode: Mode::Async,
             role: Role::Standalone,
             link: LinkConfig::Null,
@@ -465,6 +465,7 @@ impl HotSpare {
             restored: None,
             role: self.role.clone(),
             epoch: self.epoch,
+            model: None,
         })
     }
 
@@ -485,7 +486,10 @@ impl HotSpare {
         };
         let link = Link::open(&self.link, params)?;
         tracing::info!(link = link.describe(), epoch, role = ?self.role, "link open");
-        if self.mode == Mode::Sync && self.role != Role::Standalone {
+        // A fresh primary in sync mode waits for its first spare; a promoted or resumed one
+        // goes on at once (the user is waiting) and its next spare catches up with a full
+        // checkpoint.
+        if self.mode == Mode::Sync && self.role == Role::Primary && first_checkpoint == 1 {
             let waited = Instant::now();
             if !link.wait_live(self.spare_wait) {
                 tracing::warn!(waited = ?waited.elapsed(), "no spare connected; going on without one");
@@ -674,6 +678,33 @@ pub struct Context {
     restored: Option<Restored>,
     role: Role,
     epoch: u64,
+    model: Option<CostModel>,
+}
+
+/// The adaptive strategy's model for this process, or a fallback that always copies when
+/// calibration fails (copying is always correct, only slower for large dirty sets).
+fn calibrated(table: &[RegionInfo]) -> CostModel {
+    let total: u64 = table.iter().map(|r| r.len).sum();
+    let sample = (total / 10).clamp(PAGE_SIZE as u64, 1 << 20) as usize;
+    match CostModel::calibrate(sample) {
+        Ok(m) => {
+            tracing::info!(
+                copy_ns_per_byte = m.copy_ns_per_byte,
+                fork_us = m.fork_ns / 1e3,
+                crossover_bytes = m.crossover_bytes(),
+                "adaptive strategy calibrated"
+            );
+            m
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "calibrating the adaptive strategy failed; copying always");
+            CostModel {
+                copy_fixed_ns: 0.0,
+                copy_ns_per_byte: 0.0,
+                fork_ns: f64::INFINITY,
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -762,6 +793,28 @@ impl Context {
         self.link.as_ref().map(Link::stats).unwrap_or_default()
     }
 
+    /// Waits until every checkpoint taken so far is on the stream (or dropped for want of a
+    /// session) and no fork child is left.
+    pub fn flush(&self) -> Result<(), HsError> {
+        if let Some(link) = &self.link {
+            link.wait_idle()?;
+        }
+        Ok(())
+    }
+
+    /// The adaptive strategy's cost model, once calibrated.
+    pub fn cost_model(&self) -> Option<CostModel> {
+        self.model
+    }
+
+    /// Calibrates the adaptive strategy's cost model now (it is otherwise calibrated at the
+    /// first adaptive checkpoint); call it once the regions are populated.
+    pub fn calibrate(&mut self) -> CostModel {
+        let m = calibrated(&self.table);
+        self.model = Some(m);
+        m
+    }
+
     /// `hs_cpt`: takes a checkpoint of the regions and the metadata as they are now. In
     /// async mode it returns once the snapshot is taken; in sync mode once the spare acked.
     /// With no session open (no spare yet) it only starts a new tracking interval: the next
@@ -776,7 +829,7 @@ impl Context {
                 acked: false,
             });
         };
-        let Some((generation, full)) = link.plan() else {
+        let Some(plan) = link.plan() else {
             return Ok(Checkpoint {
                 pages: dirty.page_count() as u64,
                 full: false,
@@ -794,20 +847,26 @@ impl Context {
             blobs: self.blobs.as_map(),
         }
         .encode_into(&mut meta)?;
+        let full = plan.full;
         snapshot::plan(&self.regions, &dirty, full, &mut self.runs);
         let pages = snapshot::page_count(&self.runs);
         let strategy = match self.strategy {
-            Strategy::Fork if !link.fork_in_flight() => Strategy::Fork,
-            _ => Strategy::Copy,
+            _ if link.fork_in_flight() => Strategy::Copy,
+            Strategy::Adaptive => self
+                .model
+                .get_or_insert_with(|| calibrated(&self.table))
+                .choose(pages * PAGE_SIZE as u64),
+            s => s,
         };
+        let taken = Instant::now();
         let snap = match strategy {
             Strategy::Fork => {
-                let child = snapshot::fork(&self.regions, full, &self.runs, &meta)
+                let child = snapshot::fork(&self.regions, full, &self.runs, &meta, plan.stream_fd)
                     .map_err(HsError::Fork)?;
                 self.meta = meta;
                 Snapshot::Forked(child)
             }
-            Strategy::Copy => {
+            Strategy::Copy | Strategy::Adaptive => {
                 let runs = self.runs.clone();
                 Snapshot::Copied(Copied::take(
                     &self.regions,
@@ -818,7 +877,10 @@ impl Context {
                 ))
             }
         };
-        let id = link.submit(generation, full, snap)?;
+        if let Some(model) = &mut self.model {
+            model.observe(strategy, pages * PAGE_SIZE as u64, taken.elapsed());
+        }
+        let id = link.submit(plan.generation, full, snap)?;
         let acked = match self.mode {
             Mode::Sync => link.wait_acked(id)?,
             Mode::Async => false,

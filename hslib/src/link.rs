@@ -11,7 +11,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -22,8 +22,8 @@ use crate::session;
 use crate::snapshot::{Copied, ForkedChild, Go, Snapshot};
 use crate::sys::process::{self, ChildEnd};
 use crate::transport::{
-    self, Endpoint, FileLog, HANDSHAKE_TIMEOUT, NullEndpoint, TcpConfig, TcpServer, TransportError,
-    UnixServer,
+    self, DrainEndpoint, Endpoint, FileLog, HANDSHAKE_TIMEOUT, NullEndpoint, TcpConfig, TcpServer,
+    TransportError, UnixServer,
 };
 use crate::wire::{AckReader, Acked, CheckpointWriter, Hello};
 
@@ -32,6 +32,8 @@ use crate::wire::{AckReader, Acked, CheckpointWriter, Hello};
 pub enum LinkConfig {
     /// Nowhere (standalone runs and benchmarks); the snapshots are still taken and written.
     Null,
+    /// Into a socket pair drained by a thread (benchmarks: the paper's pipe with a reader).
+    Drain,
     /// A checkpoint log file; `append` adds a session to an existing log instead of
     /// replacing it.
     File {
@@ -85,6 +87,8 @@ struct Shared {
     live: AtomicBool,
     /// Whether a fork child has not yet been reaped.
     fork_in_flight: AtomicBool,
+    /// The descriptor the open session writes to (a fork child writes there too).
+    stream_fd: AtomicI32,
     progress: Mutex<Progress>,
     changed: Condvar,
 }
@@ -123,11 +127,23 @@ pub struct LinkStats {
     pub live: bool,
 }
 
+/// What a snapshot taken now is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The session's generation.
+    pub generation: u64,
+    /// Whether it must be full (the first of its session).
+    pub full: bool,
+    /// The descriptor the session writes to, for a fork child.
+    pub stream_fd: i32,
+}
+
 /// The primary's end of the link.
 #[derive(Debug)]
 pub struct Link {
     jobs: Sender<Job>,
     recycle: Receiver<Vec<u8>>,
+    pool: Vec<Vec<u8>>,
     shared: Arc<Shared>,
     sender: Option<JoinHandle<()>>,
     next_job: u64,
@@ -165,11 +181,20 @@ impl Link {
         let (jobs, rx) = mpsc::channel();
         let (give_back, recycle) = mpsc::channel();
         let shared = Arc::new(Shared::default());
+        let mut sender = Sender_::new(Arc::clone(&shared), params, give_back)?;
+        // A sink's session opens here, so the first checkpoint finds it open.
         let describe = match config {
             LinkConfig::Null => {
-                jobs.send(Job::Connect(Box::new(NullEndpoint::new())))
-                    .map_err(|_| LinkError::SenderGone)?;
+                sender.connect(Box::new(NullEndpoint::new()));
                 "null".to_owned()
+            }
+            LinkConfig::Drain => {
+                let ep = DrainEndpoint::new().map_err(|source| LinkError::Spawn {
+                    name: "hs-drain",
+                    source,
+                })?;
+                sender.connect(Box::new(ep));
+                "drain".to_owned()
             }
             LinkConfig::File { path, append } => {
                 let log = if *append {
@@ -177,13 +202,15 @@ impl Link {
                 } else {
                     FileLog::create(path)?
                 };
-                jobs.send(Job::Connect(Box::new(log)))
-                    .map_err(|_| LinkError::SenderGone)?;
+                sender.connect(Box::new(log));
+                if !shared.live.load(Ordering::Acquire) {
+                    return Err(LinkError::Sink { path: path.clone() });
+                }
                 format!("file:{}", path.display())
             }
             LinkConfig::Unix { dir, name } => {
                 transport::unix::secure_dir(dir)?;
-                let server = UnixServer::bind(dir, name)?;
+                let server = bind_unix(dir, name)?;
                 let describe = format!("unix:{}", server.path().display());
                 let tx = jobs.clone();
                 spawn("hs-accept", move || {
@@ -201,13 +228,11 @@ impl Link {
                 describe
             }
         };
-        let sh = Arc::clone(&shared);
-        let sender = spawn("hs-sender", move || {
-            Sender_::new(sh, params, give_back).run(rx)
-        })?;
+        let sender = spawn("hs-sender", move || sender.run(rx))?;
         Ok(Self {
             jobs,
             recycle,
+            pool: Vec::new(),
             shared,
             sender: Some(sender),
             next_job: 0,
@@ -226,14 +251,19 @@ impl Link {
         self.shared.live.load(Ordering::Acquire)
     }
 
-    /// The generation a snapshot taken now is for, and whether it must be full (the first of
-    /// its session). `None` when no session is open: nothing would carry it.
-    pub fn plan(&self) -> Option<(u64, bool)> {
+    /// What a snapshot taken now is for. `None` when no session is open: nothing would
+    /// carry it.
+    pub fn plan(&self) -> Option<Plan> {
+        let _p = self.shared.lock();
         let generation = self.shared.generation.load(Ordering::Acquire);
         if generation == 0 || !self.live() {
             return None;
         }
-        Some((generation, generation != self.full_generation))
+        Some(Plan {
+            generation,
+            full: generation != self.full_generation,
+            stream_fd: self.shared.stream_fd.load(Ordering::Acquire),
+        })
     }
 
     /// Whether a fork child is still writing (or waiting to).
@@ -241,9 +271,14 @@ impl Link {
         self.shared.fork_in_flight.load(Ordering::Acquire)
     }
 
-    /// A buffer the sender gave back, for the next copy snapshot.
-    pub fn reuse_buffer(&self) -> Vec<u8> {
-        self.recycle.try_recv().unwrap_or_default()
+    /// A buffer for the next copy snapshot: one the sender gave back, the largest kept, so
+    /// steady-state copies land in memory that is already mapped (no page faults).
+    pub fn reuse_buffer(&mut self) -> Vec<u8> {
+        while let Ok(b) = self.recycle.try_recv() {
+            self.pool.push(b);
+        }
+        self.pool.sort_by_key(Vec::capacity);
+        self.pool.pop().unwrap_or_default()
     }
 
     /// Hands a snapshot taken for `generation` to the sender; returns its job id.
@@ -310,6 +345,19 @@ impl Link {
         self.sender.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
+    /// Waits until every snapshot submitted so far is on the stream (or dropped) and its fork
+    /// child, if any, has ended.
+    pub fn wait_idle(&self) -> Result<(), LinkError> {
+        let mut p = self.shared.lock();
+        while p.done_job < self.next_job {
+            if self.sender_gone() {
+                return Err(LinkError::SenderGone);
+            }
+            p = self.wait(p);
+        }
+        Ok(())
+    }
+
     /// Waits up to `timeout` for a session to open (a spare to connect).
     pub fn wait_live(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -355,6 +403,15 @@ pub enum LinkError {
     /// The sender thread ended (it panicked).
     #[error("the checkpoint sender thread is gone")]
     SenderGone,
+    /// The checkpoint log's first frame could not be written.
+    #[error("writing the hello to checkpoint log {path:?} failed (see the log)")]
+    Sink {
+        /// The log.
+        path: PathBuf,
+    },
+    /// /dev/null could not be opened (for fork children of a null link).
+    #[error("opening /dev/null failed: {0}")]
+    DevNull(std::io::Error),
     /// A thread could not start.
     #[error("starting thread {name} failed: {source}")]
     Spawn {
@@ -373,6 +430,28 @@ fn spawn<F: FnOnce() + Send + 'static>(
         .name(name.to_owned())
         .spawn(f)
         .map_err(|source| LinkError::Spawn { name, source })
+}
+
+/// How long a new primary waits for a dying one's listening socket to go away.
+const LISTENER_GRACE: Duration = Duration::from_secs(2);
+
+/// Binds the Unix listener, waiting a little while a server still answers there: a promoted
+/// spare sees its primary's stream end while the kernel may still be releasing the dead
+/// primary's listening socket (descriptors of an exiting process are released in no
+/// promised order).
+fn bind_unix(dir: &std::path::Path, name: &str) -> Result<UnixServer, TransportError> {
+    let start = Instant::now();
+    loop {
+        match UnixServer::bind(dir, name) {
+            Err(TransportError::Path { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse
+                    && start.elapsed() < LISTENER_GRACE =>
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn accept_loop(
@@ -411,21 +490,30 @@ struct Sender_ {
     open: Option<Open>,
     next_checkpoint: u64,
     generation: u64,
-    devnull: Option<File>,
+    devnull: File,
 }
 
 impl Sender_ {
-    fn new(shared: Arc<Shared>, params: StreamParams, give_back: Sender<Vec<u8>>) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        params: StreamParams,
+        give_back: Sender<Vec<u8>>,
+    ) -> Result<Self, LinkError> {
         let next_checkpoint = params.first_checkpoint.max(1);
-        Self {
+        // Opened before any fork, so a fork child of a null link has somewhere to write.
+        let devnull = File::options()
+            .write(true)
+            .open("/dev/null")
+            .map_err(LinkError::DevNull)?;
+        Ok(Self {
             shared,
             params,
             give_back,
             open: None,
             next_checkpoint,
             generation: 0,
-            devnull: None,
-        }
+            devnull,
+        })
     }
 
     fn run(mut self, jobs: Receiver<Job>) {
@@ -515,7 +603,13 @@ impl Sender_ {
             generation,
             acks,
         });
+        let fd = self
+            .open
+            .as_ref()
+            .and_then(|o| o.writer.get_ref().as_fd().map(process::raw))
+            .unwrap_or_else(|| process::raw(self.devnull.as_fd()));
         let p = self.shared.lock();
+        self.shared.stream_fd.store(fd, Ordering::Release);
         self.shared.generation.store(generation, Ordering::Release);
         self.shared.live.store(true, Ordering::Release);
         drop(p);
@@ -590,19 +684,7 @@ impl Sender_ {
     fn run_child(&mut self, child: ForkedChild) -> Option<(u64, u64)> {
         let open = self.open.as_mut()?;
         let state = open.writer.state();
-        let fd = match open.writer.get_ref().as_fd() {
-            Some(fd) => process::raw(fd),
-            None => match self.devnull() {
-                Some(fd) => fd,
-                None => {
-                    drop(child.go);
-                    reap(child.pid);
-                    return None;
-                }
-            },
-        };
         let go = Go {
-            fd,
             epoch: state.epoch,
             sequence: state.next_sequence,
             checkpoint: state.next_checkpoint,
@@ -631,13 +713,6 @@ impl Sender_ {
                 None
             }
         }
-    }
-
-    fn devnull(&mut self) -> Option<i32> {
-        if self.devnull.is_none() {
-            self.devnull = File::options().write(true).open("/dev/null").ok();
-        }
-        self.devnull.as_ref().map(|f| process::raw(f.as_fd()))
     }
 }
 

@@ -29,6 +29,9 @@ pub enum Strategy {
     Copy,
     /// `fork()`; the child ships the dirty pages from its copy-on-write view.
     Fork,
+    /// Copy or fork, whichever the [`CostModel`] says is cheaper for this checkpoint's dirty
+    /// bytes (known before either cost is paid).
+    Adaptive,
 }
 
 impl Strategy {
@@ -37,6 +40,7 @@ impl Strategy {
         match self {
             Strategy::Copy => "copy",
             Strategy::Fork => "fork",
+            Strategy::Adaptive => "adaptive",
         }
     }
 }
@@ -53,9 +57,111 @@ impl std::str::FromStr for Strategy {
         match s {
             "copy" => Ok(Strategy::Copy),
             "fork" => Ok(Strategy::Fork),
-            other => Err(format!("{other:?} names no strategy; use copy or fork")),
+            "adaptive" => Ok(Strategy::Adaptive),
+            other => Err(format!(
+                "{other:?} names no strategy; use copy, fork or adaptive"
+            )),
         }
     }
+}
+
+/// The adaptive strategy's cost model, measured on this machine and in this process:
+///
+/// - copy: `fixed + bytes * per_byte`, from a timed copy at calibration, then a moving average
+///   of the copies actually made;
+/// - fork: a constant for the process as it is (page tables to copy grow with its memory, not
+///   with the dirty share), from timed forks of a child that exits at once, then a moving
+///   average of the forks actually made.
+///
+/// The choice needs only the dirty byte count, which the tracker reports before either cost
+/// is paid (the paper's missing piece).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CostModel {
+    /// Fixed cost of a copy snapshot, in nanoseconds.
+    pub copy_fixed_ns: f64,
+    /// Cost of copying one byte, in nanoseconds.
+    pub copy_ns_per_byte: f64,
+    /// Cost of a fork snapshot, in nanoseconds.
+    pub fork_ns: f64,
+}
+
+/// Weight of a new observation in the moving averages.
+const EWMA: f64 = 0.125;
+
+impl CostModel {
+    /// Measures copy bandwidth on `sample` bytes of scratch memory and the cost of `fork()`
+    /// in this process as it is now (call it once the regions are populated: the fork cost
+    /// grows with the process's memory). Each is the median of five timings.
+    pub fn calibrate(sample: usize) -> Result<Self, nix::errno::Errno> {
+        let src = vec![1u8; sample.max(PAGE_SIZE)];
+        let mut dst = vec![0u8; src.len()];
+        let copy = median5(|| {
+            let t = std::time::Instant::now();
+            dst.copy_from_slice(&src);
+            std::hint::black_box(&mut dst);
+            Ok(t.elapsed())
+        })?;
+        let fork = median5(|| {
+            let t = std::time::Instant::now();
+            // SAFETY: the child only calls `_exit`.
+            let pid = match unsafe { process::fork() }? {
+                Forked::Child => process::exit_now(0),
+                Forked::Parent(pid) => pid,
+            };
+            let spent = t.elapsed();
+            process::wait_child(pid)?;
+            Ok(spent)
+        })?;
+        let copy_ns = copy.as_nanos() as f64;
+        Ok(Self {
+            copy_fixed_ns: 1_000.0,
+            copy_ns_per_byte: copy_ns / src.len() as f64,
+            fork_ns: fork.as_nanos() as f64,
+        })
+    }
+
+    /// The predicted cost of copying `bytes`, in nanoseconds.
+    pub fn copy_cost(&self, bytes: u64) -> f64 {
+        self.copy_fixed_ns + bytes as f64 * self.copy_ns_per_byte
+    }
+
+    /// The cheaper strategy for a checkpoint of `bytes` dirty bytes.
+    pub fn choose(&self, bytes: u64) -> Strategy {
+        if self.copy_cost(bytes) <= self.fork_ns {
+            Strategy::Copy
+        } else {
+            Strategy::Fork
+        }
+    }
+
+    /// The dirty bytes above which fork is cheaper.
+    pub fn crossover_bytes(&self) -> u64 {
+        ((self.fork_ns - self.copy_fixed_ns).max(0.0) / self.copy_ns_per_byte.max(1e-6)) as u64
+    }
+
+    /// Learns from a snapshot that took `spent` with `strategy` for `bytes`.
+    pub fn observe(&mut self, strategy: Strategy, bytes: u64, spent: std::time::Duration) {
+        let ns = spent.as_nanos() as f64;
+        match strategy {
+            Strategy::Fork => self.fork_ns += EWMA * (ns - self.fork_ns),
+            Strategy::Copy if bytes >= 64 * PAGE_SIZE as u64 => {
+                let per_byte = (ns - self.copy_fixed_ns).max(0.0) / bytes as f64;
+                self.copy_ns_per_byte += EWMA * (per_byte - self.copy_ns_per_byte);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn median5(
+    mut f: impl FnMut() -> Result<std::time::Duration, nix::errno::Errno>,
+) -> Result<std::time::Duration, nix::errno::Errno> {
+    let mut v = [std::time::Duration::ZERO; 5];
+    for x in &mut v {
+        *x = f()?;
+    }
+    v.sort();
+    Ok(v[2])
 }
 
 /// One run of pages of a snapshot.
@@ -187,11 +293,9 @@ pub struct ForkedChild {
     pub full: bool,
 }
 
-/// The message that hands a fork child its turn: where to write and the writer's state.
+/// The message that hands a fork child its turn: the writer's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Go {
-    /// The stream's descriptor (open in the child: it was open at the fork).
-    pub fd: i32,
     /// The session's epoch.
     pub epoch: u64,
     /// The sequence number of the child's first frame.
@@ -201,16 +305,15 @@ pub struct Go {
 }
 
 /// The length of an encoded [`Go`].
-pub const GO_LEN: usize = 28;
+pub const GO_LEN: usize = 24;
 
 impl Go {
     /// Little-endian encoding.
     pub fn encode(&self) -> [u8; GO_LEN] {
         let mut b = [0u8; GO_LEN];
-        b[0..4].copy_from_slice(&self.fd.to_le_bytes());
-        b[4..12].copy_from_slice(&self.epoch.to_le_bytes());
-        b[12..20].copy_from_slice(&self.sequence.to_le_bytes());
-        b[20..28].copy_from_slice(&self.checkpoint.to_le_bytes());
+        b[0..8].copy_from_slice(&self.epoch.to_le_bytes());
+        b[8..16].copy_from_slice(&self.sequence.to_le_bytes());
+        b[16..24].copy_from_slice(&self.checkpoint.to_le_bytes());
         b
     }
 
@@ -220,13 +323,10 @@ impl Go {
             x.copy_from_slice(&b[i..i + 8]);
             u64::from_le_bytes(x)
         };
-        let mut fd = [0u8; 4];
-        fd.copy_from_slice(&b[0..4]);
         Self {
-            fd: i32::from_le_bytes(fd),
-            epoch: u64_at(4),
-            sequence: u64_at(12),
-            checkpoint: u64_at(20),
+            epoch: u64_at(0),
+            sequence: u64_at(8),
+            checkpoint: u64_at(16),
         }
     }
 }
@@ -238,22 +338,31 @@ pub const CHILD_CANCELLED: i32 = 3;
 /// Exit status of a fork child whose write failed.
 pub const CHILD_WRITE_FAILED: i32 = 4;
 
-/// Forks a child that writes `runs` of `regions` and `metadata` when handed its turn.
+/// Forks a child that writes `runs` of `regions` and `metadata` to descriptor `stream` when
+/// handed its turn.
 ///
-/// Everything the child needs is prepared here, before the fork; the child only reads its
-/// go pipe, writes with `write(2)` and calls `_exit`.
+/// Everything the child needs is prepared here, before the fork; the child closes every
+/// descriptor but its go pipe and `stream` (a listening socket must not outlive the parent
+/// in a child), reads its go pipe, writes with `write(2)` and calls `_exit`.
 pub fn fork(
     regions: &[Region],
     full: bool,
     runs: &[Run],
     metadata: &[u8],
+    stream: i32,
 ) -> Result<ForkedChild, nix::errno::Errno> {
     let (go_read, go_write) = process::pipe()?;
     let frames = frames(runs);
     let pages = page_count(runs);
     // SAFETY: the child runs only `child`, which is async-signal-safe (see there).
     match unsafe { process::fork() }? {
-        Forked::Child => child(go_read.as_fd(), regions, full, runs, metadata),
+        Forked::Child => {
+            // Closing is async-signal-safe; without this the child's copy of the write end
+            // would keep it waiting forever if the parent died.
+            drop(go_write);
+            process::close_all_except(process::raw(go_read.as_fd()), stream);
+            child(go_read.as_fd(), stream, regions, full, runs, metadata)
+        }
         Forked::Parent(pid) => {
             drop(go_read);
             Ok(ForkedChild {
@@ -269,17 +378,23 @@ pub fn fork(
 
 /// The fork child: waits for its turn, writes the checkpoint, exits. No allocation, no locks:
 /// the writer's page, encoded-metadata and commit paths only call `write(2)`.
-fn child(go: BorrowedFd<'_>, regions: &[Region], full: bool, runs: &[Run], metadata: &[u8]) -> ! {
+fn child(
+    go: BorrowedFd<'_>,
+    stream: i32,
+    regions: &[Region],
+    full: bool,
+    runs: &[Run],
+    metadata: &[u8],
+) -> ! {
     let mut msg = [0u8; GO_LEN];
     match process::read_full(go, &mut msg) {
         Ok(GO_LEN) => {}
         _ => process::exit_now(CHILD_CANCELLED),
     }
     let go = Go::decode(&msg);
-    // SAFETY: the sender thread names the stream's descriptor, which was open at the fork (a
-    // snapshot is only handed the session that was open when it was taken) and so is open in
-    // this child, which closes nothing.
-    let out = unsafe { BorrowedFd::borrow_raw(go.fd) };
+    // SAFETY: `stream` was the open session's descriptor at the fork, and the child kept it
+    // open; the sender hands the child its turn only while that session is still the open one.
+    let out = unsafe { BorrowedFd::borrow_raw(stream) };
     let mut state = CheckpointWriter::new(FdWriter::new(out), go.epoch, go.checkpoint).state();
     state.next_sequence = go.sequence;
     let mut w = CheckpointWriter::with_state(FdWriter::new(out), state);

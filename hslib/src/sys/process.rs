@@ -71,6 +71,19 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Closes every descriptor but `keep_a` and `keep_b` (`close_range(2)`). Async-signal-safe:
+/// a fork child uses it to let go of everything the parent had open (listening sockets above
+/// all, which must not outlive the parent).
+pub fn close_all_except(keep_a: i32, keep_b: i32) {
+    let (lo, hi) = (i64::from(keep_a.min(keep_b)), i64::from(keep_a.max(keep_b)));
+    for (first, last) in [(0, lo - 1), (lo + 1, hi - 1), (hi + 1, i64::from(u32::MAX))] {
+        if first >= 0 && first <= last {
+            // SAFETY: close_range only closes descriptors; the child uses none of them again.
+            unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) };
+        }
+    }
+}
+
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChildEnd {

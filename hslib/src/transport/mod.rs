@@ -3,6 +3,7 @@
 //! and null (discards; for benchmarks). The frames on top are the same for all of them.
 //! [`FdWriter`] is the bare `write(2)` output a fork child uses.
 
+pub mod drain;
 pub mod fd;
 pub mod file;
 pub mod null;
@@ -14,6 +15,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use drain::DrainEndpoint;
 pub use fd::FdWriter;
 pub use file::FileLog;
 pub use null::NullEndpoint;

@@ -1,0 +1,406 @@
+//! A TCP counter service that survives the death of its process: the count lives in an hslib
+//! region and the listening socket is registered with hslib, so when the primary is killed
+//! the promoted spare listens on the same port and carries on the count.
+//!
+//! ```sh
+//! cargo run -p hslib --example counter -- --port 7070 --role primary &
+//! cargo run -p hslib --example counter -- --port 7070 --role spare &
+//! printf 'INCR\nINCR\nGET\n' | nc -q1 127.0.0.1 7070      # 1, 2, 2
+//! kill -9 %1                                              # the spare takes over
+//! printf 'INCR\n' | nc -q1 127.0.0.1 7070                 # 3
+//! ```
+//!
+//! Nothing here knows about games or terminals: this is the library's interface as any
+//! daemon would use it (`cargo run -p hslib --example counter -- --help`).
+
+use std::error::Error;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hslib::transport::unix;
+use hslib::{Context, HotSpare, LinkConfig, Mode, Outcome, RegionId, Role, Slot, WorkerResult};
+use nix::fcntl::{FcntlArg, fcntl};
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, sockopt,
+};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// The worker's name (the spare checks that the checkpoint names the same).
+const NAME: &str = "counter";
+/// The region holding [`State`].
+const REGION: RegionId = RegionId(7);
+/// Where [`State`] sits: the region's first allocation, right after the allocator's header.
+const STATE_OFFSET: usize = 16;
+/// The listening socket's registration name.
+const LISTENER: &str = "listener";
+/// The listen backlog (registered, so a promoted spare listens with the same).
+const BACKLOG: i32 = 64;
+/// The lowest number the listener is moved to. A promoted spare re-creates the listener at
+/// its recorded number, replacing whatever that number holds there, and the spare's own
+/// descriptors (its link to the dead primary, its dirty-page tracker) are opened first with
+/// the lowest free numbers; keeping the application's number high keeps it off theirs.
+const LISTENER_FD_FLOOR: RawFd = 100;
+/// The longest request line, newline included.
+const MAX_LINE: u64 = 64;
+
+const USAGE: &str = "\
+counter: a TCP counter whose count survives the death of its process
+
+usage: counter --port N [--host ADDR] [--role primary|spare|standalone]
+               [--socket-dir DIR] [--spare-wait SECS]
+
+A client connects and sends lines; each gets one line back:
+  INCR      adds one and replies the new count, once the spare has it
+  GET       replies the count
+  SHUTDOWN  replies BYE and stops the service (its spare stops too)
+One client is served at a time; after a failover a client reconnects to the same port.
+
+options:
+  --port N           the TCP port to listen on (0: any; the \"listening on\" line tells)
+  --host ADDR        the address to listen on (default 127.0.0.1)
+  --role ROLE        primary (default): serve clients and checkpoint to a spare;
+                     spare: replicate the primary, take over its port when it dies;
+                     standalone: no spare
+  --socket-dir DIR   the directory (mode 0700) of the Unix socket primary and spare
+                     share (default $XDG_RUNTIME_DIR/hotspare or /tmp/hotspare-UID)
+  --spare-wait SECS  how long a spare looks for its primary, and a primary (also a
+                     promoted spare) waits for its first spare (default 10)
+  -h, --help         this text
+
+The HS_* variables of hslib (HS_ROLE, HS_TRANSPORT, HS_SOCKET_DIR, HS_SOCKET_NAME,
+HS_TCP_ADDR, HS_KEY, HS_MODE, HS_STRATEGY, HS_EPOCH) are honoured; options override them.
+COUNTER_LOG=error|warn|info|debug|trace logs to stderr. stdout carries one line,
+\"listening on ADDR\", once the service takes requests.
+";
+
+/// The checkpointed state.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+struct State {
+    /// The count.
+    counter: u64,
+    /// The listening socket's number (the same in a promoted spare).
+    listener_fd: i32,
+    _reserved: u32,
+}
+
+fn state_slot() -> Slot<State> {
+    Slot::at(STATE_OFFSET)
+}
+
+/// The command line.
+struct Args {
+    port: u16,
+    host: IpAddr,
+    role: Option<Role>,
+    socket_dir: Option<PathBuf>,
+    spare_wait: Option<Duration>,
+}
+
+/// Why the command line was not understood.
+struct Usage(String);
+
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, Usage> {
+    let mut port = None;
+    let mut host = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut role = None;
+    let mut socket_dir = None;
+    let mut spare_wait = None;
+    while let Some(arg) = argv.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg, None),
+        };
+        if flag == "-h" || flag == "--help" {
+            return Ok(None);
+        }
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| argv.next())
+                .ok_or_else(|| Usage(format!("{flag} needs a value")))
+        };
+        let bad = |v: &str, why: &dyn std::fmt::Display| Usage(format!("{flag} {v:?}: {why}"));
+        match flag.as_str() {
+            "--port" => {
+                let v = value()?;
+                port = Some(v.parse().map_err(|e| bad(&v, &e))?);
+            }
+            "--host" => {
+                let v = value()?;
+                host = v.parse().map_err(|e| bad(&v, &e))?;
+            }
+            "--role" => {
+                let v = value()?;
+                role = Some(match v.as_str() {
+                    "primary" => Role::Primary,
+                    "spare" => Role::Spare,
+                    "standalone" => Role::Standalone,
+                    _ => return Err(bad(&v, &"use primary, spare or standalone")),
+                });
+            }
+            "--socket-dir" => socket_dir = Some(PathBuf::from(value()?)),
+            "--spare-wait" => {
+                let v = value()?;
+                let secs: f64 = v.parse().map_err(|e| bad(&v, &e))?;
+                let wait = Duration::try_from_secs_f64(secs).map_err(|e| bad(&v, &e))?;
+                spare_wait = Some(wait);
+            }
+            other => return Err(Usage(format!("unknown argument {other:?}"))),
+        }
+    }
+    let port = port.ok_or_else(|| Usage("--port is required".to_owned()))?;
+    Ok(Some(Args {
+        port,
+        host,
+        role,
+        socket_dir,
+        spare_wait,
+    }))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(Usage(why)) => {
+            eprintln!("counter: {why}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(why) = init_logging() {
+        eprintln!("counter: {why}");
+        return ExitCode::from(2);
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("counter: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr at the level `COUNTER_LOG` names, if it is set.
+fn init_logging() -> Result<(), String> {
+    let Some(level) = std::env::var("COUNTER_LOG").ok().filter(|v| !v.is_empty()) else {
+        return Ok(());
+    };
+    let level: tracing::Level = level
+        .parse()
+        .map_err(|_| format!("COUNTER_LOG={level:?}: use error, warn, info, debug or trace"))?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .init();
+    Ok(())
+}
+
+fn run(args: Args) -> Result<(), Box<dyn Error>> {
+    let addr = SocketAddr::new(args.host, args.port);
+    let early = if std::env::var_os("EARLY").is_some() {
+        Some(listen(addr).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let early = std::cell::Cell::new(early);
+    let mut hs = HotSpare::new(NAME)
+        .region(REGION, 4096)
+        .init(move |ctx| init(ctx, addr, early.take()))
+        .worker(serve)
+        .mode(Mode::Sync)
+        .role(Role::Primary)
+        .link(LinkConfig::Unix {
+            dir: unix::default_dir(),
+            name: NAME.to_owned(),
+        })
+        .from_env()?;
+    if let Some(role) = args.role {
+        hs = hs.role(role);
+    }
+    if let Some(dir) = args.socket_dir {
+        hs = hs.link(LinkConfig::Unix {
+            dir,
+            name: NAME.to_owned(),
+        });
+    }
+    if let Some(wait) = args.spare_wait {
+        hs = hs.spare_wait(wait);
+    }
+    match hs.run()? {
+        Outcome::Finished { restored, stats } => {
+            tracing::info!(?restored, ?stats, "the service stopped");
+        }
+        Outcome::PrimaryFinished { checkpoint } => {
+            tracing::info!(
+                ?checkpoint,
+                "the primary stopped on purpose; so does its spare"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A fresh start: the count at zero and a new listening socket, registered so that a
+/// promoted spare re-creates it at the same number, bound to the same address.
+fn init(ctx: &mut Context, addr: SocketAddr, early: Option<OwnedFd>) -> WorkerResult {
+    let listener = match early {
+        Some(l) => l,
+        None => listen(addr)?,
+    };
+    let fd = listener.as_raw_fd();
+    ctx.fds()
+        .register_listener(fd, LISTENER, BACKLOG.unsigned_abs())?;
+    let slot = ctx.region_mut(REGION)?.alloc(State {
+        counter: 0,
+        listener_fd: fd,
+        _reserved: 0,
+    })?;
+    if slot.offset() != state_slot().offset() {
+        return Err(format!(
+            "the state landed at offset {}, not {STATE_OFFSET}",
+            slot.offset()
+        )
+        .into());
+    }
+    // The descriptor now belongs to the checkpointed state; `serve` takes it back.
+    let _ = listener.into_raw_fd();
+    Ok(())
+}
+
+/// A blocking TCP listener on `addr` with [`BACKLOG`], at a number of at least
+/// [`LISTENER_FD_FLOOR`].
+fn listen(addr: SocketAddr) -> Result<OwnedFd, Box<dyn Error + Send + Sync>> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let sock = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&sock, sockopt::ReuseAddr, &true)?;
+    socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    socket::listen(&sock, Backlog::new(BACKLOG)?)?;
+    let high = fcntl(
+        &sock,
+        FcntlArg::F_DUPFD_CLOEXEC(if std::env::var_os("EARLY").is_some() {
+            4
+        } else {
+            LISTENER_FD_FLOOR
+        }),
+    )?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned `high` as a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+}
+
+/// What to do after a client's connection ends.
+enum Next {
+    Accept,
+    Shutdown,
+}
+
+/// The worker: accepts one client at a time, on a fresh start and after a promotion alike.
+fn serve(ctx: &mut Context) -> WorkerResult {
+    let fd = ctx.get(REGION, state_slot())?.listener_fd;
+    let registered = ctx
+        .fds()
+        .records()
+        .iter()
+        .any(|r| r.fd == fd && r.name == LISTENER);
+    if !registered {
+        return Err(format!("fd {fd} in the state is not the registered {LISTENER:?}").into());
+    }
+    // SAFETY: `fd` is the registered listener: `init` created it in this process and gave
+    // up its ownership, or, in a promoted spare, hslib re-created it at this number before
+    // calling the worker; nothing else in this process owns it.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    let local = listener.local_addr()?;
+    tracing::info!(%local, restored = ?ctx.restored(), count = ctx.get(REGION, state_slot())?.counter, "serving");
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {local}")?;
+    stdout.flush()?;
+    drop(stdout);
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, peer)) => {
+                tracing::debug!(%peer, "client connected");
+                stream
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        if let Next::Shutdown = serve_client(ctx, stream)? {
+            return Ok(());
+        }
+    }
+}
+
+/// Answers one client's lines until it hangs up. A client's I/O errors end its connection
+/// only; the errors returned (checkpoint, region) end the service.
+fn serve_client(ctx: &mut Context, stream: TcpStream) -> Result<Next, hslib::WorkerError> {
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cloning a client's socket failed");
+            return Ok(Next::Accept);
+        }
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(MAX_LINE).read_line(&mut line) {
+            Ok(0) => return Ok(Next::Accept),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "reading from a client failed");
+                return Ok(Next::Accept);
+            }
+        }
+        if !line.ends_with('\n') && line.len() as u64 == MAX_LINE {
+            let _ = writer.write_all(b"ERR line too long\n");
+            return Ok(Next::Accept);
+        }
+        let (reply, next) = match line.trim() {
+            "INCR" => (incr(ctx)?, None),
+            "GET" => {
+                let count = ctx.get(REGION, state_slot())?.counter;
+                (format!("{count}\n"), None)
+            }
+            "SHUTDOWN" => ("BYE\n".to_owned(), Some(Next::Shutdown)),
+            _ => (
+                "ERR unknown command; use INCR, GET or SHUTDOWN\n".to_owned(),
+                None,
+            ),
+        };
+        if let Err(e) = writer.write_all(reply.as_bytes()) {
+            tracing::debug!(error = %e, "writing to a client failed");
+            return Ok(next.unwrap_or(Next::Accept));
+        }
+        if let Some(next) = next {
+            return Ok(next);
+        }
+    }
+}
+
+/// Adds one and returns the reply, after a checkpoint: in sync mode the spare has the new
+/// count before the client hears of it, so an acknowledged count is never lost. (A count
+/// checkpointed whose reply was lost with the primary does survive: the client cannot tell
+/// it from one that was not taken, as with any request whose answer did not arrive.)
+fn incr(ctx: &mut Context) -> Result<String, hslib::WorkerError> {
+    let state = ctx.get_mut(REGION, state_slot())?;
+    let Some(count) = state.counter.checked_add(1) else {
+        return Ok("ERR the count is at its maximum\n".to_owned());
+    };
+    state.counter = count;
+    let cp = ctx.checkpoint()?;
+    tracing::trace!(count, ?cp, "checkpointed");
+    Ok(format!("{count}\n"))
+}
