@@ -154,3 +154,101 @@ pub fn open_script(path: Option<&Path>) -> anyhow::Result<(Box<dyn Read>, bool)>
         _ => Ok((Box::new(std::io::stdin().lock()), false)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::DEFAULT_KEYS;
+    use crate::store::Recording;
+
+    fn game() -> GameState {
+        rules::new_game(42, 3, DEFAULT_KEYS, false)
+    }
+
+    /// Yields its bytes a few at a time and fails the test if read after it was told to stop.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        chunk: usize,
+        reads_left: Option<usize>,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if let Some(n) = &mut self.reads_left {
+                assert!(*n > 0, "read after the game was finished");
+                *n -= 1;
+            }
+            let n = self.bytes.len().min(self.chunk).min(buf.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn one_commit_per_input_newlines_skipped_same_end_as_feed() {
+        let script = b"kjj .\nlllll .\r\n..";
+        let mut store = Recording::new(game());
+        let mut r = Trickle {
+            bytes: script,
+            chunk: 3,
+            reads_left: None,
+        };
+        play_stream(&mut store, &mut r, 0).unwrap();
+        let inputs: Vec<u64> = store.commits.iter().map(|s| s.inputs).collect();
+        assert_eq!(inputs, (1..=14).collect::<Vec<u64>>());
+        let mut plain = game();
+        feed(&mut plain, script);
+        assert_eq!(store.state, plain);
+    }
+
+    #[test]
+    fn skipped_inputs_are_passed_over_without_commits() {
+        let script = b"kjj .\nlllll .\n..";
+        let mut full = game();
+        feed(&mut full, script);
+        for skip in 0..=14u64 {
+            // The state after `skip` inputs, as a restore would bring it back.
+            let mut store = {
+                let mut s = game();
+                let mut n = 0;
+                let prefix: Vec<u8> = script
+                    .iter()
+                    .copied()
+                    .take_while(|&b| {
+                        if n == skip {
+                            return false;
+                        }
+                        n += u64::from(input_of(b).is_some());
+                        true
+                    })
+                    .collect();
+                feed(&mut s, &prefix);
+                Recording::new(s)
+            };
+            let mut r = Trickle {
+                bytes: script,
+                chunk: 5,
+                reads_left: None,
+            };
+            play_stream(&mut store, &mut r, skip).unwrap();
+            assert_eq!(store.state, full, "skip {skip}");
+            assert_eq!(store.commits.len() as u64, 14 - skip, "skip {skip}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_read_or_committed_after_quit() {
+        let mut store = Recording::new(game());
+        // One read brings "jq": the rest must never be asked for.
+        let mut r = Trickle {
+            bytes: b"jqjjjj",
+            chunk: 2,
+            reads_left: Some(1),
+        };
+        play_stream(&mut store, &mut r, 0).unwrap();
+        assert!(store.state.has_quit());
+        assert_eq!(store.commits.len(), 2);
+        assert_eq!(store.state.inputs, 2);
+    }
+}

@@ -651,6 +651,65 @@ mod tests {
     }
 
     #[test]
+    fn every_change_is_committed_and_nothing_else() {
+        use crate::store::Recording;
+        let mut store = Recording::new(level1());
+        let clock = ManualClock::new();
+        let events = [
+            (100_000, key(b'j')),                     // move
+            (200_000, key(b'k')),                     // rotate
+            (300_000, key(b'l')),                     // move
+            (400_000, key(b'n')),                     // down
+            (600_000, Event::Signal(Caught::Resize)), // the timer used up so far
+            (1_500_000, key(b'p')),                   // after a gravity step: pause
+            (9_000_000, key(b'j')),                   // resume and move
+            (9_100_000, key(b' ')),                   // drop
+            (9_200_000, key(b'q')),                   // quit
+        ];
+        let mut input = Scripted::new(&clock, &events);
+        let mut front = TestFrontend::new();
+        let ending = game_loop(&mut store, true, &mut front, &mut input, &clock);
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        let c = &store.commits;
+        // Eight keys, one timer expiry, one signal that used up time.
+        assert_eq!(c.len(), 10, "{c:#?}");
+        let inputs: Vec<u64> = c.iter().map(|s| s.inputs).collect();
+        assert_eq!(inputs, [1, 2, 3, 4, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(
+            c[4].timer_left_us,
+            FIRST_ARM_US - 600_000,
+            "the signal's commit"
+        );
+        assert_eq!(c[5].pos, c[4].pos + B_COLS as i32, "the gravity step");
+        assert!(c[6].is_paused());
+        assert!(!c[7].is_paused());
+        assert_eq!(
+            c[7].timer_left_us, c[6].timer_left_us,
+            "paused time not counted"
+        );
+        assert!(c[9].has_quit());
+        assert_eq!(c.last(), Some(&store.state), "the end state is committed");
+    }
+
+    #[test]
+    fn a_lock_is_committed_with_its_rows_elided_before_the_animation() {
+        use crate::store::Recording;
+        let mut store = Recording::new(one_row_to_clear());
+        let expected = {
+            let mut s = store.state;
+            rules::step(&mut s, Input::Timer, Mode::Interactive);
+            s
+        };
+        let clock = ManualClock::new();
+        let mut input = Scripted::new(&clock, &[(3_500_000, key(b'q'))]);
+        let mut front = TestFrontend::new();
+        let ending = game_loop(&mut store, true, &mut front, &mut input, &clock);
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        assert_eq!(store.commits.len(), 2);
+        assert_eq!(store.commits[0], expected);
+    }
+
+    #[test]
     fn end_of_file_on_the_terminal_is_an_error() {
         let mut state = level1();
         let (ending, _, _) = play_script(&mut state, &[(100, Event::Eof)]);

@@ -1,0 +1,269 @@
+//! A headless game checkpointed to a file and continued with `--resume` ends exactly as the
+//! uninterrupted game: whether the log is cut at any byte (the machine died mid-write) and the
+//! whole script file is given again (the game passes over what it had consumed), or the
+//! script is cut and the rest comes on stdin. The `TETRIS_STATUS_FD` line of each resumed
+//! game says how many inputs it had consumed.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use tempfile::TempDir;
+use tetris::headless::{input_of, run_script};
+use tetris::options::Options;
+
+const SEED: u64 = 1234;
+const LEVEL: u32 = 4;
+
+/// A script of 520 inputs that plays a real game without ending it: moves (spread wide, so
+/// the pieces do not pile up in the middle), rotations, downs and many timer expiries (so
+/// pieces lock and rows fill), newlines every 37 bytes, from a fixed linear congruential
+/// generator so the test is the same every time.
+fn script() -> Vec<u8> {
+    let mut x: u32 = 0x2545_f491;
+    let mut out = Vec::new();
+    for i in 0..520 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let pick = (x >> 16) % 16;
+        out.push(match pick {
+            0..=5 => b'.',
+            6..=9 => b'j',
+            10..=13 => b'l',
+            14 => b'k',
+            _ => b'n',
+        });
+        if i % 37 == 36 {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+fn options() -> Options {
+    Options {
+        level: LEVEL,
+        headless: true,
+        ..Options::default()
+    }
+}
+
+/// Inputs the uninterrupted game consumes from `script`.
+fn consumed(script: &[u8]) -> u64 {
+    run_script(&options(), SEED, script).inputs
+}
+
+/// An argument list of strings and paths.
+fn args(parts: &[&dyn AsRef<OsStr>]) -> Vec<OsString> {
+    parts.iter().map(|p| p.as_ref().to_owned()).collect()
+}
+
+/// `tetris ARGS` with fd 3 open on `status` and `TETRIS_STATUS_FD=3`, `stdin` fed and closed.
+fn tetris(args: &[OsString], status: &Path, stdin: &[u8]) -> Output {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("exec \"$0\" \"$@\" 3>\"$RESUME_TEST_STATUS\"")
+        .arg(env!("CARGO_BIN_EXE_tetris"))
+        .args(args)
+        .env("TETRIS_STATUS_FD", "3")
+        .env("RESUME_TEST_STATUS", status)
+        .env_remove("HS_ROLE")
+        .env_remove("HS_TRANSPORT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn tetris");
+    let mut input = child.stdin.take().expect("piped stdin");
+    input.write_all(stdin).expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("wait for tetris")
+}
+
+fn stdout_of(out: &Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: {out:?}");
+    assert!(out.stderr.is_empty(), "{what}: {out:?}");
+    String::from_utf8(out.stdout.clone()).expect("utf-8 JSON")
+}
+
+/// The resumed line's (checkpoint, inputs, epoch).
+fn resumed(status: &Path) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(status).expect("the status file");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("one JSON line");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let r = &v["resumed"];
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("no {k} in {text}"));
+    (n("checkpoint"), n("inputs"), n("epoch"))
+}
+
+struct Files {
+    dir: TempDir,
+}
+
+impl Files {
+    fn new() -> Self {
+        Self {
+            dir: TempDir::new().expect("tempdir"),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+#[test]
+fn a_log_cut_at_any_byte_resumes_with_the_whole_script_file_to_the_same_end() {
+    let f = Files::new();
+    let script = script();
+    let total = consumed(&script);
+    assert!(
+        total > 400,
+        "the script must play a long game, not {total} inputs"
+    );
+    let script_file = f.path("script");
+    std::fs::write(&script_file, &script).unwrap();
+    let seed = SEED.to_string();
+    let level = LEVEL.to_string();
+    let status = f.path("status");
+    let game = |extra: &[&dyn AsRef<OsStr>]| {
+        let mut a = args(&[&"--headless", &"--seed", &seed, &"-l", &level]);
+        a.extend(args(extra));
+        a
+    };
+
+    let plain = stdout_of(
+        &tetris(&game(&[&"--script", &script_file]), &status, b""),
+        "uninterrupted",
+    );
+    let log = f.path("log");
+    let logged = stdout_of(
+        &tetris(
+            &game(&[&"--script", &script_file, &"--checkpoint-file", &log]),
+            &status,
+            b"",
+        ),
+        "checkpointed",
+    );
+    assert_eq!(logged, plain, "checkpointing changed the game");
+    assert_eq!(
+        std::fs::read_to_string(&status).unwrap(),
+        "",
+        "a fresh game is not resumed"
+    );
+    let bytes = std::fs::read(&log).unwrap();
+
+    // Cuts spread over the log, its whole length, one byte short of it, and cuts so early
+    // that no checkpoint is complete.
+    let mut cuts: Vec<usize> = (1..=13).map(|i| bytes.len() * i / 13).collect();
+    cuts.extend([bytes.len() - 1, bytes.len() / 2 + 1, 1, 64]);
+    cuts.sort_unstable();
+    let mut last_inputs = 0;
+    for cut in cuts {
+        let cut_log = f.path(&format!("cut-{cut}"));
+        std::fs::write(&cut_log, &bytes[..cut]).unwrap();
+        let resume = args(&[
+            &"--headless",
+            &"--resume",
+            &cut_log,
+            &"--script",
+            &script_file,
+        ]);
+        let out = tetris(&resume, &status, b"");
+        if cut < 4096 {
+            // Not even the first checkpoint (one whole page) is in the log.
+            assert_eq!(out.status.code(), Some(1), "cut {cut}: {out:?}");
+            assert!(out.stdout.is_empty(), "cut {cut}: {out:?}");
+            continue;
+        }
+        assert_eq!(stdout_of(&out, &format!("cut {cut}")), plain, "cut {cut}");
+        let (checkpoint, inputs, epoch) = resumed(&status);
+        assert_eq!(epoch, 2, "cut {cut}: the log's writer was epoch 1");
+        // Checkpoint 1 is the new game; every input consumed adds one.
+        assert_eq!(checkpoint, inputs + 1, "cut {cut}");
+        assert!(
+            inputs >= last_inputs,
+            "cut {cut}: a longer log, fewer inputs"
+        );
+        assert!(inputs <= total, "cut {cut}");
+        if cut == bytes.len() {
+            assert_eq!(inputs, total, "the whole log holds the whole game");
+        }
+        last_inputs = inputs;
+
+        // The resumed game appended its own session: that log resumes at the end.
+        let again = tetris(&resume, &status, b"");
+        assert_eq!(stdout_of(&again, &format!("cut {cut} again")), plain);
+        let (_, inputs, epoch) = resumed(&status);
+        assert_eq!((inputs, epoch), (total, 3), "cut {cut} again");
+    }
+    assert!(last_inputs > 0);
+}
+
+#[test]
+fn a_script_cut_anywhere_resumes_with_the_rest_on_stdin_to_the_same_end() {
+    let f = Files::new();
+    let script = script();
+    let seed = SEED.to_string();
+    let level = LEVEL.to_string();
+    let status = f.path("status");
+    let plain = stdout_of(
+        &tetris(
+            &args(&[&"--headless", &"--seed", &seed, &"-l", &level]),
+            &status,
+            &script,
+        ),
+        "uninterrupted",
+    );
+    for cut in [
+        0,
+        1,
+        36,
+        37,
+        38,
+        150,
+        301,
+        449,
+        script.len() - 1,
+        script.len(),
+    ] {
+        let log = f.path(&format!("log-{cut}"));
+        let first = tetris(
+            &args(&[
+                &"--headless",
+                &"--seed",
+                &seed,
+                &"-l",
+                &level,
+                &"--checkpoint-file",
+                &log,
+            ]),
+            &status,
+            &script[..cut],
+        );
+        stdout_of(&first, &format!("first part to {cut}"));
+        let rest = tetris(
+            &args(&[&"--headless", &"--resume", &log]),
+            &status,
+            &script[cut..],
+        );
+        assert_eq!(
+            stdout_of(&rest, &format!("rest from {cut}")),
+            plain,
+            "cut {cut}"
+        );
+        let (checkpoint, inputs, _) = resumed(&status);
+        let want = consumed(&script[..cut]);
+        assert_eq!(
+            inputs, want,
+            "cut {cut}: the inputs the first part consumed"
+        );
+        assert_eq!(checkpoint, want + 1, "cut {cut}");
+        assert_eq!(
+            script[..cut]
+                .iter()
+                .filter(|&&b| input_of(b).is_some())
+                .count() as u64,
+            want,
+            "cut {cut}: the game must not end inside the first part"
+        );
+    }
+}
