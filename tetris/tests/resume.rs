@@ -4,75 +4,25 @@
 //! script is cut and the rest comes on stdin. The `TETRIS_STATUS_FD` line of each resumed
 //! game says how many inputs it had consumed.
 
+mod common;
+
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
+use common::{LEVEL, SEED, args, consumed, script, tetris_with_status};
 use tempfile::TempDir;
-use tetris::headless::{input_of, run_script};
-use tetris::options::Options;
-
-const SEED: u64 = 1234;
-const LEVEL: u32 = 4;
-
-/// A script of 520 inputs that plays a real game without ending it: moves (spread wide, so
-/// the pieces do not pile up in the middle), rotations, downs and many timer expiries (so
-/// pieces lock and rows fill), newlines every 37 bytes, from a fixed linear congruential
-/// generator so the test is the same every time.
-fn script() -> Vec<u8> {
-    let mut x: u32 = 0x2545_f491;
-    let mut out = Vec::new();
-    for i in 0..520 {
-        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let pick = (x >> 16) % 16;
-        out.push(match pick {
-            0..=5 => b'.',
-            6..=9 => b'j',
-            10..=13 => b'l',
-            14 => b'k',
-            _ => b'n',
-        });
-        if i % 37 == 36 {
-            out.push(b'\n');
-        }
-    }
-    out
-}
-
-fn options() -> Options {
-    Options {
-        level: LEVEL,
-        headless: true,
-        ..Options::default()
-    }
-}
-
-/// Inputs the uninterrupted game consumes from `script`.
-fn consumed(script: &[u8]) -> u64 {
-    run_script(&options(), SEED, script).inputs
-}
-
-/// An argument list of strings and paths.
-fn args(parts: &[&dyn AsRef<OsStr>]) -> Vec<OsString> {
-    parts.iter().map(|p| p.as_ref().to_owned()).collect()
-}
+use tetris::headless::input_of;
 
 /// `tetris ARGS` with fd 3 open on `status` and `TETRIS_STATUS_FD=3`, `stdin` fed and closed.
 fn tetris(args: &[OsString], status: &Path, stdin: &[u8]) -> Output {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg("exec \"$0\" \"$@\" 3>\"$RESUME_TEST_STATUS\"")
-        .arg(env!("CARGO_BIN_EXE_tetris"))
-        .args(args)
-        .env("TETRIS_STATUS_FD", "3")
-        .env("RESUME_TEST_STATUS", status)
-        .env_remove("HS_ROLE")
-        .env_remove("HS_TRANSPORT")
+    let mut child = tetris_with_status(args, status)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn tetris");
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tetris");
     let mut input = child.stdin.take().expect("piped stdin");
     input.write_all(stdin).expect("write stdin");
     drop(input);
@@ -87,12 +37,7 @@ fn stdout_of(out: &Output, what: &str) -> String {
 
 /// The resumed line's (checkpoint, inputs, epoch).
 fn resumed(status: &Path) -> (u64, u64, u64) {
-    let text = std::fs::read_to_string(status).expect("the status file");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("one JSON line");
-    assert_eq!(text.lines().count(), 1, "{text}");
-    let r = &v["resumed"];
-    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("no {k} in {text}"));
-    (n("checkpoint"), n("inputs"), n("epoch"))
+    common::resumed(status).expect("a complete resumed line")
 }
 
 struct Files {
