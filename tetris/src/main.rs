@@ -19,7 +19,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Environment variable: a file to append hslib's log to (it never goes to the terminal).
+const LOG_ENV: &str = "TETRIS_LOG";
+
+/// Sends `tracing` events to the file `TETRIS_LOG` names, if any; without it they go nowhere.
+fn log_to_file() -> anyhow::Result<()> {
+    let Some(path) = std::env::var_os(LOG_ENV).filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the log file {}", path.to_string_lossy()))?;
+    tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_thread_names(true)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+}
+
 fn run() -> anyhow::Result<ExitCode> {
+    log_to_file()?;
     let options = match options::parse_env() {
         Ok(Parsed::Run(o)) => o,
         Ok(Parsed::Help(text)) => {

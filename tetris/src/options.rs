@@ -124,15 +124,17 @@ run can be repeated with --seed.
 
 Every change of the game is checkpointed (hslib): to nowhere by default, to a log with
 --checkpoint-file, to a spare process when the HS_* environment of a supervisor says so
-(HS_ROLE=standalone|primary|spare, HS_TRANSPORT, HS_SOCKET_DIR, HS_SOCKET_NAME, HS_MODE, ...).
+(HS_ROLE=standalone|primary|spare, HS_TRANSPORT=null|file|unix|tcp, HS_SOCKET_DIR,
+HS_SOCKET_NAME, HS_MODE=async|sync, HS_STRATEGY=copy|fork, ...). A spare draws nothing until
+its primary dies; then it takes over with the primary's last checkpoint.
 --resume PATH continues the game from the last complete checkpoint of the log PATH, appending
-to it; the game's seed, level and keys then come from the checkpoint. A resumed headless game
-reading a --script FILE passes over the inputs it had consumed; on stdin it reads on.
-When a game continues from a checkpoint (resumed, or a spare taking over) and
-$TETRIS_STATUS_FD names an open descriptor, it first writes one line to it:
-{\"resumed\":{\"checkpoint\":C,\"inputs\":N,\"epoch\":E}}. --stats FILE writes at the end
-{\"checkpoints\":N,\"bytes\":N,\"stall_us\":{\"p50\":F,\"p99\":F,\"max\":F}}, the stall being the time
-the game spent inside each checkpoint.
+to it; the game's seed, level and keys then come from the checkpoint. A headless game that
+continues from a checkpoint passes over the inputs it had consumed when it reads a --script
+FILE, and reads on when it reads stdin. Such a game first writes one line to the descriptor
+$TETRIS_STATUS_FD names, if it is open: {\"resumed\":{\"checkpoint\":C,\"inputs\":N,\"epoch\":E}}.
+--stats FILE writes at the end {\"checkpoints\":N,\"bytes\":N,\"stall_us\":{\"p50\":F,\"p99\":F,\"max\":F}},
+the stall being the time the game spent inside each checkpoint. $TETRIS_LOG names a file for
+the checkpoint library's log.
 
 High scores live in $XDG_DATA_HOME/tetris-bsd/scores (else ~/.local/share/tetris-bsd/scores),
 or in the file named by --scores-file or $TETRIS_SCORES.";
