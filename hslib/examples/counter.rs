@@ -3,10 +3,11 @@
 //! the promoted spare listens on the same port and carries on the count.
 //!
 //! ```sh
-//! cargo run -p hslib --example counter -- --port 7070 --role primary &
-//! cargo run -p hslib --example counter -- --port 7070 --role spare &
+//! cargo build -p hslib --example counter && cd target/debug/examples
+//! ./counter --port 7070 --role primary & primary=$!
+//! ./counter --port 7070 --role spare &
 //! printf 'INCR\nINCR\nGET\n' | nc -q1 127.0.0.1 7070      # 1, 2, 2
-//! kill -9 %1                                              # the spare takes over
+//! kill -9 $primary                                        # the spare takes over
 //! printf 'INCR\n' | nc -q1 127.0.0.1 7070                 # 3
 //! ```
 //!
@@ -38,11 +39,11 @@ const STATE_OFFSET: usize = 16;
 /// The listening socket's registration name.
 const LISTENER: &str = "listener";
 /// The listen backlog (registered, so a promoted spare listens with the same).
-const BACKLOG: i32 = 64;
+const BACKLOG: u32 = 64;
 /// The lowest number the listener is moved to. A promoted spare re-creates the listener at
-/// its recorded number, replacing whatever that number holds there, and the spare's own
-/// descriptors (its link to the dead primary, its dirty-page tracker) are opened first with
-/// the lowest free numbers; keeping the application's number high keeps it off theirs.
+/// its recorded number, replacing whatever that number holds there, after hslib has opened
+/// its own descriptors (the dirty-page tracker's userfaultfd, `/proc/self/pagemap`) at the
+/// lowest free numbers; a listener at a low number would replace one of those.
 const LISTENER_FD_FLOOR: RawFd = 100;
 /// The longest request line, newline included.
 const MAX_LINE: u64 = 64;
@@ -56,6 +57,8 @@ usage: counter --port N [--host ADDR] [--role primary|spare|standalone]
 A client connects and sends lines; each gets one line back:
   INCR      adds one and replies the new count, once the spare has it
   GET       replies the count
+  STATUS    replies count=N epoch=E spare=yes|no synced=yes|no: whether a spare is
+            connected, and whether it acknowledged the last INCR's checkpoint
   SHUTDOWN  replies BYE and stops the service (its spare stops too)
 One client is served at a time; after a failover a client reconnects to the same port.
 
@@ -67,8 +70,8 @@ options:
                      standalone: no spare
   --socket-dir DIR   the directory (mode 0700) of the Unix socket primary and spare
                      share (default $XDG_RUNTIME_DIR/hotspare or /tmp/hotspare-UID)
-  --spare-wait SECS  how long a spare looks for its primary, and a primary (also a
-                     promoted spare) waits for its first spare (default 10)
+  --spare-wait SECS  how long a spare looks for its primary, and a fresh primary
+                     waits for its first spare before it listens (default 10)
   -h, --help         this text
 
 The HS_* variables of hslib (HS_ROLE, HS_TRANSPORT, HS_SOCKET_DIR, HS_SOCKET_NAME,
@@ -171,7 +174,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(Usage(why)) => {
-            eprintln!("counter: {why}\n\n{USAGE}");
+            eprintln!("counter: {why} (try --help)");
             return ExitCode::from(2);
         }
     };
@@ -205,15 +208,9 @@ fn init_logging() -> Result<(), String> {
 
 fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let addr = SocketAddr::new(args.host, args.port);
-    let early = if std::env::var_os("EARLY").is_some() {
-        Some(listen(addr).map_err(|e| e.to_string())?)
-    } else {
-        None
-    };
-    let early = std::cell::Cell::new(early);
     let mut hs = HotSpare::new(NAME)
         .region(REGION, 4096)
-        .init(move |ctx| init(ctx, addr, early.take()))
+        .init(move |ctx| init(ctx, addr))
         .worker(serve)
         .mode(Mode::Sync)
         .role(Role::Primary)
@@ -250,14 +247,10 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
 
 /// A fresh start: the count at zero and a new listening socket, registered so that a
 /// promoted spare re-creates it at the same number, bound to the same address.
-fn init(ctx: &mut Context, addr: SocketAddr, early: Option<OwnedFd>) -> WorkerResult {
-    let listener = match early {
-        Some(l) => l,
-        None => listen(addr)?,
-    };
+fn init(ctx: &mut Context, addr: SocketAddr) -> WorkerResult {
+    let listener = listen(addr)?;
     let fd = listener.as_raw_fd();
-    ctx.fds()
-        .register_listener(fd, LISTENER, BACKLOG.unsigned_abs())?;
+    ctx.fds().register_listener(fd, LISTENER, BACKLOG)?;
     let slot = ctx.region_mut(REGION)?.alloc(State {
         counter: 0,
         listener_fd: fd,
@@ -285,15 +278,8 @@ fn listen(addr: SocketAddr) -> Result<OwnedFd, Box<dyn Error + Send + Sync>> {
     let sock = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     socket::setsockopt(&sock, sockopt::ReuseAddr, &true)?;
     socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    socket::listen(&sock, Backlog::new(BACKLOG)?)?;
-    let high = fcntl(
-        &sock,
-        FcntlArg::F_DUPFD_CLOEXEC(if std::env::var_os("EARLY").is_some() {
-            4
-        } else {
-            LISTENER_FD_FLOOR
-        }),
-    )?;
+    socket::listen(&sock, Backlog::new(i32::try_from(BACKLOG)?)?)?;
+    let high = fcntl(&sock, FcntlArg::F_DUPFD_CLOEXEC(LISTENER_FD_FLOOR))?;
     // SAFETY: F_DUPFD_CLOEXEC just returned `high` as a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(high) })
 }
@@ -325,6 +311,8 @@ fn serve(ctx: &mut Context) -> WorkerResult {
     writeln!(stdout, "listening on {local}")?;
     stdout.flush()?;
     drop(stdout);
+    // Whether a spare acknowledged the last INCR's checkpoint (none yet in this process).
+    let mut synced = false;
     loop {
         let stream = match listener.accept() {
             Ok((stream, peer)) => {
@@ -336,7 +324,7 @@ fn serve(ctx: &mut Context) -> WorkerResult {
                 continue;
             }
         };
-        if let Next::Shutdown = serve_client(ctx, stream)? {
+        if let Next::Shutdown = serve_client(ctx, &mut synced, stream)? {
             return Ok(());
         }
     }
@@ -344,7 +332,11 @@ fn serve(ctx: &mut Context) -> WorkerResult {
 
 /// Answers one client's lines until it hangs up. A client's I/O errors end its connection
 /// only; the errors returned (checkpoint, region) end the service.
-fn serve_client(ctx: &mut Context, stream: TcpStream) -> Result<Next, hslib::WorkerError> {
+fn serve_client(
+    ctx: &mut Context,
+    synced: &mut bool,
+    stream: TcpStream,
+) -> Result<Next, hslib::WorkerError> {
     let mut writer = match stream.try_clone() {
         Ok(w) => w,
         Err(e) => {
@@ -364,19 +356,22 @@ fn serve_client(ctx: &mut Context, stream: TcpStream) -> Result<Next, hslib::Wor
                 return Ok(Next::Accept);
             }
         }
-        if !line.ends_with('\n') && line.len() as u64 == MAX_LINE {
-            let _ = writer.write_all(b"ERR line too long\n");
+        let too_long = !line.ends_with('\n') && line.len() as u64 == MAX_LINE;
+        if too_long && let Err(e) = reader.skip_until(b'\n') {
+            tracing::debug!(error = %e, "reading from a client failed");
             return Ok(Next::Accept);
         }
         let (reply, next) = match line.trim() {
-            "INCR" => (incr(ctx)?, None),
+            _ if too_long => ("ERR line too long\n".to_owned(), None),
+            "INCR" => (incr(ctx, synced)?, None),
             "GET" => {
                 let count = ctx.get(REGION, state_slot())?.counter;
                 (format!("{count}\n"), None)
             }
+            "STATUS" => (status(ctx, *synced)?, None),
             "SHUTDOWN" => ("BYE\n".to_owned(), Some(Next::Shutdown)),
             _ => (
-                "ERR unknown command; use INCR, GET or SHUTDOWN\n".to_owned(),
+                "ERR unknown command; use INCR, GET, STATUS or SHUTDOWN\n".to_owned(),
                 None,
             ),
         };
@@ -394,7 +389,7 @@ fn serve_client(ctx: &mut Context, stream: TcpStream) -> Result<Next, hslib::Wor
 /// count before the client hears of it, so an acknowledged count is never lost. (A count
 /// checkpointed whose reply was lost with the primary does survive: the client cannot tell
 /// it from one that was not taken, as with any request whose answer did not arrive.)
-fn incr(ctx: &mut Context) -> Result<String, hslib::WorkerError> {
+fn incr(ctx: &mut Context, synced: &mut bool) -> Result<String, hslib::WorkerError> {
     let state = ctx.get_mut(REGION, state_slot())?;
     let Some(count) = state.counter.checked_add(1) else {
         return Ok("ERR the count is at its maximum\n".to_owned());
@@ -402,5 +397,19 @@ fn incr(ctx: &mut Context) -> Result<String, hslib::WorkerError> {
     state.counter = count;
     let cp = ctx.checkpoint()?;
     tracing::trace!(count, ?cp, "checkpointed");
+    *synced = cp.acked;
     Ok(format!("{count}\n"))
+}
+
+/// The STATUS reply. A spare that connects gets its first (full) checkpoint with the next
+/// INCR, so `synced=yes` after `spare=yes` is when a failover would keep the count.
+fn status(ctx: &Context, synced: bool) -> Result<String, hslib::WorkerError> {
+    let count = ctx.get(REGION, state_slot())?.counter;
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    Ok(format!(
+        "count={count} epoch={} spare={} synced={}\n",
+        ctx.epoch(),
+        yes(ctx.link_stats().live),
+        yes(synced)
+    ))
 }
