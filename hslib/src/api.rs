@@ -802,6 +802,13 @@ impl Context {
         Ok(())
     }
 
+    /// SIGKILLs the fork snapshot child in flight, if any (for supervisors and failure
+    /// tests): the session it was writing ends and the next spare starts with a full
+    /// checkpoint. Returns whether a child was signalled.
+    pub fn kill_snapshot_child(&self) -> bool {
+        self.link.as_ref().is_some_and(Link::kill_fork_child)
+    }
+
     /// The adaptive strategy's cost model, once calibrated.
     pub fn cost_model(&self) -> Option<CostModel> {
         self.model

@@ -89,6 +89,8 @@ struct Shared {
     fork_in_flight: AtomicBool,
     /// The descriptor the open session writes to (a fork child writes there too).
     stream_fd: AtomicI32,
+    /// A pidfd of the fork child in flight.
+    child: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
     progress: Mutex<Progress>,
     changed: Condvar,
 }
@@ -288,8 +290,9 @@ impl Link {
         full: bool,
         snapshot: Snapshot,
     ) -> Result<u64, LinkError> {
-        if matches!(snapshot, Snapshot::Forked(_)) {
+        if let Snapshot::Forked(child) = &snapshot {
             self.shared.fork_in_flight.store(true, Ordering::Release);
+            *lock_child(&self.shared) = child.pidfd.clone();
         }
         self.next_job += 1;
         let id = self.next_job;
@@ -343,6 +346,14 @@ impl Link {
 
     fn sender_gone(&self) -> bool {
         self.sender.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// SIGKILLs the fork child in flight, if any (for supervisors and failure tests: the
+    /// session it was writing ends, the next spare gets a full checkpoint). Returns whether
+    /// a child was signalled.
+    pub fn kill_fork_child(&self) -> bool {
+        let child = lock_child(&self.shared).clone();
+        child.is_some_and(|fd| process::pidfd_kill(fd.as_fd()).is_ok())
     }
 
     /// Waits until every snapshot submitted so far is on the stream (or dropped) and its fork
@@ -541,13 +552,18 @@ impl Sender_ {
     /// Ends the open session; with `goodbye`, first tells the spare not to take over.
     fn close(&mut self, goodbye: bool) {
         if let Some(mut open) = self.open.take() {
-            if goodbye && self.shared.live.load(Ordering::Acquire) {
-                if let Err(e) = open.writer.goodbye() {
-                    tracing::warn!(error = %e, "sending the goodbye failed");
-                }
-                let _ = open.writer.get_ref().shutdown();
+            if goodbye
+                && self.shared.live.load(Ordering::Acquire)
+                && let Err(e) = open.writer.goodbye()
+            {
+                tracing::warn!(error = %e, "sending the goodbye failed");
             }
+            // Shut the socket down, not just this descriptor: the ack reader holds a
+            // duplicate, and the spare must see the stream end.
+            let _ = open.writer.get_ref().shutdown();
+            let p = self.shared.lock();
             self.shared.live.store(false, Ordering::Release);
+            drop(p);
             self.shared.changed.notify_all();
         }
     }
@@ -637,6 +653,7 @@ impl Sender_ {
                     reap(child.pid);
                     None
                 };
+                *lock_child(&self.shared) = None;
                 self.shared.fork_in_flight.store(false, Ordering::Release);
                 r
             }
@@ -690,9 +707,13 @@ impl Sender_ {
             checkpoint: state.next_checkpoint,
         };
         if let Err(e) = process::write_all(child.go.as_fd(), &go.encode()) {
-            tracing::warn!(error = %e, "handing a fork child its turn failed");
+            // The child died before its turn. Its pages were taken off the tracker's books,
+            // so the spare can never be patched up to date incrementally: end the session
+            // (the next one starts with a full checkpoint).
+            tracing::warn!(error = %e, "handing a fork child its turn failed; the session is over");
             drop(child.go);
             reap(child.pid);
+            self.close(false);
             return None;
         }
         drop(child.go);
@@ -714,6 +735,13 @@ impl Sender_ {
             }
         }
     }
+}
+
+fn lock_child(shared: &Shared) -> MutexGuard<'_, Option<Arc<std::os::fd::OwnedFd>>> {
+    shared
+        .child
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn reap(pid: nix::unistd::Pid) {

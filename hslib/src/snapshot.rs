@@ -283,6 +283,8 @@ impl Copied {
 pub struct ForkedChild {
     /// The child.
     pub pid: Pid,
+    /// A pidfd for it (to signal it without risk of hitting a reused pid), when available.
+    pub pidfd: Option<std::sync::Arc<OwnedFd>>,
     /// The write end of the child's go pipe.
     pub go: OwnedFd,
     /// Page and metadata frames it writes before the commit.
@@ -367,6 +369,7 @@ pub fn fork(
             drop(go_read);
             Ok(ForkedChild {
                 pid,
+                pidfd: process::pidfd_open(pid).ok().map(std::sync::Arc::new),
                 go: go_write,
                 frames,
                 pages,

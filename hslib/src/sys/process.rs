@@ -113,6 +113,31 @@ pub fn kill_child(pid: Pid) {
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
 }
 
+/// A descriptor for process `pid` (`pidfd_open(2)`): signals sent through it reach that
+/// process or nobody, never a later process that reuses the number.
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0u32) };
+    let fd = Errno::result(fd)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// Sends SIGKILL through a pidfd; `ESRCH` when the process has ended.
+pub fn pidfd_kill(pidfd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: pidfd_send_signal with a null siginfo and no flags has no memory preconditions.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
 /// The raw number of a descriptor, for handing to a fork child through a pipe.
 pub fn raw(fd: BorrowedFd<'_>) -> i32 {
     fd.as_raw_fd()
