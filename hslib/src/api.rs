@@ -138,6 +138,12 @@ pub enum HsError {
         /// Why.
         why: String,
     },
+    /// As spare: the primary died before any checkpoint reached this spare, so there is no
+    /// state to take over (starting afresh would silently lose the primary's).
+    #[error(
+        "the primary died before its first checkpoint reached this spare: nothing to take over"
+    )]
+    NothingToPromote,
     /// No worker was given.
     #[error("no worker was registered")]
     NoWorker,
@@ -537,8 +543,10 @@ impl HotSpare {
             });
         }
         restore_image(&mut regions, &committed)?;
+        // The descriptors go back to their numbers before the library opens any of its own
+        // (tracker, link), so a restored number never lands on one of ours.
+        committed.metadata.restore(&mut self.signals)?;
         let mut ctx = self.context(regions)?;
-        committed.metadata.restore(&mut ctx.signals)?;
         ctx.fds = FdRegistry::adopt(&committed.metadata.fds);
         ctx.blobs = Blobs::from_map(committed.metadata.blobs.clone(), &Blobs::default())
             .map_err(MetaError::from)?;
@@ -618,6 +626,8 @@ impl HotSpare {
                     Err(e) => tracing::info!(error = %e, "the primary does not answer any more"),
                 }
             }
+            // Our connection's descriptor must not hold a number the restore wants.
+            drop(ep);
             return self.promote(regions, replica);
         }
     }
@@ -626,10 +636,8 @@ impl HotSpare {
         let epoch = replica.highest_epoch().unwrap_or(0).max(self.epoch) + 1;
         match replica.into_committed() {
             Some(committed) => self.role(Role::Primary).restored(regions, committed, epoch),
-            None => {
-                tracing::warn!("the primary died before its first checkpoint; starting afresh");
-                self.role(Role::Primary).fresh(regions, epoch)
-            }
+            // Starting afresh would silently throw the primary's state away.
+            None => Err(HsError::NothingToPromote),
         }
     }
 }

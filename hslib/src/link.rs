@@ -77,6 +77,8 @@ struct Progress {
     /// Checkpoints written and their page bytes.
     written: u64,
     bytes: u64,
+    /// The first (full) checkpoint of the open session, once written.
+    session_full: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +129,9 @@ pub struct LinkStats {
     pub sessions: u64,
     /// Whether a session is open now.
     pub live: bool,
+    /// Whether the open session's spare holds a checkpoint: its full checkpoint was acked
+    /// (a sink: written). Until then a new spare protects nothing.
+    pub synced: bool,
 }
 
 /// What a snapshot taken now is for.
@@ -391,6 +396,7 @@ impl Link {
             acked: p.acked,
             sessions: self.shared.generation.load(Ordering::Acquire),
             live: self.live(),
+            synced: self.live() && p.session_full.is_some_and(|cp| p.acked >= cp),
         }
     }
 
@@ -624,7 +630,8 @@ impl Sender_ {
             .as_ref()
             .and_then(|o| o.writer.get_ref().as_fd().map(process::raw))
             .unwrap_or_else(|| process::raw(self.devnull.as_fd()));
-        let p = self.shared.lock();
+        let mut p = self.shared.lock();
+        p.session_full = None;
         self.shared.stream_fd.store(fd, Ordering::Release);
         self.shared.generation.store(generation, Ordering::Release);
         self.shared.live.store(true, Ordering::Release);
@@ -639,6 +646,10 @@ impl Sender_ {
                 .open
                 .as_ref()
                 .is_some_and(|o| o.generation == generation);
+        let full = match &snapshot {
+            Snapshot::Copied(c) => c.full,
+            Snapshot::Forked(f) => f.full,
+        };
         let result = match snapshot {
             Snapshot::Copied(c) => {
                 let r = if usable { self.write_copy(&c) } else { None };
@@ -663,6 +674,9 @@ impl Sender_ {
                 let mut p = self.shared.lock();
                 p.written += 1;
                 p.bytes += bytes;
+                if full {
+                    p.session_full = Some(cp);
+                }
                 if self.open.as_ref().is_some_and(|o| !o.acks) {
                     p.acked = cp;
                 }

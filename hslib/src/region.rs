@@ -393,10 +393,30 @@ struct Header {
 }
 
 /// Where a value of type `T` sits in a region (an offset, valid in every process).
-#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Slot<T> {
     offset: usize,
     _type: PhantomData<fn() -> T>,
+}
+
+// By hand: derives would demand the same traits of `T`, which a slot never touches.
+impl<T> std::fmt::Debug for Slot<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slot({})", self.offset)
+    }
+}
+
+impl<T> PartialEq for Slot<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.offset == other.offset
+    }
+}
+
+impl<T> Eq for Slot<T> {}
+
+impl<T> std::hash::Hash for Slot<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.offset.hash(state);
+    }
 }
 
 impl<T> Clone for Slot<T> {

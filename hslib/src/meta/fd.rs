@@ -52,6 +52,9 @@ pub const RESTORABLE_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_NOATIME
     | libc::O_LARGEFILE;
 
+/// How long a restore waits for an address a dying process still holds.
+pub const BIND_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The longest registration name.
 pub const MAX_NAME_LEN: usize = 255;
 
@@ -692,7 +695,17 @@ fn restore_listener(r: &FdRecord, l: &ListeningSocket) -> Result<(), FdError> {
         SocketName::Abstract(_) | SocketName::Unnamed => {}
     }
     let addr = l.local.to_sockaddr().ok_or(err("bind", Errno::EINVAL))?;
-    socket::bind(raw, addr.as_ref()).map_err(|e| err("bind", e))?;
+    // A promoted spare restores as soon as the primary's stream ends, while the kernel may
+    // still be releasing the dead primary's listener: give it a moment.
+    let start = std::time::Instant::now();
+    loop {
+        match socket::bind(raw, addr.as_ref()) {
+            Err(Errno::EADDRINUSE) if start.elapsed() < BIND_GRACE => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            other => break other.map_err(|e| err("bind", e))?,
+        }
+    }
     // The kernel caps the backlog at net.core.somaxconn anyway; nix refuses larger values.
     let backlog = l.backlog.map_or(Ok(Backlog::MAXCONN), |b| {
         Backlog::new(i32::try_from(b).unwrap_or(i32::MAX).min(libc::SOMAXCONN))
