@@ -273,8 +273,10 @@ fn the_spares_terminal_is_untouched_until_it_is_promoted() {
     assert!(!spare.screen().hide_cursor());
 }
 
-/// A headless child with piped stdin and stdout.
+/// A headless child with piped stdin and stdout; `strategy` is `copy` or `fork`, optionally
+/// followed by `/` and the tracker to force (the game's default is `full`).
 fn headless(dir: &Path, socks: &Path, role: &str, strategy: &str, status: &Path) -> Child {
+    let (strategy, tracker) = strategy.split_once('/').unwrap_or((strategy, ""));
     let (seed, level) = (SEED.to_string(), LEVEL.to_string());
     let mut cmd = tetris_with_status(
         &args(&[&"--headless", &"--seed", &seed, &"-l", &level]),
@@ -286,6 +288,7 @@ fn headless(dir: &Path, socks: &Path, role: &str, strategy: &str, status: &Path)
         .env("HS_SOCKET_NAME", "x")
         .env("HS_MODE", "sync")
         .env("HS_STRATEGY", strategy)
+        .env("HS_TRACKER", tracker)
         .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -353,6 +356,7 @@ fn a_headless_spare_takes_over_and_the_replayed_rest_ends_the_same_copy() {
     for cut in [1, 200, 480] {
         headless_failover("copy", cut);
     }
+    headless_failover("copy/uffd", 250);
 }
 
 #[test]
@@ -360,4 +364,31 @@ fn a_headless_spare_takes_over_and_the_replayed_rest_ends_the_same_fork() {
     for cut in [1, 333] {
         headless_failover("fork", cut);
     }
+    headless_failover("fork/uffd", 99);
+}
+
+#[test]
+fn a_spare_whose_primary_finishes_the_game_exits_quietly() {
+    let dir = TempDir::new().expect("tempdir");
+    let socks = socket_dir(dir.path());
+    let script = script();
+    let plain = tetris::headless::to_json(&tetris::headless::run_script(
+        &common::options(),
+        SEED,
+        &script,
+    ));
+    let (p_status, s_status) = (dir.path().join("p-status"), dir.path().join("s-status"));
+    let spare = headless(dir.path(), &socks, "spare", "copy", &s_status);
+    let mut primary = headless(dir.path(), &socks, "primary", "copy", &p_status);
+    let mut to_primary = primary.stdin.take().expect("piped stdin");
+    to_primary.write_all(&script).expect("feeding the primary");
+    drop(to_primary);
+    let done = primary.wait_with_output().expect("the primary's output");
+    assert!(done.status.success(), "{done:?}");
+    assert_eq!(String::from_utf8_lossy(&done.stdout), format!("{plain}\n"));
+    let spare = spare.wait_with_output().expect("the spare's output");
+    assert!(spare.status.success(), "{spare:?}");
+    assert!(spare.stdout.is_empty(), "the spare played: {spare:?}");
+    assert!(spare.stderr.is_empty(), "{spare:?}");
+    assert_eq!(std::fs::read_to_string(&s_status).expect("status"), "");
 }
