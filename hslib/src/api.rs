@@ -117,13 +117,11 @@ pub enum HsError {
     /// A session with the primary failed.
     #[error(transparent)]
     Session(#[from] SessionError),
-    /// A checkpoint log could not be replayed.
-    #[error("replaying checkpoint log {path:?} failed: {source}")]
-    Replay {
+    /// A checkpoint log holds no complete checkpoint.
+    #[error("checkpoint log {path:?} holds no complete checkpoint to resume from")]
+    EmptyLog {
         /// The log.
         path: PathBuf,
-        /// Why.
-        source: ReplicaError,
     },
     /// `fork()` or a pipe for a fork snapshot failed.
     #[error("forking a snapshot child failed: {0}")]
@@ -348,6 +346,15 @@ impl HotSpare {
         self
     }
 
+    /// The tracking backend to use unless `HS_TRACKER` names one (instead of probing).
+    pub fn default_tracker(mut self, backend: Backend) -> Self {
+        let overridden = std::env::var(track::ENV_OVERRIDE).is_ok_and(|v| !v.is_empty());
+        if !overridden {
+            self.tracker = Some(backend);
+        }
+        self
+    }
+
     /// Applies the `HS_*` variables a supervisor sets (see the module docs); unset ones
     /// leave the builder's settings.
     pub fn from_env(mut self) -> Result<Self, HsError> {
@@ -431,12 +438,7 @@ impl HotSpare {
                 }
                 let epoch = replica.highest_epoch().unwrap_or(0).max(self.epoch - 1) + 1;
                 let Some(committed) = replica.into_committed() else {
-                    return Err(HsError::Replay {
-                        path,
-                        source: ReplicaError::NoSession {
-                            kind: crate::wire::FrameKind::Commit,
-                        },
-                    });
+                    return Err(HsError::EmptyLog { path });
                 };
                 if matches!(self.link, LinkConfig::Null) {
                     self.link = LinkConfig::File { path, append: true };
@@ -710,6 +712,18 @@ fn calibrated(table: &[RegionInfo]) -> CostModel {
                 copy_fixed_ns: 0.0,
                 copy_ns_per_byte: 0.0,
                 fork_ns: f64::INFINITY,
+            }
+        }
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // The tracker lets go of each region before the region is unmapped (the mprotect
+        // backend would otherwise keep claiming an address range nothing is mapped at).
+        for r in &self.regions {
+            if let Err(e) = self.tracker.unregister(r.id()) {
+                tracing::warn!(region = %r.id(), error = %e, "unregistering a region failed");
             }
         }
     }

@@ -565,8 +565,14 @@ impl Sender_ {
                 tracing::warn!(error = %e, "sending the goodbye failed");
             }
             // Shut the socket down, not just this descriptor: the ack reader holds a
-            // duplicate, and the spare must see the stream end.
-            let _ = open.writer.get_ref().shutdown();
+            // duplicate, and the spare must see the stream end. After a goodbye only our
+            // sending side: the spare's last acks still arrive, and its reads see the
+            // goodbye before the end.
+            let _ = if goodbye {
+                open.writer.get_ref().shutdown_write()
+            } else {
+                open.writer.get_ref().shutdown()
+            };
             let p = self.shared.lock();
             self.shared.live.store(false, Ordering::Release);
             drop(p);
@@ -706,7 +712,7 @@ impl Sender_ {
         if let Some(open) = &self.open
             && !open.acks
             && self.params.sync_sink
-            && let Err(e) = open.writer.get_ref().shutdown()
+            && let Err(e) = open.writer.get_ref().sync()
         {
             tracing::warn!(error = %e, "syncing the checkpoint log failed");
         }

@@ -720,6 +720,9 @@ impl Replica {
         mut send: impl FnMut(&mut S, u64, u64, &Ack) -> Result<(), WireError>,
     ) -> StreamEnd {
         let mut commits = 0;
+        // An ack that cannot be sent does not end the reading: frames the primary wrote
+        // before it hung up (its goodbye above all) are still in the stream.
+        let mut send_error = None;
         let error = loop {
             let frame = match wire::read_frame(stream) {
                 Ok(Some(f)) => f,
@@ -739,14 +742,17 @@ impl Replica {
                     let Some((epoch, seq)) = self.take_ack_slot() else {
                         continue;
                     };
-                    if let Err(e) = send(stream, epoch, seq, &ack) {
-                        break Some(e.into());
+                    if send_error.is_none()
+                        && let Err(e) = send(stream, epoch, seq, &ack)
+                    {
+                        send_error = Some(e);
                     }
                 }
                 Err(e) => break Some(e),
             }
         };
         self.end_session();
+        let error = error.or_else(|| send_error.map(ReplicaError::from));
         StreamEnd { commits, error }
     }
 }

@@ -141,6 +141,14 @@ fn worker(ctx: &mut Context) -> WorkerResult {
         std::fs::write(out, s)?;
         return Ok(());
     }
+    if std::env::var_os("RT_WAIT_SPARE").is_some() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ctx.link_stats().synced {
+            assert!(std::time::Instant::now() < deadline, "no spare synced");
+            std::thread::sleep(Duration::from_millis(1));
+            ctx.checkpoint()?;
+        }
+    }
     for i in 1..=steps {
         step(ctx, i)?;
     }
@@ -186,7 +194,10 @@ fn child_role() {
     }
     match hs.run().expect("run") {
         Outcome::Finished { .. } => {}
-        other => panic!("unexpected outcome {other:?}"),
+        Outcome::PrimaryFinished { checkpoint } => {
+            let out = std::env::var("RT_GOODBYE").expect("a spare expecting a goodbye");
+            std::fs::write(out, format!("{checkpoint:?}")).expect("write");
+        }
     }
 }
 
@@ -349,4 +360,45 @@ fn a_checkpoint_log_resumes_where_the_primary_died() {
         .open(&log)
         .expect("log");
     f.write_all(b"").expect("log still writable");
+}
+
+/// A primary that finishes on purpose says goodbye: its spare exits instead of taking over,
+/// in async mode too, where the spare's acks may meet a closed socket before it has read
+/// the goodbye.
+#[test]
+fn a_spare_whose_primary_finishes_exits_instead_of_taking_over() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("sock");
+        let log = dir.path().join("app.log");
+        let expect = dir.path().join("expect");
+        let goodbye = dir.path().join("goodbye");
+        let base = [
+            ("HS_TRANSPORT", "unix"),
+            ("HS_SOCKET_DIR", sock.to_str().expect("utf-8")),
+            ("HS_SOCKET_NAME", "bye"),
+            ("HS_MODE", "async"),
+            ("RT_LOG", log.to_str().expect("utf-8")),
+            ("RT_STEPS", "400"),
+            ("RT_OUT", expect.to_str().expect("utf-8")),
+            ("RT_GOODBYE", goodbye.to_str().expect("utf-8")),
+        ];
+        let mut spare_env = base.to_vec();
+        spare_env.push(("HS_ROLE", "spare"));
+        let mut spare = spawn_role(&spare_env);
+        let mut primary_env = base.to_vec();
+        primary_env.extend([("HS_ROLE", "primary"), ("RT_WAIT_SPARE", "1")]);
+        let mut primary = spawn_role(&primary_env);
+        assert!(primary.wait().expect("primary").success());
+        let status = spare.wait().expect("spare");
+        assert!(
+            status.success(),
+            "round {round}: the spare failed: {status}"
+        );
+        let said = std::fs::read_to_string(&goodbye).unwrap_or_default();
+        assert!(
+            said.starts_with("Some("),
+            "round {round}: the spare did not end on the primary's goodbye ({said:?})"
+        );
+    }
 }

@@ -191,4 +191,8 @@ impl Endpoint for FileLog {
     fn acks(&self) -> bool {
         false
     }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
 }

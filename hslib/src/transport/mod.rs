@@ -42,6 +42,15 @@ pub trait Endpoint: Read + Write + Send {
     fn acks(&self) -> bool {
         true
     }
+    /// Makes what was written durable where that means something (a log: `fdatasync`).
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Closes the sending direction only (the peer reads end of stream; its answers still
+    /// arrive). By default both directions.
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown()
+    }
 }
 
 /// What went wrong setting up or using a transport.
@@ -176,6 +185,14 @@ impl<E: Endpoint + ?Sized> Endpoint for &mut E {
     fn acks(&self) -> bool {
         (**self).acks()
     }
+
+    fn sync(&self) -> io::Result<()> {
+        (**self).sync()
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        (**self).shutdown_write()
+    }
 }
 
 impl<E: Endpoint + ?Sized> Endpoint for Box<E> {
@@ -202,6 +219,14 @@ impl<E: Endpoint + ?Sized> Endpoint for Box<E> {
     fn acks(&self) -> bool {
         (**self).acks()
     }
+
+    fn sync(&self) -> io::Result<()> {
+        (**self).sync()
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        (**self).shutdown_write()
+    }
 }
 
 /// A connected Unix socket pair end (e.g. from `socketpair` between a parent and a spare it
@@ -225,5 +250,9 @@ impl Endpoint for std::os::unix::net::UnixStream {
 
     fn as_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(AsFd::as_fd(self))
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        std::os::unix::net::UnixStream::shutdown(self, std::net::Shutdown::Write)
     }
 }

@@ -363,6 +363,10 @@ impl Endpoint for TcpEndpoint {
         Some(std::os::fd::AsFd::as_fd(&self.stream))
     }
 
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.stream.shutdown(Shutdown::Write)
+    }
+
     fn shutdown(&self) -> io::Result<()> {
         self.stream.shutdown(Shutdown::Both)
     }

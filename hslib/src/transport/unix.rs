@@ -201,6 +201,10 @@ impl Endpoint for UnixEndpoint {
         Some(std::os::fd::AsFd::as_fd(&self.stream))
     }
 
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Write)
+    }
+
     fn shutdown(&self) -> io::Result<()> {
         self.stream.shutdown(std::net::Shutdown::Both)
     }

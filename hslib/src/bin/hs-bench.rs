@@ -1,0 +1,449 @@
+//! `hs-bench`: the paper's performance chapter on this machine.
+//!
+//! `hs-bench paper [--json] [--out DIR] [--quick]` runs
+//! (a) stall vs registered size, 64 KiB to 64 MiB, 10% of pages dirtied between checkpoints
+//!     in sets of four contiguous pages, and
+//! (b) stall vs dirty share, 1 to 95%, at 4 MiB,
+//! for each strategy: `fork-full` (plain fork, every page shipped), `fork-incremental` (the
+//! paper's cptfork), `copy-full` (a synchronous copy of everything to a pipe: the paper's
+//! baseline), `copy-incremental`, `adaptive`, and `memcpy-limit` (copying just the dirty
+//! bytes: the floor). The stall is the time inside `checkpoint()`; everything shipped is
+//! drained by a reader on the other end of a socket pair, as the paper's pipe was.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use hslib::track::Backend;
+use hslib::{Context, HotSpare, LinkConfig, Mode, RegionId, Role, Strategy, WorkerResult};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hs-bench",
+    about = "Checkpoint stall benchmarks (the paper's figures)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The paper's two experiments: stall vs registered size, and stall vs dirty share.
+    Paper {
+        /// One JSON object per measured point on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also write results.csv and the two SVG charts into this directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Fewer checkpoints per point and sizes up to 4 MiB (a smoke run).
+        #[arg(long)]
+        quick: bool,
+        /// Only these strategies (comma-separated names).
+        #[arg(long, value_delimiter = ',')]
+        strategies: Vec<String>,
+    },
+}
+
+/// How one series is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Series {
+    ForkFull,
+    ForkIncremental,
+    CopyFull,
+    CopyIncremental,
+    Adaptive,
+    MemcpyLimit,
+}
+
+const SERIES: [Series; 6] = [
+    Series::ForkFull,
+    Series::ForkIncremental,
+    Series::CopyFull,
+    Series::CopyIncremental,
+    Series::Adaptive,
+    Series::MemcpyLimit,
+];
+
+impl Series {
+    fn name(self) -> &'static str {
+        match self {
+            Series::ForkFull => "fork-full",
+            Series::ForkIncremental => "fork-incremental",
+            Series::CopyFull => "copy-full",
+            Series::CopyIncremental => "copy-incremental",
+            Series::Adaptive => "adaptive",
+            Series::MemcpyLimit => "memcpy-limit",
+        }
+    }
+
+    /// Strategy, mode and tracker (`None`: not through hslib).
+    fn setup(self) -> Option<(Strategy, Mode, Backend)> {
+        match self {
+            Series::ForkFull => Some((Strategy::Fork, Mode::Async, Backend::Full)),
+            Series::ForkIncremental => Some((Strategy::Fork, Mode::Async, Backend::Uffd)),
+            // Sync over a sink without acks returns once everything is written to the pipe.
+            Series::CopyFull => Some((Strategy::Copy, Mode::Sync, Backend::Full)),
+            Series::CopyIncremental => Some((Strategy::Copy, Mode::Async, Backend::Uffd)),
+            Series::Adaptive => Some((Strategy::Adaptive, Mode::Async, Backend::Uffd)),
+            Series::MemcpyLimit => None,
+        }
+    }
+}
+
+/// One measured point.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Point {
+    experiment: &'static str,
+    strategy: &'static str,
+    region_bytes: u64,
+    dirty_pct: u32,
+    stall_us_p50: f64,
+    stall_us_p99: f64,
+    bytes_shipped: u64,
+}
+
+const PAGE: usize = 4096;
+const REGION: RegionId = RegionId(3000);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hs-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let Command::Paper {
+        json,
+        out,
+        quick,
+        strategies,
+    } = cli.command;
+    let series: Vec<Series> = if strategies.is_empty() {
+        SERIES.to_vec()
+    } else {
+        strategies
+            .iter()
+            .map(|n| {
+                SERIES
+                    .iter()
+                    .copied()
+                    .find(|s| s.name() == n)
+                    .ok_or_else(|| format!("unknown strategy {n:?}"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let sizes: &[usize] = if quick {
+        &[64 << 10, 256 << 10, 1 << 20, 4 << 20]
+    } else {
+        &[64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
+    };
+    let shares = [1, 5, 10, 25, 50, 75, 95];
+    let mut points = Vec::new();
+    let mut emit = |p: Point| -> Result<(), Box<dyn std::error::Error>> {
+        let mut stdout = std::io::stdout().lock();
+        if json {
+            writeln!(stdout, "{}", serde_json::to_string(&p)?)?;
+        } else {
+            writeln!(
+                stdout,
+                "{:<6} {:<17} {:>9} KiB {:>3}%  p50 {:>9.1} us  p99 {:>9.1} us  shipped {:>9} B",
+                p.experiment,
+                p.strategy,
+                p.region_bytes / 1024,
+                p.dirty_pct,
+                p.stall_us_p50,
+                p.stall_us_p99,
+                p.bytes_shipped
+            )?;
+        }
+        points.push(p);
+        Ok(())
+    };
+    for &size in sizes {
+        for &s in &series {
+            emit(measure("size", s, size, 10, quick)?)?;
+        }
+    }
+    for &pct in &shares {
+        for &s in &series {
+            emit(measure("dirty", s, 4 << 20, pct, quick)?)?;
+        }
+    }
+    if let Some(dir) = out {
+        std::fs::create_dir_all(&dir)?;
+        write_csv(&dir.join("results.csv"), &points)?;
+        chart(
+            &dir.join("stall-vs-size.svg"),
+            &points,
+            "size",
+            "Checkpoint stall vs registered size (10% dirty)",
+            "registered size (KiB)",
+        )?;
+        chart(
+            &dir.join("stall-vs-dirty.svg"),
+            &points,
+            "dirty",
+            "Checkpoint stall vs dirty share (4 MiB)",
+            "dirty pages (%)",
+        )?;
+    }
+    Ok(())
+}
+
+/// Checkpoints per point: enough for a stable p99 where they are cheap.
+fn iterations(size: usize, quick: bool) -> usize {
+    match (quick, size) {
+        (true, _) => 20,
+        (false, s) if s <= 4 << 20 => 300,
+        (false, s) if s <= 16 << 20 => 100,
+        _ => 40,
+    }
+}
+
+/// The dirty sets of one interval: `pct` percent of the pages, in sets of four contiguous
+/// pages at random set positions (at least one set).
+fn dirty_sets(pages: usize, pct: u32, rng: &mut u64) -> Vec<usize> {
+    let sets = pages / 4;
+    let want = ((pages as u64 * u64::from(pct)).div_ceil(400) as usize).clamp(1, sets);
+    let mut all: Vec<usize> = (0..sets).collect();
+    // Partial Fisher-Yates with xorshift: the first `want` entries are a random choice.
+    for i in 0..want {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let j = i + (*rng as usize) % (sets - i);
+        all.swap(i, j);
+    }
+    all.truncate(want);
+    all.sort_unstable();
+    all
+}
+
+fn touch(bytes: &mut [u8], sets: &[usize], stamp: u8) {
+    for &set in sets {
+        for p in 0..4 {
+            bytes[(set * 4 + p) * PAGE] = stamp;
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn measure(
+    experiment: &'static str,
+    series: Series,
+    size: usize,
+    pct: u32,
+    quick: bool,
+) -> Result<Point, Box<dyn std::error::Error>> {
+    let n = iterations(size, quick);
+    let (stalls, shipped) = match series.setup() {
+        None => memcpy_limit(size, pct, n),
+        Some((strategy, mode, backend)) => through_hslib(strategy, mode, backend, size, pct, n)?,
+    };
+    let mut stalls = stalls;
+    stalls.sort_unstable();
+    Ok(Point {
+        experiment,
+        strategy: series.name(),
+        region_bytes: size as u64,
+        dirty_pct: pct,
+        stall_us_p50: percentile(&stalls, 0.5),
+        stall_us_p99: percentile(&stalls, 0.99),
+        bytes_shipped: shipped,
+    })
+}
+
+/// The floor: copying exactly the dirty pages into a reused buffer.
+fn memcpy_limit(size: usize, pct: u32, n: usize) -> (Vec<Duration>, u64) {
+    let mut src = vec![1u8; size];
+    let mut dst: Vec<u8> = Vec::with_capacity(size);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut stalls = Vec::with_capacity(n);
+    let mut shipped = 0;
+    for i in 0..n + 1 {
+        let sets = dirty_sets(size / PAGE, pct, &mut rng);
+        touch(&mut src, &sets, i as u8);
+        let t = Instant::now();
+        dst.clear();
+        for &set in &sets {
+            dst.extend_from_slice(&src[set * 4 * PAGE..(set * 4 + 4) * PAGE]);
+        }
+        std::hint::black_box(&mut dst);
+        let spent = t.elapsed();
+        if i > 0 {
+            stalls.push(spent);
+            shipped = dst.len() as u64;
+        }
+    }
+    (stalls, shipped)
+}
+
+type Measured = std::rc::Rc<std::cell::RefCell<(Vec<Duration>, u64)>>;
+
+fn through_hslib(
+    strategy: Strategy,
+    mode: Mode,
+    backend: Backend,
+    size: usize,
+    pct: u32,
+    n: usize,
+) -> Result<(Vec<Duration>, u64), Box<dyn std::error::Error>> {
+    let measured: Measured = Default::default();
+    let out = std::rc::Rc::clone(&measured);
+    HotSpare::new("hs-bench")
+        .region(REGION, size)
+        .strategy(strategy)
+        .mode(mode)
+        .tracker(backend)
+        .role(Role::Standalone)
+        .link(LinkConfig::Drain)
+        .init(move |ctx: &mut Context| -> WorkerResult {
+            // Populate every page, as an application's state would be.
+            ctx.region_mut(REGION)?.as_bytes_mut().fill(1);
+            Ok(())
+        })
+        .worker(move |ctx: &mut Context| -> WorkerResult {
+            ctx.flush()?;
+            if strategy == Strategy::Adaptive {
+                ctx.calibrate();
+            }
+            let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+            let mut stalls = Vec::with_capacity(n);
+            let before = ctx.link_stats().bytes;
+            for i in 0..n {
+                let sets = dirty_sets(size / PAGE, pct, &mut rng);
+                touch(ctx.region_mut(REGION)?.as_bytes_mut(), &sets, i as u8);
+                let t = Instant::now();
+                ctx.checkpoint()?;
+                stalls.push(t.elapsed());
+                // Each checkpoint is measured alone: the previous one is off the machine.
+                ctx.flush()?;
+            }
+            let shipped = (ctx.link_stats().bytes - before) / n.max(1) as u64;
+            *out.borrow_mut() = (stalls, shipped);
+            Ok(())
+        })
+        .run()?;
+    let m = measured.borrow().clone();
+    Ok(m)
+}
+
+fn write_csv(path: &Path, points: &[Point]) -> std::io::Result<()> {
+    let mut s = String::from(
+        "experiment,strategy,region_bytes,dirty_pct,stall_us_p50,stall_us_p99,bytes_shipped\n",
+    );
+    for p in points {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{:.2},{:.2},{}",
+            p.experiment,
+            p.strategy,
+            p.region_bytes,
+            p.dirty_pct,
+            p.stall_us_p50,
+            p.stall_us_p99,
+            p.bytes_shipped
+        );
+    }
+    std::fs::write(path, s)
+}
+
+/// A log-log (size) or log-linear (dirty share) chart of p50 stall per strategy, one line
+/// each, drawn like the paper's figures.
+fn chart(
+    path: &Path,
+    points: &[Point],
+    experiment: &str,
+    title: &str,
+    x_label: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let pts: Vec<&Point> = points
+        .iter()
+        .filter(|p| p.experiment == experiment)
+        .collect();
+    if pts.is_empty() {
+        return Ok(());
+    }
+    let x_of = |p: &Point| {
+        if experiment == "size" {
+            p.region_bytes as f64 / 1024.0
+        } else {
+            f64::from(p.dirty_pct)
+        }
+    };
+    let (xmin, xmax) = pts
+        .iter()
+        .map(|p| x_of(p))
+        .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+    let (ymin, ymax) = pts
+        .iter()
+        .map(|p| p.stall_us_p50.max(0.1))
+        .fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(72);
+    let colours = [RED, BLUE, GREEN, MAGENTA, BLACK, CYAN];
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .y_desc("stall p50 (us, log)")
+                .draw()?;
+            for (i, s) in SERIES.iter().enumerate() {
+                let line: Vec<(f64, f64)> = pts
+                    .iter()
+                    .filter(|p| p.strategy == s.name())
+                    .map(|p| (x_of(p), p.stall_us_p50.max(0.1)))
+                    .collect();
+                if line.is_empty() {
+                    continue;
+                }
+                let c = colours[i % colours.len()];
+                chart
+                    .draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))?
+                    .label(s.name())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
+                chart.draw_series(line.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }};
+    }
+    let y = (ymin / 2.0..ymax * 2.0).log_scale();
+    if experiment == "size" {
+        draw!(builder.build_cartesian_2d((xmin / 1.5..xmax * 1.5).log_scale(), y)?);
+    } else {
+        draw!(builder.build_cartesian_2d(0.0..100.0, y)?);
+    }
+    root.present()?;
+    Ok(())
+}
