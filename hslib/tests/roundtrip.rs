@@ -142,9 +142,9 @@ fn worker(ctx: &mut Context) -> WorkerResult {
         return Ok(());
     }
     if std::env::var_os("RT_WAIT_SPARE").is_some() {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !ctx.link_stats().synced {
-            assert!(std::time::Instant::now() < deadline, "no spare synced");
+            assert!(Instant::now() < deadline, "no spare synced");
             std::thread::sleep(Duration::from_millis(1));
             ctx.checkpoint()?;
         }
