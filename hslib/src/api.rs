@@ -26,7 +26,7 @@ use std::error::Error;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::link::{Link, LinkConfig, LinkError, LinkStats, StreamParams};
+use crate::link::{Link, LinkConfig, LinkError, LinkProbe, LinkStats, StreamParams};
 use crate::meta::{Blobs, FdRegistry, Handler, MetaError, MetadataRef, RegionInfo, SignalRegistry};
 use crate::region::{Region, RegionError, RegionId, Slot};
 use crate::replica::{Committed, Replica, ReplicaConfig, ReplicaError};
@@ -813,6 +813,12 @@ impl Context {
     /// The link's counters.
     pub fn link_stats(&self) -> LinkStats {
         self.link.as_ref().map(Link::stats).unwrap_or_default()
+    }
+
+    /// A handle on the link's counters that another thread can keep (e.g. to report them
+    /// while the worker waits); `None` before the link is open.
+    pub fn link_probe(&self) -> Option<LinkProbe> {
+        self.link.as_ref().map(Link::probe)
     }
 
     /// Waits until every checkpoint taken so far is on the stream (or dropped for want of a

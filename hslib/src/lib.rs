@@ -33,7 +33,7 @@ pub use api::{
     Checkpoint, Context, HotSpare, HsError, Mode, Outcome, Restored, Role, WorkerError,
     WorkerResult,
 };
-pub use link::{LinkConfig, LinkStats};
+pub use link::{LinkConfig, LinkProbe, LinkStats};
 pub use region::{Region, RegionError, RegionId, Slot};
 pub use runs::{PageRun, PageRuns};
 pub use snapshot::Strategy;

@@ -77,6 +77,8 @@ struct Progress {
     /// Checkpoints written and their page bytes.
     written: u64,
     bytes: u64,
+    /// The number of the last checkpoint written (0: none yet).
+    last_written: u64,
     /// The first (full) checkpoint of the open session, once written.
     session_full: Option<u64>,
 }
@@ -132,6 +134,39 @@ pub struct LinkStats {
     /// Whether the open session's spare holds a checkpoint: its full checkpoint was acked
     /// (a sink: written). Until then a new spare protects nothing.
     pub synced: bool,
+    /// The number of the last checkpoint written (0: none yet); with `acked`, how far the
+    /// spare lags behind.
+    pub last_written: u64,
+}
+
+impl Shared {
+    fn stats(&self) -> LinkStats {
+        let p = self.lock();
+        let live = self.live.load(Ordering::Acquire);
+        LinkStats {
+            written: p.written,
+            bytes: p.bytes,
+            acked: p.acked,
+            sessions: self.generation.load(Ordering::Acquire),
+            live,
+            synced: live && p.session_full.is_some_and(|cp| p.acked >= cp),
+            last_written: p.last_written,
+        }
+    }
+}
+
+/// A link's counters, readable from any thread for as long as it is kept (a status display
+/// next to the worker); it outlives the link and then shows its last counters.
+#[derive(Debug, Clone)]
+pub struct LinkProbe {
+    shared: Arc<Shared>,
+}
+
+impl LinkProbe {
+    /// The link's counters now.
+    pub fn stats(&self) -> LinkStats {
+        self.shared.stats()
+    }
 }
 
 /// What a snapshot taken now is for.
@@ -389,14 +424,13 @@ impl Link {
 
     /// The link's counters.
     pub fn stats(&self) -> LinkStats {
-        let p = self.shared.lock();
-        LinkStats {
-            written: p.written,
-            bytes: p.bytes,
-            acked: p.acked,
-            sessions: self.shared.generation.load(Ordering::Acquire),
-            live: self.live(),
-            synced: self.live() && p.session_full.is_some_and(|cp| p.acked >= cp),
+        self.shared.stats()
+    }
+
+    /// A handle on the counters for another thread.
+    pub fn probe(&self) -> LinkProbe {
+        LinkProbe {
+            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -680,6 +714,7 @@ impl Sender_ {
                 let mut p = self.shared.lock();
                 p.written += 1;
                 p.bytes += bytes;
+                p.last_written = cp;
                 if full {
                     p.session_full = Some(cp);
                 }

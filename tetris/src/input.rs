@@ -59,6 +59,32 @@ pub enum Event {
 pub trait Source {
     /// Waits at most `timeout` (`None`: for ever) for the next event.
     fn wait(&mut self, timeout: Option<Duration>) -> Result<Event, InputError>;
+
+    /// After an [`Event::Key`]: the input stream's byte position just past that key (the
+    /// bytes that made it, and any ignored sequence before it, included), counted from the
+    /// start of the stream the game has seen across restores. `None` when the source does
+    /// not count bytes.
+    fn position(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Where decoded keys go: each key with the stream position just past its bytes.
+pub trait KeySink {
+    /// One decoded key; `end` is the byte position after it.
+    fn push_key(&mut self, key: u8, end: u64);
+}
+
+impl KeySink for VecDeque<u8> {
+    fn push_key(&mut self, key: u8, _end: u64) {
+        self.push_back(key);
+    }
+}
+
+impl KeySink for VecDeque<(u8, u64)> {
+    fn push_key(&mut self, key: u8, end: u64) {
+        self.push_back((key, end));
+    }
 }
 
 /// Turns terminal bytes into key bytes.
@@ -66,6 +92,8 @@ pub trait Source {
 pub struct KeyDecoder {
     keys: [u8; 7],
     pending: Vec<u8>,
+    /// Stream position of the first pending byte: every byte before it is decided.
+    decided: u64,
 }
 
 /// How a prefix of the input decodes.
@@ -81,9 +109,16 @@ enum Decoded {
 impl KeyDecoder {
     /// A decoder mapping arrows onto `keys` (indexed by [`key`]).
     pub fn new(keys: [u8; 7]) -> Self {
+        Self::starting_at(keys, 0)
+    }
+
+    /// A decoder whose first byte is at stream position `start` (a restored game goes on
+    /// counting where its state says the stream was).
+    pub fn starting_at(keys: [u8; 7], start: u64) -> Self {
         Self {
             keys,
             pending: Vec::new(),
+            decided: start,
         }
     }
 
@@ -93,27 +128,29 @@ impl KeyDecoder {
     }
 
     /// Decodes `bytes` (after whatever was pending), appending complete keys to `out`.
-    pub fn feed(&mut self, bytes: &[u8], out: &mut VecDeque<u8>) {
+    pub fn feed<O: KeySink>(&mut self, bytes: &[u8], out: &mut O) {
         self.pending.extend_from_slice(bytes);
         let mut start = 0;
         while start < self.pending.len() {
             match self.decode(&self.pending[start..]) {
                 Decoded::Key(k, len) => {
-                    out.push_back(k);
                     start += len;
+                    out.push_key(k, self.decided + start as u64);
                 }
                 Decoded::Skip(len) => start += len,
                 Decoded::Incomplete => break,
             }
         }
         self.pending.drain(..start);
+        self.decided += start as u64;
     }
 
     /// Gives up waiting for the rest of a sequence: a lone ESC is a key; what follows it is
     /// decoded afresh.
-    pub fn flush(&mut self, out: &mut VecDeque<u8>) {
+    pub fn flush<O: KeySink>(&mut self, out: &mut O) {
         if self.pending.first() == Some(&ESC) {
-            out.push_back(ESC);
+            self.decided += 1;
+            out.push_key(ESC, self.decided);
             let rest = self.pending.split_off(1);
             self.pending.clear();
             self.feed(&rest, out);
@@ -168,21 +205,25 @@ pub struct TerminalInput<'a> {
     tty: BorrowedFd<'a>,
     signals: &'a Signals,
     decoder: KeyDecoder,
-    keys: VecDeque<u8>,
+    keys: VecDeque<(u8, u64)>,
     caught: VecDeque<Caught>,
     esc_since: Option<Instant>,
+    /// The stream position after the last key returned.
+    position: u64,
 }
 
 impl<'a> TerminalInput<'a> {
-    /// Reads keys from `tty` (the game's stdin), mapping arrows onto `keys`.
-    pub fn new(tty: BorrowedFd<'a>, signals: &'a Signals, keys: [u8; 7]) -> Self {
+    /// Reads keys from `tty` (the game's stdin), mapping arrows onto `keys`; the first byte
+    /// read is at stream position `start` (see [`Source::position`]).
+    pub fn new(tty: BorrowedFd<'a>, signals: &'a Signals, keys: [u8; 7], start: u64) -> Self {
         Self {
             tty,
             signals,
-            decoder: KeyDecoder::new(keys),
+            decoder: KeyDecoder::starting_at(keys, start),
             keys: VecDeque::new(),
             caught: VecDeque::new(),
             esc_since: None,
+            position: start,
         }
     }
 
@@ -192,6 +233,10 @@ impl<'a> TerminalInput<'a> {
 }
 
 impl Source for TerminalInput<'_> {
+    fn position(&self) -> Option<u64> {
+        Some(self.position)
+    }
+
     fn wait(&mut self, timeout: Option<Duration>) -> Result<Event, InputError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -199,7 +244,8 @@ impl Source for TerminalInput<'_> {
             if let Some(caught) = self.caught.pop_front() {
                 return Ok(Event::Signal(caught));
             }
-            if let Some(k) = self.keys.pop_front() {
+            if let Some((k, end)) = self.keys.pop_front() {
+                self.position = end;
                 return Ok(Event::Key(k));
             }
             let now = Instant::now();
@@ -269,7 +315,7 @@ mod tests {
 
     fn decode_all(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
         let mut d = KeyDecoder::new(DEFAULT_KEYS);
-        let mut out = VecDeque::new();
+        let mut out: VecDeque<u8> = VecDeque::new();
         for c in chunks {
             d.feed(c, &mut out);
         }
@@ -294,7 +340,7 @@ mod tests {
     #[test]
     fn arrows_follow_a_custom_key_map() {
         let mut d = KeyDecoder::new(*b"adwsxqz");
-        let mut out = VecDeque::new();
+        let mut out: VecDeque<u8> = VecDeque::new();
         d.feed(b"\x1bOD\x1bOA\x1bOC\x1bOB", &mut out);
         assert_eq!(out.into_iter().collect::<Vec<_>>(), b"adwz".to_vec());
     }
@@ -319,13 +365,29 @@ mod tests {
     #[test]
     fn a_trailing_esc_waits_then_flushes_as_a_key() {
         let mut d = KeyDecoder::new(DEFAULT_KEYS);
-        let mut out = VecDeque::new();
+        let mut out: VecDeque<u8> = VecDeque::new();
         d.feed(b"j\x1b", &mut out);
         assert_eq!(out, [b'j']);
         assert!(d.has_pending());
         d.flush(&mut out);
         assert_eq!(out, [b'j', ESC]);
         assert!(!d.has_pending());
+    }
+
+    #[test]
+    fn every_key_carries_the_position_after_its_bytes() {
+        let mut d = KeyDecoder::starting_at(DEFAULT_KEYS, 100);
+        let mut out: VecDeque<(u8, u64)> = VecDeque::new();
+        // j, an arrow split across reads, F1 (ignored: its bytes go with the next key), l.
+        d.feed(b"j\x1b[", &mut out);
+        d.feed(b"D\x1bOPl", &mut out);
+        assert_eq!(out, [(b'j', 101), (b'j', 104), (b'l', 108)]);
+        // A lone ESC flushed counts one byte; what followed it is decoded on.
+        let mut out: VecDeque<(u8, u64)> = VecDeque::new();
+        d.feed(b"\x1b", &mut out);
+        d.flush(&mut out);
+        d.feed(b"k", &mut out);
+        assert_eq!(out, [(ESC, 109), (b'k', 110)]);
     }
 
     #[test]

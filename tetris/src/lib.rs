@@ -5,8 +5,11 @@
 //! command line; [`scores`] keeps the high-score file; the terminal side (screen, input, clock)
 //! lives next to [`play`], the interactive main loop that ties them together. [`worker`] runs
 //! either loop as hslib's worker on the state in checkpoint memory, committing every change
-//! through a [`store::Store`]; [`stats`] and [`status`] are what it reports.
+//! through a [`store::Store`]; [`stats`] and [`status`] are what it reports. [`cli`] is the
+//! whole `tetris` command as a function, for the binary and for supervisors that run the game
+//! as their own executable.
 
+pub mod cli;
 pub mod clock;
 pub mod headless;
 pub mod input;

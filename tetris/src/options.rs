@@ -131,7 +131,9 @@ its primary dies; then it takes over with the primary's last checkpoint.
 to it; the game's seed, level and keys then come from the checkpoint. A headless game that
 continues from a checkpoint passes over the inputs it had consumed when it reads a --script
 FILE, and reads on when it reads stdin. Such a game first writes one line to the descriptor
-$TETRIS_STATUS_FD names, if it is open: {\"resumed\":{\"checkpoint\":C,\"inputs\":N,\"epoch\":E}}.
+$TETRIS_STATUS_FD names, if it is open: {\"resumed\":{\"checkpoint\":C,\"inputs\":N,\"epoch\":E}}
+(a game on a terminal adds ,\"tty_bytes\":T: the terminal bytes its state accounts for).
+$TETRIS_STATS_MS=MS adds a {\"stats\":{...}} line there at most every MS ms (see the man page).
 --stats FILE writes at the end {\"checkpoints\":N,\"bytes\":N,\"stall_us\":{\"p50\":F,\"p99\":F,\"max\":F}},
 the stall being the time the game spent inside each checkpoint. $TETRIS_LOG names a file for
 the checkpoint library's log.

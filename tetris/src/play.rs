@@ -118,14 +118,17 @@ pub fn play<St: Store>(store: &mut St, colour: bool) -> anyhow::Result<Ending> {
     if !screen::fits_screen(cols, rows) {
         return Ok(Ending::TooSmall);
     }
-    let keys = store.state()?.keys;
+    let (keys, tty_bytes) = {
+        let state = store.state()?;
+        (state.keys, state.tty_bytes)
+    };
     let stdin = std::io::stdin();
     let tty = stdin.as_fd();
     let signals = Signals::install()?;
     let mode = GameMode::enter(tty)?;
     let terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     let mut frontend = TtyFrontend { terminal, mode };
-    let mut input = TerminalInput::new(tty, &signals, keys);
+    let mut input = TerminalInput::new(tty, &signals, keys, tty_bytes);
     let ending = game_loop(
         store,
         colour,
@@ -205,7 +208,7 @@ where
                 store.commit()?;
                 if outcome.cleared_rows > 0
                     && let After::End(ending) =
-                        show_elide(&before, &after, colour, front, input, clock)?
+                        show_elide(store, &before, &after, colour, front, input, clock)?
                 {
                     return Ok(ending);
                 }
@@ -214,6 +217,9 @@ where
                 if !frozen {
                     // BSD's rwait: a key arriving at or after expiry uses the expiry up.
                     state.timer_left_us = state.timer_left_us.saturating_sub(waited_us);
+                }
+                if let Some(end) = input.position() {
+                    state.tty_bytes = end;
                 }
                 // The loop's first check means the key is consumed: the state changed.
                 let outcome = rules::step(state, Input::Key(k), Mode::Interactive);
@@ -298,8 +304,11 @@ where
 
 /// BSD's `elide` on screen: for each full row, top to bottom, show it cleared, wait a fall
 /// rate, show the rows above shifted down, wait a fall rate; keys typed meanwhile are read
-/// and dropped. `before` is the state just before the lock, `after` just after.
-fn show_elide<F, S, C>(
+/// and dropped (and committed as accounted for, so a supervisor never replays them to a
+/// restored game as real moves). `before` is the state just before the lock, `after` just
+/// after.
+fn show_elide<St, F, S, C>(
+    store: &mut St,
     before: &GameState,
     after: &GameState,
     colour: bool,
@@ -308,6 +317,7 @@ fn show_elide<F, S, C>(
     clock: &C,
 ) -> anyhow::Result<After>
 where
+    St: Store,
     F: Frontend,
     S: Source,
     C: Clock,
@@ -334,7 +344,12 @@ where
             }
             match input.wait(Some(left))? {
                 Event::Timeout => break,
-                Event::Key(_) => {}
+                Event::Key(_) => {
+                    if let Some(end) = input.position() {
+                        store.state()?.tty_bytes = end;
+                        store.commit()?;
+                    }
+                }
                 Event::Signal(caught) => {
                     if let After::End(ending) = on_signal(caught, front, &shown, &view)? {
                         return Ok(After::End(ending));
@@ -390,6 +405,8 @@ mod tests {
         waits: Vec<Option<Duration>>,
         /// Set when Ctrl-L is delivered, so the frontend scribbles on the screen just then.
         scribble_on_ctrl_l: Option<Rc<Cell<bool>>>,
+        /// When set, the stream position: each key counts as two bytes.
+        position: Option<u64>,
     }
 
     impl Scripted {
@@ -402,6 +419,7 @@ mod tests {
                     .collect(),
                 waits: Vec::new(),
                 scribble_on_ctrl_l: None,
+                position: None,
             }
         }
 
@@ -414,6 +432,10 @@ mod tests {
     }
 
     impl Source for Scripted {
+        fn position(&self) -> Option<u64> {
+            self.position
+        }
+
         fn wait(&mut self, timeout: Option<Duration>) -> Result<Event, InputError> {
             self.waits.push(timeout);
             let now = self.clock.now();
@@ -421,6 +443,9 @@ mod tests {
                 Some(&(at, event)) if timeout.is_none_or(|t| at <= now + t) => {
                     self.events.pop_front();
                     self.clock.advance_to(at);
+                    if let (Event::Key(_), Some(p)) = (event, &mut self.position) {
+                        *p += 2;
+                    }
                     if let (Event::Key(rules::CTRL_L), Some(flag)) =
                         (event, &self.scribble_on_ctrl_l)
                     {
@@ -689,6 +714,29 @@ mod tests {
         );
         assert!(c[9].has_quit());
         assert_eq!(c.last(), Some(&store.state), "the end state is committed");
+    }
+
+    #[test]
+    fn the_stream_position_of_every_key_is_committed_dropped_keys_included() {
+        use crate::store::Recording;
+        let mut start = one_row_to_clear();
+        start.tty_bytes = 10;
+        let mut store = Recording::new(start);
+        let clock = ManualClock::new();
+        // The timer locks the piece and clears a row; the j typed while the row is shown is
+        // dropped; the q quits.
+        let mut input = Scripted::new(&clock, &[(1_200_000, key(b'j')), (3_500_000, key(b'q'))]);
+        input.position = Some(10);
+        let mut front = TestFrontend::new();
+        let ending = game_loop(&mut store, true, &mut front, &mut input, &clock);
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        let seen: Vec<(u64, u64)> = store
+            .commits
+            .iter()
+            .map(|s| (s.inputs, s.tty_bytes))
+            .collect();
+        // The lock (no key), the dropped j (accounted for, not an input), the q.
+        assert_eq!(seen, [(1, 10), (1, 12), (2, 14)]);
     }
 
     #[test]

@@ -136,6 +136,7 @@ pub fn new_game(seed: u64, level: u32, keys: [u8; 7], preview: bool) -> GameStat
         fallrate_us: 1_000_000 / u64::from(level.max(1)),
         timer_left_us: 0,
         inputs: 0,
+        tty_bytes: 0,
         points: 0,
         level,
         pos: SPAWN_POS,

@@ -21,7 +21,7 @@ pub const SPAWN_POS: i32 = (B_COLS + B_COLS / 2 - 1) as i32;
 /// First field of every [`GameState`]: `b"TTRS"` read as a little-endian `u32`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TTRS");
 /// Version of the field layout below.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Index of each command in [`GameState::keys`].
 pub mod key {
@@ -64,6 +64,10 @@ pub struct GameState {
     pub timer_left_us: u64,
     /// Inputs consumed so far (keys and timer expiries; newlines in scripts excluded).
     pub inputs: u64,
+    /// Bytes of terminal input accounted for (interactive games): every byte up to the end
+    /// of the last key consumed, or dropped while rows were shown clearing. A supervisor that
+    /// logs what it typed replays its log from here after a restore. 0 in headless games.
+    pub tty_bytes: u64,
     /// Points (the final score is `points * level`).
     pub points: u32,
     /// Level, 1 to 9.
@@ -92,7 +96,7 @@ pub struct GameState {
 }
 
 // The layout is part of the checkpoint format: any change must be deliberate.
-const _: () = assert!(size_of::<GameState>() == 376);
+const _: () = assert!(size_of::<GameState>() == 384);
 const _: () = assert!(align_of::<GameState>() == 8);
 
 impl GameState {

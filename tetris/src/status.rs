@@ -1,24 +1,48 @@
-//! `TETRIS_STATUS_FD`: the line a restored game writes for its supervisor before it consumes
-//! any input, so the supervisor knows which inputs it has to replay.
+//! `TETRIS_STATUS_FD`: what the game tells its supervisor.
 //!
-//! The line is `{"resumed":{"checkpoint":C,"inputs":N,"epoch":E}}` and a newline: the game
-//! continues from checkpoint `C` (of the stream it was restored from), has consumed `N`
-//! inputs, and runs as epoch `E`. A variable that is unset, empty, not a number or names a
-//! closed descriptor means nobody listens: nothing is written.
+//! - The **resumed line**, written by a restored game before it consumes any input, so the
+//!   supervisor knows which inputs it has to replay:
+//!   `{"resumed":{"checkpoint":C,"inputs":N,"epoch":E}}` and a newline: the game continues
+//!   from checkpoint `C` (of the stream it was restored from), has consumed `N` inputs, and
+//!   runs as epoch `E`. A game on a terminal adds `"tty_bytes":T` after the epoch: the bytes
+//!   of terminal input its state accounts for (a supervisor that logs the bytes it typed
+//!   replays its log from byte `T`).
+//! - With `TETRIS_STATS_MS` set to a number of milliseconds, **stats lines** from a thread of
+//!   their own, at most one per interval and only when something changed:
+//!   `{"stats":{"epoch":E,"checkpoints":C,"inputs":N,"tty_bytes":T,"stall_last_us":F,`
+//!   `"stall_p99_us":F,"last_written":W,"acked":A,"live":B,"synced":B}}`. `checkpoints`
+//!   continues from the restored checkpoint's number; `inputs` and `tty_bytes` are the state's
+//!   at the last checkpoint; the stalls are the time spent inside `checkpoint()` (the p99 of
+//!   this process's checkpoints, to within 1/8 of an octave); `last_written`, `acked`,
+//!   `live` and `synced` are the link's ([`hslib::LinkStats`]): the spare lags
+//!   `last_written - acked` checkpoints behind, and holds a checkpoint once `synced`. While a
+//!   connected spare is not yet synced the thread looks every millisecond, so the sync is
+//!   reported at once.
+//!
+//! A variable that is unset, empty, not a number or names a closed descriptor means nobody
+//! listens: nothing is written.
 
 use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use hslib::Restored;
+use hslib::{LinkProbe, LinkStats, Restored};
 use nix::errno::Errno;
 
 /// The variable naming the descriptor.
 pub const STATUS_FD_ENV: &str = "TETRIS_STATUS_FD";
+/// The variable asking for stats lines, every so many milliseconds.
+pub const STATS_MS_ENV: &str = "TETRIS_STATS_MS";
 
-/// The line (with its newline) for a game restored as `restored` with `inputs` consumed.
-pub fn resumed_line(restored: &Restored, inputs: u64) -> String {
+/// The line (with its newline) for a game restored as `restored` with `inputs` consumed;
+/// `tty_bytes` for a game on a terminal.
+pub fn resumed_line(restored: &Restored, inputs: u64, tty_bytes: Option<u64>) -> String {
+    let tty = tty_bytes.map_or_else(String::new, |t| format!(",\"tty_bytes\":{t}"));
     format!(
-        "{{\"resumed\":{{\"checkpoint\":{},\"inputs\":{},\"epoch\":{}}}}}\n",
+        "{{\"resumed\":{{\"checkpoint\":{},\"inputs\":{},\"epoch\":{}{tty}}}}}\n",
         restored.checkpoint, inputs, restored.epoch
     )
 }
@@ -33,44 +57,338 @@ fn status_fd() -> Option<RawFd> {
     open.then_some(fd)
 }
 
-/// Writes the resumed line to `TETRIS_STATUS_FD` when it names an open descriptor.
-pub fn report_resumed(restored: &Restored, inputs: u64) -> anyhow::Result<()> {
-    let Some(fd) = status_fd() else {
-        return Ok(());
-    };
-    // SAFETY: `status_fd` just found `fd` open; this thread does not close it, hslib's threads
-    // close only their own descriptors, and the borrow ends with this function.
+/// Writes all of `line` to `fd`.
+fn write_line(fd: RawFd, line: &str) -> Result<(), Errno> {
+    // SAFETY: the caller found `fd` open; this process never closes the status descriptor
+    // (nothing but this module knows it), and the borrow ends with this function.
     let out = unsafe { BorrowedFd::borrow_raw(fd) };
-    let line = resumed_line(restored, inputs);
     let mut rest = line.as_bytes();
     while !rest.is_empty() {
         match nix::unistd::write(out, rest) {
             Ok(n) => rest = &rest[n..],
             Err(Errno::EINTR) => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot write the resumed line to {STATUS_FD_ENV}={fd}")
-                });
-            }
+            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Writes the resumed line to `TETRIS_STATUS_FD` when it names an open descriptor.
+pub fn report_resumed(
+    restored: &Restored,
+    inputs: u64,
+    tty_bytes: Option<u64>,
+) -> anyhow::Result<()> {
+    let Some(fd) = status_fd() else {
+        return Ok(());
+    };
+    write_line(fd, &resumed_line(restored, inputs, tty_bytes))
+        .with_context(|| format!("cannot write the resumed line to {STATUS_FD_ENV}={fd}"))
+}
+
+/// Buckets of the stall histogram: 8 per octave of nanoseconds.
+const BUCKETS: usize = 496;
+
+/// The histogram bucket of `ns`: exact below 8, else the octave and its eighth.
+fn bucket(ns: u64) -> usize {
+    if ns < 8 {
+        return ns as usize;
+    }
+    let octave = 63 - u64::from(ns.leading_zeros());
+    let eighth = (ns >> (octave - 3)) & 7;
+    (octave * 8 + eighth - 16) as usize
+}
+
+/// The largest value in bucket `b`.
+fn bucket_top(b: usize) -> u64 {
+    if b < 8 {
+        return b as u64;
+    }
+    let octave = (b as u64 + 16) / 8;
+    let eighth = (b as u64 + 16) % 8;
+    let top = (u128::from(9 + eighth) << (octave - 3)) - 1;
+    u64::try_from(top).unwrap_or(u64::MAX)
+}
+
+/// What the game loop publishes at each checkpoint for the stats thread: lock-free counters
+/// and a stall histogram, one atomic add each.
+#[derive(Debug)]
+pub struct Published {
+    checkpoints: AtomicU64,
+    inputs: AtomicU64,
+    tty_bytes: AtomicU64,
+    last_stall_ns: AtomicU64,
+    histogram: Vec<AtomicU64>,
+}
+
+impl Published {
+    /// Counters starting at `checkpoints` (the restored checkpoint's number, or 0).
+    pub fn new(checkpoints: u64) -> Self {
+        Self {
+            checkpoints: AtomicU64::new(checkpoints),
+            inputs: AtomicU64::new(0),
+            tty_bytes: AtomicU64::new(0),
+            last_stall_ns: AtomicU64::new(0),
+            histogram: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// One checkpoint taken in `stall`, after which the state had consumed `inputs` and
+    /// accounted for `tty_bytes`.
+    pub fn record(&self, stall: Duration, inputs: u64, tty_bytes: u64) {
+        let ns = u64::try_from(stall.as_nanos()).unwrap_or(u64::MAX);
+        self.histogram[bucket(ns)].fetch_add(1, Ordering::Relaxed);
+        self.last_stall_ns.store(ns, Ordering::Relaxed);
+        self.inputs.store(inputs, Ordering::Relaxed);
+        self.tty_bytes.store(tty_bytes, Ordering::Relaxed);
+        self.checkpoints.fetch_add(1, Ordering::Release);
+    }
+
+    /// The 99th percentile stall in nanoseconds (a bucket's top), 0 before any checkpoint.
+    fn p99_ns(&self) -> u64 {
+        let counts: Vec<u64> = self
+            .histogram
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = (99 * total).div_ceil(100);
+        let mut seen = 0;
+        for (b, &n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return bucket_top(b);
+            }
+        }
+        0
+    }
+}
+
+/// One stats line's content.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StatsLine {
+    /// This process's epoch.
+    pub epoch: u64,
+    /// Checkpoints, continuing from the restored checkpoint's number.
+    pub checkpoints: u64,
+    /// Inputs consumed at the last checkpoint.
+    pub inputs: u64,
+    /// Terminal bytes accounted for at the last checkpoint.
+    pub tty_bytes: u64,
+    /// The last checkpoint's stall, microseconds.
+    pub stall_last_us: f64,
+    /// The 99th percentile stall, microseconds.
+    pub stall_p99_us: f64,
+    /// The link's counters.
+    pub link: LinkStats,
+}
+
+impl StatsLine {
+    /// The line, with its newline.
+    pub fn to_line(&self) -> String {
+        format!(
+            "{{\"stats\":{{\"epoch\":{},\"checkpoints\":{},\"inputs\":{},\"tty_bytes\":{},\
+             \"stall_last_us\":{:.3},\"stall_p99_us\":{:.3},\"last_written\":{},\"acked\":{},\
+             \"live\":{},\"synced\":{}}}}}\n",
+            self.epoch,
+            self.checkpoints,
+            self.inputs,
+            self.tty_bytes,
+            self.stall_last_us,
+            self.stall_p99_us,
+            self.link.last_written,
+            self.link.acked,
+            self.link.live,
+            self.link.synced
+        )
+    }
+}
+
+/// The stats thread; stops (and is joined) when dropped.
+#[derive(Debug)]
+pub struct Reporter {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reporter {
+    /// Starts the stats thread when `TETRIS_STATS_MS` and `TETRIS_STATUS_FD` ask for it;
+    /// `None` otherwise.
+    pub fn start(
+        published: &Arc<Published>,
+        probe: Option<LinkProbe>,
+        epoch: u64,
+    ) -> anyhow::Result<Option<Reporter>> {
+        let Some(ms) = std::env::var(STATS_MS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+        else {
+            return Ok(None);
+        };
+        let Some(fd) = status_fd() else {
+            return Ok(None);
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let published = Arc::clone(published);
+        let stopping = Arc::clone(&stop);
+        let every = Duration::from_millis(ms);
+        let thread = std::thread::Builder::new()
+            .name("tetris-stats".to_owned())
+            .spawn(move || report(fd, every, &published, probe.as_ref(), epoch, &stopping))
+            .context("cannot start the stats thread")?;
+        Ok(Some(Reporter {
+            stop,
+            thread: Some(thread),
+        }))
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The stats thread's loop: a line whenever what it would say changed.
+fn report(
+    fd: RawFd,
+    every: Duration,
+    published: &Published,
+    probe: Option<&LinkProbe>,
+    epoch: u64,
+    stop: &AtomicBool,
+) {
+    let mut last: Option<StatsLine> = None;
+    while !stop.load(Ordering::Acquire) {
+        let link = probe.map(LinkProbe::stats).unwrap_or_default();
+        let now = StatsLine {
+            epoch,
+            checkpoints: published.checkpoints.load(Ordering::Acquire),
+            inputs: published.inputs.load(Ordering::Relaxed),
+            tty_bytes: published.tty_bytes.load(Ordering::Relaxed),
+            stall_last_us: published.last_stall_ns.load(Ordering::Relaxed) as f64 / 1000.0,
+            stall_p99_us: published.p99_ns() as f64 / 1000.0,
+            link,
+        };
+        if last != Some(now) {
+            if write_line(fd, &now.to_line()).is_err() {
+                // Nobody reads any more: stop looking.
+                return;
+            }
+            last = Some(now);
+        }
+        let pause = if link.live && !link.synced {
+            every.min(Duration::from_millis(1))
+        } else {
+            every
+        };
+        std::thread::sleep(pause);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_line_has_the_documented_form() {
-        let r = Restored {
+    fn restored() -> Restored {
+        Restored {
             checkpoint: 17,
             from_epoch: 1,
             epoch: 2,
+        }
+    }
+
+    #[test]
+    fn the_line_has_the_documented_form() {
+        assert_eq!(
+            resumed_line(&restored(), 9, None),
+            "{\"resumed\":{\"checkpoint\":17,\"inputs\":9,\"epoch\":2}}\n"
+        );
+    }
+
+    #[test]
+    fn a_game_on_a_terminal_adds_its_terminal_bytes() {
+        assert_eq!(
+            resumed_line(&restored(), 9, Some(12)),
+            "{\"resumed\":{\"checkpoint\":17,\"inputs\":9,\"epoch\":2,\"tty_bytes\":12}}\n"
+        );
+    }
+
+    #[test]
+    fn buckets_are_exact_below_eight_then_eighths_of_octaves() {
+        for ns in 0..8 {
+            assert_eq!(bucket(ns), ns as usize);
+            assert_eq!(bucket_top(bucket(ns)), ns);
+        }
+        // Every value lies in its bucket, whose top is within 1/8 above it.
+        for ns in [
+            8u64,
+            9,
+            15,
+            16,
+            17,
+            1000,
+            1023,
+            1024,
+            999_999,
+            u64::MAX / 3,
+            u64::MAX,
+        ] {
+            let b = bucket(ns);
+            assert!(b < BUCKETS, "{ns}");
+            let top = bucket_top(b);
+            assert!(top >= ns, "{ns}: top {top}");
+            assert!(top - ns <= ns / 8, "{ns}: top {top}");
+            if b > 0 {
+                assert!(bucket_top(b - 1) < ns, "{ns}");
+            }
+        }
+    }
+
+    #[test]
+    fn p99_is_the_bucket_of_the_99th_percentile() {
+        let p = Published::new(5);
+        for _ in 0..990 {
+            p.record(Duration::from_nanos(2000), 1, 2);
+        }
+        for _ in 0..10 {
+            p.record(Duration::from_millis(3), 3, 4);
+        }
+        assert_eq!(bucket(p.p99_ns()), bucket(2000));
+        p.record(Duration::from_millis(3), 3, 4);
+        assert_eq!(bucket(p.p99_ns()), bucket(3_000_000));
+        assert_eq!(p.checkpoints.load(Ordering::Relaxed), 1006);
+    }
+
+    #[test]
+    fn the_stats_line_is_one_json_object() {
+        let line = StatsLine {
+            epoch: 3,
+            checkpoints: 10,
+            inputs: 4,
+            tty_bytes: 6,
+            stall_last_us: 2.5,
+            stall_p99_us: 7.0,
+            link: LinkStats {
+                last_written: 9,
+                acked: 8,
+                live: true,
+                synced: true,
+                ..LinkStats::default()
+            },
         };
         assert_eq!(
-            resumed_line(&r, 9),
-            "{\"resumed\":{\"checkpoint\":17,\"inputs\":9,\"epoch\":2}}\n"
+            line.to_line(),
+            "{\"stats\":{\"epoch\":3,\"checkpoints\":10,\"inputs\":4,\"tty_bytes\":6,\
+             \"stall_last_us\":2.500,\"stall_p99_us\":7.000,\"last_written\":9,\"acked\":8,\
+             \"live\":true,\"synced\":true}}\n"
         );
     }
 }

@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -24,6 +25,7 @@ use crate::options::Options;
 use crate::play::{self, Ending};
 use crate::state::{GameState, LAYOUT_VERSION};
 use crate::stats::Stalls;
+use crate::status::{Published, Reporter};
 use crate::store::Store;
 use crate::{headless, rng, rules, screen, status};
 
@@ -175,17 +177,21 @@ fn worker(ctx: &mut Context, plan: &Plan, results: &RefCell<Results>) -> anyhow:
     );
     let restored = ctx.restored();
     if let Some(r) = &restored {
-        status::report_resumed(r, start.inputs)?;
+        let tty_bytes = (!plan.headless).then_some(start.tty_bytes);
+        status::report_resumed(r, start.inputs, tty_bytes)?;
     }
     let mut stalls = Stalls::with_capacity(if plan.record_stalls {
         STALL_CAPACITY
     } else {
         0
     });
+    let published = Arc::new(Published::new(restored.map_or(0, |r| r.checkpoint)));
+    let reporter = Reporter::start(&published, ctx.link_probe(), ctx.epoch())?;
     let mut store = Checkpointed {
         ctx,
         slot,
         stalls: plan.record_stalls.then_some(&mut stalls),
+        published: reporter.is_some().then_some(&*published),
     };
     let ending = if plan.headless {
         let (mut script, is_file) = headless::open_script(plan.script.as_deref())?;
@@ -201,6 +207,7 @@ fn worker(ctx: &mut Context, plan: &Plan, results: &RefCell<Results>) -> anyhow:
         Some(play::play(&mut store, plan.colour)?)
     };
     let end = *store.state()?;
+    drop(reporter);
     let mut r = results.borrow_mut();
     r.state = Some(end);
     r.ending = ending;
@@ -213,6 +220,7 @@ struct Checkpointed<'a> {
     ctx: &'a mut Context,
     slot: Slot<GameState>,
     stalls: Option<&'a mut Stalls>,
+    published: Option<&'a Published>,
 }
 
 impl Store for Checkpointed<'_> {
@@ -227,6 +235,10 @@ impl Store for Checkpointed<'_> {
         taken.context("taking a checkpoint failed")?;
         if let Some(stalls) = self.stalls.as_deref_mut() {
             stalls.record(stall);
+        }
+        if let Some(published) = self.published {
+            let state = self.ctx.get(STATE_REGION, self.slot)?;
+            published.record(stall, state.inputs, state.tty_bytes);
         }
         Ok(())
     }

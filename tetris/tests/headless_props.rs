@@ -96,7 +96,7 @@ proptest! {
         let mut first = start(&options(2), seed);
         feed(&mut first, &s[..cut]);
         let bytes = first.as_bytes().to_vec();
-        let mut resumed = GameState::read_from_bytes(&bytes).expect("376 bytes");
+        let mut resumed = GameState::read_from_bytes(&bytes).expect("a whole state");
         feed(&mut resumed, &s[cut..]);
         prop_assert_eq!(to_json(&resumed), to_json(&whole));
         prop_assert_eq!(resumed, whole);
