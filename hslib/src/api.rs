@@ -693,10 +693,8 @@ pub struct Context {
 
 /// The adaptive strategy's model for this process, or a fallback that always copies when
 /// calibration fails (copying is always correct, only slower for large dirty sets).
-fn calibrated(table: &[RegionInfo]) -> CostModel {
-    let total: u64 = table.iter().map(|r| r.len).sum();
-    let sample = (total / 10).clamp(PAGE_SIZE as u64, 1 << 20) as usize;
-    match CostModel::calibrate(sample) {
+fn calibrated(regions: &[Region]) -> CostModel {
+    match CostModel::calibrate(regions) {
         Ok(m) => {
             tracing::info!(
                 copy_ns_per_byte = m.copy_ns_per_byte,
@@ -708,11 +706,7 @@ fn calibrated(table: &[RegionInfo]) -> CostModel {
         }
         Err(e) => {
             tracing::warn!(error = %e, "calibrating the adaptive strategy failed; copying always");
-            CostModel {
-                copy_fixed_ns: 0.0,
-                copy_ns_per_byte: 0.0,
-                fork_ns: f64::INFINITY,
-            }
+            CostModel::new(0.0, 0.0, f64::INFINITY)
         }
     }
 }
@@ -845,7 +839,7 @@ impl Context {
     /// Calibrates the adaptive strategy's cost model now (it is otherwise calibrated at the
     /// first adaptive checkpoint); call it once the regions are populated.
     pub fn calibrate(&mut self) -> CostModel {
-        let m = calibrated(&self.table);
+        let m = calibrated(&self.regions);
         self.model = Some(m);
         m
     }
@@ -889,7 +883,7 @@ impl Context {
             _ if link.fork_in_flight() => Strategy::Copy,
             Strategy::Adaptive => self
                 .model
-                .get_or_insert_with(|| calibrated(&self.table))
+                .get_or_insert_with(|| calibrated(&self.regions))
                 .choose(pages * PAGE_SIZE as u64),
             s => s,
         };

@@ -568,6 +568,9 @@ impl Sender_ {
     }
 
     fn run(mut self, jobs: Receiver<Job>) {
+        if let Err(e) = process::batch_this_thread() {
+            tracing::debug!(error = %e, "SCHED_BATCH for the sender refused");
+        }
         while let Ok(job) = jobs.recv() {
             match job {
                 Job::Connect(ep) => self.connect(ep),
@@ -806,6 +809,9 @@ fn reap(pid: nix::unistd::Pid) {
 }
 
 fn read_acks(mut ep: Box<dyn Endpoint>, mut acks: AckReader, shared: &Shared, generation: u64) {
+    if let Err(e) = process::batch_this_thread() {
+        tracing::debug!(error = %e, "SCHED_BATCH for the ack reader refused");
+    }
     loop {
         match acks.expect(&mut ep, Acked::Commit, None) {
             Ok(ack) => {

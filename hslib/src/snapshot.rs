@@ -83,40 +83,55 @@ pub struct CostModel {
     pub copy_ns_per_byte: f64,
     /// Cost of a fork snapshot, in nanoseconds.
     pub fork_ns: f64,
+    /// Checkpoints since each strategy (copy, fork) was last measured.
+    since: [u32; 2],
 }
 
 /// Weight of a new observation in the moving averages.
 const EWMA: f64 = 0.125;
 
 impl CostModel {
-    /// Measures copy bandwidth on `sample` bytes of scratch memory and the cost of `fork()`
-    /// in this process as it is now (call it once the regions are populated: the fork cost
-    /// grows with the process's memory). Each is the median of five timings.
-    pub fn calibrate(sample: usize) -> Result<Self, nix::errno::Errno> {
-        let src = vec![1u8; sample.max(PAGE_SIZE)];
-        let mut dst = vec![0u8; src.len()];
+    /// Measures, in this process as it is now, what the two snapshots cost: copying out of
+    /// the regions themselves (up to 1 MiB of their pages into a scratch buffer: tracked
+    /// pages are 4 KiB pages, slower to copy than huge-page-backed memory), and a fork
+    /// snapshot's fixed part (its go pipe, `fork()`, its pidfd; the page tables to copy grow
+    /// with the process's memory, so call this once the regions are populated). Each is the
+    /// median of five timings.
+    pub fn calibrate(regions: &[Region]) -> Result<Self, nix::errno::Errno> {
+        let limit = 1 << 20;
+        let mut dst = vec![0u8; limit];
+        let mut sample = 0;
         let copy = median5(|| {
             let t = std::time::Instant::now();
-            dst.copy_from_slice(&src);
+            sample = 0;
+            for r in regions {
+                let take = r.len().min(limit - sample);
+                dst[sample..sample + take].copy_from_slice(&r.as_bytes()[..take]);
+                sample += take;
+            }
             std::hint::black_box(&mut dst);
             Ok(t.elapsed())
         })?;
         let fork = median5(|| {
             let t = std::time::Instant::now();
+            let (go_read, go_write) = process::pipe()?;
             // SAFETY: the child only calls `_exit`.
             let pid = match unsafe { process::fork() }? {
                 Forked::Child => process::exit_now(0),
                 Forked::Parent(pid) => pid,
             };
+            drop(go_read);
+            let pidfd = process::pidfd_open(pid).ok();
             let spent = t.elapsed();
+            drop((go_write, pidfd));
             process::wait_child(pid)?;
             Ok(spent)
         })?;
-        let copy_ns = copy.as_nanos() as f64;
         Ok(Self {
             copy_fixed_ns: 1_000.0,
-            copy_ns_per_byte: copy_ns / src.len() as f64,
+            copy_ns_per_byte: copy.as_nanos() as f64 / sample.max(1) as f64,
             fork_ns: fork.as_nanos() as f64,
+            since: [0; 2],
         })
     }
 
@@ -125,12 +140,35 @@ impl CostModel {
         self.copy_fixed_ns + bytes as f64 * self.copy_ns_per_byte
     }
 
-    /// The cheaper strategy for a checkpoint of `bytes` dirty bytes.
-    pub fn choose(&self, bytes: u64) -> Strategy {
-        if self.copy_cost(bytes) <= self.fork_ns {
+    /// A model with these costs (fixed and per byte for copies, fixed for forks).
+    pub fn new(copy_fixed_ns: f64, copy_ns_per_byte: f64, fork_ns: f64) -> Self {
+        Self {
+            copy_fixed_ns,
+            copy_ns_per_byte,
+            fork_ns,
+            since: [0; 2],
+        }
+    }
+
+    /// The cheaper strategy for a checkpoint of `bytes` dirty bytes by the model; except
+    /// that a strategy predicted within 1.5x of the other and not measured for 64
+    /// checkpoints is taken once, so a stale estimate gets corrected (the model learns only
+    /// from the snapshots it takes).
+    pub fn choose(&mut self, bytes: u64) -> Strategy {
+        let (copy, fork) = (self.copy_cost(bytes), self.fork_ns);
+        let cheaper = if copy <= fork {
             Strategy::Copy
         } else {
             Strategy::Fork
+        };
+        let (other, other_cost, cost) = match cheaper {
+            Strategy::Copy => (Strategy::Fork, fork, copy),
+            _ => (Strategy::Copy, copy, fork),
+        };
+        if self.since[index(other)] >= 64 && other_cost <= 1.5 * cost {
+            other
+        } else {
+            cheaper
         }
     }
 
@@ -142,6 +180,10 @@ impl CostModel {
     /// Learns from a snapshot that took `spent` with `strategy` for `bytes`.
     pub fn observe(&mut self, strategy: Strategy, bytes: u64, spent: std::time::Duration) {
         let ns = spent.as_nanos() as f64;
+        for s in &mut self.since {
+            *s = s.saturating_add(1);
+        }
+        self.since[index(strategy)] = 0;
         match strategy {
             Strategy::Fork => self.fork_ns += EWMA * (ns - self.fork_ns),
             Strategy::Copy if bytes >= 64 * PAGE_SIZE as u64 => {
@@ -151,6 +193,10 @@ impl CostModel {
             _ => {}
         }
     }
+}
+
+fn index(s: Strategy) -> usize {
+    usize::from(s == Strategy::Fork)
 }
 
 fn median5(

@@ -46,6 +46,11 @@ enum Command {
         /// Only these strategies (comma-separated names).
         #[arg(long, value_delimiter = ',')]
         strategies: Vec<String>,
+        /// Microseconds the application idles between checkpoints (after the previous one
+        /// is off the machine). 0 measures checkpoints back to back, with the link's thread
+        /// and the reader still winding down on the other core.
+        #[arg(long, value_name = "US", default_value_t = 1000)]
+        gap_us: u64,
     },
 }
 
@@ -127,7 +132,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         out,
         quick,
         strategies,
+        gap_us,
     } = cli.command;
+    let gap = Duration::from_micros(gap_us);
     let series: Vec<Series> = if strategies.is_empty() {
         SERIES.to_vec()
     } else {
@@ -171,12 +178,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     };
     for &size in sizes {
         for &s in &series {
-            emit(measure("size", s, size, 10, quick)?)?;
+            emit(measure("size", s, size, 10, quick, gap)?)?;
         }
     }
     for &pct in &shares {
         for &s in &series {
-            emit(measure("dirty", s, 4 << 20, pct, quick)?)?;
+            emit(measure("dirty", s, 4 << 20, pct, quick, gap)?)?;
         }
     }
     if let Some(dir) = out {
@@ -251,11 +258,14 @@ fn measure(
     size: usize,
     pct: u32,
     quick: bool,
+    gap: Duration,
 ) -> Result<Point, Box<dyn std::error::Error>> {
     let n = iterations(size, quick);
     let (stalls, shipped) = match series.setup() {
-        None => memcpy_limit(size, pct, n),
-        Some((strategy, mode, backend)) => through_hslib(strategy, mode, backend, size, pct, n)?,
+        None => memcpy_limit(size, pct, n, gap),
+        Some((strategy, mode, backend)) => {
+            through_hslib(strategy, mode, backend, size, pct, n, gap)?
+        }
     };
     let mut stalls = stalls;
     stalls.sort_unstable();
@@ -271,7 +281,7 @@ fn measure(
 }
 
 /// The floor: copying exactly the dirty pages into a reused buffer.
-fn memcpy_limit(size: usize, pct: u32, n: usize) -> (Vec<Duration>, u64) {
+fn memcpy_limit(size: usize, pct: u32, n: usize, gap: Duration) -> (Vec<Duration>, u64) {
     let mut src = vec![1u8; size];
     let mut dst: Vec<u8> = Vec::with_capacity(size);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -291,6 +301,7 @@ fn memcpy_limit(size: usize, pct: u32, n: usize) -> (Vec<Duration>, u64) {
             stalls.push(spent);
             shipped = dst.len() as u64;
         }
+        idle(gap);
     }
     (stalls, shipped)
 }
@@ -304,6 +315,7 @@ fn through_hslib(
     size: usize,
     pct: u32,
     n: usize,
+    gap: Duration,
 ) -> Result<(Vec<Duration>, u64), Box<dyn std::error::Error>> {
     let measured: Measured = Default::default();
     let out = std::rc::Rc::clone(&measured);
@@ -335,6 +347,7 @@ fn through_hslib(
                 stalls.push(t.elapsed());
                 // Each checkpoint is measured alone: the previous one is off the machine.
                 ctx.flush()?;
+                idle(gap);
             }
             let shipped = (ctx.link_stats().bytes - before) / n.max(1) as u64;
             *out.borrow_mut() = (stalls, shipped);
@@ -343,6 +356,13 @@ fn through_hslib(
         .run()?;
     let m = measured.borrow().clone();
     Ok(m)
+}
+
+/// The application's time between checkpoints.
+fn idle(gap: Duration) {
+    if !gap.is_zero() {
+        std::thread::sleep(gap);
+    }
 }
 
 fn write_csv(path: &Path, points: &[Point]) -> std::io::Result<()> {

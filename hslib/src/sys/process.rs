@@ -138,6 +138,16 @@ pub fn pidfd_kill(pidfd: BorrowedFd<'_>) -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
+/// Puts the calling thread in `SCHED_BATCH`: the scheduler no longer lets its wake-ups
+/// preempt the thread that woke it. The link's threads use it so that handing them a
+/// checkpoint does not stall the application behind them.
+pub fn batch_this_thread() -> Result<(), Errno> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is this thread.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    Errno::result(r).map(drop)
+}
+
 /// The raw number of a descriptor, for handing to a fork child through a pipe.
 pub fn raw(fd: BorrowedFd<'_>) -> i32 {
     fd.as_raw_fd()

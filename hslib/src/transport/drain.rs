@@ -1,50 +1,58 @@
-//! A stream into a socket pair whose other end a thread reads and discards: the paper's
-//! "pipe with a reader", for benchmarks that must pay for really writing the bytes (a fork
-//! child writes to it like to a spare's socket) without a spare's work on the same cores.
+//! A stream into a socket pair whose other end a child process reads and discards: the
+//! paper's "pipe with a reader", for benchmarks that must pay for really writing the bytes (a
+//! fork child writes to it like to a spare's socket) without a spare's work on the same
+//! cores. The reader is a process, not a thread, as the paper's was: a thread would share
+//! this process's address space, and every write-protecting scan would then have to shoot
+//! down its TLB entries on the other core.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::Endpoint;
+use nix::unistd::Pid;
 
-/// The writing end; the reader thread ends when it is dropped.
+use super::Endpoint;
+use crate::sys::process::{self, Forked};
+
+/// The writing end; the reader process ends when it is dropped (and is reaped then).
 #[derive(Debug)]
 pub struct DrainEndpoint {
     stream: UnixStream,
-    drained: Arc<AtomicU64>,
+    reader: Option<Pid>,
 }
 
 impl DrainEndpoint {
-    /// A socket pair and the thread that drains it.
+    /// A socket pair and the process that drains it.
     pub fn new() -> io::Result<Self> {
-        let (stream, mut reader) = UnixStream::pair()?;
-        let drained = Arc::new(AtomicU64::new(0));
-        let count = Arc::clone(&drained);
-        std::thread::Builder::new()
-            .name("hs-drain".to_owned())
-            .spawn(move || {
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) => return,
-                        Ok(n) => {
-                            count.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => return,
+        let (stream, reader) = UnixStream::pair()?;
+        // SAFETY: the child only reads into a stack buffer with read(2) and calls _exit.
+        match unsafe { process::fork() }.map_err(io::Error::from)? {
+            Forked::Child => {
+                let keep = process::raw(AsFd::as_fd(&reader));
+                process::close_all_except(keep, keep);
+                let mut buf = [0u8; 64 << 10];
+                while let Ok(n) = process::read_full(AsFd::as_fd(&reader), &mut buf) {
+                    if n < buf.len() {
+                        break;
                     }
                 }
-            })?;
-        Ok(Self { stream, drained })
+                process::exit_now(0)
+            }
+            Forked::Parent(pid) => Ok(Self {
+                stream,
+                reader: Some(pid),
+            }),
+        }
     }
+}
 
-    /// Bytes the reader has taken so far.
-    pub fn drained(&self) -> u64 {
-        self.drained.load(Ordering::Relaxed)
+impl Drop for DrainEndpoint {
+    fn drop(&mut self) {
+        if let Some(pid) = self.reader.take() {
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            let _ = process::wait_child(pid);
+        }
     }
 }
 
@@ -80,7 +88,7 @@ impl Endpoint for DrainEndpoint {
     fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
         Ok(Box::new(Self {
             stream: self.stream.try_clone()?,
-            drained: Arc::clone(&self.drained),
+            reader: None,
         }))
     }
 

@@ -1,0 +1,68 @@
+//! The adaptive strategy's cost model: the choice follows the measured costs, learns from
+//! what it observes, and re-measures a strategy it has not tried for a while.
+
+use std::time::Duration;
+
+use hslib::snapshot::CostModel;
+use hslib::{Region, RegionId, Strategy};
+
+#[test]
+fn copies_below_the_crossover_and_forks_above_it() {
+    // 1 us fixed + 0.1 ns/byte for a copy; 200 us for a fork: crossover near 1.99 MB.
+    let mut m = CostModel::new(1_000.0, 0.1, 200_000.0);
+    assert_eq!(m.crossover_bytes(), 1_990_000);
+    assert_eq!(m.choose(100_000), Strategy::Copy);
+    assert_eq!(m.choose(1_900_000), Strategy::Copy);
+    assert_eq!(m.choose(2_100_000), Strategy::Fork);
+    assert_eq!(m.choose(64 << 20), Strategy::Fork);
+}
+
+#[test]
+fn observations_move_the_estimates_toward_what_was_measured() {
+    let mut m = CostModel::new(1_000.0, 0.1, 200_000.0);
+    for _ in 0..200 {
+        m.observe(Strategy::Fork, 1 << 20, Duration::from_micros(50));
+        m.observe(
+            Strategy::Copy,
+            1 << 20,
+            Duration::from_nanos(1_000 + (1 << 20)),
+        );
+    }
+    assert!((m.fork_ns - 50_000.0).abs() < 1_000.0, "{m:?}");
+    assert!((m.copy_ns_per_byte - 1.0).abs() < 0.05, "{m:?}");
+    // Now a 1 MiB checkpoint costs ~1 ms to copy and 50 us to fork.
+    assert_eq!(m.choose(1 << 20), Strategy::Fork);
+}
+
+#[test]
+fn a_close_alternative_not_tried_for_64_checkpoints_is_tried_once() {
+    let mut m = CostModel::new(0.0, 1.0, 120_000.0);
+    // 100 KB: copy 100 us, fork 120 us (within 1.5x).
+    for _ in 0..63 {
+        assert_eq!(m.choose(100_000), Strategy::Copy);
+        m.observe(Strategy::Copy, 100_000, Duration::from_micros(100));
+    }
+    // The model has a fork cost only from calibration, 64 checkpoints old: try it.
+    m.observe(Strategy::Copy, 100_000, Duration::from_micros(100));
+    assert_eq!(m.choose(100_000), Strategy::Fork);
+    m.observe(Strategy::Fork, 100_000, Duration::from_micros(120));
+    assert_eq!(m.choose(100_000), Strategy::Copy);
+    // A far costlier alternative is never tried.
+    let mut far = CostModel::new(0.0, 1.0, 1_000_000.0);
+    for _ in 0..200 {
+        assert_eq!(far.choose(100_000), Strategy::Copy);
+        far.observe(Strategy::Copy, 100_000, Duration::from_micros(100));
+    }
+}
+
+#[test]
+fn calibration_measures_this_process() {
+    let mut r = Region::map(RegionId(3100), 1 << 20).expect("region");
+    r.as_bytes_mut().fill(7);
+    let m = CostModel::calibrate(std::slice::from_ref(&r)).expect("calibrate");
+    assert!(
+        m.copy_ns_per_byte > 0.0 && m.copy_ns_per_byte.is_finite(),
+        "{m:?}"
+    );
+    assert!(m.fork_ns > 0.0 && m.fork_ns.is_finite(), "{m:?}");
+}
