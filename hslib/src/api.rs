@@ -850,21 +850,17 @@ impl Context {
     /// session begins with a full checkpoint anyway.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, HsError> {
         let dirty = self.tracker.collect_dirty()?;
+        let not_shipped = Checkpoint {
+            pages: dirty.page_count() as u64,
+            full: false,
+            strategy: None,
+            acked: false,
+        };
         let Some(link) = self.link.as_mut() else {
-            return Ok(Checkpoint {
-                pages: dirty.page_count() as u64,
-                full: false,
-                strategy: None,
-                acked: false,
-            });
+            return Ok(not_shipped);
         };
         let Some(plan) = link.plan() else {
-            return Ok(Checkpoint {
-                pages: dirty.page_count() as u64,
-                full: false,
-                strategy: None,
-                acked: false,
-            });
+            return Ok(not_shipped);
         };
         self.fds.capture().map_err(MetaError::from)?;
         let mut meta = std::mem::take(&mut self.meta);
