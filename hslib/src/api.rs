@@ -815,6 +815,14 @@ impl Context {
         self.link.as_ref().map(Link::probe)
     }
 
+    /// Readable while a spare that connected holds nothing of this primary yet; cleared by
+    /// the next checkpoint (which is full and goes to it). A worker that may idle, waiting
+    /// for input, polls it with its input and checkpoints when it is readable, so a new spare
+    /// is protecting the state at once rather than at the next change. `None` without a link.
+    pub fn checkpoint_wanted_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.link.as_ref().and_then(Link::wanted_fd)
+    }
+
     /// Waits until every checkpoint taken so far is on the stream (or dropped for want of a
     /// session) and no fork child is left.
     pub fn flush(&self) -> Result<(), HsError> {
@@ -859,6 +867,7 @@ impl Context {
         let Some(link) = self.link.as_mut() else {
             return Ok(not_shipped);
         };
+        link.clear_wanted();
         let Some(plan) = link.plan() else {
             return Ok(not_shipped);
         };

@@ -97,6 +97,51 @@ struct Shared {
     child: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
     progress: Mutex<Progress>,
     changed: Condvar,
+    /// Raised when a spare connects, cleared by the next checkpoint.
+    wanted: Wanted,
+}
+
+/// "A spare connected and holds nothing of this primary yet": a flag and a pipe that is
+/// readable while it is raised, so an application that idles in `poll` (a game waiting for a
+/// key) wakes up and takes the checkpoint that brings the spare up to date.
+#[derive(Debug, Default)]
+struct Wanted {
+    raised: AtomicBool,
+    /// (read end, write end), both non-blocking; `None` if the pipe could not be made.
+    pipe: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+}
+
+impl Wanted {
+    fn new() -> Self {
+        let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK);
+        if let Err(e) = &pipe {
+            tracing::warn!(error = %e, "no checkpoint-wanted pipe; an idle primary syncs a new spare at its next checkpoint");
+        }
+        Self {
+            raised: AtomicBool::new(false),
+            pipe: pipe.ok(),
+        }
+    }
+
+    fn raise(&self) {
+        // The byte first: a clear that sees the flag then always finds a byte to drain (the
+        // other order could leave a byte no clear ever drains, and a poller spinning on it).
+        if let Some((_, write)) = &self.pipe {
+            // A full pipe is readable already.
+            let _ = nix::unistd::write(write, &[1]);
+        }
+        self.raised.store(true, Ordering::Release);
+    }
+
+    /// Clears the flag; drains the pipe only when it was raised (one atomic otherwise).
+    fn clear(&self) {
+        if self.raised.swap(false, Ordering::AcqRel)
+            && let Some((read, _)) = &self.pipe
+        {
+            let mut buf = [0u8; 64];
+            while matches!(nix::unistd::read(read, &mut buf), Ok(n) if n > 0) {}
+        }
+    }
 }
 
 impl Shared {
@@ -222,7 +267,10 @@ impl Link {
     pub fn open(config: &LinkConfig, params: StreamParams) -> Result<Self, LinkError> {
         let (jobs, rx) = mpsc::channel();
         let (give_back, recycle) = mpsc::channel();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            wanted: Wanted::new(),
+            ..Shared::default()
+        });
         let mut sender = Sender_::new(Arc::clone(&shared), params, give_back)?;
         // A sink's session opens here, so the first checkpoint finds it open.
         let describe = match config {
@@ -306,6 +354,22 @@ impl Link {
             full: generation != self.full_generation,
             stream_fd: self.shared.stream_fd.load(Ordering::Acquire),
         })
+    }
+
+    /// Readable while a spare that connected waits for its first checkpoint (the next
+    /// checkpoint, which [`Link::clear_wanted`] prepares, will be full and go to it).
+    pub fn wanted_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.shared
+            .wanted
+            .pipe
+            .as_ref()
+            .map(|(read, _)| read.as_fd())
+    }
+
+    /// Clears the "checkpoint wanted" signal; called before planning a checkpoint, so a spare
+    /// that connects after it raises the signal again.
+    pub fn clear_wanted(&self) {
+        self.shared.wanted.clear();
     }
 
     /// Whether a fork child is still writing (or waiting to).
@@ -680,6 +744,7 @@ impl Sender_ {
         self.shared.live.store(true, Ordering::Release);
         drop(p);
         self.shared.changed.notify_all();
+        self.shared.wanted.raise();
     }
 
     /// Puts one snapshot on the stream if its session is still the open one.

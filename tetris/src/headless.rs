@@ -7,9 +7,12 @@
 
 use std::fmt::Write as _;
 use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use anyhow::Context as _;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::options::Options;
 use crate::rules::{self, Input, Mode, Outcome};
@@ -107,16 +110,27 @@ pub fn to_json(state: &GameState) -> String {
 ///
 /// The first `skip` inputs (newlines do not count) are passed over: a restored game that
 /// reads its script from the start again has consumed them before.
+///
+/// With `wake`, the script is a stream on `wake.input` that may keep the game waiting: while
+/// it waits, `wake.wanted` (hslib's checkpoint-wanted descriptor) readable means a spare
+/// connected, and a checkpoint of the unchanged state brings it up to date.
 pub fn play_stream<S: Store, R: Read>(
     store: &mut S,
     script: &mut R,
     skip: u64,
+    wake: Option<Wake<'_>>,
 ) -> anyhow::Result<()> {
     let mut skip = skip;
     let mut buf = [0u8; 4096];
     loop {
         if store.state()?.is_finished() {
             return Ok(());
+        }
+        if let Some(w) = &wake
+            && w.wait()?
+        {
+            store.commit()?;
+            continue;
         }
         let n = match script.read(&mut buf) {
             Ok(0) => return Ok(()),
@@ -142,6 +156,39 @@ pub fn play_stream<S: Store, R: Read>(
     }
 }
 
+/// A script stream to wait on and hslib's checkpoint-wanted descriptor (see [`play_stream`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Wake<'a> {
+    /// The descriptor the script is read from.
+    pub input: BorrowedFd<'a>,
+    /// Readable while a checkpoint is wanted.
+    pub wanted: BorrowedFd<'a>,
+}
+
+impl Wake<'_> {
+    /// Waits until the script is readable (false) or a checkpoint is wanted (true).
+    fn wait(&self) -> anyhow::Result<bool> {
+        loop {
+            let mut fds = [
+                PollFd::new(self.input, PollFlags::POLLIN),
+                PollFd::new(self.wanted, PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(anyhow::Error::new(e).context("cannot wait for the script")),
+            }
+            let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            if ready(&fds[1]) {
+                return Ok(true);
+            }
+            if ready(&fds[0]) {
+                return Ok(false);
+            }
+        }
+    }
+}
+
 /// Opens the script: the file, or stdin when there is none or it is `-`. The second value
 /// is true for a file, which a restored game reads from its start again.
 pub fn open_script(path: Option<&Path>) -> anyhow::Result<(Box<dyn Read>, bool)> {
@@ -151,7 +198,15 @@ pub fn open_script(path: Option<&Path>) -> anyhow::Result<(Box<dyn Read>, bool)>
                 .with_context(|| format!("cannot read script {}", p.display()))?;
             Ok((Box::new(file), true))
         }
-        _ => Ok((Box::new(std::io::stdin().lock()), false)),
+        // Unbuffered (a duplicate of fd 0): a game that polls its stdin before reading
+        // ([`Wake`]) must not have bytes waiting in a buffer the poll cannot see.
+        _ => {
+            let fd = std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("cannot duplicate stdin")?;
+            Ok((Box::new(std::fs::File::from(fd)), false))
+        }
     }
 }
 
@@ -194,7 +249,7 @@ mod tests {
             chunk: 3,
             reads_left: None,
         };
-        play_stream(&mut store, &mut r, 0).unwrap();
+        play_stream(&mut store, &mut r, 0, None).unwrap();
         let inputs: Vec<u64> = store.commits.iter().map(|s| s.inputs).collect();
         assert_eq!(inputs, (1..=14).collect::<Vec<u64>>());
         let mut plain = game();
@@ -231,7 +286,7 @@ mod tests {
                 chunk: 5,
                 reads_left: None,
             };
-            play_stream(&mut store, &mut r, skip).unwrap();
+            play_stream(&mut store, &mut r, skip, None).unwrap();
             assert_eq!(store.state, full, "skip {skip}");
             assert_eq!(store.commits.len() as u64, 14 - skip, "skip {skip}");
         }
@@ -246,7 +301,7 @@ mod tests {
             chunk: 2,
             reads_left: Some(1),
         };
-        play_stream(&mut store, &mut r, 0).unwrap();
+        play_stream(&mut store, &mut r, 0, None).unwrap();
         assert!(store.state.has_quit());
         assert_eq!(store.commits.len(), 2);
         assert_eq!(store.state.inputs, 2);

@@ -51,6 +51,9 @@ pub enum Event {
     Timeout,
     /// A signal arrived.
     Signal(Caught),
+    /// The checkpoint library asks for a checkpoint: a spare connected and holds nothing of
+    /// this game yet (hslib's `Context::checkpoint_wanted_fd`).
+    CheckpointWanted,
     /// The terminal reached end of file or hung up.
     Eof,
 }
@@ -210,12 +213,25 @@ pub struct TerminalInput<'a> {
     esc_since: Option<Instant>,
     /// The stream position after the last key returned.
     position: u64,
+    wanted: Option<BorrowedFd<'a>>,
 }
 
 impl<'a> TerminalInput<'a> {
     /// Reads keys from `tty` (the game's stdin), mapping arrows onto `keys`; the first byte
     /// read is at stream position `start` (see [`Source::position`]).
     pub fn new(tty: BorrowedFd<'a>, signals: &'a Signals, keys: [u8; 7], start: u64) -> Self {
+        Self::with_wanted(tty, signals, keys, start, None)
+    }
+
+    /// As [`TerminalInput::new`], also reporting [`Event::CheckpointWanted`] while `wanted`
+    /// is readable.
+    pub fn with_wanted(
+        tty: BorrowedFd<'a>,
+        signals: &'a Signals,
+        keys: [u8; 7],
+        start: u64,
+        wanted: Option<BorrowedFd<'a>>,
+    ) -> Self {
         Self {
             tty,
             signals,
@@ -224,6 +240,7 @@ impl<'a> TerminalInput<'a> {
             caught: VecDeque::new(),
             esc_since: None,
             position: start,
+            wanted,
         }
     }
 
@@ -275,6 +292,8 @@ impl Source for TerminalInput<'_> {
             let mut fds = [
                 PollFd::new(self.tty, PollFlags::POLLIN),
                 PollFd::new(self.signals.wake_fd(), PollFlags::POLLIN),
+                // Without a wanted descriptor the tty is polled twice: harmless.
+                PollFd::new(self.wanted.unwrap_or(self.tty), PollFlags::POLLIN),
             ];
             match poll(&mut fds, poll_timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
@@ -284,6 +303,13 @@ impl Source for TerminalInput<'_> {
                         source,
                     });
                 }
+            }
+            if self.wanted.is_some()
+                && fds[2]
+                    .revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLIN))
+            {
+                return Ok(Event::CheckpointWanted);
             }
             let tty_events = fds[0].revents().unwrap_or(PollFlags::empty());
             if !tty_events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {

@@ -7,7 +7,7 @@
 //! [`Source`] and a [`Clock`], so tests drive it on a virtual clock without a terminal.
 
 use std::io::{IsTerminal as _, Stdout};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -112,7 +112,14 @@ impl Frontend for TtyFrontend<'_> {
 /// this returns, whatever way, so a promoted spare sets up its own screen and draws it all.
 ///
 /// Nothing is printed: the caller prints the too-small message or the scores.
-pub fn play<St: Store>(store: &mut St, colour: bool) -> anyhow::Result<Ending> {
+///
+/// `wanted` is hslib's checkpoint-wanted descriptor: while it is readable the loop takes a
+/// checkpoint (a spare connected while the game waited for a key).
+pub fn play<St: Store>(
+    store: &mut St,
+    colour: bool,
+    wanted: Option<BorrowedFd<'_>>,
+) -> anyhow::Result<Ending> {
     terminal::install_panic_hook();
     let (cols, rows) = ratatui::crossterm::terminal::size().context("reading the window size")?;
     if !screen::fits_screen(cols, rows) {
@@ -128,7 +135,7 @@ pub fn play<St: Store>(store: &mut St, colour: bool) -> anyhow::Result<Ending> {
     let mode = GameMode::enter(tty)?;
     let terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     let mut frontend = TtyFrontend { terminal, mode };
-    let mut input = TerminalInput::new(tty, &signals, keys, tty_bytes);
+    let mut input = TerminalInput::with_wanted(tty, &signals, keys, tty_bytes, wanted);
     let ending = game_loop(
         store,
         colour,
@@ -245,6 +252,13 @@ where
                     return Ok(ending);
                 }
             }
+            Event::CheckpointWanted => {
+                if !frozen {
+                    // As for a signal: the time waited is used up, the expiry kept.
+                    state.timer_left_us = state.timer_left_us.saturating_sub(waited_us).max(1);
+                }
+                store.commit()?;
+            }
             Event::Eof => anyhow::bail!("end of file on the terminal"),
         }
     }
@@ -355,6 +369,8 @@ where
                         return Ok(After::End(ending));
                     }
                 }
+                // The state is the lock's, already committed: that checkpoint again.
+                Event::CheckpointWanted => store.commit()?,
                 Event::Eof => anyhow::bail!("end of file on the terminal"),
             }
         }
@@ -714,6 +730,26 @@ mod tests {
         );
         assert!(c[9].has_quit());
         assert_eq!(c.last(), Some(&store.state), "the end state is committed");
+    }
+
+    #[test]
+    fn a_checkpoint_wanted_is_committed_with_the_time_waited_and_nothing_else() {
+        use crate::store::Recording;
+        let mut store = Recording::new(level1());
+        let clock = ManualClock::new();
+        let events = [(300_000, Event::CheckpointWanted), (400_000, key(b'q'))];
+        let mut input = Scripted::new(&clock, &events);
+        let mut front = TestFrontend::new();
+        let ending = game_loop(&mut store, true, &mut front, &mut input, &clock);
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        let c = &store.commits;
+        assert_eq!(c.len(), 2, "{c:#?}");
+        assert_eq!((c[0].inputs, c[0].pos), (0, level1().pos));
+        assert_eq!(c[0].timer_left_us, FIRST_ARM_US - 300_000);
+        assert_eq!(
+            input.waits_us(),
+            [Some(FIRST_ARM_US), Some(FIRST_ARM_US - 300_000)]
+        );
     }
 
     #[test]

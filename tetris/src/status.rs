@@ -10,12 +10,13 @@
 //! - With `TETRIS_STATS_MS` set to a number of milliseconds, **stats lines** from a thread of
 //!   their own, at most one per interval and only when something changed:
 //!   `{"stats":{"epoch":E,"checkpoints":C,"inputs":N,"tty_bytes":T,"stall_last_us":F,`
-//!   `"stall_p99_us":F,"last_written":W,"acked":A,"live":B,"synced":B}}`. `checkpoints`
+//!   `"stall_p99_us":F,"last_written":W,"acked":A,"sessions":S,"live":B,"synced":B}}`. `checkpoints`
 //!   continues from the restored checkpoint's number; `inputs` and `tty_bytes` are the state's
 //!   at the last checkpoint; the stalls are the time spent inside `checkpoint()` (the p99 of
 //!   this process's checkpoints, to within 1/8 of an octave); `last_written`, `acked`,
-//!   `live` and `synced` are the link's ([`hslib::LinkStats`]): the spare lags
-//!   `last_written - acked` checkpoints behind, and holds a checkpoint once `synced`. While a
+//!   `sessions`, `live` and `synced` are the link's ([`hslib::LinkStats`]): the spare lags
+//!   `last_written - acked` checkpoints behind, each spare that connects opens a new session,
+//!   and the spare of the open session holds a checkpoint once `synced`. While a
 //!   connected spare is not yet synced the thread looks every millisecond, so the sync is
 //!   reported at once.
 //!
@@ -192,7 +193,7 @@ impl StatsLine {
         format!(
             "{{\"stats\":{{\"epoch\":{},\"checkpoints\":{},\"inputs\":{},\"tty_bytes\":{},\
              \"stall_last_us\":{:.3},\"stall_p99_us\":{:.3},\"last_written\":{},\"acked\":{},\
-             \"live\":{},\"synced\":{}}}}}\n",
+             \"sessions\":{},\"live\":{},\"synced\":{}}}}}\n",
             self.epoch,
             self.checkpoints,
             self.inputs,
@@ -201,6 +202,7 @@ impl StatsLine {
             self.stall_p99_us,
             self.link.last_written,
             self.link.acked,
+            self.link.sessions,
             self.link.live,
             self.link.synced
         )
@@ -379,6 +381,7 @@ mod tests {
             link: LinkStats {
                 last_written: 9,
                 acked: 8,
+                sessions: 2,
                 live: true,
                 synced: true,
                 ..LinkStats::default()
@@ -388,7 +391,7 @@ mod tests {
             line.to_line(),
             "{\"stats\":{\"epoch\":3,\"checkpoints\":10,\"inputs\":4,\"tty_bytes\":6,\
              \"stall_last_us\":2.500,\"stall_p99_us\":7.000,\"last_written\":9,\"acked\":8,\
-             \"live\":true,\"synced\":true}}\n"
+             \"sessions\":2,\"live\":true,\"synced\":true}}\n"
         );
     }
 }

@@ -11,6 +11,7 @@
 //! and puts the terminal back before it returns.
 
 use std::cell::RefCell;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -185,6 +186,12 @@ fn worker(ctx: &mut Context, plan: &Plan, results: &RefCell<Results>) -> anyhow:
     } else {
         0
     });
+    // Our own copy: the store below borrows the context for as long as the game runs.
+    let wanted = ctx
+        .checkpoint_wanted_fd()
+        .map(|fd| fd.try_clone_to_owned())
+        .transpose()
+        .context("cannot duplicate the checkpoint-wanted descriptor")?;
     let published = Arc::new(Published::new(restored.map_or(0, |r| r.checkpoint)));
     let reporter = Reporter::start(&published, ctx.link_probe(), ctx.epoch())?;
     let mut store = Checkpointed {
@@ -201,10 +208,22 @@ fn worker(ctx: &mut Context, plan: &Plan, results: &RefCell<Results>) -> anyhow:
             Some(_) if is_file => start.inputs,
             _ => 0,
         };
-        headless::play_stream(&mut store, &mut script, skip)?;
+        let stdin = std::io::stdin();
+        let wake = match &wanted {
+            Some(w) if !is_file => Some(headless::Wake {
+                input: stdin.as_fd(),
+                wanted: w.as_fd(),
+            }),
+            _ => None,
+        };
+        headless::play_stream(&mut store, &mut script, skip, wake)?;
         None
     } else {
-        Some(play::play(&mut store, plan.colour)?)
+        Some(play::play(
+            &mut store,
+            plan.colour,
+            wanted.as_ref().map(AsFd::as_fd),
+        )?)
     };
     let end = *store.state()?;
     drop(reporter);
