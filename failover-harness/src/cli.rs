@@ -1,0 +1,90 @@
+//! The command line.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use failover_harness::link::{SyncMode, Transport};
+
+/// Primary and spare Tetris: axe the primary, keep playing.
+#[derive(Debug, Parser)]
+#[command(name = "failover-harness", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// A headless game with a primary and a spare, killed at chosen inputs; prints what
+    /// `tetris --headless` prints for the same game.
+    Run(RunArgs),
+    /// Runs a game process (`tetris ARGS`); the harness starts its games this way.
+    #[command(hide = true)]
+    Game {
+        /// The `tetris` arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+/// `--async` / `--sync`.
+#[derive(Debug, Args, Clone, Copy)]
+#[group(multiple = false)]
+pub struct ModeArgs {
+    /// Checkpoints return once taken (the default).
+    #[arg(long = "async")]
+    pub async_mode: bool,
+    /// Checkpoints return once the spare acknowledged them.
+    #[arg(long = "sync")]
+    pub sync_mode: bool,
+}
+
+impl ModeArgs {
+    /// The mode asked for.
+    pub fn mode(self) -> SyncMode {
+        if self.sync_mode {
+            SyncMode::Sync
+        } else {
+            SyncMode::Async
+        }
+    }
+}
+
+/// `run`'s options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The game's seed.
+    #[arg(long, value_name = "N")]
+    pub seed: u64,
+    /// The level, 1 to 9.
+    #[arg(short = 'l', value_name = "L")]
+    pub level: Option<u32>,
+    /// The command keys (`tetris -k`).
+    #[arg(short = 'k', value_name = "KEYS", allow_hyphen_values = true)]
+    pub keys: Option<OsString>,
+    /// The inputs: one per byte, `.` the fall timer, newlines skipped.
+    #[arg(long, value_name = "FILE")]
+    pub script: PathBuf,
+    /// SIGKILL the primary right after the Nth input was sent (0: before the first).
+    #[arg(long, value_name = "N,...", value_delimiter = ',')]
+    pub kill_after: Vec<u64>,
+    /// SIGKILL the primary at K points drawn from the script's inputs.
+    #[arg(long, value_name = "K", requires = "kill_seed")]
+    pub kill_random: Option<u64>,
+    /// The seed the random kill points are drawn from.
+    #[arg(long, value_name = "S", requires = "kill_random")]
+    pub kill_seed: Option<u64>,
+    /// How primary and spare reach each other.
+    #[arg(long, value_enum, default_value = "unix")]
+    pub transport: Transport,
+    /// Write the game's stats plus "failovers" and "rto_ms" here (one JSON line).
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<PathBuf>,
+    /// async or sync checkpoints.
+    #[command(flatten)]
+    pub mode: ModeArgs,
+}

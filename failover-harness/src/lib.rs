@@ -1,0 +1,15 @@
+//! The hot-spare supervisor for the Tetris demo (DESIGN.md, "Failover, end to end").
+//!
+//! Every game process is this executable re-run as `failover-harness game -- ARGS`, which is
+//! `tetris ARGS` ([`game`]), in the role (primary, spare), epoch and mode the harness sets in
+//! its environment, with a status pipe on which it reports a restore and its stats
+//! ([`report`]). [`link`] is how primary and spare reach each other. [`run`] is the scripted
+//! kill-and-resume of a headless game ([`killplan`] picks where to kill).
+//! [`sys`] holds the only `unsafe`.
+
+pub mod game;
+pub mod killplan;
+pub mod link;
+pub mod report;
+pub mod run;
+pub mod sys;
