@@ -22,6 +22,15 @@ pub enum Command {
     /// A headless game with a primary and a spare, killed at chosen inputs; prints what
     /// `tetris --headless` prints for the same game.
     Run(RunArgs),
+    /// Plays on this terminal with a primary and a spare; the axe key (^X) kills the
+    /// primary, and the game goes on.
+    Play(PlayArgs),
+    /// SIGKILLs the primary of the running `play` session.
+    Axe(SessionArgs),
+    /// Shows the running `play` session's primary, spare, epoch, failovers and checkpoints.
+    Status(StatusArgs),
+    /// Times failovers: SIGKILL of the primary to the promoted spare's first output.
+    BenchFailover(BenchArgs),
     /// Runs a game process (`tetris ARGS`); the harness starts its games this way.
     #[command(hide = true)]
     Game {
@@ -87,4 +96,98 @@ pub struct RunArgs {
     /// async or sync checkpoints.
     #[command(flatten)]
     pub mode: ModeArgs,
+}
+
+/// `play`'s options.
+#[derive(Debug, Args)]
+pub struct PlayArgs {
+    /// The game's seed (default: from the OS).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// async or sync checkpoints.
+    #[command(flatten)]
+    pub mode: ModeArgs,
+    /// How primary and spare reach each other.
+    #[arg(long, value_enum, default_value = "unix")]
+    pub transport: Transport,
+    /// Axe the primary every SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub chaos: Option<f64>,
+    /// tetris -b: black and white.
+    #[arg(short = 'b')]
+    pub black_and_white: bool,
+    /// tetris -p: show the next piece.
+    #[arg(short = 'p')]
+    pub preview: bool,
+    /// tetris -k: the command keys.
+    #[arg(short = 'k', value_name = "KEYS", allow_hyphen_values = true)]
+    pub keys: Option<OsString>,
+    /// tetris -l: the level, 1 to 9.
+    #[arg(short = 'l', value_name = "L")]
+    pub level: Option<u32>,
+    /// tetris --scores-file.
+    #[arg(long, value_name = "PATH")]
+    pub scores_file: Option<PathBuf>,
+}
+
+impl PlayArgs {
+    /// The `tetris` arguments these options make.
+    pub fn tetris_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        if let Some(s) = self.seed {
+            a.extend(["--seed".into(), s.to_string().into()]);
+        }
+        if self.black_and_white {
+            a.push("-b".into());
+        }
+        if self.preview {
+            a.push("-p".into());
+        }
+        if let Some(k) = &self.keys {
+            a.extend(["-k".into(), k.clone()]);
+        }
+        if let Some(l) = self.level {
+            a.extend(["-l".into(), l.to_string().into()]);
+        }
+        if let Some(f) = &self.scores_file {
+            a.extend(["--scores-file".into(), f.clone().into_os_string()]);
+        }
+        a
+    }
+}
+
+/// Which session.
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// The session's harness pid, when several run.
+    #[arg(long, value_name = "PID")]
+    pub session: Option<u32>,
+}
+
+/// `status`'s options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One JSON line: {"primary_pid":N,"spare_pid":N,"epoch":N,"failovers":N,"checkpoints":N}.
+    #[arg(long)]
+    pub json: bool,
+    /// Which session.
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+/// `bench-failover`'s options.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Failovers to time.
+    #[arg(long, default_value_t = 100)]
+    pub trials: u32,
+    /// One JSON line: {"trials":N,"rto_ms_p50":F,"rto_ms_p99":F,"rto_ms_max":F,"lost_inputs":N}.
+    #[arg(long)]
+    pub json: bool,
+    /// async or sync checkpoints.
+    #[command(flatten)]
+    pub mode: ModeArgs,
+    /// How primary and spare reach each other.
+    #[arg(long, value_enum, default_value = "unix")]
+    pub transport: Transport,
 }

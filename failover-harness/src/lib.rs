@@ -4,12 +4,21 @@
 //! `tetris ARGS` ([`game`]), in the role (primary, spare), epoch and mode the harness sets in
 //! its environment, with a status pipe on which it reports a restore and its stats
 //! ([`report`]). [`link`] is how primary and spare reach each other. [`run`] is the scripted
-//! kill-and-resume of a headless game ([`killplan`] picks where to kill).
+//! kill-and-resume of a headless game ([`killplan`] picks where to kill). [`supervisor`] keeps
+//! an interactive primary and spare on their pseudo-terminals with the key log, promotion and
+//! replay; [`play`] puts it on the user's terminal ([`term`], [`vt`], [`statusrow`]) and
+//! [`control`] lets `axe` and `status` reach it from another terminal.
 //! [`sys`] holds the only `unsafe`.
 
+pub mod control;
 pub mod game;
 pub mod killplan;
 pub mod link;
+pub mod play;
 pub mod report;
 pub mod run;
+pub mod statusrow;
+pub mod supervisor;
 pub mod sys;
+pub mod term;
+pub mod vt;

@@ -7,9 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use failover_harness::control;
+use failover_harness::play::{self, PlayOptions};
 use failover_harness::run::{self, RunOptions};
 
-use crate::cli::{Cli, Command, RunArgs};
+use crate::cli::{Cli, Command, PlayArgs, RunArgs, SessionArgs, StatusArgs};
 
 /// Environment variable: a file for the harness's log (never the terminal).
 const LOG_ENV: &str = "FAILOVER_HARNESS_LOG";
@@ -52,6 +54,10 @@ fn log_to_file() -> anyhow::Result<()> {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run_command(&args),
+        Command::Play(args) => play_command(&args),
+        Command::Axe(args) => axe_command(&args),
+        Command::Status(args) => status_command(&args),
+        Command::BenchFailover(_) => anyhow::bail!("bench-failover is not built yet"),
         Command::Game { .. } => Ok(ExitCode::FAILURE),
     }
 }
@@ -76,5 +82,59 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
     out.write_all(&outcome.output)
         .and_then(|()| out.flush())
         .context("cannot write the result to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn play_command(args: &PlayArgs) -> anyhow::Result<ExitCode> {
+    let chaos = match args.chaos {
+        Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
+        Some(s) => anyhow::bail!("--chaos wants a positive number of seconds, not {s}"),
+        None => None,
+    };
+    play::play(&PlayOptions {
+        tetris_args: args.tetris_args(),
+        mode: args.mode.mode(),
+        transport: args.transport,
+        chaos,
+    })
+}
+
+/// A session's answer line, or its error as ours.
+fn answer(request: &str, session: &SessionArgs) -> anyhow::Result<serde_json::Value> {
+    let line = control::ask(request, session.session)?;
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .with_context(|| format!("the session answered something else than JSON: {line}"))?;
+    if let Some(why) = v.get("error").and_then(serde_json::Value::as_str) {
+        anyhow::bail!("the session could not {request}: {why}");
+    }
+    Ok(v)
+}
+
+fn axe_command(args: &SessionArgs) -> anyhow::Result<ExitCode> {
+    let v = answer("axe", args)?;
+    let pid = v["axed"].as_u64().unwrap_or(0);
+    println!("axed the primary (pid {pid}); its spare takes over");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_command(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let v = answer("status", &args.session)?;
+    let s: control::Status =
+        serde_json::from_value(v).context("the session's status has another shape")?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", s.to_json())?;
+    } else {
+        let spare = if s.spare_pid == 0 {
+            "none".to_owned()
+        } else {
+            s.spare_pid.to_string()
+        };
+        writeln!(
+            out,
+            "primary {} | spare {spare} | epoch {} | failovers {} | checkpoints {}",
+            s.primary_pid, s.epoch, s.failovers, s.checkpoints
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }

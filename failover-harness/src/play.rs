@@ -1,0 +1,262 @@
+//! `failover-harness play`: the demo. The harness takes the user's terminal (raw mode) and
+//! runs a primary and a spare game ([`Supervisor`]), each on a pseudo-terminal one row
+//! shorter than the user's; the primary's screen passes through to the user, the user's keys
+//! to the primary (logged), and the last row is the harness's status row
+//! ([`crate::statusrow`]). The axe key (^X) SIGKILLs the primary, as do
+//! `failover-harness axe` from another terminal and `--chaos SECS`; the spare takes over on
+//! the same terminal with the same board and score, and a new spare appears. Window resizes
+//! reach both games. The terminal is put back however the session ends.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+
+use crate::control::{self, AxeRequest, Status};
+use crate::game::Setup;
+use crate::link::{Link, SyncMode, Transport};
+use crate::statusrow::{self, AXE_KEY};
+use crate::supervisor::{self, Axe, End, Event, Supervisor, View};
+use crate::term::RawTerminal;
+use crate::{sys, vt};
+
+/// The smallest terminal: the game's 40x23 and the status row.
+pub const MIN_ROWS: u16 = 24;
+/// The narrowest terminal.
+pub const MIN_COLS: u16 = 40;
+/// How often the status row and `status` are brought up to date.
+const REFRESH: Duration = Duration::from_millis(100);
+/// For the tests of the panic hook only: panic once the game's screen is up.
+const PANIC_ENV: &str = "FAILOVER_HARNESS_PANIC_AFTER";
+
+/// What `play` was asked for.
+#[derive(Clone, Debug)]
+pub struct PlayOptions {
+    /// `tetris` options (seed, level, keys, ...).
+    pub tetris_args: Vec<OsString>,
+    /// async or sync checkpoints.
+    pub mode: SyncMode,
+    /// unix or tcp.
+    pub transport: Transport,
+    /// Axe the primary every so often.
+    pub chaos: Option<Duration>,
+}
+
+/// The user's screen: the game's output passed through, and the status row.
+struct Screen {
+    tracker: vt::Tracker,
+    rows: u16,
+    cols: u16,
+    row_dirty: bool,
+    shown: Option<View>,
+}
+
+impl Screen {
+    fn write(bytes: &[u8]) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(bytes)
+            .and_then(|()| out.flush())
+            .context("cannot write to the terminal")
+    }
+
+    fn forward(&mut self, bytes: &[u8], term: &RawTerminal) -> anyhow::Result<()> {
+        Self::write(bytes)?;
+        self.tracker.feed(bytes);
+        term.note_alt_screen(self.tracker.alt_screen());
+        self.row_dirty = true;
+        Ok(())
+    }
+
+    /// The dead primary's last frame may stop mid-sequence: end it before the next game's.
+    fn cut(&mut self) -> anyhow::Result<()> {
+        let bytes = self.tracker.cut();
+        Self::write(bytes)
+    }
+
+    /// Draws the status row when the game's screen is up, the stream is between sequences
+    /// and the row may have changed.
+    fn status(&mut self, view: &View) -> anyhow::Result<()> {
+        let changed = self.shown.as_ref() != Some(view);
+        if !(self.tracker.alt_screen() && self.tracker.at_boundary() && (self.row_dirty || changed))
+        {
+            return Ok(());
+        }
+        Self::write(&statusrow::draw(view, self.rows, self.cols))?;
+        self.row_dirty = false;
+        self.shown = Some(*view);
+        Ok(())
+    }
+}
+
+/// Plays until the game ends; the exit code says whether it was kept throughout.
+pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
+    let signals = sys::signal_pipe(&[
+        Signal::SIGWINCH,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+    ])
+    .context("cannot route signals")?;
+    let control = control::Server::start(&control::runtime_dir()?)?;
+    let mut term = RawTerminal::enter()?;
+    let (rows, cols) = term.size()?;
+    if rows < MIN_ROWS || cols < MIN_COLS {
+        term.restore();
+        anyhow::bail!(
+            "the terminal is {cols}x{rows}: play needs at least {MIN_COLS}x{MIN_ROWS} (the \
+             game's 40x23 and a status row)"
+        );
+    }
+    let setup = Setup::new(
+        opts.tetris_args.clone(),
+        Link::new(opts.transport)?,
+        opts.mode,
+        supervisor::DEFAULT_STATS_MS,
+    )?;
+    let (mut sup, first) = Supervisor::start(setup, rows - 1, cols)?;
+    let mut screen = Screen {
+        tracker: vt::Tracker::new(),
+        rows,
+        cols,
+        row_dirty: true,
+        shown: None,
+    };
+    let mut waiting: Vec<AxeRequest> = Vec::new();
+    let mut next_chaos = opts.chaos.map(|d| Instant::now() + d);
+    let mut refreshed = Instant::now();
+    let mut end = None;
+    let panic_test = std::env::var_os(PANIC_ENV).is_some();
+    handle(first, &mut screen, &term, &mut waiting, &mut end)?;
+    while end.is_none() {
+        if panic_test && screen.tracker.alt_screen() {
+            panic!("{PANIC_ENV} is set: the harness panics, its terminal must come back");
+        }
+        let now = Instant::now();
+        let mut timeout = REFRESH.saturating_sub(now - refreshed);
+        if let Some(at) = next_chaos {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        let stdin = std::io::stdin();
+        let (ready, mut events) = sup.poll(
+            &[stdin.as_fd(), signals.as_fd(), control.wake_fd()],
+            timeout,
+        )?;
+        if ready[0] {
+            let mut buf = [0u8; 1024];
+            match nix::unistd::read(stdin.as_fd(), &mut buf) {
+                Ok(0) | Err(Errno::EIO) => {
+                    end = Some(End::Lost("the terminal went away".to_owned()));
+                }
+                Ok(n) => keys(&buf[..n], &mut sup, &mut events)?,
+                Err(Errno::EINTR | Errno::EAGAIN) => {}
+                Err(e) => return Err(e).context("reading the terminal failed"),
+            }
+        }
+        if ready[1] {
+            let mut buf = [0u8; 64];
+            let n = nix::unistd::read(&signals, &mut buf).unwrap_or(0);
+            for &s in &buf[..n] {
+                if i32::from(s) == Signal::SIGWINCH as i32 {
+                    let (r, c) = term.size()?;
+                    screen.rows = r;
+                    screen.cols = c;
+                    screen.row_dirty = true;
+                    sup.resize(r.saturating_sub(1).max(1), c)?;
+                } else {
+                    end = Some(End::Lost(format!("the harness got signal {s}")));
+                }
+            }
+        }
+        if ready[2] {
+            control.drain_wake();
+            while let Ok(req) = control.axes.try_recv() {
+                match sup.axe(&mut events) {
+                    Ok(Axe::Killed(_) | Axe::Pending) => waiting.push(req),
+                    Err(e) => {
+                        let _ = req.reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+        if next_chaos.is_some_and(|at| Instant::now() >= at) {
+            // While a failover runs the axe waits for the next spare.
+            let _ = sup.axe(&mut events);
+            next_chaos = opts.chaos.map(|d| Instant::now() + d);
+        }
+        if end.is_none() {
+            handle(events, &mut screen, &term, &mut waiting, &mut end)?;
+        }
+        let view = sup.view();
+        control.set_status(Status {
+            primary_pid: view.primary_pid,
+            spare_pid: view.spare_pid,
+            epoch: view.epoch,
+            failovers: view.failovers,
+            checkpoints: view.stats.checkpoints,
+        });
+        screen.status(&view)?;
+        refreshed = Instant::now();
+    }
+    for req in waiting {
+        let _ = req.reply.send(Err("the session ended".to_owned()));
+    }
+    drop(sup);
+    term.restore();
+    match end {
+        Some(End::Lost(why)) => {
+            eprintln!("failover-harness: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// The user's keys: the axe key axes, the rest goes to the game.
+fn keys(bytes: &[u8], sup: &mut Supervisor, events: &mut Vec<Event>) -> anyhow::Result<()> {
+    for chunk in bytes.split_inclusive(|&b| b == AXE_KEY) {
+        let (keys, axe) = match chunk.split_last() {
+            Some((&AXE_KEY, rest)) => (rest, true),
+            _ => (chunk, false),
+        };
+        sup.type_bytes(keys)?;
+        if axe {
+            // During a failover the axe waits for the next spare; errors are not the user's.
+            if let Err(e) = sup.axe(events) {
+                tracing::info!(error = %e, "axe refused");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn handle(
+    events: Vec<Event>,
+    screen: &mut Screen,
+    term: &RawTerminal,
+    waiting: &mut Vec<AxeRequest>,
+    end: &mut Option<End>,
+) -> anyhow::Result<()> {
+    for e in events {
+        match e {
+            Event::Output(bytes) => screen.forward(&bytes, term)?,
+            Event::PrimaryDied { .. } => screen.cut()?,
+            Event::Axed { pid } => {
+                for req in waiting.drain(..) {
+                    let _ = req.reply.send(Ok(pid));
+                }
+            }
+            Event::Ended(e) => *end = Some(e),
+            Event::Switched { .. }
+            | Event::Promoted { .. }
+            | Event::SpareStarted { .. }
+            | Event::SpareSynced { .. } => {}
+        }
+    }
+    Ok(())
+}

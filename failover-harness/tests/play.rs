@@ -1,0 +1,491 @@
+//! `failover-harness play` end to end on a pseudo-terminal read with vt100: the game comes
+//! up with a status row; play, pause, axe: the same board and score, and play on; axe three
+//! times in a row (the key, and `failover-harness axe` from elsewhere); kill the spare
+//! instead: the primary goes on and a new spare appears; the user's terminal is put back
+//! whichever way the session ends.
+//!
+//! Nothing waits for time to pass: every step polls the screen or the session's status with
+//! a deadline. Games run at level 1 and are paused before anything is compared, so the fall
+//! timer cannot change what is asserted.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{harness, output};
+use hotspare_tests::{Session, vt100};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const ROWS: u16 = 25;
+const COLS: u16 = 80;
+const AXE: &[u8] = b"\x18";
+const PAUSED: &str = "paused - press RETURN to continue";
+
+/// A private runtime directory for the sessions of one test, and a place for scores.
+struct Dirs {
+    _tmp: TempDir,
+    runtime: PathBuf,
+    scores: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let tmp = TempDir::new().expect("tempdir");
+    let runtime = tmp.path().join("rt");
+    std::fs::create_dir(&runtime).expect("mkdir");
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let scores = tmp.path().join("scores");
+    Dirs {
+        _tmp: tmp,
+        runtime,
+        scores,
+    }
+}
+
+fn play(d: &Dirs, extra: &[&str]) -> Session {
+    let mut cmd = harness();
+    cmd.args(["play", "--seed", "7", "-l", "1", "--scores-file"])
+        .arg(&d.scores)
+        .args(extra)
+        .env("HOTSPARE_HARNESS_DIR", &d.runtime)
+        .env("TERM", "xterm-256color")
+        .env_remove("NO_COLOR")
+        .env_remove("TETRIS_SCORES");
+    Session::spawn(cmd, ROWS, COLS).expect("the harness starts on a pty")
+}
+
+/// `failover-harness ARGS` against the test's runtime directory.
+fn client(d: &Dirs, args: &[&str]) -> common::Output {
+    let mut cmd = harness();
+    cmd.args(args).env("HOTSPARE_HARNESS_DIR", &d.runtime);
+    output(cmd)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+struct Status {
+    primary_pid: u32,
+    spare_pid: u32,
+    epoch: u64,
+    failovers: u64,
+    checkpoints: u64,
+}
+
+fn status(d: &Dirs) -> Status {
+    let out = client(d, &["status", "--json"]);
+    assert!(out.status.success(), "status failed: {}", out.stderr);
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        text.ends_with('\n') && text.lines().count() == 1,
+        "{text:?}"
+    );
+    let keys: Vec<String> =
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+            .expect("a JSON object")
+            .keys()
+            .cloned()
+            .collect();
+    let mut want = [
+        "primary_pid",
+        "spare_pid",
+        "epoch",
+        "failovers",
+        "checkpoints",
+    ]
+    .map(String::from)
+    .to_vec();
+    want.sort();
+    let mut got = keys;
+    got.sort();
+    assert_eq!(got, want, "{text}");
+    serde_json::from_str(&text).expect("the status object")
+}
+
+fn row(screen: &vt100::Screen, r: u16) -> String {
+    screen
+        .contents()
+        .lines()
+        .nth(usize::from(r))
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned()
+}
+
+/// The game's part of the screen (rows 0-23): each cell's text and whether it is inverse.
+fn game_screen(screen: &vt100::Screen) -> Vec<(String, bool)> {
+    let mut cells = Vec::new();
+    for r in 0..ROWS - 1 {
+        for c in 0..COLS {
+            let cell = screen.cell(r, c);
+            // A cell never written and one written with a space look the same.
+            let text = cell.map(|x| x.contents().to_owned()).unwrap_or_default();
+            cells.push((
+                if text.is_empty() {
+                    " ".to_owned()
+                } else {
+                    text
+                },
+                cell.is_some_and(vt100::Cell::inverse),
+            ));
+        }
+    }
+    cells
+}
+
+fn board_is_drawn(screen: &vt100::Screen) -> bool {
+    let rev = |r: u16, c: u16| screen.cell(r, c).is_some_and(vt100::Cell::inverse);
+    screen.alternate_screen()
+        && (0..20).all(|r| rev(r, 27) && rev(r, 28) && rev(r, 49) && rev(r, 50))
+        && (27..51).all(|c| rev(20, c))
+}
+
+fn score(screen: &vt100::Screen) -> Option<u32> {
+    row(screen, 0)
+        .strip_prefix("Score: ")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn status_row(screen: &vt100::Screen) -> String {
+    row(screen, ROWS - 1)
+}
+
+/// The status row (80 columns: its short form) says the spare holds a checkpoint and
+/// `failovers` happened.
+fn protected(screen: &vt100::Screen, failovers: u64) -> bool {
+    protected_row(&status_row(screen), failovers)
+}
+
+fn protected_row(s: &str, failovers: u64) -> bool {
+    s.starts_with("^X axe|")
+        && (s.contains(&format!("|failovers {failovers}|"))
+            || s.contains(&format!("|failovers {failovers} (")))
+        && !s.contains("syncing")
+        && !s.contains("|S -|")
+        && !s.contains("FAILING OVER")
+}
+
+fn wait(s: &mut Session, what: &str, cond: impl FnMut(&vt100::Screen) -> bool) {
+    s.wait_for(what, DEADLINE, cond)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Polls `f` until it gives a value, pumping the session meanwhile.
+fn until<T>(s: &mut Session, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        let _ = s.pump(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    kill(Pid::from_raw(pid as i32), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split(' ').nth(2) == Some("Z"))
+}
+
+/// Starts a session and waits until the game is drawn and its spare protects it.
+fn started(d: &Dirs) -> Session {
+    let mut s = play(d, &[]);
+    wait(&mut s, "the board and a synced spare", |sc| {
+        board_is_drawn(sc) && protected(sc, 0)
+    });
+    s
+}
+
+/// Moves and drops a piece, waits for the points, pauses; returns the paused screen.
+fn play_and_pause(s: &mut Session) -> Vec<(String, bool)> {
+    s.send(b"jj ").expect("typing on the terminal");
+    wait(s, "points for the drop", |sc| {
+        score(sc).is_some_and(|p| p > 0)
+    });
+    s.send(b"p").expect("typing on the terminal");
+    wait(s, "the pause message", |sc| row(sc, 22).contains(PAUSED));
+    game_screen(s.screen())
+}
+
+/// Axes with the key and waits for the takeover: failover `n` done, a new spare synced, the
+/// same paused screen.
+fn axe_and_check(s: &mut Session, d: &Dirs, n: u64, paused: &[(String, bool)]) -> Status {
+    let before = status(d);
+    s.send(AXE).expect("typing on the terminal");
+    wait(s, &format!("failover {n} and a synced spare"), |sc| {
+        protected(sc, n)
+    });
+    same_game(s, paused);
+    let after = status(d);
+    assert_eq!(after.failovers, n);
+    assert_eq!(after.primary_pid, before.spare_pid, "the spare took over");
+    assert!(!alive(before.primary_pid), "the old primary is dead");
+    assert!(
+        after.spare_pid != 0 && after.spare_pid != before.spare_pid,
+        "a new spare"
+    );
+    assert!(after.epoch > before.epoch, "{before:?} -> {after:?}");
+    after
+}
+
+/// Waits for the game's screen to be `want` again; on a timeout, says which cells differ.
+fn same_game(s: &mut Session, want: &[(String, bool)]) {
+    if s.wait_for("the same paused game on the screen", DEADLINE, |sc| {
+        game_screen(sc) == want
+    })
+    .is_err()
+    {
+        let got = game_screen(s.screen());
+        let diff: Vec<String> = got
+            .iter()
+            .zip(want)
+            .enumerate()
+            .filter(|(_, (g, w))| g != w)
+            .map(|(i, (g, w))| {
+                format!(
+                    "row {} col {}: {g:?} != {w:?}",
+                    i / usize::from(COLS),
+                    i % usize::from(COLS)
+                )
+            })
+            .collect();
+        panic!(
+            "the game's screen differs:\n{}\n{}",
+            diff.join("\n"),
+            s.contents()
+        );
+    }
+}
+
+fn quit(s: &mut Session) {
+    s.send(b"q").expect("typing on the terminal");
+    wait(s, "the scores prompt", |sc| {
+        sc.contents().contains(tetris::scores::SEE_SCORES_PROMPT)
+    });
+    s.send(b"\r").expect("typing on the terminal");
+    let st = s.wait_exit(DEADLINE).expect("the harness exits");
+    assert!(st.success(), "{st:?}: {}", s.contents());
+    assert_eq!(&s.termios().expect("termios"), s.initial_termios());
+}
+
+#[test]
+fn play_pause_axe_same_board_and_score_play_on() {
+    let d = dirs();
+    let mut s = started(&d);
+    let first = status(&d);
+    assert_eq!((first.failovers, first.epoch), (0, 1));
+    let row0 = status_row(s.screen());
+    assert!(
+        row0.contains(&format!(
+            "|P {}|S {}|ep 1|",
+            first.primary_pid, first.spare_pid
+        )),
+        "{row0}"
+    );
+    let paused = play_and_pause(&mut s);
+    let points = score(s.screen()).expect("a score");
+    axe_and_check(&mut s, &d, 1, &paused);
+    assert_eq!(score(s.screen()), Some(points));
+    // Play on: a key ends the pause and moves; a drop scores again.
+    s.send(b"l").expect("typing on the terminal");
+    wait(&mut s, "the pause over", |sc| !row(sc, 22).contains(PAUSED));
+    s.send(b" ").expect("typing on the terminal");
+    wait(&mut s, "more points", |sc| {
+        score(sc).is_some_and(|p| p > points)
+    });
+    quit(&mut s);
+}
+
+#[test]
+fn axe_three_times_in_a_row_with_the_key_and_from_another_terminal() {
+    let d = dirs();
+    let mut s = started(&d);
+    let paused = play_and_pause(&mut s);
+    axe_and_check(&mut s, &d, 1, &paused);
+    axe_and_check(&mut s, &d, 2, &paused);
+    // The third from another terminal.
+    let before = status(&d);
+    let out = client(&d, &["axe"]);
+    assert!(out.status.success(), "axe failed: {}", out.stderr);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains(&before.primary_pid.to_string()), "{said}");
+    wait(&mut s, "failover 3", |sc| protected(sc, 3));
+    same_game(&mut s, &paused);
+    let after = status(&d);
+    assert_eq!((after.failovers, after.primary_pid), (3, before.spare_pid));
+    quit(&mut s);
+}
+
+#[test]
+fn a_killed_spare_is_replaced_and_the_primary_goes_on() {
+    let d = dirs();
+    let mut s = started(&d);
+    let paused = play_and_pause(&mut s);
+    let before = status(&d);
+    kill(Pid::from_raw(before.spare_pid as i32), Signal::SIGKILL).expect("kill the spare");
+    let after = until(&mut s, "a new spare", || {
+        let st = status(&d);
+        (st.spare_pid != 0 && st.spare_pid != before.spare_pid).then_some(st)
+    });
+    assert_eq!(after.primary_pid, before.primary_pid, "the primary goes on");
+    assert_eq!(after.failovers, 0);
+    wait(&mut s, "the new spare synced", |sc| {
+        protected(sc, 0) && status_row(sc).contains(&format!("|S {}|", after.spare_pid))
+    });
+    assert_eq!(game_screen(s.screen()), paused, "the game did not move");
+    // And the new spare takes over when the primary is axed.
+    let took = axe_and_check(&mut s, &d, 1, &paused);
+    assert_eq!(took.primary_pid, after.spare_pid);
+    quit(&mut s);
+}
+
+#[test]
+fn axe_and_status_with_no_session_say_so() {
+    let d = dirs();
+    for args in [&["axe"][..], &["status", "--json"][..]] {
+        let out = client(&d, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            out.stderr
+                .contains("no failover-harness session is running"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+/// Ends a session `how`, checks the terminal is back as it was, the alternate screen left,
+/// and no game left behind.
+fn ends_restored(how: impl FnOnce(&mut Session, &Dirs, Status), want_success: bool) {
+    let d = dirs();
+    let mut s = started(&d);
+    let st = status(&d);
+    how(&mut s, &d, st);
+    let exit = s.wait_exit(DEADLINE).expect("the harness exits");
+    assert_eq!(exit.success(), want_success, "{exit:?}: {}", s.contents());
+    assert_eq!(&s.termios().expect("termios"), s.initial_termios());
+    assert!(
+        !s.screen().alternate_screen(),
+        "the alternate screen is left"
+    );
+    assert!(!s.screen().hide_cursor(), "the cursor is shown");
+    let deadline = Instant::now() + DEADLINE;
+    while alive(st.primary_pid) || alive(st.spare_pid) {
+        assert!(Instant::now() < deadline, "games outlived the session");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_terminal_is_restored_after_ctrl_c() {
+    ends_restored(|s, _, _| s.send(b"\x03").unwrap(), true);
+}
+
+#[test]
+fn the_terminal_is_restored_when_both_games_are_killed() {
+    ends_restored(
+        |_, _, st| {
+            kill(Pid::from_raw(st.spare_pid as i32), Signal::SIGKILL).expect("kill");
+            kill(Pid::from_raw(st.primary_pid as i32), Signal::SIGKILL).expect("kill");
+        },
+        false,
+    );
+}
+
+#[test]
+fn the_terminal_is_restored_when_the_harness_is_terminated() {
+    ends_restored(|s, _, _| s.signal(Signal::SIGTERM).unwrap(), false);
+}
+
+#[test]
+fn the_terminal_is_restored_after_a_harness_panic() {
+    let d = dirs();
+    let mut cmd = harness();
+    cmd.args(["play", "--seed", "7", "-l", "1", "--scores-file"])
+        .arg(&d.scores)
+        .env("HOTSPARE_HARNESS_DIR", &d.runtime)
+        .env("TERM", "xterm-256color")
+        .env("FAILOVER_HARNESS_PANIC_AFTER", "1");
+    let mut s = Session::spawn(cmd, ROWS, COLS).expect("spawn");
+    let exit = s.wait_exit(DEADLINE).expect("the harness exits");
+    assert!(!exit.success());
+    assert!(s.contents().contains("panicked"), "{}", s.contents());
+    assert_eq!(&s.termios().expect("termios"), s.initial_termios());
+    assert!(!s.screen().alternate_screen());
+}
+
+#[test]
+fn a_too_small_terminal_is_refused_and_left_as_it_was() {
+    let d = dirs();
+    let mut cmd = harness();
+    cmd.args(["play", "--scores-file"])
+        .arg(&d.scores)
+        .env("HOTSPARE_HARNESS_DIR", &d.runtime);
+    let mut s = Session::spawn(cmd, 23, 80).expect("spawn");
+    let exit = s.wait_exit(DEADLINE).expect("exit");
+    assert!(!exit.success());
+    assert!(s.contents().contains("at least 40x24"), "{}", s.contents());
+    assert_eq!(&s.termios().expect("termios"), s.initial_termios());
+}
+
+#[test]
+fn a_resize_reaches_the_game_and_its_spare() {
+    let d = dirs();
+    let mut s = started(&d);
+    s.send(b"p").expect("typing on the terminal");
+    wait(&mut s, "the pause message", |sc| {
+        row(sc, 22).contains(PAUSED)
+    });
+    // 31x100: the games get 30x100, where the well is centred at column 37 from row 3.
+    s.resize(31, 100).unwrap();
+    let recentred = |sc: &vt100::Screen| {
+        let rev = |r: u16, c: u16| sc.cell(r, c).is_some_and(vt100::Cell::inverse);
+        (3..23).all(|r| rev(r, 37) && rev(r, 38) && rev(r, 59) && rev(r, 60)) && !rev(5, 27)
+    };
+    let bottom_row_protected = |sc: &vt100::Screen, n: u64| protected_row(&row(sc, 30), n);
+    wait(
+        &mut s,
+        "the well re-centred and the status row at the bottom",
+        |sc| recentred(sc) && bottom_row_protected(sc, 0),
+    );
+    s.send(AXE).expect("typing on the terminal");
+    wait(&mut s, "the promoted spare's well, at the new size", |sc| {
+        recentred(sc) && bottom_row_protected(sc, 1) && row(sc, 28).contains(PAUSED)
+    });
+    quit(&mut s);
+}
+
+#[test]
+fn chaos_axes_the_primary_again_and_again() {
+    let d = dirs();
+    let mut s = play(&d, &["--chaos", "0.3"]);
+    wait(&mut s, "the board", board_is_drawn);
+    let paused = play_and_pause(&mut s);
+    let first = status(&d);
+    wait(&mut s, "three more failovers", |sc| {
+        let r = status_row(sc);
+        (first.failovers + 3..first.failovers + 100)
+            .any(|n| r.contains(&format!("|failovers {n} (")))
+    });
+    same_game(&mut s, &paused);
+    let after = status(&d);
+    assert!(
+        after.failovers >= first.failovers + 3,
+        "{first:?} -> {after:?}"
+    );
+    assert!(after.epoch > first.epoch);
+    s.send(b"q").expect("typing on the terminal");
+    wait(&mut s, "the scores prompt", |sc| {
+        sc.contents().contains(tetris::scores::SEE_SCORES_PROMPT)
+    });
+    s.send(b"\r").expect("typing on the terminal");
+    let st = s.wait_exit(DEADLINE).expect("the harness exits");
+    assert!(st.success(), "{st:?}: {}", s.contents());
+}
