@@ -849,7 +849,19 @@ impl Context {
     pub fn calibrate(&mut self) -> CostModel {
         let m = calibrated(&self.regions);
         self.model = Some(m);
+        self.prewarm();
         m
+    }
+
+    /// Gives the link a copy buffer as large as every region together, its pages touched, so
+    /// the first copies do not pay page faults (the adaptive strategy calls it once).
+    fn prewarm(&mut self) {
+        let total = self.regions.iter().map(Region::len).sum();
+        if let Some(link) = &mut self.link
+            && let Err(e) = link.prewarm(total)
+        {
+            tracing::warn!(error = %e, "no staging buffer ahead of time");
+        }
     }
 
     /// `hs_cpt`: takes a checkpoint of the regions and the metadata as they are now. In
@@ -888,11 +900,19 @@ impl Context {
             _ if link.fork_in_flight() => Strategy::Copy,
             Strategy::Adaptive => self
                 .model
-                .get_or_insert_with(|| calibrated(&self.regions))
+                .get_or_insert_with(|| {
+                    let m = calibrated(&self.regions);
+                    let total = self.regions.iter().map(Region::len).sum();
+                    if let Err(e) = link.prewarm(total) {
+                        tracing::warn!(error = %e, "no staging buffer ahead of time");
+                    }
+                    m
+                })
                 .choose(pages * PAGE_SIZE as u64),
             s => s,
         };
         let taken = Instant::now();
+        let mut steady = true;
         let snap = match strategy {
             Strategy::Fork => {
                 let child = snapshot::fork(&self.regions, full, &self.runs, &meta, plan.stream_fd)
@@ -902,16 +922,15 @@ impl Context {
             }
             Strategy::Copy | Strategy::Adaptive => {
                 let runs = self.runs.clone();
-                Snapshot::Copied(Copied::take(
-                    &self.regions,
-                    full,
-                    runs,
-                    link.reuse_buffer(),
-                    meta,
-                ))
+                let (buffer, new) = link.staging(snapshot::staging_bytes(&runs))?;
+                // A new buffer costs page faults once; the model learns the steady state.
+                steady = !new;
+                Snapshot::Copied(Copied::take(&self.regions, full, runs, buffer, meta))
             }
         };
-        if let Some(model) = &mut self.model {
+        if let Some(model) = &mut self.model
+            && steady
+        {
             model.observe(strategy, pages * PAGE_SIZE as u64, taken.elapsed());
         }
         let id = link.submit(plan.generation, full, snap)?;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::replica::ReplicaConfig;
 use crate::session;
 use crate::snapshot::{Copied, ForkedChild, Go, Snapshot};
+use crate::sys::mman::StagingBuffer;
 use crate::sys::process::{self, ChildEnd};
 use crate::transport::{
     self, DrainEndpoint, Endpoint, FileLog, HANDSHAKE_TIMEOUT, NullEndpoint, TcpConfig, TcpServer,
@@ -229,8 +230,8 @@ pub struct Plan {
 #[derive(Debug)]
 pub struct Link {
     jobs: Sender<Job>,
-    recycle: Receiver<Vec<u8>>,
-    pool: Vec<Vec<u8>>,
+    recycle: Receiver<StagingBuffer>,
+    pool: Vec<StagingBuffer>,
     shared: Arc<Shared>,
     sender: Option<JoinHandle<()>>,
     next_job: u64,
@@ -377,14 +378,32 @@ impl Link {
         self.shared.fork_in_flight.load(Ordering::Acquire)
     }
 
-    /// A buffer for the next copy snapshot: one the sender gave back, the largest kept, so
-    /// steady-state copies land in memory that is already mapped (no page faults).
-    pub fn reuse_buffer(&mut self) -> Vec<u8> {
+    /// A buffer of at least `bytes` for the next copy snapshot: one the sender gave back if
+    /// one is large enough (steady-state copies land in memory that is already mapped, no
+    /// page faults), else a new one. The second value says whether it was new.
+    pub fn staging(&mut self, bytes: usize) -> Result<(StagingBuffer, bool), LinkError> {
         while let Ok(b) = self.recycle.try_recv() {
             self.pool.push(b);
         }
-        self.pool.sort_by_key(Vec::capacity);
-        self.pool.pop().unwrap_or_default()
+        self.pool.sort_by_key(StagingBuffer::capacity);
+        if let Some(i) = self.pool.iter().position(|b| b.capacity() >= bytes) {
+            return Ok((self.pool.remove(i), false));
+        }
+        // Grow: the largest old buffer is too small; give its memory back.
+        self.pool.pop();
+        let b = StagingBuffer::with_capacity(bytes).map_err(LinkError::Staging)?;
+        Ok((b, true))
+    }
+
+    /// Puts a staging buffer of `bytes`, its pages touched, in the pool unless one as large
+    /// is there already.
+    pub fn prewarm(&mut self, bytes: usize) -> Result<(), LinkError> {
+        if self.pool.iter().any(|b| b.capacity() >= bytes) {
+            return Ok(());
+        }
+        self.pool
+            .push(StagingBuffer::with_capacity(bytes).map_err(LinkError::Staging)?);
+        Ok(())
     }
 
     /// Hands a snapshot taken for `generation` to the sender; returns its job id.
@@ -524,6 +543,9 @@ pub enum LinkError {
         /// The log.
         path: PathBuf,
     },
+    /// A staging buffer for a copy snapshot could not be mapped.
+    #[error("mapping a staging buffer for a copy snapshot failed: {0}")]
+    Staging(nix::errno::Errno),
     /// /dev/null could not be opened (for fork children of a null link).
     #[error("opening /dev/null failed: {0}")]
     DevNull(std::io::Error),
@@ -601,7 +623,7 @@ struct Open {
 struct Sender_ {
     shared: Arc<Shared>,
     params: StreamParams,
-    give_back: Sender<Vec<u8>>,
+    give_back: Sender<StagingBuffer>,
     open: Option<Open>,
     next_checkpoint: u64,
     generation: u64,
@@ -612,7 +634,7 @@ impl Sender_ {
     fn new(
         shared: Arc<Shared>,
         params: StreamParams,
-        give_back: Sender<Vec<u8>>,
+        give_back: Sender<StagingBuffer>,
     ) -> Result<Self, LinkError> {
         let next_checkpoint = params.first_checkpoint.max(1);
         // Opened before any fork, so a fork child of a null link has somewhere to write.

@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 
 use crate::region::Region;
 use crate::sys::PAGE_SIZE;
+use crate::sys::mman::StagingBuffer;
 use crate::sys::process::{self, Forked};
 use crate::track::DirtyPages;
 use crate::transport::FdWriter;
@@ -88,7 +89,7 @@ pub struct CostModel {
 }
 
 /// Weight of a new observation in the moving averages.
-const EWMA: f64 = 0.125;
+const EWMA: f64 = 0.5;
 
 impl CostModel {
     /// Measures, in this process as it is now, what the two snapshots cost: copying out of
@@ -253,6 +254,11 @@ pub fn page_count(runs: &[Run]) -> u64 {
     runs.iter().map(|r| r.pages as u64).sum()
 }
 
+/// The staging bytes a copy snapshot of `runs` needs.
+pub fn staging_bytes(runs: &[Run]) -> usize {
+    page_count(runs) as usize * PAGE_SIZE
+}
+
 /// The page and metadata frames a checkpoint of `runs` writes before its commit.
 pub fn frames(runs: &[Run]) -> u32 {
     runs.iter().map(|r| page_frames(r.pages)).sum::<u32>() + 1
@@ -280,22 +286,22 @@ pub struct Copied {
     /// The runs.
     pub runs: Vec<Run>,
     /// Their bytes, run after run.
-    pub data: Vec<u8>,
+    pub data: StagingBuffer,
     /// The encoded metadata record.
     pub metadata: Vec<u8>,
 }
 
 impl Copied {
-    /// Copies `runs` of `regions` into `data` (cleared first, its allocation reused).
+    /// Copies `runs` of `regions` into `data` (cleared first; sized for them by the caller,
+    /// see [`staging_bytes`]).
     pub fn take(
         regions: &[Region],
         full: bool,
         runs: Vec<Run>,
-        mut data: Vec<u8>,
+        mut data: StagingBuffer,
         metadata: Vec<u8>,
     ) -> Self {
         data.clear();
-        data.reserve(page_count(&runs) as usize * PAGE_SIZE);
         for run in &runs {
             data.extend_from_slice(run_bytes(regions, run));
         }
@@ -316,7 +322,11 @@ impl Copied {
         let mut at = 0;
         for run in &self.runs {
             let len = run.pages * PAGE_SIZE;
-            writer.pages(run.region, run.first_page, &self.data[at..at + len])?;
+            writer.pages(
+                run.region,
+                run.first_page,
+                &self.data.as_slice()[at..at + len],
+            )?;
             at += len;
         }
         writer.encoded_metadata(&self.metadata)?;

@@ -177,13 +177,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     };
     for &size in sizes {
-        for &s in &series {
-            emit(measure("size", s, size, 10, quick, gap)?)?;
+        for p in measure("size", &series, size, 10, quick, gap)? {
+            emit(p)?;
         }
     }
     for &pct in &shares {
-        for &s in &series {
-            emit(measure("dirty", s, 4 << 20, pct, quick, gap)?)?;
+        for p in measure("dirty", &series, 4 << 20, pct, quick, gap)? {
+            emit(p)?;
         }
     }
     if let Some(dir) = out {
@@ -210,7 +210,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 /// Checkpoints per point: enough for a stable p99 where they are cheap.
 fn iterations(size: usize, quick: bool) -> usize {
     match (quick, size) {
-        (true, _) => 20,
+        (true, _) => 10,
         (false, s) if s <= 4 << 20 => 300,
         (false, s) if s <= 16 << 20 => 100,
         _ => 40,
@@ -252,39 +252,80 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
+/// Rounds per point: the strategies take turns, a slice of the checkpoints each, so that
+/// the machine's slow and fast moments fall on all of them alike (the comparison is between
+/// strategies, measured in the same stretch of time).
+const ROUNDS: usize = 5;
+
+/// Measures every series at one point.
 fn measure(
     experiment: &'static str,
-    series: Series,
+    series: &[Series],
     size: usize,
     pct: u32,
     quick: bool,
     gap: Duration,
-) -> Result<Point, Box<dyn std::error::Error>> {
-    let n = iterations(size, quick);
-    let (stalls, shipped) = match series.setup() {
-        None => memcpy_limit(size, pct, n, gap),
-        Some((strategy, mode, backend)) => {
-            through_hslib(strategy, mode, backend, size, pct, n, gap)?
+) -> Result<Vec<Point>, Box<dyn std::error::Error>> {
+    let per_round = iterations(size, quick).div_ceil(ROUNDS);
+    let mut samples: Vec<(Vec<Duration>, u64)> = vec![(Vec::new(), 0); series.len()];
+    for round in 0..ROUNDS {
+        for (i, s) in series.iter().enumerate() {
+            let load = Load {
+                size,
+                pct,
+                n: per_round,
+                gap,
+                seed: 0x9e37_79b9_7f4a_7c15u64 ^ (round as u64 + 1),
+            };
+            let (stalls, shipped) = match s.setup() {
+                None => memcpy_limit(&load),
+                Some(setup) => through_hslib(setup, &load)?,
+            };
+            samples[i].0.extend(stalls);
+            samples[i].1 = shipped;
         }
-    };
-    let mut stalls = stalls;
-    stalls.sort_unstable();
-    Ok(Point {
-        experiment,
-        strategy: series.name(),
-        region_bytes: size as u64,
-        dirty_pct: pct,
-        stall_us_p50: percentile(&stalls, 0.5),
-        stall_us_p99: percentile(&stalls, 0.99),
-        bytes_shipped: shipped,
-    })
+    }
+    Ok(series
+        .iter()
+        .zip(samples)
+        .map(|(s, (mut stalls, shipped))| {
+            stalls.sort_unstable();
+            Point {
+                experiment,
+                strategy: s.name(),
+                region_bytes: size as u64,
+                dirty_pct: pct,
+                stall_us_p50: percentile(&stalls, 0.5),
+                stall_us_p99: percentile(&stalls, 0.99),
+                bytes_shipped: shipped,
+            }
+        })
+        .collect())
+}
+
+/// One series' share of a point: the region size, the dirty share, how many checkpoints,
+/// the idle time between them, and the dirty pattern's seed.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    size: usize,
+    pct: u32,
+    n: usize,
+    gap: Duration,
+    seed: u64,
 }
 
 /// The floor: copying exactly the dirty pages into a reused buffer.
-fn memcpy_limit(size: usize, pct: u32, n: usize, gap: Duration) -> (Vec<Duration>, u64) {
+fn memcpy_limit(load: &Load) -> (Vec<Duration>, u64) {
+    let Load {
+        size,
+        pct,
+        n,
+        gap,
+        seed,
+    } = *load;
     let mut src = vec![1u8; size];
     let mut dst: Vec<u8> = Vec::with_capacity(size);
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = seed;
     let mut stalls = Vec::with_capacity(n);
     let mut shipped = 0;
     for i in 0..n + 1 {
@@ -309,14 +350,16 @@ fn memcpy_limit(size: usize, pct: u32, n: usize, gap: Duration) -> (Vec<Duration
 type Measured = std::rc::Rc<std::cell::RefCell<(Vec<Duration>, u64)>>;
 
 fn through_hslib(
-    strategy: Strategy,
-    mode: Mode,
-    backend: Backend,
-    size: usize,
-    pct: u32,
-    n: usize,
-    gap: Duration,
+    (strategy, mode, backend): (Strategy, Mode, Backend),
+    load: &Load,
 ) -> Result<(Vec<Duration>, u64), Box<dyn std::error::Error>> {
+    let Load {
+        size,
+        pct,
+        n,
+        gap,
+        seed,
+    } = *load;
     let measured: Measured = Default::default();
     let out = std::rc::Rc::clone(&measured);
     HotSpare::new("hs-bench")
@@ -336,7 +379,7 @@ fn through_hslib(
             if strategy == Strategy::Adaptive {
                 ctx.calibrate();
             }
-            let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+            let mut rng = seed;
             let mut stalls = Vec::with_capacity(n);
             let before = ctx.link_stats().bytes;
             for i in 0..n {

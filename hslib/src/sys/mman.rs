@@ -69,6 +69,9 @@ pub enum Advice {
     HugePage,
     /// `MADV_NOHUGEPAGE`: never use transparent huge pages for the range.
     NoHugePage,
+    /// `MADV_DONTFORK`: a forked child does not get the range (and the parent's pages are
+    /// not made copy-on-write by the fork).
+    DontFork,
 }
 
 /// Gives the kernel advice about `[addr, addr + len)` that does not change its contents.
@@ -76,8 +79,10 @@ pub fn advise(addr: usize, len: usize, advice: Advice) -> Result<(), Errno> {
     let raw = match advice {
         Advice::HugePage => libc::MADV_HUGEPAGE,
         Advice::NoHugePage => libc::MADV_NOHUGEPAGE,
+        Advice::DontFork => libc::MADV_DONTFORK,
     };
-    // SAFETY: these advices only change how the range is backed, never its contents.
+    // SAFETY: these advices only change how the range is backed or inherited, never its
+    // contents in this process.
     Errno::result(unsafe { libc::madvise(addr as *mut libc::c_void, len, raw) }).map(drop)
 }
 
@@ -145,5 +150,91 @@ impl Drop for ScratchPage {
     fn drop(&mut self) {
         // SAFETY: `self` owns the page and hands out no references into it.
         let _ = unsafe { unmap(self.addr, super::PAGE_SIZE) };
+    }
+}
+
+/// A growable byte buffer in its own private anonymous mapping that forked children do not
+/// inherit (`MADV_DONTFORK`): a fork snapshot neither copies its page tables nor leaves its
+/// pages copy-on-write, which would cost the next copy a write fault on every page.
+#[derive(Debug)]
+pub struct StagingBuffer {
+    addr: usize,
+    cap: usize,
+    len: usize,
+}
+
+// SAFETY: the buffer owns its mapping exclusively; moving it to another thread moves that
+// ownership (like a `Vec<u8>`).
+unsafe impl Send for StagingBuffer {}
+
+impl StagingBuffer {
+    /// An empty buffer with room for at least `cap` bytes (rounded up to pages), its pages
+    /// touched so that filling it costs no page faults.
+    pub fn with_capacity(cap: usize) -> Result<Self, Errno> {
+        let cap = cap.max(1).div_ceil(super::PAGE_SIZE) * super::PAGE_SIZE;
+        let addr = map_anywhere(cap)?;
+        let buf = Self { addr, cap, len: 0 };
+        advise(addr, cap, Advice::DontFork)?;
+        for page in (addr..addr + cap).step_by(super::PAGE_SIZE) {
+            // SAFETY: `page` lies in the read-write mapping this buffer owns.
+            unsafe { (page as *mut u8).write_volatile(0) };
+        }
+        Ok(buf)
+    }
+
+    /// Room in bytes.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Empties the buffer (keeping its memory).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends `bytes`; panics past the capacity, which callers size beforehand.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        assert!(
+            bytes.len() <= self.cap - self.len,
+            "staging buffer overflow: {} + {} > {}",
+            self.len,
+            bytes.len(),
+            self.cap
+        );
+        // SAFETY: the destination `[addr + len, addr + len + bytes.len())` lies inside the
+        // mapping this buffer owns (checked above) and cannot overlap `bytes`, which `&self`
+        // does not lend out mutably.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (self.addr + self.len) as *mut u8,
+                bytes.len(),
+            );
+        }
+        self.len += bytes.len();
+    }
+
+    /// The bytes written so far.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes of the owned mapping were written by
+        // `extend_from_slice` (or zeroed by `with_capacity`).
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for StagingBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the buffer owns the mapping and no slice of it outlives `&self`.
+        let _ = unsafe { unmap(self.addr, self.cap) };
     }
 }
