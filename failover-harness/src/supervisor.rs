@@ -292,6 +292,8 @@ impl Supervisor {
         let pid = self.primary.pid();
         self.killed_at = Some(Instant::now());
         self.primary.kill()?;
+        // The next axe is for the next spare, until the death is seen and after.
+        self.synced = false;
         tracing::info!(pid, "axed the primary");
         events.push(Event::Axed { pid });
         Ok(Axe::Killed(pid))
@@ -483,7 +485,6 @@ impl Supervisor {
             clean: status.success(),
         };
         self.awaiting_switch = Some(since);
-        self.axe_pending = false;
         Ok(())
     }
 

@@ -489,3 +489,68 @@ fn chaos_axes_the_primary_again_and_again() {
     let st = s.wait_exit(DEADLINE).expect("the harness exits");
     assert!(st.success(), "{st:?}: {}", s.contents());
 }
+
+/// The game state in the memory of process `pid` (the region is at the same address in every
+/// process); `None` while it is not mapped.
+fn game_in(pid: u32) -> Option<tetris::state::GameState> {
+    use std::os::unix::fs::FileExt as _;
+    use zerocopy::FromBytes as _;
+    let addr = tetris::worker::state_address().ok()?;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    let mut buf = [0u8; size_of::<tetris::state::GameState>()];
+    mem.read_exact_at(&mut buf, addr as u64).ok()?;
+    tetris::state::GameState::read_from_bytes(&buf).ok()
+}
+
+#[test]
+fn keys_typed_around_failovers_are_neither_lost_nor_doubled() {
+    let d = dirs();
+    let mut s = started(&d);
+    s.send(b"p").expect("typing on the terminal");
+    wait(&mut s, "the pause message", |sc| {
+        row(sc, 22).contains(PAUSED)
+    });
+    let st = status(&d);
+    let before = until(&mut s, "the paused state", || {
+        game_in(st.primary_pid).filter(|g| g.is_paused())
+    });
+    // While paused each `p` is consumed (one input, one byte) and the game stays paused and
+    // its fall timer frozen: the count tells exactly what reached the game. Keys go before,
+    // right after and during each failover; the second axe comes during the first failover.
+    let mut typed = 0u64;
+    for burst in [&b"pp\x18pp"[..], b"p\x18p\x18ppp", b"\x18pppp"] {
+        s.send(burst).expect("typing on the terminal");
+        typed += burst.iter().filter(|&&b| b == b'p').count() as u64;
+    }
+    let want_inputs = before.inputs + typed;
+    let want_bytes = before.tty_bytes + typed;
+    // Axes asked for while one is pending are one axe: two or three failovers.
+    let deadline = Instant::now() + DEADLINE;
+    let (st, g) = loop {
+        let st = status(&d);
+        let settled = st.failovers >= 2
+            && protected(s.screen(), st.failovers)
+            && !status_row(s.screen()).contains("axe waits");
+        if let Some(g) = game_in(st.primary_pid).filter(|g| settled && g.tty_bytes >= want_bytes) {
+            break (st, g);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {st:?}\n{}",
+            s.contents()
+        );
+        let _ = s.pump(Duration::from_millis(20));
+    };
+    assert_eq!(
+        (g.inputs, g.tty_bytes),
+        (want_inputs, want_bytes),
+        "after {} failovers",
+        st.failovers
+    );
+    assert!(g.is_paused());
+    assert_eq!(
+        (g.board, g.pos, g.points),
+        (before.board, before.pos, before.points)
+    );
+    quit(&mut s);
+}
