@@ -68,11 +68,13 @@ impl std::str::FromStr for Strategy {
 
 /// The adaptive strategy's cost model, measured on this machine and in this process:
 ///
-/// - copy: `fixed + bytes * per_byte`, from a timed copy at calibration, then a moving average
-///   of the copies actually made;
+/// - copy: `fixed + bytes * per_byte`, from a timed copy at calibration, then the median of
+///   the last eight copies actually made;
 /// - fork: a constant for the process as it is (page tables to copy grow with its memory, not
-///   with the dirty share), from timed forks of a child that exits at once, then a moving
-///   average of the forks actually made.
+///   with the dirty share), from timed forks of a child that exits at once, then the median of
+///   the last eight forks actually made.
+///
+/// Medians, not averages: one copy that the scheduler preempted must not flip the choice.
 ///
 /// The choice needs only the dirty byte count, which the tracker reports before either cost
 /// is paid (the paper's missing piece).
@@ -86,10 +88,37 @@ pub struct CostModel {
     pub fork_ns: f64,
     /// Checkpoints since each strategy (copy, fork) was last measured.
     since: [u32; 2],
+    /// The last observations (copy: ns per byte; fork: ns), newest at `next % WINDOW`.
+    seen: [Window; 2],
 }
 
-/// Weight of a new observation in the moving averages.
-const EWMA: f64 = 0.5;
+/// Observations a median is taken over.
+const WINDOW: usize = 8;
+
+/// The last [`WINDOW`] observations of one strategy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Window {
+    values: [f64; WINDOW],
+    count: usize,
+}
+
+impl Window {
+    const EMPTY: Self = Self {
+        values: [0.0; WINDOW],
+        count: 0,
+    };
+
+    /// Adds `v` and returns the median of what the window holds.
+    fn push(&mut self, v: f64) -> f64 {
+        self.values[self.count % WINDOW] = v;
+        self.count += 1;
+        let n = self.count.min(WINDOW);
+        let mut sorted = self.values;
+        let held = &mut sorted[..n];
+        held.sort_by(f64::total_cmp);
+        held[n / 2]
+    }
+}
 
 impl CostModel {
     /// Measures, in this process as it is now, what the two snapshots cost: copying out of
@@ -133,6 +162,7 @@ impl CostModel {
             copy_ns_per_byte: copy.as_nanos() as f64 / sample.max(1) as f64,
             fork_ns: fork.as_nanos() as f64,
             since: [0; 2],
+            seen: [Window::EMPTY; 2],
         })
     }
 
@@ -148,6 +178,7 @@ impl CostModel {
             copy_ns_per_byte,
             fork_ns,
             since: [0; 2],
+            seen: [Window::EMPTY; 2],
         }
     }
 
@@ -186,10 +217,10 @@ impl CostModel {
         }
         self.since[index(strategy)] = 0;
         match strategy {
-            Strategy::Fork => self.fork_ns += EWMA * (ns - self.fork_ns),
+            Strategy::Fork => self.fork_ns = self.seen[1].push(ns),
             Strategy::Copy if bytes >= 64 * PAGE_SIZE as u64 => {
                 let per_byte = (ns - self.copy_fixed_ns).max(0.0) / bytes as f64;
-                self.copy_ns_per_byte += EWMA * (per_byte - self.copy_ns_per_byte);
+                self.copy_ns_per_byte = self.seen[0].push(per_byte);
             }
             _ => {}
         }

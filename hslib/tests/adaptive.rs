@@ -66,3 +66,19 @@ fn calibration_measures_this_process() {
     );
     assert!(m.fork_ns > 0.0 && m.fork_ns.is_finite(), "{m:?}");
 }
+
+#[test]
+fn one_preempted_copy_does_not_flip_the_choice() {
+    // 2 MiB copies take ~210 us, forks 300 us.
+    let mut m = CostModel::new(0.0, 0.1, 300_000.0);
+    for _ in 0..8 {
+        m.observe(Strategy::Copy, 2 << 20, Duration::from_micros(210));
+    }
+    m.observe(Strategy::Copy, 2 << 20, Duration::from_micros(900));
+    assert_eq!(m.choose(2 << 20), Strategy::Copy, "{m:?}");
+    // Copies that stay slow do flip it.
+    for _ in 0..4 {
+        m.observe(Strategy::Copy, 2 << 20, Duration::from_micros(900));
+    }
+    assert_eq!(m.choose(2 << 20), Strategy::Fork, "{m:?}");
+}
