@@ -310,7 +310,7 @@ impl Link {
                 describe
             }
             LinkConfig::Tcp { addr, config } => {
-                let server = TcpServer::bind(*addr, config)?;
+                let server = bind_with_grace(|| TcpServer::bind(*addr, config))?;
                 let describe = format!("tcp:{}", server.local_addr().unwrap_or(*addr));
                 let tx = jobs.clone();
                 spawn("hs-accept", move || {
@@ -571,24 +571,45 @@ fn spawn<F: FnOnce() + Send + 'static>(
 
 /// How long a new primary waits for a dying one's listening socket to go away.
 const LISTENER_GRACE: Duration = Duration::from_secs(2);
+/// The first wait between binds; it doubles up to [`LISTENER_RETRY_MAX`]. The dying
+/// primary's socket usually goes within a millisecond or two, and a promoted spare's user is
+/// waiting: look again soon, then back off.
+const LISTENER_RETRY_MIN: Duration = Duration::from_micros(50);
+/// The longest wait between binds.
+const LISTENER_RETRY_MAX: Duration = Duration::from_millis(2);
 
-/// Binds the Unix listener, waiting a little while a server still answers there: a promoted
+/// Binds a listener with `bind`, waiting a little while the address is in use: a promoted
 /// spare sees its primary's stream end while the kernel may still be releasing the dead
 /// primary's listening socket (descriptors of an exiting process are released in no
-/// promised order).
-fn bind_unix(dir: &std::path::Path, name: &str) -> Result<UnixServer, TransportError> {
+/// promised order). A server that stays alive there for [`LISTENER_GRACE`] is refused.
+fn bind_with_grace<S>(
+    mut bind: impl FnMut() -> Result<S, TransportError>,
+) -> Result<S, TransportError> {
     let start = Instant::now();
+    let mut pause = LISTENER_RETRY_MIN;
     loop {
-        match UnixServer::bind(dir, name) {
-            Err(TransportError::Path { source, .. })
-                if source.kind() == std::io::ErrorKind::AddrInUse
-                    && start.elapsed() < LISTENER_GRACE =>
-            {
-                std::thread::sleep(Duration::from_millis(2));
+        match bind() {
+            Err(e) if addr_in_use(&e) && start.elapsed() < LISTENER_GRACE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(LISTENER_RETRY_MAX);
             }
             other => return other,
         }
     }
+}
+
+fn addr_in_use(e: &TransportError) -> bool {
+    match e {
+        TransportError::Path { source, .. } | TransportError::Net { source, .. } => {
+            source.kind() == std::io::ErrorKind::AddrInUse
+        }
+        _ => false,
+    }
+}
+
+/// Binds the Unix listener (see [`bind_with_grace`]).
+fn bind_unix(dir: &std::path::Path, name: &str) -> Result<UnixServer, TransportError> {
+    bind_with_grace(|| UnixServer::bind(dir, name))
 }
 
 fn accept_loop(
