@@ -7,11 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use failover_harness::bench::{self, BenchOptions};
 use failover_harness::control;
 use failover_harness::play::{self, PlayOptions};
 use failover_harness::run::{self, RunOptions};
 
-use crate::cli::{Cli, Command, PlayArgs, RunArgs, SessionArgs, StatusArgs};
+use crate::cli::{BenchArgs, Cli, Command, PlayArgs, RunArgs, SessionArgs, StatusArgs};
 
 /// Environment variable: a file for the harness's log (never the terminal).
 const LOG_ENV: &str = "FAILOVER_HARNESS_LOG";
@@ -57,7 +58,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Play(args) => play_command(&args),
         Command::Axe(args) => axe_command(&args),
         Command::Status(args) => status_command(&args),
-        Command::BenchFailover(_) => anyhow::bail!("bench-failover is not built yet"),
+        Command::BenchFailover(args) => bench_command(&args),
         Command::Game { .. } => Ok(ExitCode::FAILURE),
     }
 }
@@ -135,6 +136,21 @@ fn status_command(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             "primary {} | spare {spare} | epoch {} | failovers {} | checkpoints {}",
             s.primary_pid, s.epoch, s.failovers, s.checkpoints
         )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_command(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let result = bench::bench(&BenchOptions {
+        trials: args.trials,
+        mode: args.mode.mode(),
+        transport: args.transport,
+    })?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", result.to_json())?;
+    } else {
+        write!(out, "{}", result.report())?;
     }
     Ok(ExitCode::SUCCESS)
 }

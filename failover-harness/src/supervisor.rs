@@ -161,6 +161,12 @@ pub struct Supervisor {
     killed_at: Option<Instant>,
     /// The primary died at this time; the promoted spare's first byte is the switch.
     awaiting_switch: Option<Instant>,
+    /// What the spare wrote before the harness saw it take over, and when it began: a
+    /// promoted spare may draw before the dead primary can be reaped.
+    spare_early: Vec<u8>,
+    spare_early_at: Option<Instant>,
+    /// Deposed primaries still being torn down by the kernel: reaped as they finish.
+    corpses: Vec<Game>,
     axe_pending: bool,
     last_rto_ms: Option<f64>,
     lost_spares: u32,
@@ -195,6 +201,9 @@ impl Supervisor {
             phase: Phase::Running,
             killed_at: None,
             awaiting_switch: None,
+            spare_early: Vec::new(),
+            spare_early_at: None,
+            corpses: Vec::new(),
             axe_pending: false,
             last_rto_ms: None,
             lost_spares: 0,
@@ -383,18 +392,21 @@ impl Supervisor {
         if ready.primary_status {
             self.read_primary_status(events)?;
         }
-        if ready.primary_exit || (ready.spare_pty && self.phase == Phase::Running) {
+        if ready.primary_exit {
             self.check_primary(events)?;
+        }
+        // The status before the terminal: a spare writes its resumed line before it draws,
+        // so a takeover is known before its first byte is looked at.
+        if ready.spare_status {
+            self.read_spare_status(events)?;
         }
         if ready.spare_pty {
             self.read_spare(events)?;
         }
-        if ready.spare_status {
-            self.read_spare_status(events)?;
-        }
         if ready.spare_exit {
             self.check_spare(events)?;
         }
+        self.corpses.retain_mut(|g| matches!(g.exited(), Ok(None)));
         if let Phase::Promoting { since, .. } = self.phase
             && since.elapsed() > PROMOTION_DEADLINE
         {
@@ -455,18 +467,10 @@ impl Supervisor {
         let Some(status) = self.primary.exited()? else {
             return Ok(());
         };
-        // What it drew before it died is still to be shown.
-        while self.primary_pty_open {
-            match read_some(self.primary.pty())? {
-                Some(bytes) if !bytes.is_empty() => events.push(Event::Output(bytes)),
-                Some(_) => break,
-                None => self.primary_pty_open = false,
-            }
-        }
         let pid = self.primary.pid();
         tracing::info!(pid, %status, "the primary ended");
-        let since = self.killed_at.take().unwrap_or_else(Instant::now);
         if self.spare.is_none() {
+            self.drain_primary(events)?;
             if status.success() {
                 self.end(End::Finished, events);
             } else {
@@ -479,12 +483,35 @@ impl Supervisor {
             }
             return Ok(());
         }
-        events.push(Event::PrimaryDied { pid });
-        self.phase = Phase::Promoting {
-            since,
-            clean: status.success(),
-        };
+        self.primary_gone(status.success(), events)
+    }
+
+    /// Shows what the primary drew before it died.
+    fn drain_primary(&mut self, events: &mut Vec<Event>) -> anyhow::Result<()> {
+        while self.primary_pty_open {
+            match read_some(self.primary.pty())? {
+                Some(bytes) if !bytes.is_empty() => events.push(Event::Output(bytes)),
+                Some(_) => break,
+                None => self.primary_pty_open = false,
+            }
+        }
+        Ok(())
+    }
+
+    /// The primary is dead or dying (seen exited, or its spare took over): from here on the
+    /// spare's terminal is shown. `clean`: it exited on purpose.
+    fn primary_gone(&mut self, clean: bool, events: &mut Vec<Event>) -> anyhow::Result<()> {
+        self.drain_primary(events)?;
+        let since = self.killed_at.take().unwrap_or_else(Instant::now);
+        events.push(Event::PrimaryDied {
+            pid: self.primary.pid(),
+        });
+        self.phase = Phase::Promoting { since, clean };
         self.awaiting_switch = Some(since);
+        if let Some(at) = self.spare_early_at.take() {
+            self.switched_at(at, events);
+            events.push(Event::Output(std::mem::take(&mut self.spare_early)));
+        }
         Ok(())
     }
 
@@ -503,16 +530,24 @@ impl Supervisor {
                 self.switched(events);
                 events.push(Event::Output(bytes));
             }
-            // A spare draws nothing before it takes over; whatever it says is for the log.
-            _ => tracing::info!(text = %String::from_utf8_lossy(&bytes), "the spare's terminal"),
+            // A spare draws nothing before it takes over: kept until its resumed line says
+            // it did (or, if it fails, its last words for the log).
+            _ => {
+                self.spare_early_at.get_or_insert_with(Instant::now);
+                self.spare_early.extend_from_slice(&bytes);
+            }
         }
         Ok(())
     }
 
     /// The first byte of the promoted game: the end of the failover's recovery time.
     fn switched(&mut self, events: &mut Vec<Event>) {
+        self.switched_at(Instant::now(), events);
+    }
+
+    fn switched_at(&mut self, at: Instant, events: &mut Vec<Event>) {
         if let Some(since) = self.awaiting_switch.take() {
-            let rto_ms = since.elapsed().as_secs_f64() * 1000.0;
+            let rto_ms = at.saturating_duration_since(since).as_secs_f64() * 1000.0;
             self.last_rto_ms = Some(rto_ms);
             events.push(Event::Switched { rto_ms });
         }
@@ -531,13 +566,13 @@ impl Supervisor {
                 Line::Resumed(r) if matches!(self.phase, Phase::Promoting { .. }) => {
                     self.promoted(r.tty_bytes.unwrap_or(0), r.epoch, events)?;
                 }
-                Line::Resumed(r) => {
-                    // Promoted before we saw the primary die: the same, in the other order.
-                    self.check_primary(events)?;
-                    if matches!(self.phase, Phase::Promoting { .. }) {
-                        self.promoted(r.tty_bytes.unwrap_or(0), r.epoch, events)?;
-                    }
+                Line::Resumed(r) if self.phase == Phase::Running => {
+                    // Its stream ended without a goodbye: the primary is dying, though the
+                    // kernel may not have let it go yet (it is reaped later).
+                    self.primary_gone(false, events)?;
+                    self.promoted(r.tty_bytes.unwrap_or(0), r.epoch, events)?;
                 }
+                Line::Resumed(_) => {}
                 Line::Stats(_) => {}
             }
         }
@@ -554,8 +589,10 @@ impl Supervisor {
         let Some(spare) = self.spare.take() else {
             return Ok(());
         };
-        let old = std::mem::replace(&mut self.primary, spare);
-        drop(old);
+        let mut old = std::mem::replace(&mut self.primary, spare);
+        if matches!(old.exited(), Ok(None)) {
+            self.corpses.push(old);
+        }
         self.primary_pty_open = true;
         self.failovers += 1;
         self.epoch = self.epoch.max(epoch);
@@ -594,7 +631,9 @@ impl Supervisor {
         let pid = spare.pid();
         tracing::info!(pid, %status, phase = ?self.phase, "the spare ended");
         // Its last words (an error message) are on its terminal.
-        let last = read_some(spare.pty()).ok().flatten().unwrap_or_default();
+        let mut last = std::mem::take(&mut self.spare_early);
+        self.spare_early_at = None;
+        last.extend(read_some(spare.pty()).ok().flatten().unwrap_or_default());
         match self.phase {
             Phase::Promoting { clean, .. } => {
                 let lines = spare.status.read_lines().unwrap_or_default();
@@ -652,6 +691,8 @@ impl Supervisor {
         )?;
         events.push(Event::SpareStarted { pid: spare.pid() });
         self.spare = Some(spare);
+        self.spare_early.clear();
+        self.spare_early_at = None;
         self.floor = self.sessions;
         self.synced = false;
         Ok(())
