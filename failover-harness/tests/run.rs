@@ -148,6 +148,31 @@ fn random_kill_points_are_the_same_for_the_same_seed_and_sync_mode_agrees() {
 }
 
 #[test]
+fn fork_snapshots_killed_in_the_middle_of_a_checkpoint_resume_exactly() {
+    // With fork snapshots a child process writes each checkpoint while the game goes on: a
+    // kill right after an input often lands while one is being written.
+    let dir = TempDir::new().expect("tempdir");
+    for seed in 40..44u64 {
+        let s = script(seed, 120);
+        let script_path = file(dir.path(), &format!("fork-{seed}"), &s);
+        let seed_s = seed.to_string();
+        let want = reference(&[&"--seed", &seed_s, &"--script", &script_path]);
+        let mut cmd = harness();
+        cmd.args(["run", "--seed", &seed_s, "--script"])
+            .arg(&script_path)
+            .args(["--kill-random", "6", "--kill-seed", &seed_s])
+            .env("HS_STRATEGY", "fork");
+        let out = output(cmd);
+        assert!(out.status.success(), "seed {seed}: {}", out.stderr);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&want),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
 fn a_kill_before_the_spare_holds_anything_starts_the_game_afresh() {
     let dir = TempDir::new().expect("tempdir");
     let s = script(7, 80);
