@@ -125,6 +125,8 @@ enum Phase {
         since: Instant,
         /// A clean exit: the spare should follow it on the goodbye.
         clean: bool,
+        /// When the promotion counts as failed.
+        deadline: Instant,
     },
     /// Over.
     Ended,
@@ -134,6 +136,10 @@ enum Phase {
 pub const DEFAULT_STATS_MS: u64 = 200;
 /// How long a promotion may take before the session counts as lost.
 const PROMOTION_DEADLINE: Duration = Duration::from_secs(30);
+/// The same for a spare not known to hold a checkpoint: one that does takes over within
+/// milliseconds, one that connected without a checkpoint gives up as fast, and one that never
+/// reached its primary would try to connect for a long while to no avail.
+const UNSYNCED_PROMOTION_DEADLINE: Duration = Duration::from_secs(2);
 /// Spares that may die in a row before the supervisor stops replacing them.
 const MAX_LOST_SPARES: u32 = 10;
 
@@ -407,12 +413,16 @@ impl Supervisor {
             self.check_spare(events)?;
         }
         self.corpses.retain_mut(|g| matches!(g.exited(), Ok(None)));
-        if let Phase::Promoting { since, .. } = self.phase
-            && since.elapsed() > PROMOTION_DEADLINE
+        if let Phase::Promoting {
+            since, deadline, ..
+        } = self.phase
+            && Instant::now() > deadline
         {
+            self.spare = None;
             self.end(
                 End::Lost(format!(
-                    "the spare did not take over within {PROMOTION_DEADLINE:?}"
+                    "the spare did not take over within {:?} of the primary's death",
+                    deadline.saturating_duration_since(since)
                 )),
                 events,
             );
@@ -502,11 +512,22 @@ impl Supervisor {
     /// spare's terminal is shown. `clean`: it exited on purpose.
     fn primary_gone(&mut self, clean: bool, events: &mut Vec<Event>) -> anyhow::Result<()> {
         self.drain_primary(events)?;
+        // An axe kills only a primary whose spare holds a checkpoint.
+        let axed = self.killed_at.is_some();
         let since = self.killed_at.take().unwrap_or_else(Instant::now);
         events.push(Event::PrimaryDied {
             pid: self.primary.pid(),
         });
-        self.phase = Phase::Promoting { since, clean };
+        let wait = if self.synced || axed {
+            PROMOTION_DEADLINE
+        } else {
+            UNSYNCED_PROMOTION_DEADLINE
+        };
+        self.phase = Phase::Promoting {
+            since,
+            clean,
+            deadline: Instant::now() + wait,
+        };
         self.awaiting_switch = Some(since);
         if let Some(at) = self.spare_early_at.take() {
             self.switched_at(at, events);
