@@ -5,12 +5,13 @@
 //! - **Keys** typed go to the primary's terminal and into a log, numbered by byte; the game
 //!   counts in its checkpointed state the terminal bytes it accounted for (`tty_bytes`).
 //! - **Output** of the primary's terminal is handed to the caller ([`Event::Output`]).
-//! - **Detection**: the primary's pidfd (and the end of its terminal). The spare, whose stream
-//!   ended without a goodbye, promotes itself (new epoch) and writes its resumed line with
-//!   `tty_bytes`; from the primary's death on, the spare's terminal is the one shown (its
-//!   first byte ends the recovery time, [`Event::Switched`]); on the resumed line the log
-//!   from `tty_bytes` on is replayed to it and a fresh spare is started, which the game syncs
-//!   at once (hslib's checkpoint-wanted signal).
+//! - **Detection**: the primary's pidfd, or the spare's resumed line, whichever comes first
+//!   (the spare sees its stream end, promotes itself with a new epoch and may draw before the
+//!   kernel lets the dead primary be reaped). From then on the spare's terminal is the one
+//!   shown (its first byte ends the recovery time, [`Event::Switched`]); on its resumed line
+//!   the log from its `tty_bytes` on is replayed to it and a fresh spare is started, which
+//!   the game syncs at once (hslib's checkpoint-wanted signal). A spare's status pipe is read
+//!   before its terminal: it writes the resumed line before it draws.
 //! - **Axe**: SIGKILL the primary, once the spare holds a checkpoint (an axe asked for before
 //!   is kept pending until then: a spare without a checkpoint cannot take over).
 //! - A spare that dies is replaced; a game that ends (quit, ^C) ends the session.
