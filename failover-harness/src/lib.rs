@@ -7,7 +7,7 @@
 //! kill-and-resume of a headless game ([`killplan`] picks where to kill). [`supervisor`] keeps
 //! an interactive primary and spare on their pseudo-terminals with the key log, promotion and
 //! replay; [`play`] puts it on the user's terminal ([`term`], [`vt`], [`statusrow`]) and
-//! [`control`] lets `axe` and `status` reach it from another terminal. [`bench`] times
+//! [`control`] lets `axe` and `status` reach it from another terminal. [`mod@bench`] times
 //! failovers on the same supervisor without a user terminal.
 //! [`sys`] holds the only `unsafe`.
 
