@@ -725,7 +725,9 @@ impl Sender_ {
     }
 
     fn connect(&mut self, ep: Box<dyn Endpoint>) {
-        self.close(false);
+        // One spare at a time: the one replaced is told goodbye, so it exits instead of
+        // taking over from a primary that is alive.
+        self.close(true);
         let peer = ep.describe();
         let acks = ep.acks();
         let (writer, reader) = if acks {

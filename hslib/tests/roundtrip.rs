@@ -402,3 +402,56 @@ fn a_spare_whose_primary_finishes_exits_instead_of_taking_over() {
         );
     }
 }
+
+/// One spare at a time: a second spare that connects replaces the first, which is told
+/// goodbye and exits instead of taking over from a live primary.
+#[test]
+fn a_replaced_spare_exits_instead_of_taking_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("sock");
+    let log = dir.path().join("app.log");
+    let expect = dir.path().join("expect");
+    let first_bye = dir.path().join("first");
+    let base = [
+        ("HS_TRANSPORT", "unix"),
+        ("HS_SOCKET_DIR", sock.to_str().expect("utf-8")),
+        ("HS_SOCKET_NAME", "two"),
+        ("HS_MODE", "sync"),
+        ("RT_LOG", log.to_str().expect("utf-8")),
+        ("RT_STEPS", "20"),
+        ("RT_OUT", expect.to_str().expect("utf-8")),
+    ];
+    let mut primary_env = base.to_vec();
+    primary_env.extend([("HS_ROLE", "primary"), ("RT_HANG", "1")]);
+    let mut first_env = base.to_vec();
+    first_env.extend([
+        ("HS_ROLE", "spare"),
+        ("RT_GOODBYE", first_bye.to_str().expect("utf-8")),
+    ]);
+    let mut first = spawn_role(&first_env);
+    let mut primary = spawn_role(&primary_env);
+    wait_for_file(&expect, &mut primary, "primary");
+    // The second spare replaces the first while the primary idles.
+    let second_bye = dir.path().join("second");
+    let mut second_env = base.to_vec();
+    second_env.extend([
+        ("HS_ROLE", "spare"),
+        ("RT_GOODBYE", second_bye.to_str().expect("utf-8")),
+    ]);
+    let mut second = spawn_role(&second_env);
+    let status = first.wait().expect("first spare");
+    assert!(status.success(), "the replaced spare failed: {status}");
+    let said = std::fs::read_to_string(&first_bye).unwrap_or_default();
+    assert!(
+        said.starts_with("Some("),
+        "the replaced spare did not end on a goodbye: {said:?}"
+    );
+    assert!(
+        primary.try_wait().expect("primary").is_none(),
+        "the primary must still run"
+    );
+    second.kill().expect("kill second spare");
+    second.wait().expect("reap second spare");
+    primary.kill().expect("kill primary");
+    primary.wait().expect("reap primary");
+}
