@@ -191,10 +191,12 @@ fn the_promoted_spare_continues_the_primarys_last_checkpoint_paused_with_its_fal
     );
     let (checkpoint, inputs, epoch) = resumed(&s_status).expect("the spare's resumed line");
     assert_eq!(inputs, last.inputs);
-    assert_eq!(
-        checkpoint,
-        last.inputs + 1,
-        "one checkpoint per input after the first"
+    // One checkpoint per input after the first, and one more if the spare connected after
+    // the first (a new spare asks an idle primary for a checkpoint).
+    assert!(
+        checkpoint == last.inputs + 1 || checkpoint == last.inputs + 2,
+        "checkpoint {checkpoint} for {} inputs",
+        last.inputs
     );
     assert_eq!(epoch, 2);
     assert_eq!(
@@ -325,8 +327,12 @@ fn headless_failover(strategy: &str, cut: usize) {
 
     let (_, inputs, epoch) = wait_until("the spare's resumed line", || resumed(&s_status));
     assert_eq!(epoch, 2);
-    // Sync mode: every input the primary consumed was acknowledged before the next.
-    assert_eq!(inputs, sent, "{strategy}, cut {cut}");
+    // Sync mode: every input the primary consumed was acknowledged before it read the next;
+    // the kill may land between applying the last one and its acknowledged checkpoint.
+    assert!(
+        inputs == sent || inputs + 1 == sent,
+        "{strategy}, cut {cut}: the spare holds {inputs} inputs, {sent} were consumed"
+    );
     let mut to_spare = spare.stdin.take().expect("headless failover step");
     to_spare
         .write_all(after_inputs(&script, inputs))
