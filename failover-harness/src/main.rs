@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     if let Command::Game { args } = cli.command {
         return tetris::cli::main_with_args(std::iter::once("tetris".into()).chain(args));
     }
-    if let Err(e) = log_to_file() {
+    if let Err(e) = tetris::cli::log_to_file(LOG_ENV) {
         eprintln!("failover-harness: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -33,23 +33,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn log_to_file() -> anyhow::Result<()> {
-    let Some(path) = std::env::var_os(LOG_ENV).filter(|p| !p.is_empty()) else {
-        return Ok(());
-    };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("cannot open the log file {}", path.to_string_lossy()))?;
-    tracing_subscriber::fmt()
-        .with_writer(std::sync::Mutex::new(file))
-        .with_ansi(false)
-        .with_thread_names(true)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

@@ -33,9 +33,11 @@ where
     }
 }
 
-/// Sends `tracing` events to the file `TETRIS_LOG` names, if any; without it they go nowhere.
-fn log_to_file() -> anyhow::Result<()> {
-    let Some(path) = std::env::var_os(LOG_ENV).filter(|p| !p.is_empty()) else {
+/// Sends `tracing` events to the file the environment variable `var` names, if any; without
+/// it they go nowhere (the terminal belongs to the game). `tetris` uses [`LOG_ENV`]; a
+/// supervisor running the game as itself passes its own variable.
+pub fn log_to_file(var: &str) -> anyhow::Result<()> {
+    let Some(path) = std::env::var_os(var).filter(|p| !p.is_empty()) else {
         return Ok(());
     };
     let file = std::fs::OpenOptions::new()
@@ -56,7 +58,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    log_to_file()?;
+    log_to_file(LOG_ENV)?;
     let options = match options::parse_from(args, std::env::var_os(options::SCORES_ENV)) {
         Ok(Parsed::Run(o)) => o,
         Ok(Parsed::Help(text)) => {
