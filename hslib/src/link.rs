@@ -272,7 +272,7 @@ impl Link {
             wanted: Wanted::new(),
             ..Shared::default()
         });
-        let mut sender = Sender_::new(Arc::clone(&shared), params, give_back)?;
+        let mut sender = SenderThread::new(Arc::clone(&shared), params, give_back)?;
         // A sink's session opens here, so the first checkpoint finds it open.
         let describe = match config {
             LinkConfig::Null => {
@@ -640,8 +640,8 @@ struct Open {
     acks: bool,
 }
 
-/// The sender thread's state (the trailing underscore keeps it apart from `mpsc::Sender`).
-struct Sender_ {
+/// The sender thread's state.
+struct SenderThread {
     shared: Arc<Shared>,
     params: StreamParams,
     give_back: Sender<StagingBuffer>,
@@ -651,7 +651,7 @@ struct Sender_ {
     devnull: File,
 }
 
-impl Sender_ {
+impl SenderThread {
     fn new(
         shared: Arc<Shared>,
         params: StreamParams,
