@@ -921,10 +921,12 @@ impl Context {
                 Snapshot::Forked(child)
             }
             Strategy::Copy | Strategy::Adaptive => {
-                let runs = self.runs.clone();
-                let (buffer, new) = link.staging(snapshot::staging_bytes(&runs))?;
+                let (buffer, new) = link.staging(snapshot::staging_bytes(&self.runs))?;
                 // A new buffer costs page faults once; the model learns the steady state.
                 steady = !new;
+                let (mut runs, next_meta) = link.spare_vecs();
+                runs.clone_from(&self.runs);
+                self.meta = next_meta;
                 Snapshot::Copied(Copied::take(&self.regions, full, runs, buffer, meta))
             }
         };

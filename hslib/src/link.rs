@@ -230,8 +230,10 @@ pub struct Plan {
 #[derive(Debug)]
 pub struct Link {
     jobs: Sender<Job>,
-    recycle: Receiver<StagingBuffer>,
+    recycle: Receiver<Copied>,
     pool: Vec<StagingBuffer>,
+    /// Run and metadata vectors given back, for reuse (no allocation per checkpoint).
+    spare_vecs: Vec<(Vec<crate::snapshot::Run>, Vec<u8>)>,
     shared: Arc<Shared>,
     sender: Option<JoinHandle<()>>,
     next_job: u64,
@@ -324,6 +326,7 @@ impl Link {
             jobs,
             recycle,
             pool: Vec::new(),
+            spare_vecs: Vec::new(),
             shared,
             sender: Some(sender),
             next_job: 0,
@@ -382,9 +385,7 @@ impl Link {
     /// one is large enough (steady-state copies land in memory that is already mapped, no
     /// page faults), else a new one. The second value says whether it was new.
     pub fn staging(&mut self, bytes: usize) -> Result<(StagingBuffer, bool), LinkError> {
-        while let Ok(b) = self.recycle.try_recv() {
-            self.pool.push(b);
-        }
+        self.take_back();
         self.pool.sort_by_key(StagingBuffer::capacity);
         if let Some(i) = self.pool.iter().position(|b| b.capacity() >= bytes) {
             return Ok((self.pool.remove(i), false));
@@ -393,6 +394,21 @@ impl Link {
         self.pool.pop();
         let b = StagingBuffer::with_capacity(bytes).map_err(LinkError::Staging)?;
         Ok((b, true))
+    }
+
+    /// Collects what the sender gave back.
+    fn take_back(&mut self) {
+        while let Ok(c) = self.recycle.try_recv() {
+            self.pool.push(c.data);
+            self.spare_vecs.push((c.runs, c.metadata));
+        }
+    }
+
+    /// A run vector and a metadata buffer the sender gave back (empty ones if none), whose
+    /// allocations the next checkpoint reuses.
+    pub fn spare_vecs(&mut self) -> (Vec<crate::snapshot::Run>, Vec<u8>) {
+        self.take_back();
+        self.spare_vecs.pop().unwrap_or_default()
     }
 
     /// Puts a staging buffer of `bytes`, its pages touched, in the pool unless one as large
@@ -644,7 +660,7 @@ struct Open {
 struct SenderThread {
     shared: Arc<Shared>,
     params: StreamParams,
-    give_back: Sender<StagingBuffer>,
+    give_back: Sender<Copied>,
     open: Option<Open>,
     next_checkpoint: u64,
     generation: u64,
@@ -655,7 +671,7 @@ impl SenderThread {
     fn new(
         shared: Arc<Shared>,
         params: StreamParams,
-        give_back: Sender<StagingBuffer>,
+        give_back: Sender<Copied>,
     ) -> Result<Self, LinkError> {
         let next_checkpoint = params.first_checkpoint.max(1);
         // Opened before any fork, so a fork child of a null link has somewhere to write.
@@ -806,7 +822,7 @@ impl SenderThread {
         let result = match snapshot {
             Snapshot::Copied(c) => {
                 let r = if usable { self.write_copy(&c) } else { None };
-                let _ = self.give_back.send(c.data);
+                let _ = self.give_back.send(c);
                 r
             }
             Snapshot::Forked(child) => {
