@@ -922,8 +922,9 @@ impl Context {
             }
             Strategy::Copy | Strategy::Adaptive => {
                 let (buffer, new) = link.staging(snapshot::staging_bytes(&self.runs))?;
-                // A new buffer costs page faults once; the model learns the steady state.
-                steady = !new;
+                // A new buffer costs page faults once, and a full copy reads cold pages: the
+                // model learns from steady-state incremental copies only.
+                steady = !new && !full;
                 let (mut runs, next_meta) = link.spare_vecs();
                 runs.clone_from(&self.runs);
                 self.meta = next_meta;

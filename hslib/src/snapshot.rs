@@ -184,8 +184,8 @@ impl CostModel {
 
     /// The cheaper strategy for a checkpoint of `bytes` dirty bytes by the model; except
     /// that a strategy predicted within 1.5x of the other and not measured for 64
-    /// checkpoints is taken once, so a stale estimate gets corrected (the model learns only
-    /// from the snapshots it takes).
+    /// checkpoints (8 while it has fewer than four measurements) is taken once, so a stale
+    /// estimate gets corrected (the model learns only from the snapshots it takes).
     pub fn choose(&mut self, bytes: u64) -> Strategy {
         let (copy, fork) = (self.copy_cost(bytes), self.fork_ns);
         let cheaper = if copy <= fork {
@@ -197,7 +197,14 @@ impl CostModel {
             Strategy::Copy => (Strategy::Fork, fork, copy),
             _ => (Strategy::Copy, copy, fork),
         };
-        if self.since[index(other)] >= 64 && other_cost <= 1.5 * cost {
+        // Re-measure a close alternative every 64 checkpoints; every 8 while it has fewer
+        // than four measurements (its estimate is little more than the calibration's).
+        let every = if self.seen[index(other)].count < 4 {
+            8
+        } else {
+            64
+        };
+        if self.since[index(other)] >= every && other_cost <= 1.5 * cost {
             other
         } else {
             cheaper

@@ -35,8 +35,23 @@ fn observations_move_the_estimates_toward_what_was_measured() {
 }
 
 #[test]
+fn a_close_alternative_with_few_measurements_is_tried_every_8_checkpoints() {
+    let mut m = CostModel::new(0.0, 1.0, 120_000.0);
+    // 100 KB: copy 100 us, fork 120 us (within 1.5x), fork never measured.
+    for _ in 0..8 {
+        assert_eq!(m.choose(100_000), Strategy::Copy);
+        m.observe(Strategy::Copy, 100_000, Duration::from_micros(100));
+    }
+    assert_eq!(m.choose(100_000), Strategy::Fork);
+}
+
+#[test]
 fn a_close_alternative_not_tried_for_64_checkpoints_is_tried_once() {
     let mut m = CostModel::new(0.0, 1.0, 120_000.0);
+    // Fork measured enough: four observations of 120 us.
+    for _ in 0..4 {
+        m.observe(Strategy::Fork, 100_000, Duration::from_micros(120));
+    }
     // 100 KB: copy 100 us, fork 120 us (within 1.5x).
     for _ in 0..63 {
         assert_eq!(m.choose(100_000), Strategy::Copy);
@@ -71,6 +86,9 @@ fn calibration_measures_this_process() {
 fn one_preempted_copy_does_not_flip_the_choice() {
     // 2 MiB copies take ~210 us, forks 300 us.
     let mut m = CostModel::new(0.0, 0.1, 300_000.0);
+    for _ in 0..4 {
+        m.observe(Strategy::Fork, 2 << 20, Duration::from_micros(300));
+    }
     for _ in 0..8 {
         m.observe(Strategy::Copy, 2 << 20, Duration::from_micros(210));
     }
