@@ -8,11 +8,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+mod common;
+
+use common::screen::{blocks_at, piece_cells};
 use hotspare_tests::{Session, keys, vt100};
 use nix::sys::signal::Signal;
 use nix::sys::termios::LocalFlags;
 use tempfile::TempDir;
-use tetris::rules::{self, Input, Mode, WALL};
+use tetris::rules::{self, Input, Mode};
 use tetris::scores::SEE_SCORES_PROMPT;
 use tetris::state::{B_COLS, DEFAULT_KEYS};
 
@@ -72,26 +75,7 @@ fn dropped_cells(keys: &[u8]) -> Vec<(u16, u16)> {
     for &k in keys.iter().chain(b" ") {
         rules::step(&mut state, Input::Key(k), Mode::Interactive);
     }
-    let mut board = rules::empty_board();
-    rules::place(&mut board, state.curshape, state.pos, true);
-    let mut cells = Vec::new();
-    for row in 1..=20 {
-        for col in 1..=10 {
-            let v = board[row * B_COLS + col];
-            if v != 0 && v != WALL {
-                // Screen row row - 1, column 2 * col + 27 on 80x24.
-                cells.push(((row - 1) as u16, (2 * col + 27) as u16));
-            }
-        }
-    }
-    cells
-}
-
-fn blocks_at(screen: &vt100::Screen, cells: &[(u16, u16)]) -> bool {
-    cells.iter().all(|&(r, c)| {
-        screen.cell(r, c).is_some_and(|x| x.contents() == "[")
-            && screen.cell(r, c + 1).is_some_and(|x| x.contents() == "]")
-    })
+    piece_cells(&state)
 }
 
 fn assert_terminal_restored(s: &Session) {

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::screen::{blocks_at, piece_cells};
 use common::{
     LEVEL, SEED, after_inputs, args, consumed, game_in, resumed, script, socket_dir,
     tetris_with_status,
@@ -22,9 +23,9 @@ use hotspare_tests::{Session, keys, vt100};
 use nix::sys::signal::Signal;
 use nix::sys::termios::LocalFlags;
 use tempfile::TempDir;
-use tetris::rules::{self, Input, Mode, WALL};
+use tetris::rules::{self, Input, Mode};
 use tetris::scores::SEE_SCORES_PROMPT;
-use tetris::state::{B_COLS, DEFAULT_KEYS, GameState};
+use tetris::state::DEFAULT_KEYS;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const HELP: &str = "j - left  k - rotate  l - right  <space> - drop  p - pause  q - quit  n - down";
@@ -75,29 +76,6 @@ fn board_is_drawn(screen: &vt100::Screen) -> bool {
 /// The well and the pause message instead of the help line.
 fn paused_is_shown(screen: &vt100::Screen) -> bool {
     well_is_drawn(screen) && line_22(screen).as_deref() == Some(PAUSED)
-}
-
-/// Screen cells (row, column) of the falling piece of `state` on 80x24.
-fn piece_cells(state: &GameState) -> Vec<(u16, u16)> {
-    let mut board = rules::empty_board();
-    rules::place(&mut board, state.curshape, state.pos, true);
-    let mut cells = Vec::new();
-    for row in 1..=20 {
-        for col in 1..=10 {
-            let v = board[row * B_COLS + col];
-            if v != 0 && v != WALL {
-                cells.push(((row - 1) as u16, (2 * col + 27) as u16));
-            }
-        }
-    }
-    cells
-}
-
-fn blocks_at(screen: &vt100::Screen, cells: &[(u16, u16)]) -> bool {
-    cells.iter().all(|&(r, c)| {
-        screen.cell(r, c).is_some_and(|x| x.contents() == "[")
-            && screen.cell(r, c + 1).is_some_and(|x| x.contents() == "]")
-    })
 }
 
 /// Reads whatever the program wrote so far, without waiting for more.

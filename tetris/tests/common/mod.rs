@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod screen;
+
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::{FileExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
