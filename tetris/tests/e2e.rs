@@ -10,7 +10,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::screen::{blocks_at, piece_cells};
+use common::screen::{blocks_at, piece_cells, score_on_screen};
 use hotspare_tests::{Session, keys, vt100};
 use nix::sys::signal::Signal;
 use nix::sys::termios::LocalFlags;
@@ -56,16 +56,6 @@ fn board_is_drawn(screen: &vt100::Screen) -> bool {
         && (27..51).all(|c| rev(20, c))
         && !rev(10, 30)
         && screen.contents().lines().nth(22).map(str::trim_end) == Some(HELP)
-}
-
-fn score_on_screen(screen: &vt100::Screen) -> Option<u32> {
-    let first = screen.contents().lines().next()?.to_owned();
-    first
-        .strip_prefix("Score: ")?
-        .split(' ')
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Where the first piece of `SEED` ends up after `keys` then a drop on an empty level-1

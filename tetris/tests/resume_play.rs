@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::screen::score_on_screen;
 use common::{args, game_in, resumed, tetris_with_status};
 use hotspare_tests::{Session, keys, vt100};
 use tempfile::TempDir;
@@ -32,16 +33,6 @@ fn paused_is_shown(screen: &vt100::Screen) -> bool {
     screen.alternate_screen()
         && (0..20).all(|r| rev(r, 27) && rev(r, 50))
         && screen.contents().lines().nth(22).map(str::trim_end) == Some(PAUSED)
-}
-
-fn score_on_screen(screen: &vt100::Screen) -> Option<u32> {
-    let first = screen.contents().lines().next()?.to_owned();
-    first
-        .strip_prefix("Score: ")?
-        .split(' ')
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[test]

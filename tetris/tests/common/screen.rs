@@ -28,3 +28,14 @@ pub fn blocks_at(screen: &vt100::Screen, cells: &[(u16, u16)]) -> bool {
             && screen.cell(r, c + 1).is_some_and(|x| x.contents() == "]")
     })
 }
+
+/// The score on the first line (`Score: N`).
+pub fn score_on_screen(screen: &vt100::Screen) -> Option<u32> {
+    let first = screen.contents().lines().next()?.to_owned();
+    first
+        .strip_prefix("Score: ")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
