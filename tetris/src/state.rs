@@ -49,6 +49,12 @@ pub const DEFAULT_KEYS: [u8; 7] = *b"jkl pqn";
 /// The complete, checkpointable state of one game.
 ///
 /// Flags are `u8` holding 0 or 1; use the accessor methods rather than the raw bytes.
+///
+/// Time is state too: an interactive game dates what is left of its fall timer with the wall
+/// clock ([`GameState::timer_wall_us`]) and keeps the rows a lock completed while their
+/// pause is shown ([`GameState::elide_rows`]), so a game restored from a checkpoint in
+/// another process falls, and ends that pause, when the game it continues would have
+/// ([`crate::play::game_loop`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GameState {
