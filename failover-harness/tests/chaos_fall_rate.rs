@@ -180,13 +180,13 @@ fn a_game_axed_every_half_second_falls_at_the_rate_of_the_game_left_alone() {
     let failovers = chaos.field("failovers").unwrap_or(0) - failovers_before;
     let alone_rate = alone.rate().expect("the game left alone was timed");
     eprintln!(
-        "level {LEVEL}, {FALLS} timer expiries: alone {alone_rate:.3}/s in {:?}; chaos {} in \
-         {:?} with {failovers} failovers",
+        "level {LEVEL}, {FALLS} timer expiries: alone {alone_rate:.3}/s in {:?}; chaos {} \
+         with {failovers} failovers",
         alone.took.unwrap_or_default(),
-        chaos
-            .rate()
-            .map_or_else(|| "not done".to_owned(), |r| format!("{r:.3}/s")),
-        chaos.took,
+        chaos.took.map_or_else(
+            || "not done".to_owned(),
+            |t| format!("{:.3}/s in {t:?}", FALLS as f64 / t.as_secs_f64())
+        ),
     );
     let chaos_rate = chaos.rate().unwrap_or_else(|| {
         panic!(
