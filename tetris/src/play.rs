@@ -24,7 +24,7 @@ use crate::rules::{self, Input, Mode};
 use crate::scores;
 use crate::screen::{self, Message, View};
 use crate::signals::{self, Caught, Signals};
-use crate::state::{B_COLS, B_SIZE, GameState};
+use crate::state::{B_COLS, B_SIZE, GameState, MAX_CLEARED};
 use crate::store::Store;
 use crate::terminal::{self, GameMode};
 
@@ -173,6 +173,15 @@ enum After {
 /// anything is drawn or waited for. The timer's re-arm before a wait is not committed on its
 /// own: it follows from the committed state (`timer_left_us == 0`), so a restored game
 /// re-arms the same way.
+///
+/// The fall timer runs on across a restore (a promoted spare, `--resume`): every commit
+/// dates `timer_left_us` with the wall clock ([`GameState::timer_wall_us`]), and a game
+/// that starts from a dated state first takes off the time elapsed since, so it falls when
+/// the game it continues would have; a lock that completed rows also records them, and a
+/// game restored during their pause shows what is left of it and discards the keys typed
+/// until it ends (accounting them in `tty_bytes`, so a supervisor does not replay them).
+/// The wall clock is used because the two games may run on different hosts; a step of it
+/// never makes a wait negative or longer than the timer or the pause it continues.
 pub fn game_loop<St, F, S, C>(
     store: &mut St,
     colour: bool,
@@ -188,7 +197,15 @@ where
     <F::Backend as Backend>::Error: Send + Sync + 'static,
 {
     let state = store.state()?;
-    redraw(front, state, &View::of(state, colour))?;
+    match catch_up(state, wall_us(clock)) {
+        Some(into) => {
+            if let After::End(ending) = show_elide(store, colour, front, input, clock, into, true)?
+            {
+                return Ok(ending);
+            }
+        }
+        None => redraw(front, state, &View::of(state, colour))?,
+    }
     loop {
         let state = store.state()?;
         if state.is_finished() {
@@ -205,17 +222,24 @@ where
         let event = input.wait(timeout)?;
         let waited = clock.now().saturating_sub(start);
         let waited_us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        let wall = wall_us(clock);
         match event {
             // The timer stays armed (non-zero) so step does not re-arm it a second time;
             // step marks it expired.
             Event::Timeout => {
-                let before = *state;
+                let mut locked = state.board;
+                rules::place(&mut locked, state.curshape, state.pos, true);
                 let outcome = rules::step(state, Input::Timer, Mode::Interactive);
-                let after = *state;
+                stamp(state, wall);
+                if outcome.cleared_rows > 0 {
+                    record_elide(state, &locked);
+                    // The next wait begins when the rows' pause ends.
+                    state.timer_wall_us = wall.saturating_add(elide_pause_us(state));
+                }
                 store.commit()?;
                 if outcome.cleared_rows > 0
                     && let After::End(ending) =
-                        show_elide(store, &before, &after, colour, front, input, clock)?
+                        show_elide(store, colour, front, input, clock, Duration::ZERO, false)?
                 {
                     return Ok(ending);
                 }
@@ -225,6 +249,7 @@ where
                     // BSD's rwait: a key arriving at or after expiry uses the expiry up.
                     state.timer_left_us = state.timer_left_us.saturating_sub(waited_us);
                 }
+                stamp(state, wall);
                 if let Some(end) = input.position() {
                     state.tty_bytes = end;
                 }
@@ -242,6 +267,7 @@ where
                     let left = state.timer_left_us.saturating_sub(waited_us).max(1);
                     if left != state.timer_left_us {
                         state.timer_left_us = left;
+                        stamp(state, wall);
                         store.commit()?;
                     }
                 }
@@ -257,11 +283,109 @@ where
                     // As for a signal: the time waited is used up, the expiry kept.
                     state.timer_left_us = state.timer_left_us.saturating_sub(waited_us).max(1);
                 }
+                stamp(state, wall);
                 store.commit()?;
             }
             Event::Eof => anyhow::bail!("end of file on the terminal"),
         }
     }
+}
+
+/// The wall clock in microseconds since the Unix epoch, as [`GameState::timer_wall_us`]
+/// holds it.
+fn wall_us<C: Clock>(clock: &C) -> u64 {
+    u64::try_from(clock.wall().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Dates the fall timer: `timer_left_us` runs from `wall`. Any pause of completed rows is
+/// over by now, so its record goes.
+fn stamp(state: &mut GameState, wall: u64) {
+    state.timer_wall_us = wall;
+    state.elide_rows = [0; MAX_CLEARED];
+    state.elide_cells = [[0; B_COLS - 2]; MAX_CLEARED];
+}
+
+/// How long the pause of the rows the last lock completed lasts: two fall rates a row.
+fn elide_pause_us(state: &GameState) -> u64 {
+    let rows = u64::try_from(state.elided()).unwrap_or(u64::MAX);
+    state.fallrate_us.saturating_mul(rows.saturating_mul(2))
+}
+
+/// A game starting from a committed state (a promoted spare, a resumed log; nothing happens
+/// to a fresh one, whose timer is undated) catches up with the time that passed since its
+/// commit at wall-clock time `wall`. During a pause of completed rows: returns how far into
+/// the pause it is, and the timer waits for its end. Otherwise the timer is re-armed if its
+/// commit left it expired (as the game that committed it did at once) and loses the time
+/// elapsed, keeping at least 1 µs so the expiry still happens; a paused game's timer stands
+/// still. A wall clock stepped back counts as no time elapsed, so the wait is never longer
+/// than the timer or the pause.
+fn catch_up(state: &mut GameState, wall: u64) -> Option<Duration> {
+    if state.timer_wall_us == 0 || state.is_finished() {
+        return None;
+    }
+    if state.elided() > 0 && wall < state.timer_wall_us {
+        let pause = elide_pause_us(state);
+        let left = (state.timer_wall_us - wall).min(pause);
+        return Some(Duration::from_micros(pause - left));
+    }
+    // Paused, the timer stands still: the state is left exactly as committed.
+    if !state.is_paused() {
+        rules::rearm_timer(state);
+        let elapsed = wall.saturating_sub(state.timer_wall_us);
+        state.timer_left_us = state.timer_left_us.saturating_sub(elapsed).max(1);
+        stamp(state, wall);
+    }
+    None
+}
+
+/// Records in `state`, just after a lock, the rows complete on `locked` (the board with the
+/// piece placed, before the rows were removed), so that [`locked_board`] can give it back.
+/// More rows than a piece can complete (a board made up by hand) are not recorded.
+fn record_elide(state: &mut GameState, locked: &[u8; B_SIZE]) {
+    state.elide_rows = [0; MAX_CLEARED];
+    state.elide_cells = [[0; B_COLS - 2]; MAX_CLEARED];
+    let full: Vec<usize> = (1..=20)
+        .filter(|row| {
+            let start = row * B_COLS + 1;
+            locked[start..start + B_COLS - 2].iter().all(|&c| c != 0)
+        })
+        .collect();
+    if full.len() > MAX_CLEARED {
+        return;
+    }
+    for (i, &row) in full.iter().enumerate() {
+        let start = row * B_COLS + 1;
+        // Rows are 1..=20: they fit a byte.
+        state.elide_rows[i] = u8::try_from(row).unwrap_or(0);
+        state.elide_cells[i].copy_from_slice(&locked[start..start + B_COLS - 2]);
+    }
+}
+
+/// The board the last lock left before its completed rows were removed: rows 0..=20 of
+/// `state.board` are the rows that were kept, in order, under one empty row per removed
+/// one (BSD's elide shifts everything above a removed row down); the removed rows go back
+/// in between from [`GameState::elide_cells`]. `None` when the record does not describe
+/// rows in order (only a corrupt state).
+fn locked_board(state: &GameState) -> Option<[u8; B_SIZE]> {
+    let rows = &state.elide_rows[..state.elided()];
+    if rows.windows(2).any(|w| w[0] >= w[1]) || rows.iter().any(|&r| r > 20) {
+        return None;
+    }
+    let mut board = state.board;
+    let mut kept = rows.len();
+    let mut removed = 0;
+    for row in 0..=20 {
+        let at = row * B_COLS;
+        if rows.get(removed).is_some_and(|&r| usize::from(r) == row) {
+            board[at + 1..at + B_COLS - 1].copy_from_slice(&state.elide_cells[removed]);
+            removed += 1;
+        } else {
+            let from = kept * B_COLS;
+            board[at..at + B_COLS].copy_from_slice(&state.board[from..from + B_COLS]);
+            kept += 1;
+        }
+    }
+    Some(board)
 }
 
 fn fits<F: Frontend>(front: &mut F) -> anyhow::Result<bool>
@@ -319,16 +443,18 @@ where
 /// BSD's `elide` on screen: for each full row, top to bottom, show it cleared, wait a fall
 /// rate, show the rows above shifted down, wait a fall rate; keys typed meanwhile are read
 /// and dropped (and committed as accounted for, so a supervisor never replays them to a
-/// restored game as real moves). `before` is the state just before the lock, `after` just
-/// after.
+/// restored game as real moves). The state in `store` is the lock's, rows already removed
+/// and recorded ([`record_elide`]); `into` is how much of the pause has passed (by a game
+/// restored during it; the frames already over are skipped), `whole` asks for the first
+/// frame drawn on a cleared screen.
 fn show_elide<St, F, S, C>(
     store: &mut St,
-    before: &GameState,
-    after: &GameState,
     colour: bool,
     front: &mut F,
     input: &mut S,
     clock: &C,
+    into: Duration,
+    whole: bool,
 ) -> anyhow::Result<After>
 where
     St: Store,
@@ -337,20 +463,39 @@ where
     C: Clock,
     <F::Backend as Backend>::Error: Send + Sync + 'static,
 {
-    let mut shown = *before;
+    let mut shown = *store.state()?;
+    let Some(locked) = locked_board(&shown) else {
+        if whole {
+            redraw(front, &shown, &View::of(&shown, colour))?;
+        }
+        return Ok(After::Continue);
+    };
     // BSD counts the lock's point before eliding; the next piece is not dealt yet.
-    shown.points = after.points;
-    rules::place(&mut shown.board, before.curshape, before.pos, true);
+    shown.board = locked;
+    shown.nextshape = shown.curshape;
+    shown.game_over = 0;
     let view = View {
         colour,
         message: Message::Help,
         show_piece: false,
     };
-    let hold = Duration::from_micros(after.fallrate_us);
-    for frame in elide_frames(&shown.board) {
+    let hold = Duration::from_micros(shown.fallrate_us);
+    let began = clock.now();
+    let mut first = true;
+    for (n, frame) in (1u32..).zip(elide_frames(&locked)) {
+        // Each frame ends a whole number of holds after the pause began.
+        let ends = hold.saturating_mul(n);
+        if ends <= into {
+            continue;
+        }
         shown.board = frame;
-        draw(front, &shown, &view)?;
-        let deadline = clock.now().saturating_add(hold);
+        if first && whole {
+            redraw(front, &shown, &view)?;
+        } else {
+            draw(front, &shown, &view)?;
+        }
+        first = false;
+        let deadline = began.saturating_add(ends - into);
         loop {
             let left = deadline.saturating_sub(clock.now());
             if left.is_zero() {
@@ -407,7 +552,7 @@ mod tests {
     use ratatui::backend::TestBackend;
 
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::clock::{MANUAL_WALL_START, ManualClock};
     use crate::input::InputError;
     use crate::state::{DEFAULT_KEYS, SPAWN_POS};
 
@@ -782,6 +927,11 @@ mod tests {
         let expected = {
             let mut s = store.state;
             rules::step(&mut s, Input::Timer, Mode::Interactive);
+            // The completed row 20 as it was: three blocks, the I (base shape 6), three more.
+            s.elide_rows = [20, 0, 0, 0];
+            s.elide_cells[0] = [3, 3, 3, 7, 7, 7, 7, 3, 3, 3];
+            // The next wait begins when the row's pause of two fall rates ends.
+            s.timer_wall_us = wall_at(FIRST_ARM_US + 2 * FIRST_ARM_US);
             s
         };
         let clock = ManualClock::new();
@@ -791,6 +941,220 @@ mod tests {
         assert_eq!(ending.unwrap(), Ending::Finished);
         assert_eq!(store.commits.len(), 2);
         assert_eq!(store.commits[0], expected);
+        assert_eq!(store.commits[1].elide_rows, [0; 4], "the pause is over");
+    }
+
+    /// [`ManualClock::new`]'s wall clock `us` microseconds in.
+    fn wall_at(us: u64) -> u64 {
+        u64::try_from(MANUAL_WALL_START.as_micros()).unwrap() + us
+    }
+
+    /// Level 1's fall rate after the second re-arm.
+    const SECOND_ARM_US: u64 = FIRST_ARM_US - FIRST_ARM_US / 3000;
+
+    /// A primary playing `start` from time 0 on its own virtual clock, SIGKILLed at `axe_us`
+    /// (its input ends there, with nothing more committed): its last commit, which is what
+    /// the spare restores, and its screen at the kill.
+    fn axed_primary(
+        start: GameState,
+        events: &[(u64, Event)],
+        axe_us: u64,
+    ) -> (GameState, TestFrontend) {
+        let mut store = crate::store::Recording::new(start);
+        let clock = ManualClock::new();
+        let mut script = events.to_vec();
+        script.push((axe_us, Event::Eof));
+        let mut input = Scripted::new(&clock, &script);
+        input.position = Some(start.tty_bytes);
+        let mut front = TestFrontend::new();
+        let ending = game_loop(&mut store, true, &mut front, &mut input, &clock);
+        assert!(ending.is_err(), "the primary ran to the axe");
+        assert_eq!(clock.now(), Duration::from_micros(axe_us));
+        (*store.commits.last().unwrap(), front)
+    }
+
+    /// The spare promoted with `restored`, starting at wall-clock time `wall_us` (the
+    /// primary's clock) on a virtual clock of its own; the harness replays keys at once.
+    fn promoted_spare(
+        restored: GameState,
+        wall_us: u64,
+        events: &[(u64, Event)],
+    ) -> (
+        anyhow::Result<Ending>,
+        crate::store::Recording,
+        Scripted,
+        TestFrontend,
+    ) {
+        let mut store = crate::store::Recording::new(restored);
+        let clock = ManualClock::with_wall(Duration::from_micros(wall_us));
+        let mut input = Scripted::new(&clock, events);
+        input.position = Some(restored.tty_bytes);
+        let mut front = TestFrontend::new();
+        let ending = game_loop(&mut store, true, &mut front, &mut input, &clock);
+        (ending, store, input, front)
+    }
+
+    #[test]
+    fn a_game_restored_0_3_s_after_a_fall_falls_0_7_s_later_not_1_s() {
+        let axe = FIRST_ARM_US + 300_000;
+        let (restored, _) = axed_primary(level1(), &[], axe);
+        assert_eq!(
+            restored.pos,
+            SPAWN_POS + B_COLS as i32,
+            "one fall committed"
+        );
+        let (ending, store, input, _) =
+            promoted_spare(restored, wall_at(axe), &[(1_000_000, key(b'q'))]);
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        let third = SECOND_ARM_US - SECOND_ARM_US / 3000;
+        assert_eq!(
+            input.waits_us(),
+            [Some(SECOND_ARM_US - 300_000), Some(third)],
+            "the second fall comes when the primary's would have"
+        );
+        assert_eq!(store.state.pos, SPAWN_POS + 2 * B_COLS as i32);
+    }
+
+    #[test]
+    fn the_failover_time_counts_against_the_restored_timer() {
+        let axe = 400_000;
+        let (restored, _) = axed_primary(level1(), &[(100_000, key(b'j'))], axe);
+        // The spare takes over 5 ms after the axe: 405 ms of the first fall rate are gone.
+        let (ending, _, input, _) =
+            promoted_spare(restored, wall_at(axe + 5_000), &[(100_000, key(b'q'))]);
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        assert_eq!(input.waits_us()[0], Some(FIRST_ARM_US - 405_000));
+    }
+
+    #[test]
+    fn a_wall_clock_step_never_makes_a_restored_wait_negative_or_longer_than_the_timer() {
+        let axe = FIRST_ARM_US + 300_000;
+        let (restored, _) = axed_primary(level1(), &[], axe);
+        let hour = 3_600_000_000;
+        // The spare's clock an hour behind: no time counts as elapsed, the whole rate waits.
+        let (_, _, input, _) = promoted_spare(restored, wall_at(axe) - hour, &[(10, Event::Eof)]);
+        assert_eq!(input.waits_us()[0], Some(SECOND_ARM_US));
+        // An hour ahead (or a log resumed an hour later): the fall is due at once.
+        let (_, store, input, _) =
+            promoted_spare(restored, wall_at(axe) + hour, &[(10, Event::Eof)]);
+        assert_eq!(input.waits_us()[0], Some(1));
+        assert_eq!(store.state.pos, SPAWN_POS + 2 * B_COLS as i32);
+    }
+
+    #[test]
+    fn a_game_restored_while_paused_keeps_its_timer_frozen() {
+        let axe = 5_000_000;
+        let (restored, _) = axed_primary(level1(), &[(300_000, key(b'p'))], axe);
+        let (ending, _, input, _) = promoted_spare(
+            restored,
+            wall_at(axe),
+            &[(1_000_000, key(b'j')), (1_100_000, key(b'q'))],
+        );
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        assert_eq!(
+            input.waits_us(),
+            [None, Some(FIRST_ARM_US - 300_000)],
+            "neither the pause nor the failover counted"
+        );
+    }
+
+    /// The row-clearing primary of [`one_row_to_clear`], axed 1.3 s into its pause of two
+    /// fall rates (0.3 s into the second frame), a `j` typed 0.2 s into the pause dropped
+    /// and committed: what the spare restores and what the primary showed.
+    fn axed_in_the_line_clear_pause() -> (GameState, TestFrontend, u64) {
+        let mut start = one_row_to_clear();
+        start.tty_bytes = 10;
+        let axe = FIRST_ARM_US + 1_300_000;
+        let (restored, front) = axed_primary(start, &[(FIRST_ARM_US + 200_000, key(b'j'))], axe);
+        assert_eq!((restored.inputs, restored.tty_bytes), (1, 12));
+        (restored, front, axe)
+    }
+
+    #[test]
+    fn a_game_restored_in_the_line_clear_pause_shows_the_rest_of_it_and_drops_keys() {
+        let (restored, primary, axe) = axed_in_the_line_clear_pause();
+        // Keys typed after the primary's last commit are replayed at once; one more comes.
+        let (ending, store, input, spare) = promoted_spare(
+            restored,
+            wall_at(axe),
+            &[(0, key(b'j')), (100_000, key(b'l')), (300_000, Event::Eof)],
+        );
+        assert!(ending.is_err());
+        let rest = 2 * FIRST_ARM_US - 1_300_000;
+        assert_eq!(
+            input.waits_us(),
+            [Some(rest), Some(rest), Some(rest - 100_000)],
+            "the pause holds for what is left of it"
+        );
+        assert_eq!(
+            spare.terminal.backend().buffer(),
+            primary.terminal.backend().buffer(),
+            "the spare shows the frame the primary showed"
+        );
+        let seen: Vec<(u64, u64, i32)> = store
+            .commits
+            .iter()
+            .map(|s| (s.inputs, s.tty_bytes, s.pos))
+            .collect();
+        assert_eq!(
+            seen,
+            [(1, 14, SPAWN_POS), (1, 16, SPAWN_POS)],
+            "keys accounted for, not played"
+        );
+    }
+
+    #[test]
+    fn after_a_restored_line_clear_pause_the_timer_is_re_armed_and_keys_play() {
+        let (restored, _, axe) = axed_in_the_line_clear_pause();
+        let rest = 2 * FIRST_ARM_US - 1_300_000;
+        let (ending, store, input, _) = promoted_spare(
+            restored,
+            wall_at(axe),
+            &[(rest + 100_000, key(b'j')), (rest + 200_000, key(b'q'))],
+        );
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        assert_eq!(
+            input.waits_us(),
+            [
+                Some(rest),
+                Some(SECOND_ARM_US),
+                Some(SECOND_ARM_US - 100_000)
+            ]
+        );
+        assert_eq!(store.state.pos, SPAWN_POS - 1, "the j moved the new piece");
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_back_never_makes_a_restored_pause_longer() {
+        let (restored, _, axe) = axed_in_the_line_clear_pause();
+        let (_, _, input, _) =
+            promoted_spare(restored, wall_at(axe) - 3_600_000_000, &[(10, Event::Eof)]);
+        assert_eq!(
+            input.waits_us()[0],
+            Some(FIRST_ARM_US),
+            "the first frame, whole"
+        );
+    }
+
+    #[test]
+    fn the_recorded_rows_give_back_the_board_before_they_were_removed() {
+        let mut locked = rules::empty_board();
+        // Rows 17, 18 and 20 complete, in colours; rows 0 (hidden) and 19 partly filled.
+        for (row, colour) in [(17, 1), (18, 4), (20, 6)] {
+            for col in 1..B_COLS - 1 {
+                locked[row * B_COLS + col] = colour + (col % 3) as u8;
+            }
+        }
+        locked[5] = 2;
+        locked[19 * B_COLS + 3] = 5;
+        locked[16 * B_COLS + 10] = 7;
+        let mut state = level1();
+        record_elide(&mut state, &locked);
+        assert_eq!(state.elide_rows, [17, 18, 20, 0]);
+        state.board = locked;
+        assert_eq!(rules::elide(&mut state.board), 3);
+        assert_eq!(locked_board(&state), Some(locked));
+        assert_eq!(elide_frames(&locked).last(), Some(&state.board));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! `elide` with current NetBSD's row-0 clearing, spawn and game over.
 
 use crate::rng;
-use crate::state::{B_COLS, B_ROWS, B_SIZE, GameState, LAYOUT_VERSION, MAGIC, SPAWN_POS, key};
+use crate::state::{
+    B_COLS, B_ROWS, B_SIZE, GameState, LAYOUT_VERSION, MAGIC, MAX_CLEARED, SPAWN_POS, key,
+};
 
 /// Board cell value of a wall (columns 0 and 11, rows 21 and 22).
 pub const WALL: u8 = 8;
@@ -135,6 +137,7 @@ pub fn new_game(seed: u64, level: u32, keys: [u8; 7], preview: bool) -> GameStat
         seed,
         fallrate_us: 1_000_000 / u64::from(level.max(1)),
         timer_left_us: 0,
+        timer_wall_us: 0,
         inputs: 0,
         tty_bytes: 0,
         points: 0,
@@ -148,7 +151,9 @@ pub fn new_game(seed: u64, level: u32, keys: [u8; 7], preview: bool) -> GameStat
         quit: 0,
         keys,
         board: empty_board(),
-        _pad: [0; 3],
+        elide_rows: [0; MAX_CLEARED],
+        elide_cells: [[0; B_COLS - 2]; MAX_CLEARED],
+        _pad: [0; 7],
     }
 }
 

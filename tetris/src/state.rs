@@ -21,7 +21,9 @@ pub const SPAWN_POS: i32 = (B_COLS + B_COLS / 2 - 1) as i32;
 /// First field of every [`GameState`]: `b"TTRS"` read as a little-endian `u32`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TTRS");
 /// Version of the field layout below.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
+/// Most rows one lock can complete: a piece spans four rows.
+pub const MAX_CLEARED: usize = 4;
 
 /// Index of each command in [`GameState::keys`].
 pub mod key {
@@ -47,6 +49,12 @@ pub const DEFAULT_KEYS: [u8; 7] = *b"jkl pqn";
 /// The complete, checkpointable state of one game.
 ///
 /// Flags are `u8` holding 0 or 1; use the accessor methods rather than the raw bytes.
+///
+/// Time is state too: an interactive game dates what is left of its fall timer with the wall
+/// clock ([`GameState::timer_wall_us`]) and keeps the rows a lock completed while their
+/// pause is shown ([`GameState::elide_rows`]), so a game restored from a checkpoint in
+/// another process falls, and ends that pause, when the game it continues would have
+/// ([`crate::play::game_loop`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GameState {
@@ -62,6 +70,12 @@ pub struct GameState {
     pub fallrate_us: u64,
     /// Microseconds left before the fall timer expires; 0 means "re-arm before waiting".
     pub timer_left_us: u64,
+    /// Wall-clock time (`CLOCK_REALTIME`, µs since the Unix epoch) from which
+    /// `timer_left_us` runs: when it was last brought up to date, or, after a lock that
+    /// completed rows, when the pause showing them ends. A restored interactive game
+    /// subtracts the time since then, so it falls when its primary would have. 0 when never
+    /// dated (a fresh game; headless games, whose timer is the script's).
+    pub timer_wall_us: u64,
     /// Inputs consumed so far (keys and timer expiries; newlines in scripts excluded).
     pub inputs: u64,
     /// Bytes of terminal input accounted for (interactive games): every byte up to the end
@@ -91,12 +105,19 @@ pub struct GameState {
     /// Cells, `pos = row * B_COLS + col`; non-zero is occupied (walls and locked pieces).
     /// A locked cell holds `1 + base shape` (1..=7) so the screen can colour it; walls hold 8.
     pub board: [u8; B_SIZE],
+    /// The rows (1..=20, top to bottom, numbered as before their removal) the last lock
+    /// completed, 0 for none. With [`GameState::elide_cells`] and `board` they give back the
+    /// board the line-clear pause shows, for a game restored in the middle of it. Set at
+    /// the lock, cleared by the next change after the pause.
+    pub elide_rows: [u8; MAX_CLEARED],
+    /// Columns 1..=10 of each row in [`GameState::elide_rows`], as they were when completed.
+    pub elide_cells: [[u8; B_COLS - 2]; MAX_CLEARED],
     /// Explicit padding to the struct's 8-byte alignment; always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
 
 // The layout is part of the checkpoint format: any change must be deliberate.
-const _: () = assert!(size_of::<GameState>() == 384);
+const _: () = assert!(size_of::<GameState>() == 440);
 const _: () = assert!(align_of::<GameState>() == 8);
 
 impl GameState {
@@ -119,6 +140,10 @@ impl GameState {
     /// True when the next piece is shown.
     pub fn shows_preview(&self) -> bool {
         self.preview != 0
+    }
+    /// How many rows the last lock completed, as recorded for its line-clear pause.
+    pub fn elided(&self) -> usize {
+        self.elide_rows.iter().take_while(|&&r| r != 0).count()
     }
     /// True when this value carries the expected magic and layout version.
     pub fn is_valid_header(&self) -> bool {
