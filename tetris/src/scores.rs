@@ -512,6 +512,14 @@ pub fn write_table_text(table: &[Entry], out: &mut dyn Write) -> io::Result<()> 
     Ok(())
 }
 
+/// `P point(s) x level L`, for messages about a game's score.
+pub fn points_and_level(points: u32, level: u32) -> String {
+    format!(
+        "{points} point{} x level {level}",
+        if points == 1 { "" } else { "s" }
+    )
+}
+
 /// BSD's end-of-game line: `Your score:  P point(s)  x  level L  =  S`.
 pub fn your_score_line(points: u32, level: u32) -> String {
     format!(
