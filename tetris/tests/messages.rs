@@ -236,3 +236,14 @@ fn resuming_a_game_that_ended_says_so_and_records_nothing_twice() {
         );
     }
 }
+
+#[test]
+fn a_script_that_is_a_directory_is_named() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().to_string_lossy().into_owned();
+    let out = output(tetris(dir.path(), &["--headless", "--script", &path]));
+    assert_refused_with(
+        &out,
+        &format!("tetris: cannot read script {path}: it is a directory"),
+    );
+}
