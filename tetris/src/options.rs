@@ -159,7 +159,8 @@ Every change of the game is checkpointed (hslib): to nowhere by default, to a lo
 HS_SOCKET_NAME, HS_MODE=async|sync, HS_STRATEGY=copy|fork, ...). A spare draws nothing until
 its primary dies; then it takes over with the primary's last checkpoint.
 --resume PATH continues the game from the last complete checkpoint of the log PATH, appending
-to it; the game's seed, level and keys then come from the checkpoint. A headless game that
+to it; the game's seed, level and keys then come from the checkpoint; a game that has ended
+is not resumed. A log grows by about 4 KiB per checkpoint. A headless game that
 continues from a checkpoint passes over the inputs it had consumed when it reads a --script
 FILE, and reads on when it reads stdin. Such a game first writes one line to the descriptor
 $TETRIS_STATUS_FD names, if it is open: {\"resumed\":{\"checkpoint\":C,\"inputs\":N,\"epoch\":E}}
@@ -170,7 +171,7 @@ the stall being the time the game spent inside each checkpoint. $TETRIS_LOG name
 the checkpoint library's log.
 
 High scores live in $XDG_DATA_HOME/tetris-bsd/scores (else ~/.local/share/tetris-bsd/scores),
-or in the file named by --scores-file or $TETRIS_SCORES.";
+or in the file named by --scores-file or $TETRIS_SCORES, whose directory must exist.";
 
 fn command() -> clap::Command {
     clap::Command::new("tetris")
