@@ -223,7 +223,15 @@ where
             state,
             ending: Some(ending),
             ..
-        } => play::finish(&options, &state, ending),
+        } => {
+            // The score counts at the game's level: a resumed or promoted game's comes from
+            // its checkpoint, not from this command line.
+            let options = options::Options {
+                level: state.level,
+                ..options
+            };
+            play::finish(&options, &state, ending)
+        }
     }
 }
 

@@ -247,3 +247,35 @@ fn a_script_that_is_a_directory_is_named() {
         &format!("tetris: cannot read script {path}: it is a directory"),
     );
 }
+
+#[test]
+fn a_resumed_game_is_scored_at_its_own_level_not_the_default() {
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("game.log");
+    let log_arg = log.to_string_lossy().into_owned();
+    let cmd = tetris(
+        dir.path(),
+        &["--seed", "7", "-l", "3", "--checkpoint-file", &log_arg],
+    );
+    let mut s = Session::spawn(cmd, 24, 80).expect("tetris on a pty");
+    s.wait_for_text("Score: 0", DEADLINE).expect("the game");
+    // Control-C ends the game unfinished, without a score.
+    s.send(hotspare_tests::keys::CTRL_C).expect("interrupt");
+    assert_eq!(s.wait_exit(DEADLINE).expect("exit").code(), Some(0));
+
+    let mut s = Session::spawn(tetris(dir.path(), &["--resume", &log_arg]), 24, 80)
+        .expect("tetris on a pty");
+    s.wait_for_text("Score: 0", DEADLINE)
+        .expect("the resumed game");
+    s.send(b"q").expect("quit");
+    s.wait_for_text(SEE_SCORES_PROMPT, DEADLINE)
+        .expect("the scores prompt");
+    s.send(b"\n").expect("answer the prompt");
+    assert_eq!(s.wait_exit(DEADLINE).expect("exit").code(), Some(0));
+    let text = s.contents();
+    assert!(text.contains("x  level 3  ="), "{text}");
+    assert!(
+        text.contains(" on 3)"),
+        "the table's entry is at level 3: {text}"
+    );
+}
