@@ -84,8 +84,14 @@ fn without_os_error_codes(text: &str) -> String {
 /// What must hold before the game is started for a terminal: BSD's `scr_init` and
 /// `scr_set` checks (a terminal that can clear its screen, standard input a terminal),
 /// done before anything is drawn or changed.
+///
+/// A primary or spare draws on the pseudo-terminal of the supervisor that set `HS_ROLE`,
+/// whose emulator is the judge of what it can show, not the `TERM` it passed on from its
+/// own environment: the `TERM` check is the standalone game's.
 fn check_terminal() -> anyhow::Result<()> {
-    if std::env::var_os("TERM").is_some_and(|t| t == "dumb") {
+    let supervised =
+        std::env::var_os(hslib::api::ENV_ROLE).is_some_and(|r| r == "primary" || r == "spare");
+    if !supervised && std::env::var_os("TERM").is_some_and(|t| t == "dumb") {
         anyhow::bail!(
             "cannot clear screen: TERM=dumb cannot move the cursor (--headless plays without a \
              screen)"
