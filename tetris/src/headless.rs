@@ -196,6 +196,10 @@ pub fn open_script(path: Option<&Path>) -> anyhow::Result<(Box<dyn Read>, bool)>
         Some(p) if p != Path::new("-") => {
             let file = std::fs::File::open(p)
                 .with_context(|| format!("cannot read script {}", p.display()))?;
+            // Opening a directory succeeds; only its first read would fail, naming no file.
+            if file.metadata().is_ok_and(|m| m.is_dir()) {
+                anyhow::bail!("cannot read script {}: it is a directory", p.display());
+            }
             Ok((Box::new(file), true))
         }
         // Unbuffered (a duplicate of fd 0): a game that polls its stdin before reading

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::rules;
 use crate::signals::{Caught, Signals};
 use crate::state::key;
 
@@ -172,7 +173,7 @@ impl KeyDecoder {
             b'D' => key::LEFT,
             _ => return None,
         };
-        Some(self.keys[index])
+        Some(self.keys[index]).filter(|&k| k != rules::NO_KEY)
     }
 
     fn decode(&self, bytes: &[u8]) -> Decoded {

@@ -1,8 +1,9 @@
 //! The command line: BSD's `tetris [-bps] [-k keys] [-l level]` plus the port's long options.
 //!
 //! clap parses; BSD's messages and exit codes are put on top: a bad level gives
-//! `level must be from 1 to 9`, duplicate keys `duplicate command keys specified.`, and a wrong
-//! `-k` length, an unknown option or an extra argument the usage line.
+//! `level must be from 1 to 9`, duplicate keys `duplicate command keys specified.`, an unknown
+//! option or a missing value getopt's message and the usage line, and a wrong `-k` length or
+//! an extra argument the usage line alone.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -10,10 +11,14 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, value_parser};
 
+pub use crate::rules::NO_KEY;
 use crate::state::DEFAULT_KEYS;
 
-/// BSD's usage line (current NetBSD), printed for any error that is not a bad level or keys.
-pub const USAGE: &str = "usage: tetris [-bps] [-k keys] [-l level]";
+/// BSD's usage line (current NetBSD) plus the way to the port's long options, printed for any
+/// error that is not a bad level or keys.
+pub const USAGE: &str = "usage: tetris [-bps] [-k keys] [-l level] [--help]";
+/// What `--version` prints.
+pub const VERSION_TEXT: &str = concat!("tetris (hotspare) ", env!("CARGO_PKG_VERSION"), "\n");
 /// Lowest level.
 pub const MIN_LEVEL: u32 = 1;
 /// Highest level.
@@ -32,7 +37,8 @@ pub struct Options {
     pub preview: bool,
     /// `-s`: print the high scores and exit.
     pub show_scores: bool,
-    /// `-k`: left, rotate, right, drop, pause, quit, down (6 keys: the 7th is `DEFAULT_KEYS[6]`).
+    /// `-k`: left, rotate, right, drop, pause, quit, down (6 keys: no down key, the 7th is
+    /// [`NO_KEY`], as in bsdgames' six-key tetris).
     pub keys: [u8; 7],
     /// `-l`: 1..=9.
     pub level: u32,
@@ -76,16 +82,32 @@ impl Default for Options {
 pub enum Parsed {
     /// Run (play, headless or `-s`) with these options.
     Run(Options),
-    /// `--help`: print this text and exit 0.
+    /// `--help` or `--version`: print this text on stdout and exit 0.
     Help(String),
 }
 
 /// A command line BSD tetris would refuse; every one exits 1.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionsError {
-    /// Unknown option, missing value, extra argument or wrong `-k` length.
+    /// Extra argument or wrong `-k` length.
     #[error("{USAGE}")]
     Usage,
+    /// An option letter getopt does not know (carries the letter, escaped if not printable).
+    #[error("invalid option -- '{0}'")]
+    InvalidOption(String),
+    /// A long option the port does not know (carries it as given, `--` included).
+    #[error("unrecognized option '{0}'")]
+    UnrecognizedOption(String),
+    /// `-l` or `-k` given last on the line without its value (carries the letter).
+    #[error("option requires an argument -- '{0}'")]
+    MissingValue(String),
+    /// A long option given last on the line without its value (carries it, `--` included).
+    #[error("option '{0}' requires an argument")]
+    MissingLongValue(String),
+    /// A `-k` key the game could never tell apart: newline, return, NUL or a non-ASCII byte
+    /// (the game reads bytes; a newline also ends lines of scripts and of the terminal).
+    #[error("command keys must be ASCII characters other than newline and return, not {0:?}")]
+    BadKey(String),
     /// `-l` not a number from 1 to 9; carries the value given.
     #[error("level must be from {MIN_LEVEL} to {MAX_LEVEL}")]
     BadLevel(String),
@@ -104,10 +126,15 @@ pub enum OptionsError {
 }
 
 impl OptionsError {
-    /// The line BSD prints on stderr: errx's `tetris: ` prefix, except for the usage line.
+    /// What BSD prints on stderr (without the final newline): errx's `tetris: ` prefix, the
+    /// bare usage line, or getopt's complaint followed by the usage line.
     pub fn stderr_line(&self) -> String {
         match self {
             OptionsError::Usage => self.to_string(),
+            OptionsError::InvalidOption(_)
+            | OptionsError::UnrecognizedOption(_)
+            | OptionsError::MissingValue(_)
+            | OptionsError::MissingLongValue(_) => format!("tetris: {self}\n{USAGE}"),
             _ => format!("tetris: {self}"),
         }
     }
@@ -115,7 +142,11 @@ impl OptionsError {
 
 const HELP_AFTER: &str = "\
 Keys (default `jkl pqn`): left, rotate, right, drop (space), pause, quit, down; the arrow keys
-work too. -k takes 6 keys (the down key stays `n`) or 7; all of them must differ.
+work too. -k takes 7 keys, or 6 for a game without a down key (as bsdgames' tetris); all of
+them must differ, and be ASCII characters other than newline and return.
+
+The screen must be at least 40x23. On a narrow screen the board moves right of centre so
+that the score and the next shape stay clear of its left wall.
 
 --headless runs without a terminal: each byte of the script is one input (`.` = the fall
 timer expired, newlines skipped, any other byte a key) and one JSON line describes the game
@@ -128,7 +159,8 @@ Every change of the game is checkpointed (hslib): to nowhere by default, to a lo
 HS_SOCKET_NAME, HS_MODE=async|sync, HS_STRATEGY=copy|fork, ...). A spare draws nothing until
 its primary dies; then it takes over with the primary's last checkpoint.
 --resume PATH continues the game from the last complete checkpoint of the log PATH, appending
-to it; the game's seed, level and keys then come from the checkpoint. A headless game that
+to it; the game's seed, level and keys then come from the checkpoint; a game that has ended
+is not resumed. A log grows by about 4 KiB per checkpoint. A headless game that
 continues from a checkpoint passes over the inputs it had consumed when it reads a --script
 FILE, and reads on when it reads stdin. Such a game first writes one line to the descriptor
 $TETRIS_STATUS_FD names, if it is open: {\"resumed\":{\"checkpoint\":C,\"inputs\":N,\"epoch\":E}}
@@ -139,7 +171,7 @@ the stall being the time the game spent inside each checkpoint. $TETRIS_LOG name
 the checkpoint library's log.
 
 High scores live in $XDG_DATA_HOME/tetris-bsd/scores (else ~/.local/share/tetris-bsd/scores),
-or in the file named by --scores-file or $TETRIS_SCORES.";
+or in the file named by --scores-file or $TETRIS_SCORES, whose directory must exist.";
 
 fn command() -> clap::Command {
     clap::Command::new("tetris")
@@ -242,6 +274,12 @@ fn command() -> clap::Command {
                 .help("write checkpoint counts and stall times to FILE at the end (JSON)"),
         )
         .arg(
+            Arg::new("version")
+                .long("version")
+                .action(ArgAction::SetTrue)
+                .help("print the version"),
+        )
+        .arg(
             Arg::new("help")
                 .long("help")
                 .action(ArgAction::Help)
@@ -258,15 +296,36 @@ fn parse_level(raw: &OsString) -> Result<u32, OptionsError> {
         .ok_or_else(|| OptionsError::BadLevel(text.into_owned()))
 }
 
-/// Parses `-k`: 6 or 7 bytes (6: down stays `n`), no key used twice among the resulting 7.
+/// Refuses keys the game could never read as one key of their own.
+fn check_key_bytes(raw: &[u8]) -> Result<(), OptionsError> {
+    if raw
+        .iter()
+        .any(|&b| matches!(b, b'\n' | b'\r' | NO_KEY) || !b.is_ascii())
+    {
+        return Err(OptionsError::BadKey(escape(raw)));
+    }
+    Ok(())
+}
+
+/// `raw` with every byte that is not printable ASCII escaped (`\n`, `\xff`).
+fn escape(raw: &[u8]) -> String {
+    raw.iter()
+        .flat_map(|&b| std::ascii::escape_default(b))
+        .map(char::from)
+        .collect()
+}
+
+/// Parses `-k`: 6 or 7 ASCII bytes (6: no down key, [`NO_KEY`] in its place), no key used
+/// twice.
 pub fn parse_keys(raw: &[u8]) -> Result<[u8; 7], OptionsError> {
-    let mut keys = DEFAULT_KEYS;
+    check_key_bytes(raw)?;
+    let mut keys = [NO_KEY; 7];
     match raw.len() {
         6 | 7 => keys[..raw.len()].copy_from_slice(raw),
         _ => return Err(OptionsError::Usage),
     }
-    for i in 0..keys.len() {
-        if keys[i + 1..].contains(&keys[i]) {
+    for i in 0..raw.len() {
+        if raw[i + 1..].contains(&raw[i]) {
             return Err(OptionsError::DuplicateKeys);
         }
     }
@@ -283,10 +342,10 @@ const LONG_WITH_VALUE: [&str; 6] = [
     "stats",
 ];
 /// Long options without a value.
-const LONG_FLAGS: [&str; 2] = ["headless", "help"];
+const LONG_FLAGS: [&str; 3] = ["headless", "help", "version"];
 
-/// BSD's `getopt("bk:l:ps")` loop, in argument order: `-k` lengths and `-l` levels are checked
-/// as they come, an unknown option or a missing value is a usage error, and `-s` shows the
+/// BSD's `getopt("bk:l:ps")` loop, in argument order: `-k` keys and `-l` levels are checked
+/// as they come, an unknown option or a missing value is getopt's error, and `-s` shows the
 /// scores at once, before anything later on the line is looked at. Returns true when `-s` was
 /// reached. Long options (the port's additions) are stepped over; the first non-option
 /// argument ends the loop as in NetBSD's getopt.
@@ -303,10 +362,13 @@ fn getopt_pass(args: &[OsString]) -> Result<bool, OptionsError> {
             let has_value = long.contains(&b'=');
             if LONG_WITH_VALUE.iter().any(|n| n.as_bytes() == name) {
                 if !has_value {
+                    if i >= args.len() {
+                        return Err(OptionsError::MissingLongValue(escape(bytes)));
+                    }
                     i += 1;
                 }
             } else if !LONG_FLAGS.iter().any(|n| n.as_bytes() == name) {
-                return Err(OptionsError::Usage);
+                return Err(OptionsError::UnrecognizedOption(escape(bytes)));
             }
             continue;
         }
@@ -318,11 +380,15 @@ fn getopt_pass(args: &[OsString]) -> Result<bool, OptionsError> {
                     let value = if at + 1 < bytes.len() {
                         OsString::from(std::ffi::OsStr::from_bytes(&bytes[at + 1..]))
                     } else {
-                        let v = args.get(i).cloned().ok_or(OptionsError::Usage)?;
+                        let v = args
+                            .get(i)
+                            .cloned()
+                            .ok_or_else(|| OptionsError::MissingValue(escape(&[c])))?;
                         i += 1;
                         v
                     };
                     if c == b'k' {
+                        check_key_bytes(value.as_bytes())?;
                         if !matches!(value.len(), 6 | 7) {
                             return Err(OptionsError::Usage);
                         }
@@ -331,7 +397,7 @@ fn getopt_pass(args: &[OsString]) -> Result<bool, OptionsError> {
                     }
                     break;
                 }
-                _ => return Err(OptionsError::Usage),
+                _ => return Err(OptionsError::InvalidOption(escape(&[c]))),
             }
         }
     }
@@ -384,6 +450,9 @@ where
         }
         Err(_) => return Err(OptionsError::Usage),
     };
+    if m.get_flag("version") {
+        return Ok(Parsed::Help(VERSION_TEXT.to_owned()));
+    }
     let mut o = Options {
         black_and_white: m.get_flag("b"),
         preview: m.get_flag("p"),
@@ -421,11 +490,6 @@ where
     Ok(Parsed::Run(o))
 }
 
-/// Parses this process's command line and environment.
-pub fn parse_env() -> Result<Parsed, OptionsError> {
-    parse_from(std::env::args_os(), std::env::var_os(SCORES_ENV))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,18 +516,44 @@ mod tests {
         let o = run(&["-bp", "-l5", "-kasdfgh"]).expect("parses");
         assert!(o.black_and_white && o.preview && !o.show_scores);
         assert_eq!(o.level, 5);
-        assert_eq!(&o.keys, b"asdfghn");
+        assert_eq!(&o.keys, b"asdfgh\0");
     }
 
     #[test]
-    fn six_keys_keep_n_as_down_and_seven_set_it() {
-        assert_eq!(&run(&["-k", "asdfgh"]).expect("6 keys").keys, b"asdfghn");
+    fn six_keys_leave_no_down_key_and_seven_set_it() {
+        assert_eq!(&run(&["-k", "asdfgh"]).expect("6 keys").keys, b"asdfgh\0");
         assert_eq!(&run(&["-k", "asdfghz"]).expect("7 keys").keys, b"asdfghz");
     }
 
     #[test]
-    fn six_keys_that_reuse_n_are_duplicates() {
-        assert_eq!(run(&["-k", "asdfgn"]), Err(OptionsError::DuplicateKeys));
+    fn six_distinct_keys_may_use_n_as_bsdgames_accepts() {
+        assert_eq!(&run(&["-k", "jkn pq"]).expect("6 keys").keys, b"jkn pq\0");
+        assert_eq!(run(&["-k", "jkn pqn"]), Err(OptionsError::DuplicateKeys));
+    }
+
+    #[test]
+    fn keys_with_a_newline_or_non_ascii_bytes_are_refused_by_name() {
+        assert_eq!(
+            run(&["-k", "jkl\npq"]),
+            Err(OptionsError::BadKey("jkl\\npq".into()))
+        );
+        assert_eq!(
+            run(&["-k", "jkl\rpq"]),
+            Err(OptionsError::BadKey("jkl\\rpq".into()))
+        );
+        let raw = OsString::from(std::ffi::OsStr::from_bytes(b"jkl\xffpq"));
+        let parsed = parse_from([OsString::from("tetris"), "-k".into(), raw], None);
+        assert_eq!(parsed, Err(OptionsError::BadKey("jkl\\xffpq".into())));
+        // A UTF-8 letter is two bytes, two keys the game would see: refused too.
+        assert_eq!(
+            run(&["-k", "jkl\u{e9}p"]),
+            Err(OptionsError::BadKey("jkl\\xc3\\xa9p".into()))
+        );
+        assert_eq!(
+            OptionsError::BadKey("jkl\\npq".into()).stderr_line(),
+            "tetris: command keys must be ASCII characters other than newline and return, \
+             not \"jkl\\\\npq\""
+        );
     }
 
     #[test]
@@ -482,16 +572,46 @@ mod tests {
 
     #[test]
     fn usage_errors() {
-        for args in [
-            &["-x"][..],
-            &["-k", "abc"],
-            &["-k", "abcdefgh"],
-            &["extra"],
-            &["-l"],
-            &["-h"],
-        ] {
+        for args in [&["-k", "abc"][..], &["-k", "abcdefgh"], &["extra"]] {
             assert_eq!(run(args), Err(OptionsError::Usage), "{args:?}");
         }
+    }
+
+    #[test]
+    fn getopt_errors_name_the_option_then_give_the_usage() {
+        let invalid = |c: &str| Err(OptionsError::InvalidOption(c.into()));
+        assert_eq!(run(&["-x"]), invalid("x"));
+        assert_eq!(run(&["-h"]), invalid("h"));
+        assert_eq!(run(&["-bpz"]), invalid("z"));
+        assert_eq!(run(&["-l"]), Err(OptionsError::MissingValue("l".into())));
+        assert_eq!(
+            run(&["--bogus"]),
+            Err(OptionsError::UnrecognizedOption("--bogus".into()))
+        );
+        assert_eq!(
+            run(&["--resume"]),
+            Err(OptionsError::MissingLongValue("--resume".into()))
+        );
+        assert_eq!(
+            OptionsError::InvalidOption("x".into()).stderr_line(),
+            "tetris: invalid option -- 'x'\nusage: tetris [-bps] [-k keys] [-l level] [--help]"
+        );
+        assert_eq!(
+            OptionsError::MissingValue("l".into()).stderr_line(),
+            "tetris: option requires an argument -- 'l'\n\
+             usage: tetris [-bps] [-k keys] [-l level] [--help]"
+        );
+    }
+
+    #[test]
+    fn version_is_text_not_an_error() {
+        let Ok(Parsed::Help(text)) = parse_from(["tetris", "--version"], None) else {
+            panic!("no version")
+        };
+        assert_eq!(
+            text,
+            format!("tetris (hotspare) {}\n", env!("CARGO_PKG_VERSION"))
+        );
     }
 
     #[test]
@@ -509,7 +629,10 @@ mod tests {
             assert!(o.show_scores, "{args:?}");
         }
         // Anything getopt meets before -s wins.
-        assert_eq!(run(&["-x", "-s"]), Err(OptionsError::Usage));
+        assert_eq!(
+            run(&["-x", "-s"]),
+            Err(OptionsError::InvalidOption("x".into()))
+        );
         assert_eq!(
             run(&["-l", "0", "-s"]),
             Err(OptionsError::BadLevel("0".into()))
@@ -564,7 +687,10 @@ mod tests {
             run(&["--resume", "/a", "--checkpoint-file", "/b"]),
             Err(OptionsError::ResumeWithCheckpointFile)
         );
-        assert_eq!(run(&["--resume"]), Err(OptionsError::Usage));
+        assert_eq!(
+            run(&["--resume"]),
+            Err(OptionsError::MissingLongValue("--resume".into()))
+        );
     }
 
     #[test]
@@ -597,7 +723,7 @@ mod tests {
     fn stderr_lines_match_bsd() {
         assert_eq!(
             OptionsError::Usage.stderr_line(),
-            "usage: tetris [-bps] [-k keys] [-l level]"
+            "usage: tetris [-bps] [-k keys] [-l level] [--help]"
         );
         assert_eq!(
             OptionsError::BadLevel("0".into()).stderr_line(),

@@ -13,6 +13,9 @@ use crate::state::{
 pub const WALL: u8 = 8;
 /// The byte Ctrl-L sends: asks for a full redraw.
 pub const CTRL_L: u8 = 0x0c;
+/// A key map entry that no key triggers: the down key of a six-key `-k` map. (NUL cannot
+/// be given on a command line; a typed NUL must not move the piece.)
+pub const NO_KEY: u8 = 0;
 /// Number of spawnable shapes (0..7); the rest of the table are their rotations.
 pub const NUM_BASE_SHAPES: u8 = 7;
 
@@ -327,7 +330,7 @@ pub fn step(state: &mut GameState, input: Input, mode: Mode) -> Outcome {
                 out.changed |= try_move(state, 1);
             } else if c == k[key::DROP] {
                 out.changed |= drop(state) > 0;
-            } else if c == k[key::DOWN] {
+            } else if c == k[key::DOWN] && c != NO_KEY {
                 out.changed |= down(state);
             } else if c == CTRL_L && mode == Mode::Interactive {
                 out.redraw = true;

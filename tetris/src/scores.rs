@@ -75,7 +75,16 @@ pub enum ScoresError {
     /// No `--scores-file`, `TETRIS_SCORES`, `XDG_DATA_HOME` or home directory.
     #[error("no place for the high-score file: set TETRIS_SCORES, XDG_DATA_HOME or HOME")]
     NoPath,
-    /// Creating the directory that holds the file failed.
+    /// The directory of a file the user named does not exist (only the default data
+    /// directory is ever created).
+    #[error("cannot save to {}: there is no directory {}", path.display(), dir.display())]
+    NoDirectory {
+        /// The high-score file.
+        path: PathBuf,
+        /// Its missing directory.
+        dir: PathBuf,
+    },
+    /// Creating the default data directory failed.
     #[error("cannot create directory {}: {source}", path.display())]
     CreateDir {
         /// The directory.
@@ -426,7 +435,20 @@ fn write_table(path: &Path, table: &[Entry]) -> Result<(), ScoresError> {
     result
 }
 
-/// Saves one game's score under an exclusive lock (read, record, write back).
+/// Creates the directory of the default high-score file ([`default_path`]) if missing: the
+/// one directory the game makes on its own.
+pub fn create_default_dir(path: &Path) -> Result<(), ScoresError> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => fs::create_dir_all(dir).map_err(|source| ScoresError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Saves one game's score under an exclusive lock (read, record, write back). Creates the
+/// file and its lock file, never a directory: a missing one is [`ScoresError::NoDirectory`].
 pub fn save_score(
     path: &Path,
     name: &str,
@@ -434,11 +456,13 @@ pub fn save_score(
     points: u32,
     now: i64,
 ) -> Result<Saved, ScoresError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|source| ScoresError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(ScoresError::NoDirectory {
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+        });
     }
     let _guard = lock(path, FlockArg::LockExclusive, true)?;
     let (mut table, warning) = read_table(path)?;
@@ -512,6 +536,14 @@ pub fn write_table_text(table: &[Entry], out: &mut dyn Write) -> io::Result<()> 
     Ok(())
 }
 
+/// `P point(s) x level L`, for messages about a game's score.
+pub fn points_and_level(points: u32, level: u32) -> String {
+    format!(
+        "{points} point{} x level {level}",
+        if points == 1 { "" } else { "s" }
+    )
+}
+
 /// BSD's end-of-game line: `Your score:  P point(s)  x  level L  =  S`.
 pub fn your_score_line(points: u32, level: u32) -> String {
     format!(
@@ -523,7 +555,9 @@ pub fn your_score_line(points: u32, level: u32) -> String {
 
 /// Everything after an interactive game, with the terminal already restored: the score line,
 /// the save (a bad file costs a warning on stderr, never the game), the bettered/tied message
-/// and the table, all to `out`.
+/// and the table, all to `out`. A score that could not be saved is not ranked: the table is
+/// then the file's as it stands, if it can be read and holds any entry, else none is shown.
+/// Only the default file's directory is created when missing, never one the user named.
 ///
 /// With `wait_for_return` (the player's terminal), BSD's pause comes between the score and the
 /// table: [`SEE_SCORES_PROMPT`], then nothing until a newline or end of file. The score is saved
@@ -538,7 +572,13 @@ pub fn finish_game(
     writeln!(out, "{}", your_score_line(points, level))?;
     let name = this_user();
     let when = now();
-    let saved = path_for(options).and_then(|p| save_score(&p, &name, level, points, when));
+    let path = path_for(options).ok();
+    let saved = path_for(options).and_then(|p| {
+        if options.scores_file.is_none() {
+            create_default_dir(&p)?;
+        }
+        save_score(&p, &name, level, points, when)
+    });
     let table = match saved {
         Ok(s) => {
             for w in &s.warnings {
@@ -551,9 +591,13 @@ pub fn finish_game(
         }
         Err(e) => {
             eprintln!("tetris: warning: your score was not saved: {e}");
-            let mut only = Vec::new();
-            record(&mut only, &name, level, points, when);
-            only
+            match path.and_then(|p| load(&p).ok()) {
+                Some((table, _)) if !table.is_empty() => table,
+                _ => {
+                    out.flush()?;
+                    return Ok(());
+                }
+            }
         }
     };
     if let Some(input) = wait_for_return {

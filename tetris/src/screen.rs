@@ -20,6 +20,8 @@ pub const MIN_COLS: u16 = 40;
 pub const MIN_ROWS: u16 = 23;
 /// What a too small screen gets (on stderr at start, on the screen if resized mid-game).
 pub const TOO_SMALL: &str = "the screen is too small: must be at least 40x23";
+/// The preview's heading.
+const NEXT_SHAPE: &str = "Next shape:";
 /// The message shown instead of the help line while paused.
 pub const PAUSED: &str = "paused - press RETURN to continue";
 
@@ -77,15 +79,45 @@ pub fn fits_screen(cols: u16, rows: u16) -> bool {
     cols >= MIN_COLS && rows >= MIN_ROWS
 }
 
-/// BSD's key help, from the actual keys: `j - left  k - rotate  ...  n - down`.
+/// BSD's key help, from the actual keys, spaced as bsdgames 2.17 spaces it:
+/// `j - left   k - rotate   ...   q - quit`, then `   n - down` when there is a down key.
 pub fn help_line(keys: &[u8; 7]) -> String {
+    help_items(keys).join("   ")
+}
+
+/// The help line's items, `j - left` and so on, the down key only if there is one.
+fn help_items(keys: &[u8; 7]) -> Vec<String> {
     const NAMES: [&str; 7] = ["left", "rotate", "right", "drop", "pause", "quit", "down"];
-    let parts: Vec<String> = keys
-        .iter()
+    keys.iter()
         .zip(NAMES)
+        .filter(|&(&k, _)| k != rules::NO_KEY)
         .map(|(&k, name)| format!("{} - {name}", key_name(k)))
-        .collect();
-    parts.join("  ")
+        .collect()
+}
+
+/// The help as shown on a screen `width` columns wide: BSD's line if it fits; else with two
+/// spaces between the items (the seven-key line is 84 columns, the six-key one 73); else
+/// broken between items into as many lines as it takes, each as wide as fits.
+pub fn help_lines(keys: &[u8; 7], width: u16) -> Vec<String> {
+    let width = usize::from(width);
+    let items = help_items(keys);
+    for gap in ["   ", "  "] {
+        let line = items.join(gap);
+        if line.chars().count() <= width {
+            return vec![line];
+        }
+    }
+    let mut lines: Vec<String> = Vec::new();
+    for item in items {
+        match lines.last_mut() {
+            Some(last) if last.chars().count() + 3 + item.chars().count() <= width => {
+                last.push_str("   ");
+                last.push_str(&item);
+            }
+            _ => lines.push(item),
+        }
+    }
+    lines
 }
 
 /// How a key is written in the help line: space as `<space>`, other bytes as themselves
@@ -100,10 +132,37 @@ fn key_name(k: u8) -> String {
     }
 }
 
-/// Screen column of board column `col` (BSD `CTOD`) on a screen `cols` wide.
+/// Screen column of board column `col` (BSD `CTOD`) on a screen `cols` wide: the board
+/// centred.
 pub fn board_col(col: usize, cols: u16) -> i32 {
     // col < B_COLS (12), so the cast is exact.
     2 * col as i32 + ((i32::from(cols) - 2 * B_COLS as i32) >> 1) - 1
+}
+
+/// Columns the top-left texts of `state` take, a blank column after them included: the
+/// score, and with `-p` `Next shape:` and the preview piece (screen columns 0 to 9).
+pub fn left_texts_width(state: &GameState) -> i32 {
+    let score = score_text(state).chars().count();
+    let preview = if state.shows_preview() {
+        NEXT_SHAPE.len()
+    } else {
+        0
+    };
+    i32::try_from(score.max(preview)).unwrap_or(i32::MAX) + 1
+}
+
+/// Screen column of the board's left wall for `state` on a screen `cols` wide: BSD's centred
+/// column, moved right as far as it takes (and the screen allows) for the board to clear the
+/// score and the preview. Only screens under about 56 columns move it; at 40, a score of up
+/// to 8 digits stays clear.
+pub fn board_left(state: &GameState, cols: u16) -> i32 {
+    let centred = board_col(0, cols);
+    let rightmost = i32::from(cols) - 2 * B_COLS as i32;
+    centred.max(left_texts_width(state).min(rightmost))
+}
+
+fn score_text(state: &GameState) -> String {
+    format!("Score: {}", state.points)
 }
 
 /// Screen row of board row `row` (BSD `RTOD(row + Offset)`) on a screen `rows` high, with
@@ -130,15 +189,10 @@ pub fn render(state: &GameState, view: &View, area: Rect, buf: &mut Buffer) {
         return;
     }
 
-    painter.text(0, 0, &format!("Score: {}", state.points), Style::new());
+    painter.text(0, 0, &score_text(state), Style::new());
 
     if state.shows_preview() {
-        painter.text(
-            PREVIEW_ROW - 3,
-            PREVIEW_COL - 2,
-            "Next shape:",
-            Style::new(),
-        );
+        painter.text(PREVIEW_ROW - 3, PREVIEW_COL - 2, NEXT_SHAPE, Style::new());
         let centre = PREVIEW_COL + PREVIEW_ROW * B_COLS as i32;
         let cell = 1 + rules::base_shape(state.nextshape);
         let offsets = rules::SHAPES
@@ -154,24 +208,30 @@ pub fn render(state: &GameState, view: &View, area: Rect, buf: &mut Buffer) {
     if view.show_piece && !state.is_finished() {
         rules::place(&mut board, state.curshape, state.pos, true);
     }
+    let left = board_left(state, area.width);
     for row in D_FIRST..D_LAST {
         for col in 0..B_COLS {
             painter.cell(
                 board_row(row, area.height),
-                board_col(col, area.width),
+                // col < B_COLS (12), so the cast is exact.
+                left + 2 * col as i32,
                 board[row * B_COLS + col],
                 view.colour,
             );
         }
     }
 
-    let message = match view.message {
-        Message::Help => help_line(&state.keys),
-        Message::Paused => PAUSED.to_owned(),
+    let lines = match view.message {
+        Message::Help => help_lines(&state.keys, area.width),
+        Message::Paused => vec![PAUSED.to_owned()],
     };
-    let len = i32::try_from(message.chars().count()).unwrap_or(i32::MAX);
-    let col = (((i32::from(area.width) - len) >> 1) - 1).max(0);
-    painter.text(i32::from(area.height) - 2, col, &message, Style::new());
+    // BSD's message row, and the bottom row for the rest of a help broken in two; a third
+    // line (only 7 keys under 48 columns) has no row left.
+    for (row, line) in (i32::from(area.height) - 2..).zip(lines.iter().take(2)) {
+        let len = i32::try_from(line.chars().count()).unwrap_or(i32::MAX);
+        let col = (((i32::from(area.width) - len) >> 1) - 1).max(0);
+        painter.text(row, col, line, Style::new());
+    }
 }
 
 /// Writes into the buffer relative to `area`, clipping whatever falls outside it.

@@ -59,3 +59,20 @@ impl Store for Recording {
         Ok(())
     }
 }
+
+/// The game as the last complete checkpoint of the log at `path` holds it, read without
+/// touching the log; `None` when the log completes no checkpoint or holds no tetris game
+/// there (resuming says why). A torn tail is passed over, as resuming passes over it.
+pub fn logged_state(path: &std::path::Path) -> anyhow::Result<Option<GameState>> {
+    use crate::worker::{STATE_OFFSET, STATE_REGION};
+    use zerocopy::FromBytes as _;
+    let (replica, _end) =
+        hslib::transport::file::rebuild(path, hslib::replica::ReplicaConfig::default())?;
+    let bytes = replica
+        .image()
+        .and_then(|image| image.region(STATE_REGION.0))
+        .and_then(|region| region.get(STATE_OFFSET..STATE_OFFSET + size_of::<GameState>()));
+    Ok(bytes
+        .and_then(|b| GameState::read_from_bytes(b).ok())
+        .filter(GameState::is_valid_header))
+}

@@ -151,7 +151,7 @@ pub fn run(options: &Options) -> anyhow::Result<Ran> {
 
 /// hslib wants errors it can send across threads; keep anyhow's whole chain in the message.
 fn worker_error(e: anyhow::Error) -> hslib::WorkerError {
-    format!("{e:#}").into()
+    crate::cli::user_message(&e).into()
 }
 
 /// A fresh start: the new game goes into the region.

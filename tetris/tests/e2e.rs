@@ -424,3 +424,69 @@ fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
+
+/// The leftmost reverse-video column of screen row `row`: the board's left wall.
+fn left_wall(screen: &vt100::Screen, row: u16) -> Option<u16> {
+    let (_, cols) = screen.size();
+    (0..cols.get()).find(|&c| screen.cell(row, c).is_some_and(vt100::Cell::inverse))
+}
+
+#[test]
+fn at_40x23_the_score_and_next_shape_are_not_covered_by_the_wall() {
+    let dir = TempDir::new().unwrap();
+    let seed = SEED.to_string();
+    let mut s = start(&dir, &["--seed", &seed, "-l", "1", "-p"], 23, 40);
+    s.wait_for("the board with the preview", DEADLINE, |sc| {
+        sc.contents().contains("Next shape:") && left_wall(sc, 10).is_some()
+    })
+    .unwrap();
+    // Drop a few pieces so the score has several digits.
+    s.send(b" ").unwrap();
+    s.wait_for("a score of two digits", DEADLINE, |sc| {
+        score_on_screen(sc).is_some_and(|n| n >= 10)
+    })
+    .unwrap();
+    let screen = s.screen();
+    let score = score_on_screen(screen).unwrap();
+    assert!(
+        s.row_text(0).starts_with(&format!("Score: {score} ")),
+        "{:?}",
+        s.row_text(0)
+    );
+    assert!(
+        s.row_text(2).starts_with("Next shape: "),
+        "{:?}",
+        s.row_text(2)
+    );
+    for row in 0..20 {
+        let wall = left_wall(screen, row).unwrap();
+        assert!(wall > 11, "row {row}: the wall at column {wall}");
+    }
+    s.send(keys::CTRL_C).unwrap();
+    assert_eq!(s.wait_exit(DEADLINE).unwrap().code(), Some(0));
+    assert_terminal_restored(&s);
+}
+
+#[test]
+fn six_keys_show_bsdgames_help_line_and_have_no_down_key() {
+    const BSD_HELP: &str =
+        "j - left   k - rotate   l - right   <space> - drop   p - pause   q - quit";
+    let dir = TempDir::new().unwrap();
+    let seed = SEED.to_string();
+    let mut s = start(&dir, &["--seed", &seed, "-l", "1", "-k", "jkl pq"], 24, 80);
+    s.wait_for("the six-key help line", DEADLINE, |sc| {
+        sc.contents().lines().nth(22).map(str::trim) == Some(BSD_HELP)
+    })
+    .unwrap();
+    // `n` and the down arrow are nothing: thirty of each would take the piece to the floor
+    // for a point a row; without a down key the game quits with no point scored (the fall
+    // timer scores nothing, and at level 1 it needs seconds a row).
+    for _ in 0..30 {
+        s.send(b"n").unwrap();
+        s.send(keys::DOWN).unwrap();
+    }
+    s.send(b"q").unwrap();
+    assert_eq!(answer_scores_prompt_and_exit(&mut s).code(), Some(0));
+    let text = s.contents();
+    assert!(text.contains("Your score:  0 points  x  level 1"), "{text}");
+}

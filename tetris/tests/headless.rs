@@ -150,18 +150,19 @@ fn pause_and_ctrl_l_are_inert_headless() {
     assert_eq!(to_json(&state), want);
 }
 
-/// Six keys `asdfgh`: down stays `n`. Seed 42's shape 0 moves down one row for 1 point
-/// (pos 17 -> 29); `z` is nothing; `h` quits. Three inputs.
+/// Six keys `asdfgh`: no down key, as in bsdgames. Neither `n` nor a typed NUL (the
+/// no-key marker) nor the down arrow's final byte moves seed 42's shape 0 (pos 17 stays);
+/// `h` quits. Four inputs.
 #[test]
-fn six_keys_keep_n_for_down() {
+fn six_keys_leave_no_down_key() {
     let o = tetris::options::parse_from(["tetris", "-k", "asdfgh"], None);
     let Ok(tetris::options::Parsed::Run(o)) = o else {
         panic!("-k asdfgh parses")
     };
-    let state = run_script(&o, 42, b"nzh");
+    let state = run_script(&o, 42, b"n\0Bh");
     assert_eq!(
         to_json(&state),
-        line(42, 2, 1, 0, 3, 29, 3, false, true, &[E; 20])
+        line(42, 2, 0, 0, 3, 17, 4, false, true, &[E; 20])
     );
 }
 
@@ -243,10 +244,11 @@ fn binary_reads_stdin_without_script_or_with_dash() {
 
 #[test]
 fn binary_with_six_and_seven_keys() {
+    // Six keys: no down key, so `n` is nothing.
     let six = run_stdin(&["--headless", "--seed", "42", "-k", "asdfgh"], b"nzh");
     assert_eq!(
         String::from_utf8_lossy(&six.stdout),
-        format!("{}\n", line(42, 2, 1, 0, 3, 29, 3, false, true, &[E; 20]))
+        format!("{}\n", line(42, 2, 0, 0, 3, 17, 3, false, true, &[E; 20]))
     );
     let seven = run_stdin(&["--headless", "--seed", "42", "-k", "asdfghz"], b"nzjfh");
     assert_eq!(

@@ -1,8 +1,9 @@
 //! The real binary's command-line errors: BSD's messages on stderr, exit status 1.
 
+use std::os::unix::ffi::OsStrExt as _;
 use std::process::{Command, Output};
 
-const USAGE: &str = "usage: tetris [-bps] [-k keys] [-l level]\n";
+const USAGE: &str = "usage: tetris [-bps] [-k keys] [-l level] [--help]\n";
 
 fn tetris(args: &[&str]) -> Output {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -40,10 +41,45 @@ fn duplicate_keys_are_refused() {
         &["-k", "abcdea"],
         "tetris: duplicate command keys specified.\n",
     );
-    // Six keys keep `n` as the down key, so a six-key map using `n` is a duplicate too.
+}
+
+#[test]
+fn six_distinct_keys_including_n_are_accepted_as_bsdgames_accepts_them() {
+    // No down key with six keys: `n` is free. Shown with -s, which plays nothing.
+    let out = tetris(&["-k", "jkn pq", "-s"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = tetris(&[
+        "-k",
+        "jkn pq",
+        "--headless",
+        "--seed",
+        "1",
+        "--script",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+#[test]
+fn keys_with_a_newline_or_a_non_ascii_byte_are_refused_clearly() {
     assert_fails_with(
-        &["-k", "abcden"],
-        "tetris: duplicate command keys specified.\n",
+        &["-k", "jkl\npq"],
+        "tetris: command keys must be ASCII characters other than newline and return, \
+         not \"jkl\\\\npq\"\n",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_tetris"))
+        .arg("-k")
+        .arg(std::ffi::OsStr::from_bytes(b"jkl\xffpq"))
+        .env("TETRIS_SCORES", dir.path().join("scores"))
+        .output()
+        .expect("run tetris");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "tetris: command keys must be ASCII characters other than newline and return, \
+         not \"jkl\\\\xffpq\"\n"
     );
 }
 
@@ -55,13 +91,38 @@ fn wrong_key_count_prints_usage() {
 }
 
 #[test]
-fn unknown_option_and_extra_argument_print_usage() {
-    assert_fails_with(&["-x"], USAGE);
-    assert_fails_with(&["-h"], USAGE);
-    assert_fails_with(&["--bogus"], USAGE);
+fn unknown_options_are_named_as_getopt_names_them_before_the_usage() {
+    assert_fails_with(&["-x"], &format!("tetris: invalid option -- 'x'\n{USAGE}"));
+    assert_fails_with(&["-h"], &format!("tetris: invalid option -- 'h'\n{USAGE}"));
+    assert_fails_with(
+        &["--bogus"],
+        &format!("tetris: unrecognized option '--bogus'\n{USAGE}"),
+    );
+    assert_fails_with(
+        &["-l"],
+        &format!("tetris: option requires an argument -- 'l'\n{USAGE}"),
+    );
+    assert_fails_with(
+        &["--resume"],
+        &format!("tetris: option '--resume' requires an argument\n{USAGE}"),
+    );
+}
+
+#[test]
+fn an_extra_argument_prints_the_usage_alone() {
     assert_fails_with(&["extra"], USAGE);
     assert_fails_with(&["-l", "3", "extra"], USAGE);
-    assert_fails_with(&["-l"], USAGE);
+}
+
+#[test]
+fn version_goes_to_stdout_with_status_0() {
+    let out = tetris(&["--version"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("tetris (hotspare) {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(out.stderr.is_empty());
 }
 
 #[test]
@@ -109,6 +170,9 @@ fn dash_s_is_acted_on_where_getopt_meets_it() {
         String::from_utf8_lossy(&out.stdout),
         "\n\t\t\t    Tetris High Scores\n"
     );
-    assert_fails_with(&["-x", "-s"], USAGE);
+    assert_fails_with(
+        &["-x", "-s"],
+        &format!("tetris: invalid option -- 'x'\n{USAGE}"),
+    );
     assert_fails_with(&["-l", "0", "-s"], "tetris: level must be from 1 to 9\n");
 }

@@ -222,9 +222,34 @@ fn file_round_trips_and_rejects_garbage() {
 }
 
 #[test]
-fn save_creates_the_directory_and_file_and_keeps_a_lock_file_beside_it() {
+fn save_creates_no_directory_and_names_the_missing_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("sub/dir/scores");
+    let err = save_score(&path, "ann", 3, 7, NOW).expect_err("no directory");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot save to {}: there is no directory {}",
+            path.display(),
+            dir.path().join("sub/dir").display()
+        )
+    );
+    assert!(!dir.path().join("sub").exists(), "a directory was created");
+}
+
+#[test]
+fn the_default_files_directory_is_the_one_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("share/tetris-bsd/scores");
+    scores::create_default_dir(&path).expect("create");
+    assert!(dir.path().join("share/tetris-bsd").is_dir());
+    save_score(&path, "ann", 3, 7, NOW).expect("save");
+}
+
+#[test]
+fn save_creates_the_file_and_keeps_a_lock_file_beside_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("scores");
     let saved = save_score(&path, "ann", 3, 7, NOW).expect("save");
     assert_eq!(saved.recorded, Recorded::New);
     assert!(saved.warnings.is_empty());
@@ -305,18 +330,36 @@ fn finish_game_prints_score_messages_and_table() {
 }
 
 #[test]
-fn finish_game_never_loses_the_game_when_the_file_cannot_be_written() {
+fn an_unsaved_score_in_a_missing_directory_is_not_ranked_and_creates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let blocker = dir.path().join("a-file");
-    std::fs::write(&blocker, b"x").expect("write");
-    // The scores file's parent is a regular file: the directory cannot be created.
+    let path = dir.path().join("nonexistent/dir/sc");
     let mut out = Vec::new();
-    finish_game(&options_with(&blocker.join("scores"), 3), 4, &mut out, None).expect("no error");
+    finish_game(&options_with(&path, 3), 4, &mut out, None).expect("the game is not lost");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "Your score:  4 points  x  level 3  =  12\n",
+        "no table ranks a score that was not saved"
+    );
+    assert!(!dir.path().join("nonexistent").exists());
+}
+
+#[test]
+fn an_unsaved_score_is_left_out_of_the_table_shown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("scores");
+    save_score(&path, "zed", 1, 50, NOW).expect("save");
+    // The lock file replaced by a directory: the save cannot open it for writing, while a
+    // reader still can.
+    std::fs::remove_file(scores::lock_path(&path)).expect("remove lock");
+    std::fs::create_dir(scores::lock_path(&path)).expect("lock dir");
+    let mut out = Vec::new();
+    finish_game(&options_with(&path, 3), 4, &mut out, None).expect("the game is not lost");
     let text = String::from_utf8_lossy(&out).into_owned();
     assert!(text.starts_with("Your score:  4 points  x  level 3  =  12\n"));
+    assert!(text.contains("(    50 on 1)"), "the file's table: {text}");
     assert!(
-        text.contains("(     4 on 3)"),
-        "the player's score is shown: {text}"
+        !text.contains("on 3)"),
+        "the unsaved score is ranked: {text}"
     );
 }
 

@@ -221,7 +221,11 @@ fn a_larger_screen_centres_the_board_and_the_message_line() {
     assert!(!reversed(37, 24));
     let row = |y: u16| -> String { (0..100).map(|x| buf[(x, y)].symbol()).collect() };
     assert!(row(0).starts_with("Score: 1234 "));
-    assert!(row(28).starts_with("          j - left  k - rotate"));
+    assert!(
+        row(28).starts_with("       j - left   k - rotate"),
+        "{}",
+        row(28)
+    );
     // The falling piece's top cells (board row 4, columns 5-6) on screen row 4 + 3 - 1.
     assert_eq!(&row(6)[47..51], "[][]");
 }
@@ -230,11 +234,25 @@ fn a_larger_screen_centres_the_board_and_the_message_line() {
 fn help_line_is_built_from_the_actual_keys() {
     assert_eq!(
         screen::help_line(b"as dfgh"),
-        "a - left  s - rotate  <space> - right  d - drop  f - pause  g - quit  h - down"
+        "a - left   s - rotate   <space> - right   d - drop   f - pause   g - quit   h - down"
     );
     assert_eq!(
         screen::help_line(&DEFAULT_KEYS),
-        "j - left  k - rotate  l - right  <space> - drop  p - pause  q - quit  n - down"
+        "j - left   k - rotate   l - right   <space> - drop   p - pause   q - quit   n - down"
+    );
+}
+
+#[test]
+fn help_line_of_six_keys_is_bsdgames_line_without_a_down_key() {
+    let Ok(tetris::options::Parsed::Run(o)) =
+        tetris::options::parse_from(["tetris", "-k", "jkl pq"], None)
+    else {
+        panic!("-k 'jkl pq' parses")
+    };
+    // bsdgames 2.17's key_msg, spaced as it spaces it.
+    assert_eq!(
+        screen::help_line(&o.keys),
+        "j - left   k - rotate   l - right   <space> - drop   p - pause   q - quit"
     );
 }
 
@@ -246,4 +264,100 @@ fn no_color_or_dash_b_turn_colour_off() {
     assert!(!screen::colour_wanted(false, Some(OsStr::new("1"))));
     // no-color.org: an empty NO_COLOR does not count.
     assert!(screen::colour_wanted(false, Some(OsStr::new(""))));
+}
+
+/// The columns of `row` drawn in reverse video (walls and floor).
+fn reversed_cols(buf: &Buffer, row: u16) -> Vec<u16> {
+    (0..buf.area.width)
+        .filter(|&x| buf[(x, row)].modifier.contains(Modifier::REVERSED))
+        .collect()
+}
+
+fn row_text(buf: &Buffer, row: u16) -> String {
+    (0..buf.area.width)
+        .map(|x| buf[(x, row)].symbol())
+        .collect()
+}
+
+#[test]
+fn at_the_minimum_40x23_the_score_and_the_preview_stay_clear_of_the_board() {
+    for cols in [40, 41, 44, 50, 56] {
+        for points in [0, 7, 12_345, 12_345_678] {
+            let mut s = state(true);
+            s.points = points;
+            let t = render(&s, view(Message::Help), cols, 23);
+            let buf = t.backend().buffer();
+            let score = format!("Score: {points}");
+            assert!(
+                row_text(buf, 0).starts_with(&format!("{score} ")),
+                "{cols} cols, {points}: {:?}",
+                row_text(buf, 0)
+            );
+            assert!(row_text(buf, 2).starts_with("Next shape: "), "{cols} cols");
+            // The left wall: two reversed columns on every board row, right of the texts.
+            let wall = reversed_cols(buf, 0);
+            assert_eq!(wall.len(), 4, "{cols} cols, {points}: two walls on row 0");
+            assert!(
+                usize::from(wall[0]) > score.len() && wall[0] > 11,
+                "{cols} cols, {points}: the wall at column {} covers the texts",
+                wall[0]
+            );
+            assert!(wall[3] < cols, "the right wall is on the screen");
+            // The preview's cells (columns 2-9 of rows 4-7) are not wall.
+            assert!((4..8).all(|r| reversed_cols(buf, r)[0] > 9));
+        }
+    }
+}
+
+#[test]
+fn from_56_columns_the_board_is_centred_as_bsd_centres_it() {
+    for cols in [56, 80, 100] {
+        let t = render(&state(true), view(Message::Help), cols, 24);
+        let wall = reversed_cols(t.backend().buffer(), 0);
+        let centred = u16::try_from(screen::board_col(0, cols)).unwrap();
+        assert_eq!(wall[0], centred, "{cols} cols");
+    }
+}
+
+#[test]
+fn a_help_line_wider_than_the_screen_is_spaced_closer_then_broken_between_items() {
+    // BSD's three spaces where they fit (the six-key line is 73 columns).
+    assert_eq!(
+        screen::help_lines(b"jkl pq\0", 73),
+        ["j - left   k - rotate   l - right   <space> - drop   p - pause   q - quit"]
+    );
+    // The seven-key line is 84 columns: two spaces on 80.
+    assert_eq!(screen::help_line(&DEFAULT_KEYS).len(), 84);
+    assert_eq!(
+        screen::help_lines(&DEFAULT_KEYS, 80),
+        ["j - left  k - rotate  l - right  <space> - drop  p - pause  q - quit  n - down"]
+    );
+    // On 40 columns the six-key line takes the message row and the one below it.
+    assert_eq!(
+        screen::help_lines(b"jkl pq\0", 40),
+        [
+            "j - left   k - rotate   l - right",
+            "<space> - drop   p - pause   q - quit"
+        ]
+    );
+    assert_eq!(
+        screen::help_lines(b"jkl pq\0", 72).len(),
+        1,
+        "two spaces fit in 72"
+    );
+    let t = render(&state(false), view(Message::Help), 40, 23);
+    let buf = t.backend().buffer();
+    let mut s = state(false);
+    s.keys = *b"jkl pq\0";
+    let t6 = render(&s, view(Message::Help), 40, 23);
+    let buf6 = t6.backend().buffer();
+    assert_eq!(
+        row_text(buf6, 21).trim(),
+        "j - left   k - rotate   l - right"
+    );
+    assert_eq!(
+        row_text(buf6, 22).trim(),
+        "<space> - drop   p - pause   q - quit"
+    );
+    assert!(row_text(buf, 21).contains("j - left"));
 }
