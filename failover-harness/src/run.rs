@@ -273,6 +273,7 @@ impl Runner {
             }
             if self.script.ended && !self.input_ended && next_kill.is_none_or(|k| k > self.typed) {
                 self.input_ended = true;
+                tracing::info!(inputs = self.typed, "the script has ended");
                 self.engine.end_input()?;
             }
             return Ok(());
@@ -310,9 +311,15 @@ impl Runner {
         } else {
             std::mem::take(&mut self.output)
         };
+        if output.is_empty() {
+            // Its spare was told the game is over (and exited), then it died before printing.
+            bail!(
+                "the game finished, but its process died before it printed the result: the game is lost"
+            );
+        }
         let text = String::from_utf8_lossy(&output);
         let line: serde_json::Value = serde_json::from_str(text.trim())
-            .with_context(|| format!("the game ended without its result line: {text:?}"))?;
+            .with_context(|| format!("the game's result is not a JSON line: {text:?}"))?;
         let flag = |k: &str| line.get(k).and_then(serde_json::Value::as_bool) == Some(true);
         let consumed = line.get("inputs").and_then(serde_json::Value::as_u64);
         let whole = self.script.ended && consumed == Some(self.typed);

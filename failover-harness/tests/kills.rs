@@ -19,12 +19,16 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 use tetris::rng::SplitMix64;
 
+/// Inputs enough that the harness is still writing them for a few seconds: more than a
+/// pipe holds (64 KiB), so a primary dies while the harness writes to it.
+const LONG: usize = 100_000;
+
 /// A script of `len` inputs that keeps a game going for long: moves and rotations, and a
 /// timer expiry only now and then, so the well fills slowly.
 fn long_script(seed: u64, len: usize) -> Vec<u8> {
     let mut rng = SplitMix64::new(seed);
     (0..len)
-        .map(|_| match rng.below(400) {
+        .map(|_| match rng.below(2000) {
             0 => b'.',
             n => b"jkl"[(n % 3) as usize],
         })
@@ -32,7 +36,7 @@ fn long_script(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// What the harness's log says of the pair now: the primary's pid and whether the spare
-/// holds a checkpoint.
+/// holds a checkpoint (none once the primary's input has ended).
 fn pair(log: &Path) -> (Option<u32>, bool) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let pid = |line: &str| {
@@ -41,6 +45,9 @@ fn pair(log: &Path) -> (Option<u32>, bool) {
             .and_then(|p| p.parse::<u32>().ok())
     };
     let (mut primary, mut synced) = (None, false);
+    if text.contains("the primary's input ends") {
+        return (None, false);
+    }
     for line in text.lines() {
         if line.contains("game started") && line.contains("role=Primary") {
             primary = pid(line);
@@ -155,11 +162,13 @@ fn readers(g: &mut Guard) -> (Reader<Vec<u8>>, Reader<String>) {
 #[test]
 fn a_primary_killed_from_outside_while_input_is_written_is_failed_over_exactly() {
     let dir = TempDir::new().expect("tempdir");
-    for seed in [1u64, 2] {
-        let s = long_script(seed, 30_000);
+    for seed in [1u64] {
+        let s = long_script(seed, LONG);
         let path = file(dir.path(), &format!("long-{seed}"), &s);
         let want = reference(&[&"--seed", &seed.to_string(), &"--script", &path]);
-        // The primary, whenever the log says its spare holds a checkpoint.
+        // The primary, whenever the log says its spare holds a checkpoint, until the script
+        // has ended: a game that has finished says goodbye to its spare before it prints its
+        // result, and a kill in between loses the result (the run says so and fails).
         let ran = run_with_kills(dir.path(), seed, &path, |_, log, _| match pair(log) {
             (Some(p), true) => Some(p),
             _ => None,
@@ -183,6 +192,12 @@ fn a_primary_killed_from_outside_while_input_is_written_is_failed_over_exactly()
             ran.kills >= 2,
             "seed {seed}: the run was over too soon to kill"
         );
+        eprintln!(
+            "seed {seed}: {} kills, {} failovers, {} writes found the primary gone",
+            ran.kills,
+            log.matches("the spare took over").count(),
+            log.matches("no longer reads its input").count()
+        );
     }
 }
 
@@ -190,8 +205,8 @@ fn a_primary_killed_from_outside_while_input_is_written_is_failed_over_exactly()
 fn games_killed_from_outside_at_random_resume_exactly_or_say_the_game_is_lost() {
     let dir = TempDir::new().expect("tempdir");
     let mut exact = 0;
-    for seed in [3u64, 4, 5] {
-        let s = long_script(seed, 20_000);
+    for seed in [3u64, 4] {
+        let s = long_script(seed, LONG);
         let path = file(dir.path(), &format!("any-{seed}"), &s);
         let want = reference(&[&"--seed", &seed.to_string(), &"--script", &path]);
         // Any game, primary or spare, synced or not.
@@ -222,7 +237,7 @@ fn games_killed_from_outside_at_random_resume_exactly_or_say_the_game_is_lost() 
 #[test]
 fn both_games_killed_at_once_end_the_run_with_the_game_lost() {
     let dir = TempDir::new().expect("tempdir");
-    let path = file(dir.path(), "both", &long_script(6, 30_000));
+    let path = file(dir.path(), "both", &long_script(6, LONG));
     let mut done = false;
     let ran = run_with_kills(dir.path(), 6, &path, |harness, log, _| {
         let kids = children(harness);

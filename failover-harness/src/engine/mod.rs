@@ -385,6 +385,7 @@ impl<L: Launcher> Engine<L> {
             }
         }
         if self.input_ended && self.sent == self.log.len() && !self.primary.input_closed {
+            tracing::info!(inputs = self.sent, "the primary's input ends");
             self.primary.node.close_input();
             self.primary.input_closed = true;
         }
