@@ -245,4 +245,17 @@ fn bad_arguments_are_refused() {
     });
     assert!(!out.status.success());
     assert!(out.stderr.contains("--kill-seed"), "{}", out.stderr);
+    // Random points are drawn over the script's length: an endless stream has none.
+    let out = output({
+        let mut c = harness();
+        c.args(["run", "--seed", "1", "--script", "/dev/zero"])
+            .args(["--kill-random", "3", "--kill-seed", "1"]);
+        c
+    });
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("/dev/zero is not a regular file"),
+        "{}",
+        out.stderr
+    );
 }
