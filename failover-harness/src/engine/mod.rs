@@ -532,11 +532,14 @@ impl<L: Launcher> Engine<L> {
     }
 
     fn primary_lines(&mut self, lines: Vec<Line>, events: &mut Vec<Event>) -> anyhow::Result<()> {
+        // An axed or dead primary's last lines say nothing of the spare's future.
+        let alive = matches!(self.phase, Phase::Running { axed_at: None, .. });
         for line in lines {
             if let Line::Stats(s) = line {
                 self.stats = s;
                 self.sessions = s.sessions;
-                let synced = s.live && s.synced && s.sessions > self.floor && self.spare.is_some();
+                let synced =
+                    alive && s.live && s.synced && s.sessions > self.floor && self.spare.is_some();
                 if synced && !self.synced {
                     self.lost_spares = 0;
                     if let Some(spare) = &self.spare {
