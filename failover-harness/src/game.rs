@@ -10,7 +10,6 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::time::Instant;
 
 use anyhow::Context as _;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -98,8 +97,6 @@ pub struct Game {
     pty: Option<OwnedFd>,
     /// Where its stderr goes (headless).
     pub stderr_path: Option<PathBuf>,
-    /// When it was started.
-    pub started: Instant,
     exit: Option<ExitStatus>,
 }
 
@@ -193,7 +190,6 @@ impl Game {
             status: StatusPipe::new(status_read),
             pty,
             stderr_path,
-            started: Instant::now(),
             exit: None,
         })
     }
@@ -240,19 +236,6 @@ impl Game {
     /// True once its exit has been seen.
     pub fn has_exited(&self) -> bool {
         self.exit.is_some()
-    }
-
-    /// Waits for it to exit.
-    pub fn wait(&mut self) -> anyhow::Result<ExitStatus> {
-        if let Some(s) = self.exit {
-            return Ok(s);
-        }
-        let s = self
-            .child
-            .wait()
-            .with_context(|| format!("cannot wait for game {}", self.child.id()))?;
-        self.exit = Some(s);
-        Ok(s)
     }
 
     /// The last lines of its stderr file, for error messages.

@@ -30,7 +30,6 @@ const SOCKET_NAME: &str = "game";
 #[derive(Debug)]
 pub struct Link {
     dir: TempDir,
-    transport: Transport,
     vars: Vec<(&'static str, OsString)>,
 }
 
@@ -54,11 +53,7 @@ impl Link {
                 vars.push((KEY_ENV, OsString::from(random_key()?)));
             }
         }
-        Ok(Self {
-            dir,
-            transport,
-            vars,
-        })
+        Ok(Self { dir, vars })
     }
 
     /// The private directory.
@@ -69,11 +64,6 @@ impl Link {
     /// A path in the private directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
-    }
-
-    /// The transport.
-    pub fn transport(&self) -> Transport {
-        self.transport
     }
 
     /// Sets the link's `HS_*` variables on `command`.
