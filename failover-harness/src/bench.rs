@@ -2,7 +2,7 @@
 //! primary to the first byte of the promoted spare's screen reaching the user's side, and
 //! whether any key was lost or doubled.
 //!
-//! No user terminal: the harness reads the games' terminals itself ([`Supervisor`], 24x80).
+//! No user terminal: the harness reads the games' terminals itself ([`Engine`], 24x80).
 //! The game is paused first; then each trial types three `p` keys (while paused each is one
 //! input that changes nothing else, and the fall timer stays frozen), SIGKILLs the primary at
 //! once, without waiting for the keys to be read, and waits for the promoted spare to draw,
@@ -14,9 +14,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::game::Setup;
-use crate::link::{Link, SyncMode, Transport};
-use crate::supervisor::{Axe, Event, Supervisor};
+use hslib::Mode;
+
+use crate::engine::local::LocalLauncher;
+use crate::engine::{Axe, Engine, Event, InputPolicy};
+use crate::game::{Io, Setup};
+use crate::link::{Link, Transport};
+
+/// The engine on local games on pseudo-terminals.
+type Session = Engine<LocalLauncher>;
 
 /// Keys typed just before each kill.
 const KEYS_PER_TRIAL: u64 = 3;
@@ -31,7 +37,7 @@ pub struct BenchOptions {
     /// Failovers to time.
     pub trials: u32,
     /// async or sync checkpoints.
-    pub mode: SyncMode,
+    pub mode: Mode,
     /// unix or tcp.
     pub transport: Transport,
 }
@@ -126,7 +132,10 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         scores.into_os_string(),
     ];
     let setup = Setup::new(args, link, opts.mode, STATS_MS)?;
-    let (mut sup, _) = Supervisor::start(setup, 24, 80)?;
+    let (mut sup, _) = Engine::start(
+        LocalLauncher::new(setup, Io::Pty(24, 80)),
+        InputPolicy::Immediate,
+    )?;
     let mut b = Bench { sup: &mut sup };
     b.until("the game on the screen and its spare synchronised", |s| {
         s.view().spare_synced && s.view().stats.checkpoints > 0
@@ -142,16 +151,12 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
 }
 
 struct Bench<'a> {
-    sup: &'a mut Supervisor,
+    sup: &'a mut Session,
 }
 
 impl Bench<'_> {
     /// Pumps the session until `done` holds.
-    fn until(
-        &mut self,
-        what: &str,
-        mut done: impl FnMut(&Supervisor) -> bool,
-    ) -> anyhow::Result<()> {
+    fn until(&mut self, what: &str, mut done: impl FnMut(&Session) -> bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + STEP_DEADLINE;
         while !done(self.sup) {
             if Instant::now() >= deadline {

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use failover_harness::link::{SyncMode, Transport};
+use failover_harness::link::Transport;
+use hslib::Mode;
 
 /// Primary and spare Tetris: axe the primary, keep playing.
 #[derive(Debug, Parser)]
@@ -54,11 +55,11 @@ pub struct ModeArgs {
 
 impl ModeArgs {
     /// The mode asked for.
-    pub fn mode(self) -> SyncMode {
+    pub fn mode(self) -> Mode {
         if self.sync_mode {
-            SyncMode::Sync
+            Mode::Sync
         } else {
-            SyncMode::Async
+            Mode::Async
         }
     }
 }

@@ -10,7 +10,6 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::time::Instant;
 
 use anyhow::Context as _;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -21,25 +20,28 @@ use nix::sys::termios::{
 };
 use nix::unistd::Pid;
 
-use crate::link::{Link, SyncMode};
+use hslib::api::{ENV_EPOCH, ENV_MODE, ENV_ROLE, ENV_STRATEGY};
+use hslib::track::ENV_OVERRIDE as ENV_TRACKER;
+use hslib::{Mode, Role};
+
+use crate::link::Link;
 use crate::report::StatusPipe;
 use crate::sys;
 
-/// What a process starts as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// A fresh game that serves spares.
-    Primary,
-    /// Replicates the primary and takes over when it dies.
-    Spare,
+/// The `HS_ROLE` value for a game started as `role` (the harness starts primaries and spares).
+fn role_value(role: &Role) -> anyhow::Result<&'static str> {
+    match role {
+        Role::Primary => Ok("primary"),
+        Role::Spare => Ok("spare"),
+        other => anyhow::bail!("the harness starts primaries and spares, not {other:?}"),
+    }
 }
 
-impl Role {
-    fn env_value(self) -> &'static str {
-        match self {
-            Role::Primary => "primary",
-            Role::Spare => "spare",
-        }
+/// The `HS_MODE` value for `mode`.
+pub fn mode_value(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Async => "async",
+        Mode::Sync => "sync",
     }
 }
 
@@ -53,19 +55,14 @@ pub struct Setup {
     /// How primary and spare reach each other.
     pub link: Link,
     /// async or sync checkpoints.
-    pub mode: SyncMode,
+    pub mode: Mode,
     /// How often the games write stats lines, milliseconds.
     pub stats_ms: u64,
 }
 
 impl Setup {
     /// A setup running this executable as the game.
-    pub fn new(
-        args: Vec<OsString>,
-        link: Link,
-        mode: SyncMode,
-        stats_ms: u64,
-    ) -> anyhow::Result<Self> {
+    pub fn new(args: Vec<OsString>, link: Link, mode: Mode, stats_ms: u64) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the harness's own executable")?;
         Ok(Self {
             exe,
@@ -100,10 +97,6 @@ pub struct Game {
     pty: Option<OwnedFd>,
     /// Where its stderr goes (headless).
     pub stderr_path: Option<PathBuf>,
-    /// What it started as.
-    pub role: Role,
-    /// When it was started.
-    pub started: Instant,
     exit: Option<ExitStatus>,
 }
 
@@ -112,7 +105,7 @@ impl Game {
     /// `extra` goes after the setup's `tetris` arguments.
     pub fn spawn(
         setup: &Setup,
-        role: Role,
+        role: &Role,
         epoch: u64,
         io: Io,
         name: &str,
@@ -128,15 +121,15 @@ impl Game {
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
             // The harness says who is who; only the tuning knobs pass through.
-            if k.starts_with("HS_") && k != "HS_STRATEGY" && k != "HS_TRACKER" {
+            if k.starts_with("HS_") && k != ENV_STRATEGY && k != ENV_TRACKER {
                 cmd.env_remove(&*k);
             }
         }
         cmd.env_remove(tetris::status::STATS_MS_ENV);
         setup.link.apply(&mut cmd);
-        cmd.env("HS_ROLE", role.env_value())
-            .env("HS_EPOCH", epoch.to_string())
-            .env("HS_MODE", setup.mode.env_value())
+        cmd.env(ENV_ROLE, role_value(role)?)
+            .env(ENV_EPOCH, epoch.to_string())
+            .env(ENV_MODE, mode_value(setup.mode))
             .env(
                 tetris::status::STATUS_FD_ENV,
                 status_write.as_raw_fd().to_string(),
@@ -182,24 +175,21 @@ impl Game {
         };
         let stdin = child.stdin.take();
         if let Some(s) = &stdin {
-            let flags = fcntl(s, FcntlArg::F_GETFL).context("F_GETFL on a game's stdin")?;
-            fcntl(
-                s,
-                FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
-            )
-            .context("cannot make a game's stdin non-blocking")?;
+            non_blocking(s).context("cannot make a game's stdin non-blocking")?;
+        }
+        let stdout = child.stdout.take();
+        if let Some(s) = &stdout {
+            non_blocking(s).context("cannot make a game's stdout non-blocking")?;
         }
         tracing::info!(pid = child.id(), ?role, epoch, name, "game started");
         Ok(Game {
-            stdout: child.stdout.take(),
+            stdout,
             stdin,
             child,
             pidfd,
             status: StatusPipe::new(status_read),
             pty,
             stderr_path,
-            role,
-            started: Instant::now(),
             exit: None,
         })
     }
@@ -243,17 +233,9 @@ impl Game {
         Ok(self.exit)
     }
 
-    /// Waits for it to exit.
-    pub fn wait(&mut self) -> anyhow::Result<ExitStatus> {
-        if let Some(s) = self.exit {
-            return Ok(s);
-        }
-        let s = self
-            .child
-            .wait()
-            .with_context(|| format!("cannot wait for game {}", self.child.id()))?;
-        self.exit = Some(s);
-        Ok(s)
+    /// True once its exit has been seen.
+    pub fn has_exited(&self) -> bool {
+        self.exit.is_some()
     }
 
     /// The last lines of its stderr file, for error messages.
@@ -274,6 +256,15 @@ impl Drop for Game {
             let _ = self.child.wait();
         }
     }
+}
+
+fn non_blocking(fd: &impl AsFd) -> nix::Result<()> {
+    let flags = fcntl(fd, FcntlArg::F_GETFL)?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map(drop)
 }
 
 /// A pseudo-terminal for a game: non-blocking master; a slave with no echo, no canonical

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context as _;
+use hslib::api::{ENV_SOCKET_DIR, ENV_SOCKET_NAME, ENV_TCP_ADDR, ENV_TRANSPORT};
+use hslib::transport::tcp::KEY_ENV;
 use tempfile::TempDir;
 
 /// The transport between primary and spare.
@@ -20,26 +22,6 @@ pub enum Transport {
     Tcp,
 }
 
-/// When a game's checkpoint returns.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SyncMode {
-    /// Once the snapshot is taken.
-    #[default]
-    Async,
-    /// Once the spare acknowledged it.
-    Sync,
-}
-
-impl SyncMode {
-    /// The `HS_MODE` value.
-    pub fn env_value(self) -> &'static str {
-        match self {
-            SyncMode::Async => "async",
-            SyncMode::Sync => "sync",
-        }
-    }
-}
-
 /// The socket's name in the private directory.
 const SOCKET_NAME: &str = "game";
 
@@ -48,7 +30,6 @@ const SOCKET_NAME: &str = "game";
 #[derive(Debug)]
 pub struct Link {
     dir: TempDir,
-    transport: Transport,
     vars: Vec<(&'static str, OsString)>,
 }
 
@@ -61,22 +42,18 @@ impl Link {
             .context("cannot create the session's private directory")?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot make {} private", dir.path().display()))?;
-        let mut vars = vec![("HS_TRANSPORT", OsString::from(transport_name(transport)))];
+        let mut vars = vec![(ENV_TRANSPORT, OsString::from(transport_name(transport)))];
         match transport {
             Transport::Unix => {
-                vars.push(("HS_SOCKET_DIR", dir.path().as_os_str().to_owned()));
-                vars.push(("HS_SOCKET_NAME", OsString::from(SOCKET_NAME)));
+                vars.push((ENV_SOCKET_DIR, dir.path().as_os_str().to_owned()));
+                vars.push((ENV_SOCKET_NAME, OsString::from(SOCKET_NAME)));
             }
             Transport::Tcp => {
-                vars.push(("HS_TCP_ADDR", OsString::from(free_port()?)));
-                vars.push(("HS_KEY", OsString::from(random_key()?)));
+                vars.push((ENV_TCP_ADDR, OsString::from(free_port()?)));
+                vars.push((KEY_ENV, OsString::from(random_key()?)));
             }
         }
-        Ok(Self {
-            dir,
-            transport,
-            vars,
-        })
+        Ok(Self { dir, vars })
     }
 
     /// The private directory.
@@ -87,11 +64,6 @@ impl Link {
     /// A path in the private directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
-    }
-
-    /// The transport.
-    pub fn transport(&self) -> Transport {
-        self.transport
     }
 
     /// Sets the link's `HS_*` variables on `command`.
@@ -141,7 +113,7 @@ mod tests {
         let key = |l: &Link| {
             l.vars
                 .iter()
-                .find(|(k, _)| *k == "HS_KEY")
+                .find(|(k, _)| *k == KEY_ENV)
                 .map(|(_, v)| v.clone())
                 .unwrap()
         };
@@ -151,7 +123,7 @@ mod tests {
         assert!(
             unix.vars
                 .iter()
-                .any(|(k, v)| *k == "HS_SOCKET_DIR" && v == unix.dir().as_os_str())
+                .any(|(k, v)| *k == ENV_SOCKET_DIR && v == unix.dir().as_os_str())
         );
     }
 }

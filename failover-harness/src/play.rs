@@ -1,5 +1,5 @@
 //! `failover-harness play`: the demo. The harness takes the user's terminal (raw mode) and
-//! runs a primary and a spare game ([`Supervisor`]), each on a pseudo-terminal one row
+//! runs a primary and a spare game ([`Engine`]), each on a pseudo-terminal one row
 //! shorter than the user's; the primary's screen passes through to the user, the user's keys
 //! to the primary (logged), and the last row is the harness's status row
 //! ([`crate::statusrow`]). The axe key (^X) SIGKILLs the primary, as do
@@ -17,11 +17,14 @@ use anyhow::Context as _;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
+use hslib::Mode;
+
 use crate::control::{self, AxeRequest, Status};
-use crate::game::Setup;
-use crate::link::{Link, SyncMode, Transport};
+use crate::engine::local::LocalLauncher;
+use crate::engine::{self, Axe, End, Engine, Event, InputPolicy, View};
+use crate::game::{Io, Setup};
+use crate::link::{Link, Transport};
 use crate::statusrow::{self, AXE_KEY};
-use crate::supervisor::{self, Axe, End, Event, Supervisor, View};
 use crate::term::RawTerminal;
 use crate::{sys, vt};
 
@@ -33,6 +36,11 @@ pub const MIN_COLS: u16 = 40;
 const REFRESH: Duration = Duration::from_millis(100);
 /// For the tests of the panic hook only: panic once the game's screen is up.
 const PANIC_ENV: &str = "FAILOVER_HARNESS_PANIC_AFTER";
+/// The byte ^C sends: a signal to the game (its terminal keeps ISIG), not a logged key.
+const CTRL_C: u8 = 0x03;
+
+/// The engine on local games on pseudo-terminals.
+type Session = Engine<LocalLauncher>;
 
 /// What `play` was asked for.
 #[derive(Clone, Debug)]
@@ -40,7 +48,7 @@ pub struct PlayOptions {
     /// `tetris` options (seed, level, keys, ...).
     pub tetris_args: Vec<OsString>,
     /// async or sync checkpoints.
-    pub mode: SyncMode,
+    pub mode: Mode,
     /// unix or tcp.
     pub transport: Transport,
     /// Axe the primary every so often.
@@ -117,9 +125,10 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
         opts.tetris_args.clone(),
         Link::new(opts.transport)?,
         opts.mode,
-        supervisor::DEFAULT_STATS_MS,
+        engine::DEFAULT_STATS_MS,
     )?;
-    let (mut sup, first) = Supervisor::start(setup, rows - 1, cols)?;
+    let launcher = LocalLauncher::new(setup, Io::Pty(rows - 1, cols));
+    let (mut sup, first) = Engine::start(launcher, InputPolicy::Immediate)?;
     let mut screen = Screen {
         tracker: vt::Tracker::new(),
         rows,
@@ -167,7 +176,7 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
                     screen.rows = r;
                     screen.cols = c;
                     screen.row_dirty = true;
-                    sup.resize(r.saturating_sub(1).max(1), c)?;
+                    sup.resize(r.saturating_sub(1).max(1), c);
                 } else {
                     end = Some(End::Lost(format!("the harness got signal {s}")));
                 }
@@ -218,14 +227,17 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
 }
 
 /// The user's keys: the axe key axes, the rest goes to the game.
-fn keys(bytes: &[u8], sup: &mut Supervisor, events: &mut Vec<Event>) -> anyhow::Result<()> {
-    for chunk in bytes.split_inclusive(|&b| b == AXE_KEY) {
-        let (keys, axe) = match chunk.split_last() {
-            Some((&AXE_KEY, rest)) => (rest, true),
-            _ => (chunk, false),
+fn keys(bytes: &[u8], sup: &mut Session, events: &mut Vec<Event>) -> anyhow::Result<()> {
+    for chunk in bytes.split_inclusive(|&b| b == AXE_KEY || b == CTRL_C) {
+        let (keys, last) = match chunk.split_last() {
+            Some((&b, rest)) if b == AXE_KEY || b == CTRL_C => (rest, Some(b)),
+            _ => (chunk, None),
         };
         sup.type_bytes(keys)?;
-        if axe {
+        if last == Some(CTRL_C) {
+            // A signal, not a key the game reads: not logged (the game ends on it).
+            sup.interrupt()?;
+        } else if last == Some(AXE_KEY) {
             // During a failover the axe waits for the next spare; errors are not the user's.
             if let Err(e) = sup.axe(events) {
                 tracing::info!(error = %e, "axe refused");

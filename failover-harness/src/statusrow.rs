@@ -1,6 +1,6 @@
 //! The status row: the last line of the user's terminal, below the game, in reverse video.
 
-use crate::supervisor::View;
+use crate::engine::View;
 
 /// The key that axes the primary (not a Tetris key): Ctrl-X.
 pub const AXE_KEY: u8 = 0x18;

@@ -173,14 +173,14 @@ fn fork_snapshots_killed_in_the_middle_of_a_checkpoint_resume_exactly() {
 }
 
 #[test]
-fn a_kill_before_the_spare_holds_anything_starts_the_game_afresh() {
+fn a_kill_before_the_first_input_waits_for_the_spares_checkpoint_and_resumes_exactly() {
     let dir = TempDir::new().expect("tempdir");
     let s = script(7, 80);
     let log = dir.path().join("harness.log");
     let script_path = file(dir.path(), "s", &s);
     let want = reference(&[&"--seed", &"7", &"--script", &script_path]);
-    // Kill point 0 comes before the first input, before the spare could be synchronised;
-    // then again right after the restarted game's first input, and later on.
+    // Kill point 0 comes before the first input, before the spare could be synchronised:
+    // the axe waits for its checkpoint; then right after the first input, and later on.
     let mut cmd = harness();
     cmd.args(["run", "--seed", "7", "--script"])
         .arg(&script_path)
@@ -190,8 +190,11 @@ fn a_kill_before_the_spare_holds_anything_starts_the_game_afresh() {
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(out.stdout, want);
     let log = std::fs::read_to_string(&log).expect("the harness's log");
-    assert!(log.contains("restarted from scratch"), "{log}");
-    assert!(log.contains("spare promoted"), "{log}");
+    assert_eq!(log.matches("the spare took over").count(), 3, "{log}");
+    // The spare held a checkpoint before the first axe fell.
+    let synced = log.find("spare synced").expect("a sync");
+    let axed = log.find("axed the primary").expect("an axe");
+    assert!(synced < axed, "{log}");
 }
 
 #[test]
@@ -242,4 +245,17 @@ fn bad_arguments_are_refused() {
     });
     assert!(!out.status.success());
     assert!(out.stderr.contains("--kill-seed"), "{}", out.stderr);
+    // Random points are drawn over the script's length: an endless stream has none.
+    let out = output({
+        let mut c = harness();
+        c.args(["run", "--seed", "1", "--script", "/dev/zero"])
+            .args(["--kill-random", "3", "--kill-seed", "1"]);
+        c
+    });
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("/dev/zero is not a regular file"),
+        "{}",
+        out.stderr
+    );
 }

@@ -4,24 +4,42 @@
 //! [`GameState`](crate::state::GameState) so a restored game deals the same pieces. The
 //! algorithm is bit-for-bit `rand_xoshiro`'s `Xoshiro256PlusPlus::seed_from_u64` + `next_u64`.
 
-/// One SplitMix64 step: advances `x` and returns the next output.
-fn splitmix64(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// SplitMix64: a small, well-mixed generator whose whole state is one word. It seeds the
+/// piece generator here, and draws the failover harness's kill points and test scripts.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator started from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`), without modulo bias.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let x = self.next_u64();
+            if x < zone {
+                return x % n;
+            }
+        }
+    }
 }
 
 /// Generator state for `seed`: four successive SplitMix64 outputs fill `s[0..4]`.
 pub fn seed_state(seed: u64) -> [u64; 4] {
-    let mut x = seed;
-    [
-        splitmix64(&mut x),
-        splitmix64(&mut x),
-        splitmix64(&mut x),
-        splitmix64(&mut x),
-    ]
+    let mut x = SplitMix64::new(seed);
+    [x.next_u64(), x.next_u64(), x.next_u64(), x.next_u64()]
 }
 
 /// Next xoshiro256++ output; advances `s`.

@@ -32,20 +32,63 @@ use std::time::Duration;
 use anyhow::Context as _;
 use hslib::{LinkProbe, LinkStats, Restored};
 use nix::errno::Errno;
+use serde::{Deserialize, Serialize};
 
 /// The variable naming the descriptor.
 pub const STATUS_FD_ENV: &str = "TETRIS_STATUS_FD";
 /// The variable asking for stats lines, every so many milliseconds.
 pub const STATS_MS_ENV: &str = "TETRIS_STATS_MS";
 
+/// A restored game's first line, `{"resumed":{...}}`: where it continues from. The one
+/// definition of the line, written here and read by the failover harness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumedLine {
+    /// The checkpoint it continues from.
+    pub checkpoint: u64,
+    /// Inputs its state has consumed (headless: script bytes, newlines not counted).
+    pub inputs: u64,
+    /// Its epoch.
+    pub epoch: u64,
+    /// A game on a terminal: the bytes of terminal input its state accounts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty_bytes: Option<u64>,
+}
+
+/// One line on the status descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusLine {
+    /// `{"resumed":{...}}`.
+    Resumed(ResumedLine),
+    /// `{"stats":{...}}`.
+    Stats(StatsLine),
+}
+
+impl StatusLine {
+    /// The line, with its newline.
+    pub fn to_line(&self) -> String {
+        // Plain numbers and booleans: serialising cannot fail.
+        let mut line = serde_json::to_string(self).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+
+    /// Parses one line; `None` for anything else (a newer game may say more).
+    pub fn parse(line: &str) -> Option<StatusLine> {
+        serde_json::from_str(line.trim()).ok()
+    }
+}
+
 /// The line (with its newline) for a game restored as `restored` with `inputs` consumed;
 /// `tty_bytes` for a game on a terminal.
 pub fn resumed_line(restored: &Restored, inputs: u64, tty_bytes: Option<u64>) -> String {
-    let tty = tty_bytes.map_or_else(String::new, |t| format!(",\"tty_bytes\":{t}"));
-    format!(
-        "{{\"resumed\":{{\"checkpoint\":{},\"inputs\":{},\"epoch\":{}{tty}}}}}\n",
-        restored.checkpoint, inputs, restored.epoch
-    )
+    StatusLine::Resumed(ResumedLine {
+        checkpoint: restored.checkpoint,
+        inputs,
+        epoch: restored.epoch,
+        tty_bytes,
+    })
+    .to_line()
 }
 
 /// The descriptor `TETRIS_STATUS_FD` names, if it is open.
@@ -168,8 +211,9 @@ impl Published {
     }
 }
 
-/// One stats line's content.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// One stats line's content, `{"stats":{...}}`: the one definition of the line, written here
+/// and read by the failover harness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsLine {
     /// This process's epoch.
     pub epoch: u64,
@@ -183,29 +227,39 @@ pub struct StatsLine {
     pub stall_last_us: f64,
     /// The 99th percentile stall, microseconds.
     pub stall_p99_us: f64,
-    /// The link's counters.
-    pub link: LinkStats,
+    /// The number of the last checkpoint written to the spare.
+    pub last_written: u64,
+    /// The last checkpoint the spare acknowledged.
+    pub acked: u64,
+    /// Sessions opened (one per spare that connected).
+    pub sessions: u64,
+    /// Whether a spare is connected.
+    pub live: bool,
+    /// Whether the connected spare holds a checkpoint.
+    pub synced: bool,
 }
 
 impl StatsLine {
     /// The line, with its newline.
     pub fn to_line(&self) -> String {
-        format!(
-            "{{\"stats\":{{\"epoch\":{},\"checkpoints\":{},\"inputs\":{},\"tty_bytes\":{},\
-             \"stall_last_us\":{:.3},\"stall_p99_us\":{:.3},\"last_written\":{},\"acked\":{},\
-             \"sessions\":{},\"live\":{},\"synced\":{}}}}}\n",
-            self.epoch,
-            self.checkpoints,
-            self.inputs,
-            self.tty_bytes,
-            self.stall_last_us,
-            self.stall_p99_us,
-            self.link.last_written,
-            self.link.acked,
-            self.link.sessions,
-            self.link.live,
-            self.link.synced
-        )
+        StatusLine::Stats(*self).to_line()
+    }
+
+    /// Checkpoints written that the spare has not acknowledged yet.
+    pub fn lag(&self) -> u64 {
+        self.last_written.saturating_sub(self.acked)
+    }
+
+    /// Takes the link's counters from `link`.
+    pub fn with_link(self, link: &LinkStats) -> Self {
+        Self {
+            last_written: link.last_written,
+            acked: link.acked,
+            sessions: link.sessions,
+            live: link.live,
+            synced: link.synced,
+            ..self
+        }
     }
 }
 
@@ -277,8 +331,9 @@ fn report(
             tty_bytes: published.tty_bytes.load(Ordering::Relaxed),
             stall_last_us: published.last_stall_ns.load(Ordering::Relaxed) as f64 / 1000.0,
             stall_p99_us: published.p99_ns() as f64 / 1000.0,
-            link,
-        };
+            ..StatsLine::default()
+        }
+        .with_link(&link);
         if last != Some(now) {
             if write_line(fd, &now.to_line()).is_err() {
                 // Nobody reads any more: stop looking.
@@ -370,7 +425,7 @@ mod tests {
     }
 
     #[test]
-    fn the_stats_line_is_one_json_object() {
+    fn the_stats_line_is_one_json_object_that_parses_back() {
         let line = StatsLine {
             epoch: 3,
             checkpoints: 10,
@@ -378,20 +433,38 @@ mod tests {
             tty_bytes: 6,
             stall_last_us: 2.5,
             stall_p99_us: 7.0,
-            link: LinkStats {
-                last_written: 9,
-                acked: 8,
-                sessions: 2,
-                live: true,
-                synced: true,
-                ..LinkStats::default()
-            },
-        };
+            ..StatsLine::default()
+        }
+        .with_link(&LinkStats {
+            last_written: 9,
+            acked: 8,
+            sessions: 2,
+            live: true,
+            synced: true,
+            ..LinkStats::default()
+        });
+        let text = line.to_line();
         assert_eq!(
-            line.to_line(),
+            text,
             "{\"stats\":{\"epoch\":3,\"checkpoints\":10,\"inputs\":4,\"tty_bytes\":6,\
-             \"stall_last_us\":2.500,\"stall_p99_us\":7.000,\"last_written\":9,\"acked\":8,\
+             \"stall_last_us\":2.5,\"stall_p99_us\":7.0,\"last_written\":9,\"acked\":8,\
              \"sessions\":2,\"live\":true,\"synced\":true}}\n"
         );
+        assert_eq!(StatusLine::parse(&text), Some(StatusLine::Stats(line)));
+        assert_eq!(line.lag(), 1);
+    }
+
+    #[test]
+    fn resumed_lines_parse_back_and_other_lines_do_not_parse() {
+        let text = resumed_line(&restored(), 9, Some(12));
+        let Some(StatusLine::Resumed(r)) = StatusLine::parse(&text) else {
+            panic!("a resumed line: {text}");
+        };
+        assert_eq!(
+            (r.checkpoint, r.inputs, r.epoch, r.tty_bytes),
+            (17, 9, 2, Some(12))
+        );
+        assert_eq!(StatusLine::parse("{\"other\":1}"), None);
+        assert_eq!(StatusLine::parse("not json"), None);
     }
 }

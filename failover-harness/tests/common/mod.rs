@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use failover_harness::killplan::SplitMix64;
+use tetris::rng::SplitMix64;
 
 /// The bound on any one harness run in these tests.
 pub const DEADLINE: Duration = Duration::from_secs(120);

@@ -1,0 +1,255 @@
+//! The engine's games as processes on this machine ([`Game`]): on a pseudo-terminal each
+//! (`play`, `bench-failover`: the replay counts terminal bytes) or on pipes (`run`: the
+//! replay counts script inputs, and each game writes its own `--stats` file).
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use nix::errno::Errno;
+use nix::poll::PollFlags;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::node::{Exit, Launcher, Node, Written};
+use crate::game::{Game, Io, Setup};
+use crate::report::{Line, Resumed, Stats};
+use crate::sys;
+
+/// The byte ^C sends on a terminal: a signal to the game (its terminal keeps ISIG).
+const CTRL_C: u8 = 0x03;
+
+/// Starts local game processes on pseudo-terminals or pipes.
+#[derive(Debug)]
+pub struct LocalLauncher {
+    setup: Setup,
+    io: Io,
+}
+
+impl LocalLauncher {
+    /// Games for `setup`, each on its own `io`.
+    pub fn new(setup: Setup, io: Io) -> Self {
+        Self { setup, io }
+    }
+}
+
+impl Launcher for LocalLauncher {
+    type Node = LocalNode;
+
+    fn launch(&mut self, role: &hslib::Role, epoch: u64, name: &str) -> anyhow::Result<LocalNode> {
+        let (extra, stats_path) = match self.io {
+            Io::Pipes => {
+                let path = self.setup.link.path(&format!("{name}.stats"));
+                let extra = vec![OsString::from("--stats"), path.clone().into_os_string()];
+                (extra, Some(path))
+            }
+            Io::Pty(..) => (Vec::new(), None),
+        };
+        let game = Game::spawn(&self.setup, role, epoch, self.io, name, &extra)?;
+        Ok(LocalNode {
+            name: name.to_owned(),
+            game,
+            output_open: true,
+            input_open: true,
+            stats_path,
+        })
+    }
+
+    fn resumed_at(&self, resumed: &Resumed) -> u64 {
+        match self.io {
+            Io::Pipes => resumed.inputs,
+            Io::Pty(..) => resumed.tty_bytes.unwrap_or(0),
+        }
+    }
+
+    fn accounted(&self, stats: &Stats) -> u64 {
+        match self.io {
+            Io::Pipes => stats.inputs,
+            Io::Pty(..) => stats.tty_bytes,
+        }
+    }
+
+    fn resize(&mut self, rows: u16, cols: u16) {
+        if let Io::Pty(..) = self.io {
+            self.io = Io::Pty(rows, cols);
+        }
+    }
+}
+
+/// A local game process.
+#[derive(Debug)]
+pub struct LocalNode {
+    name: String,
+    game: Game,
+    output_open: bool,
+    input_open: bool,
+    stats_path: Option<PathBuf>,
+}
+
+impl LocalNode {
+    /// The descriptor its input goes to: its terminal, or its stdin pipe.
+    fn input(&self) -> Option<BorrowedFd<'_>> {
+        if !self.input_open {
+            return None;
+        }
+        self.game
+            .pty()
+            .or_else(|| self.game.stdin.as_ref().map(AsFd::as_fd))
+    }
+
+    /// The descriptor its output comes from: its terminal, or its stdout pipe.
+    fn output(&self) -> Option<BorrowedFd<'_>> {
+        if !self.output_open {
+            return None;
+        }
+        self.game
+            .pty()
+            .or_else(|| self.game.stdout.as_ref().map(AsFd::as_fd))
+    }
+}
+
+impl Node for LocalNode {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.game.pid())
+    }
+
+    fn write_input(&mut self, bytes: &[u8]) -> anyhow::Result<Written> {
+        let Some(fd) = self.input() else {
+            return Ok(Written::Closed);
+        };
+        let mut done = 0;
+        while done < bytes.len() {
+            match nix::unistd::write(fd, &bytes[done..]) {
+                Ok(n) => done += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => break,
+                // The reader is gone (a pipe), or every holder of the terminal's slave.
+                Err(Errno::EPIPE | Errno::EIO) if done == 0 => return Ok(Written::Closed),
+                Err(Errno::EPIPE | Errno::EIO) => break,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("writing input to game {}", self.name));
+                }
+            }
+        }
+        Ok(Written::Took(done))
+    }
+
+    fn close_input(&mut self) {
+        // A terminal stays (it is also the game's screen); a pipe's end tells EOF.
+        if self.game.pty().is_none() {
+            self.game.stdin = None;
+            self.input_open = false;
+        }
+    }
+
+    fn interrupt(&mut self) -> anyhow::Result<()> {
+        if let Some(pty) = self.game.pty() {
+            return match nix::unistd::write(pty, &[CTRL_C]) {
+                Ok(_) | Err(Errno::EAGAIN | Errno::EIO) => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("typing ^C to game {}", self.name)),
+            };
+        }
+        let pid = Pid::from_raw(i32::try_from(self.game.pid()).context("a pid out of range")?);
+        match kill(pid, Signal::SIGINT) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot interrupt game {pid}")),
+        }
+    }
+
+    fn read_output(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(fd) = self.output() else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match nix::unistd::read(fd, &mut buf) {
+                // EIO: every holder of the terminal's slave is gone.
+                Ok(0) | Err(Errno::EIO) => {
+                    self.output_open = false;
+                    return Ok(if out.is_empty() { None } else { Some(out) });
+                }
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if out.len() >= 64 * 1024 {
+                        return Ok(Some(out));
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return Ok(Some(out)),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("reading the output of game {}", self.name));
+                }
+            }
+        }
+    }
+
+    fn read_status(&mut self) -> anyhow::Result<Vec<Line>> {
+        self.game
+            .status
+            .read_lines()
+            .with_context(|| format!("reading the status of game {}", self.name))
+    }
+
+    fn exited(&mut self) -> anyhow::Result<Option<Exit>> {
+        Ok(self.game.exited()?.map(|status| Exit {
+            success: status.success(),
+            text: status.to_string(),
+        }))
+    }
+
+    fn kill(&mut self) -> anyhow::Result<()> {
+        self.game.kill()
+    }
+
+    fn resize(&mut self, rows: u16, cols: u16) {
+        if let Some(pty) = self.game.pty() {
+            // A game that has exited has no one to tell.
+            let _ = sys::set_window_size(pty, rows, cols);
+        }
+    }
+
+    fn last_words(&self) -> String {
+        self.game.stderr_tail()
+    }
+
+    fn final_stats(&self) -> Option<String> {
+        std::fs::read_to_string(self.stats_path.as_ref()?).ok()
+    }
+
+    fn wait_on(&self, writing: bool) -> Vec<(BorrowedFd<'_>, PollFlags)> {
+        let mut fds = Vec::with_capacity(4);
+        match (self.game.pty(), self.output()) {
+            (Some(pty), Some(_)) => {
+                let mut flags = PollFlags::POLLIN;
+                if writing {
+                    flags |= PollFlags::POLLOUT;
+                }
+                fds.push((pty, flags));
+            }
+            (Some(_), None) => {}
+            (None, out) => {
+                if let Some(out) = out {
+                    fds.push((out, PollFlags::POLLIN));
+                }
+                if let Some(input) = self.input().filter(|_| writing) {
+                    fds.push((input, PollFlags::POLLOUT));
+                }
+            }
+        }
+        // Both stay readable once the game is gone: polled only until that is known.
+        if !self.game.status.at_eof() {
+            fds.push((self.game.status.fd(), PollFlags::POLLIN));
+        }
+        if !self.game.has_exited() {
+            fds.push((self.game.pidfd(), PollFlags::POLLIN));
+        }
+        fds
+    }
+}
