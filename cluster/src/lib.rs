@@ -1,0 +1,16 @@
+//! Cluster coordination for hotspare: primary and spare on different hosts, leadership from
+//! etcd (see `docs/CLUSTER.md` and DESIGN.md, "Cluster mode").
+//!
+//! - [`http`]: the small HTTP/1.1 client etcd's JSON gateway needs (deadlines on every read,
+//!   watch streams closable from another thread).
+//! - [`etcd`]: the etcd v3 calls: key-value, txn, leases, watches.
+//! - [`coordinator`]: a session's leadership: the leader key, its create_revision as the epoch
+//!   (the fencing token), campaigns, the config, nodes and suspicions.
+//! - [`server`]: a private etcd process for tests and demos.
+
+pub mod coordinator;
+pub mod etcd;
+pub mod http;
+pub mod server;
+
+pub use coordinator::{Campaign, Coordinator, Epoch, EtcdSession, Leader, LeaderChange, NodeInfo};
