@@ -7,10 +7,12 @@
 //! - [`coordinator`]: a session's leadership: the leader key, its create_revision as the epoch
 //!   (the fencing token), campaigns, the config, nodes and suspicions.
 //! - [`server`]: a private etcd process for tests and demos.
+//! - [`netns`]: a rig of test hosts (network namespaces on a bridge) and its faults.
 
 pub mod coordinator;
 pub mod etcd;
 pub mod http;
+pub mod netns;
 pub mod server;
 
 pub use coordinator::{Campaign, Coordinator, Epoch, EtcdSession, Leader, LeaderChange, NodeInfo};
