@@ -15,6 +15,7 @@
 //! - **axe** a host: cut it off from every peer first (a blackhole rule for all traffic, in and
 //!   out, so no FIN or RST escapes), then SIGKILL every process in its namespace;
 //! - **heal**: remove the rules.
+//!
 //! This kernel has no netem: delays would need a userspace proxy.
 
 use std::ffi::OsStr;
