@@ -6,12 +6,16 @@
 //! - [`etcd`]: the etcd v3 calls: key-value, txn, leases, watches.
 //! - [`coordinator`]: a session's leadership: the leader key, its create_revision as the epoch
 //!   (the fencing token), campaigns, the config, nodes and suspicions.
+//! - [`fence`]: the client's epoch fence (only the highest epoch seen is heard).
+//! - [`keyfile`]: the shared key file (`--key-file`), refused if others can read it.
 //! - [`server`]: a private etcd process for tests and demos.
 //! - [`netns`]: a rig of test hosts (network namespaces on a bridge) and its faults.
 
 pub mod coordinator;
 pub mod etcd;
+pub mod fence;
 pub mod http;
+pub mod keyfile;
 pub mod netns;
 pub mod server;
 
