@@ -8,6 +8,7 @@
 //!   (the fencing token), campaigns, the config, nodes and suspicions.
 //! - [`fence`]: the client's epoch fence (only the highest epoch seen is heard).
 //! - [`keyfile`]: the shared key file (`--key-file`), refused if others can read it.
+//! - [`proto`]: the client-agent messages and their frames.
 //! - [`server`]: a private etcd process for tests and demos.
 //! - [`netns`]: a rig of test hosts (network namespaces on a bridge) and its faults.
 
@@ -17,6 +18,7 @@ pub mod fence;
 pub mod http;
 pub mod keyfile;
 pub mod netns;
+pub mod proto;
 pub mod server;
 
 pub use coordinator::{Campaign, Coordinator, Epoch, EtcdSession, Leader, LeaderChange, NodeInfo};
