@@ -10,6 +10,7 @@
 //! - [`keyfile`]: the shared key file (`--key-file`), refused if others can read it.
 //! - [`proto`]: the client-agent messages and their frames.
 //! - [`server`]: a private etcd process for tests and demos.
+//! - [`lease`]: a lease kept alive by a thread, fenced before it could expire.
 //! - [`netns`]: a rig of test hosts (network namespaces on a bridge) and its faults.
 
 pub mod coordinator;
@@ -17,6 +18,7 @@ pub mod etcd;
 pub mod fence;
 pub mod http;
 pub mod keyfile;
+pub mod lease;
 pub mod netns;
 pub mod proto;
 pub mod server;

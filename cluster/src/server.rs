@@ -61,6 +61,9 @@ pub fn available_for_tests() -> Result<(), String> {
     Err(why)
 }
 
+/// How long a new etcd gets to answer.
+pub const READY_WAIT: Duration = Duration::from_secs(15);
+
 /// A running single-member etcd.
 #[derive(Debug)]
 pub struct EtcdProcess {
@@ -78,7 +81,8 @@ impl EtcdProcess {
     }
 
     /// Starts etcd listening on `ip` (client port `client`, peer port `peer`), its data and
-    /// log under `dir`; inside network namespace `netns` if given (`ip netns exec`).
+    /// log under `dir`; inside network namespace `netns` if given (`ip netns exec`), and then
+    /// without waiting for it: the caller waits from inside ([`EtcdProcess::wait_ready`]).
     pub fn start(
         dir: &Path,
         ip: &str,
@@ -129,7 +133,9 @@ impl EtcdProcess {
             source,
         })?;
         let mut server = Self { child, url, log };
-        server.wait_ready(Duration::from_secs(15))?;
+        if netns.is_none() {
+            server.wait_ready(READY_WAIT)?;
+        }
         Ok(server)
     }
 
@@ -143,7 +149,9 @@ impl EtcdProcess {
         self.child.id()
     }
 
-    fn wait_ready(&mut self, wait: Duration) -> Result<(), ServerError> {
+    /// Waits until it answers (from the calling thread's network namespace: a server started
+    /// in a test host is waited for from inside that host, see `netns::Rig::in_host`).
+    pub fn wait_ready(&mut self, wait: Duration) -> Result<(), ServerError> {
         let start = Instant::now();
         let not_ready = |s: &Self| ServerError::NotReady {
             url: s.url.clone(),
