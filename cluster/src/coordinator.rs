@@ -49,6 +49,27 @@ pub struct NodeInfo {
     pub stream_addr: String,
     /// Where its agent listens for the client (`IP:PORT`).
     pub client_addr: String,
+    /// What its game is doing (as its agent last published).
+    #[serde(default)]
+    pub state: NodeState,
+}
+
+/// What a node's game is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// No game, or one starting.
+    #[default]
+    Starting,
+    /// A spare; `synced` once it holds a checkpoint.
+    Spare {
+        /// It holds a checkpoint.
+        synced: bool,
+    },
+    /// The primary of this epoch.
+    Primary {
+        /// Its epoch.
+        epoch: Epoch,
+    },
 }
 
 /// The current primary.
@@ -111,6 +132,10 @@ pub trait Coordinator {
     fn suspected(&self, epoch: Epoch) -> Result<bool, CoordError>;
     /// Watches the leader key; the current leader (if any) is the first change reported.
     fn watch_leader(&self) -> Result<LeaderWatch, CoordError>;
+    /// Records that `node` leads `epoch` (kept after the lease: the session's history).
+    fn record_leader(&self, epoch: Epoch, node: &str) -> Result<(), CoordError>;
+    /// Every leader so far, oldest first: (epoch, node).
+    fn history(&self) -> Result<Vec<(Epoch, String)>, CoordError>;
 }
 
 /// One session's keys in one etcd cluster.
@@ -168,6 +193,32 @@ impl EtcdSession {
 }
 
 impl Coordinator for EtcdSession {
+    fn record_leader(&self, epoch: Epoch, node: &str) -> Result<(), CoordError> {
+        // Zero-padded, so etcd's key order is the epochs' order.
+        let key = self.key(&format!("history/{epoch:020}"));
+        self.client.put(key.as_bytes(), node.as_bytes(), None)?;
+        Ok(())
+    }
+
+    fn history(&self) -> Result<Vec<(Epoch, String)>, CoordError> {
+        let prefix = self.key("history/");
+        let (kvs, _) = self.client.get_prefix(prefix.as_bytes())?;
+        kvs.into_iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                let epoch = key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|e| e.parse().ok())
+                    .ok_or_else(|| CoordError::BadRecord {
+                        key: key.clone(),
+                        why: "no epoch at the end".to_owned(),
+                    })?;
+                Ok((epoch, String::from_utf8_lossy(&kv.value).into_owned()))
+            })
+            .collect()
+    }
+
     fn leader(&self) -> Result<Option<Leader>, CoordError> {
         let (kv, _) = self.client.get(self.key("leader").as_bytes())?;
         kv.map(|kv| self.leader_of(&kv)).transpose()

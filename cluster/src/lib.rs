@@ -12,6 +12,7 @@
 //! - [`server`]: a private etcd process for tests and demos.
 //! - [`lease`]: a lease kept alive by a thread, fenced before it could expire.
 //! - [`netns`]: a rig of test hosts (network namespaces on a bridge) and its faults.
+//! - [`status`]: a session's state as etcd holds it (`status --etcd ... --json`).
 
 pub mod coordinator;
 pub mod etcd;
@@ -22,5 +23,6 @@ pub mod lease;
 pub mod netns;
 pub mod proto;
 pub mod server;
+pub mod status;
 
 pub use coordinator::{Campaign, Coordinator, Epoch, EtcdSession, Leader, LeaderChange, NodeInfo};

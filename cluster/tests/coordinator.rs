@@ -8,7 +8,9 @@
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use hotspare_cluster::coordinator::{Campaign, Coordinator, EtcdSession, LeaderChange, NodeInfo};
+use hotspare_cluster::coordinator::{
+    Campaign, Coordinator, EtcdSession, LeaderChange, NodeInfo, NodeState,
+};
 use hotspare_cluster::etcd::{Client, Created, WatchEvent};
 use hotspare_cluster::server::{EtcdProcess, available_for_tests};
 
@@ -27,6 +29,7 @@ fn node(name: &str) -> NodeInfo {
         name: name.to_owned(),
         stream_addr: format!("{name}:1"),
         client_addr: format!("{name}:2"),
+        state: NodeState::Starting,
     }
 }
 
@@ -233,4 +236,60 @@ fn an_unreachable_cluster_fails_within_the_deadline_naming_the_call() {
     assert!(Client::new("", Duration::from_secs(1)).is_err());
     assert!(Client::new("https://x:1", Duration::from_secs(1)).is_err());
     assert!(EtcdSession::new("http://127.0.0.1:1", "a/b", Duration::from_secs(1)).is_err());
+}
+
+#[test]
+fn status_counts_failovers_from_the_history_and_names_a_synced_spare() {
+    use hotspare_cluster::status::ClusterStatus;
+    let Some((_dir, server)) = etcd() else { return };
+    let s = session(&server, "status");
+    let st = ok(ClusterStatus::read(&s));
+    assert_eq!(
+        st.to_json(),
+        r#"{"epoch":0,"primary":null,"spare":null,"failovers":0}"#
+    );
+    let lease_a = ok(s.grant(5));
+    let Campaign::Won(e1) = ok(s.campaign(&node("a"), lease_a)) else {
+        panic!("lost")
+    };
+    ok(s.record_leader(e1, "a"));
+    let lease_b = ok(s.grant(5));
+    let mut b = node("b");
+    b.state = NodeState::Spare { synced: true };
+    ok(s.register(&b, lease_b));
+    let mut c = node("c");
+    c.state = NodeState::Spare { synced: false };
+    ok(s.register(&c, lease_b));
+    let st = ok(ClusterStatus::read(&s));
+    assert_eq!(
+        (
+            st.epoch,
+            st.primary.as_deref(),
+            st.spare.as_deref(),
+            st.failovers
+        ),
+        (e1, Some("a"), Some("b"), 0)
+    );
+    // a dies: during the failover nobody leads, the epoch stays the latest leader's.
+    ok(s.revoke(lease_a));
+    let st = ok(ClusterStatus::read(&s));
+    assert_eq!((st.epoch, st.primary.as_deref()), (e1, None));
+    let Campaign::Won(e2) = ok(s.campaign(&node("b"), lease_b)) else {
+        panic!("lost")
+    };
+    ok(s.record_leader(e2, "b"));
+    let st = ok(ClusterStatus::read(&s));
+    assert_eq!(
+        (
+            st.epoch,
+            st.primary.as_deref(),
+            st.spare.as_deref(),
+            st.failovers
+        ),
+        (e2, Some("b"), Some("c"), 1)
+    );
+    assert_eq!(
+        ok(s.history()),
+        vec![(e1, "a".to_owned()), (e2, "b".to_owned())]
+    );
 }

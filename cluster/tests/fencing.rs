@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hotspare_cluster::coordinator::{Campaign, Coordinator, EtcdSession, NodeInfo};
+use hotspare_cluster::coordinator::{Campaign, Coordinator, EtcdSession, NodeInfo, NodeState};
 use hotspare_cluster::lease::{LeaseKeeper, LeaseState};
 use hotspare_cluster::netns::Rig;
 use hotspare_cluster::server::{EtcdProcess, READY_WAIT};
@@ -19,6 +19,7 @@ fn node(name: &str) -> NodeInfo {
         name: name.to_owned(),
         stream_addr: String::new(),
         client_addr: String::new(),
+        state: NodeState::Starting,
     }
 }
 
