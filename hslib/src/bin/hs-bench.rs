@@ -347,8 +347,6 @@ fn memcpy_limit(load: &Load) -> (Vec<Duration>, u64) {
     (stalls, shipped)
 }
 
-type Measured = std::rc::Rc<std::cell::RefCell<(Vec<Duration>, u64)>>;
-
 fn through_hslib(
     (strategy, mode, backend): (Strategy, Mode, Backend),
     load: &Load,
@@ -360,9 +358,7 @@ fn through_hslib(
         gap,
         seed,
     } = *load;
-    let measured: Measured = Default::default();
-    let out = std::rc::Rc::clone(&measured);
-    HotSpare::new("hs-bench")
+    let outcome = HotSpare::new("hs-bench")
         .region(REGION, size)
         .strategy(strategy)
         .mode(mode)
@@ -374,7 +370,7 @@ fn through_hslib(
             ctx.region_mut(REGION)?.as_bytes_mut().fill(1);
             Ok(())
         })
-        .worker(move |ctx: &mut Context| -> WorkerResult {
+        .worker(move |ctx: &mut Context| -> WorkerResult<(Vec<Duration>, u64)> {
             ctx.flush()?;
             if strategy == Strategy::Adaptive {
                 ctx.calibrate();
@@ -393,12 +389,13 @@ fn through_hslib(
                 idle(gap);
             }
             let shipped = (ctx.link_stats().bytes - before) / n.max(1) as u64;
-            *out.borrow_mut() = (stalls, shipped);
-            Ok(())
+            Ok((stalls, shipped))
         })
         .run()?;
-    let m = measured.borrow().clone();
-    Ok(m)
+    match outcome {
+        hslib::Outcome::Finished { value, .. } => Ok(value),
+        other => Err(format!("a standalone run ended as {other:?}").into()),
+    }
 }
 
 /// The application's time between checkpoints.

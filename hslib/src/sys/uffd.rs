@@ -11,7 +11,7 @@ use linux_raw_sys::ioctl::{UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDI
 use nix::errno::Errno;
 
 pub use linux_raw_sys::general::{
-    UFFD_FEATURE_EVENT_FORK, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED,
+    UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED,
 };
 
 /// `UFFDIO_WRITEPROTECT_MODE_WP` from `<linux/userfaultfd.h>`; linux-raw-sys lacks it.
