@@ -32,13 +32,12 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::link::{Link, LinkConfig, LinkError, LinkProbe, LinkStats, StreamParams};
 #[cfg(feature = "fault-injection")]
 use crate::fault;
 use crate::fault::Step;
+use crate::link::{Link, LinkConfig, LinkError, LinkProbe, LinkStats, StreamParams};
 use crate::meta::{
-    Blobs, FdRegistry, Handler, LostConnection, MetaError, MetadataRef, RegionInfo,
-    SignalRegistry,
+    Blobs, FdRegistry, Handler, LostConnection, MetaError, MetadataRef, RegionInfo, SignalRegistry,
 };
 use crate::region::{Region, RegionError, RegionId, Slot};
 use crate::replica::{Committed, Replica, ReplicaConfig, ReplicaError};
@@ -298,7 +297,6 @@ impl HotSpare<()> {
 }
 
 impl<T> HotSpare<T> {
-
     /// Registers a region of `len` bytes (rounded up to pages) at the address derived from
     /// `id`, the same in every process of the binary.
     pub fn region(mut self, id: RegionId, len: usize) -> Self {
@@ -455,7 +453,11 @@ impl<T> HotSpare<T> {
         if let Some(v) = &socket_name {
             let plain = !v.contains('/') && v != "." && v != "..";
             if !plain {
-                return Err(bad(ENV_SOCKET_NAME, v, "a socket name is one path component"));
+                return Err(bad(
+                    ENV_SOCKET_NAME,
+                    v,
+                    "a socket name is one path component",
+                ));
             }
         }
         if let Some(v) = transport {

@@ -250,7 +250,11 @@ impl Region {
         };
         mman::advise(self.base, self.len, advice).map_err(|errno| RegionError::Advise {
             id: self.id,
-            advice: if on { "MADV_HUGEPAGE" } else { "MADV_NOHUGEPAGE" },
+            advice: if on {
+                "MADV_HUGEPAGE"
+            } else {
+                "MADV_NOHUGEPAGE"
+            },
             code: errno as i32,
         })
     }

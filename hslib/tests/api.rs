@@ -33,7 +33,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// Where the spare's image differs from the primary's regions, if anywhere.
 fn image_differs(ctx: &Context, log: &Path, ids: &[RegionId]) -> WorkerResult<Option<String>> {
     let (replica, _) = file::rebuild(log, ReplicaConfig::default())?;
-    let image = replica.image().ok_or("the log holds no complete checkpoint")?;
+    let image = replica
+        .image()
+        .ok_or("the log holds no complete checkpoint")?;
     for &id in ids {
         let want = ctx.region(id)?.as_bytes();
         let got = image.region(id.0).ok_or("the image lacks a region")?;
@@ -90,7 +92,9 @@ fn failed_checkpoints(strategy: Strategy, backend: Backend) -> Vec<String> {
                 let cp = ctx.checkpoint()?;
                 ctx.flush()?;
                 if cp.full || cp.strategy.is_none() {
-                    wrong.push(format!("{step:?}: expected an incremental checkpoint: {cp:?}"));
+                    wrong.push(format!(
+                        "{step:?}: expected an incremental checkpoint: {cp:?}"
+                    ));
                 }
                 if let Some(at) = image_differs(ctx, &log_in, &[a, b])? {
                     wrong.push(format!("{step:?}: the spare's image differs at {at}"));
@@ -195,7 +199,8 @@ fn a_resumed_worker_gets_its_root_its_listener_and_its_lost_connections_back() {
             append: false,
         })
         .init(move |ctx| {
-            ctx.fds().register_listener_owned("listener", listener, 16)?;
+            ctx.fds()
+                .register_listener_owned("listener", listener, 16)?;
             ctx.fds().register_socket_owned("client", client)?;
             // Something before the root, so its offset is not the first one.
             ctx.region_mut(region)?.alloc(0xAAu8)?;
@@ -211,7 +216,14 @@ fn a_resumed_worker_gets_its_root_its_listener_and_its_lost_connections_back() {
         .run()
         .expect("first run");
     assert!(
-        matches!(first, Outcome::Finished { value: 41, restored: None, .. }),
+        matches!(
+            first,
+            Outcome::Finished {
+                value: 41,
+                restored: None,
+                ..
+            }
+        ),
         "{first:?}"
     );
     drop(peer);
@@ -244,8 +256,17 @@ fn a_resumed_worker_gets_its_root_its_listener_and_its_lost_connections_back() {
         panic!("the resume ended as {resumed:?}");
     };
     assert!(restored.is_some());
-    assert_eq!(seen.counter, Counter { count: 41, other: 7 });
-    assert!(seen.listener_answers, "the restored listener did not answer");
+    assert_eq!(
+        seen.counter,
+        Counter {
+            count: 41,
+            other: 7
+        }
+    );
+    assert!(
+        seen.listener_answers,
+        "the restored listener did not answer"
+    );
     assert_eq!(seen.lost.len(), 1, "{:?}", seen.lost);
     assert_eq!(seen.lost[0].name, "client");
     assert_eq!(seen.lost[0].peer, SocketName::Inet(addr));

@@ -18,11 +18,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::global_lock;
+use hslib::internals::signal as syssig;
 use hslib::meta::{
     FdError, FdKind, FdRegistry, Handler, LostConnection, MetaError, Metadata, SignalError,
     SignalFlags, SignalRegistry, SocketName, Unrestorable,
 };
-use hslib::internals::signal as syssig;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
@@ -205,7 +205,8 @@ fn a_listening_ipv6_socket_keeps_its_address_and_v6only() {
     };
     let addr = l.local_addr().expect("local_addr");
     let fd = l.as_raw_fd();
-    hslib::internals::fd::set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).expect("opt");
+    hslib::internals::fd::set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+        .expect("opt");
     let mut fds = FdRegistry::new();
     fds.register_listener(fd, "v6", 7).expect("register");
     let meta = ship(&fds, &SignalRegistry::new());
@@ -214,14 +215,16 @@ fn a_listening_ipv6_socket_keeps_its_address_and_v6only() {
     };
     assert_eq!(ls.backlog, Some(7));
     // Binding [::1] implies v6-only traffic; the flag is what the socket reported.
-    let v6only =
-        hslib::internals::fd::sockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).expect("opt") != 0;
+    let v6only = hslib::internals::fd::sockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
+        .expect("opt")
+        != 0;
     assert_eq!(ls.v6only, v6only);
     drop(l);
     restore(&meta);
     let l = TcpListener::from(adopt(fd));
     assert_eq!(l.local_addr().expect("local_addr"), addr);
-    let got = hslib::internals::fd::sockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).expect("opt");
+    let got =
+        hslib::internals::fd::sockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).expect("opt");
     assert_eq!(got != 0, v6only);
     let _c = TcpStream::connect(addr).expect("connect");
     l.accept().expect("accept");
@@ -388,7 +391,8 @@ fn an_abstract_seqpacket_listener_is_recreated_with_its_type() {
 
     restore(&meta);
     let l = adopt(fd);
-    let ty = hslib::internals::fd::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).expect("SO_TYPE");
+    let ty =
+        hslib::internals::fd::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).expect("SO_TYPE");
     assert_eq!(ty, libc::SOCK_SEQPACKET);
     let c = socket::socket(
         AddressFamily::Unix,

@@ -370,27 +370,29 @@ fn through_hslib(
             ctx.region_mut(REGION)?.as_bytes_mut().fill(1);
             Ok(())
         })
-        .worker(move |ctx: &mut Context| -> WorkerResult<(Vec<Duration>, u64)> {
-            ctx.flush()?;
-            if strategy == Strategy::Adaptive {
-                ctx.calibrate();
-            }
-            let mut rng = seed;
-            let mut stalls = Vec::with_capacity(n);
-            let before = ctx.link_stats().bytes;
-            for i in 0..n {
-                let sets = dirty_sets(size / PAGE, pct, &mut rng);
-                touch(ctx.region_mut(REGION)?.as_bytes_mut(), &sets, i as u8);
-                let t = Instant::now();
-                ctx.checkpoint()?;
-                stalls.push(t.elapsed());
-                // Each checkpoint is measured alone: the previous one is off the machine.
+        .worker(
+            move |ctx: &mut Context| -> WorkerResult<(Vec<Duration>, u64)> {
                 ctx.flush()?;
-                idle(gap);
-            }
-            let shipped = (ctx.link_stats().bytes - before) / n.max(1) as u64;
-            Ok((stalls, shipped))
-        })
+                if strategy == Strategy::Adaptive {
+                    ctx.calibrate();
+                }
+                let mut rng = seed;
+                let mut stalls = Vec::with_capacity(n);
+                let before = ctx.link_stats().bytes;
+                for i in 0..n {
+                    let sets = dirty_sets(size / PAGE, pct, &mut rng);
+                    touch(ctx.region_mut(REGION)?.as_bytes_mut(), &sets, i as u8);
+                    let t = Instant::now();
+                    ctx.checkpoint()?;
+                    stalls.push(t.elapsed());
+                    // Each checkpoint is measured alone: the previous one is off the machine.
+                    ctx.flush()?;
+                    idle(gap);
+                }
+                let shipped = (ctx.link_stats().bytes - before) / n.max(1) as u64;
+                Ok((stalls, shipped))
+            },
+        )
         .run()?;
     match outcome {
         hslib::Outcome::Finished { value, .. } => Ok(value),
