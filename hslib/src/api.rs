@@ -1127,7 +1127,7 @@ impl Context {
             Strategy::Fork => {
                 let forked = inject(Step::Fork).and_then(|()| {
                     snapshot::fork(&self.regions, full, &self.runs, &meta, plan.stream_fd)
-                        .map_err(|e| HsError::Fork(e.into()))
+                        .map_err(HsError::Fork)
                 });
                 self.meta = meta;
                 Snapshot::Forked(forked?)

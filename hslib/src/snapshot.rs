@@ -460,7 +460,7 @@ pub fn fork(
     runs: &[Run],
     metadata: &[u8],
     stream: i32,
-) -> Result<ForkedChild, nix::errno::Errno> {
+) -> Result<ForkedChild, std::io::Error> {
     let (go_read, go_write) = process::pipe()?;
     let frames = frames(runs);
     let pages = page_count(runs);

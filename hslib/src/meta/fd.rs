@@ -16,7 +16,8 @@
 //!   socket of the same family and type: `getpeername` fails with `ENOTCONN`, reads fail
 //!   (`ENOTCONN` for TCP, `EINVAL` for Unix), `poll` reports `POLLHUP`, so the worker sees a
 //!   dead connection as if the peer had gone, and
-//!   [`restore`] returns the list of [`LostConnection`]s. Leaving the number closed instead
+//!   [`restore`] returns the list of [`LostConnection`]s, which a restored worker reads from
+//!   [`crate::Context::lost_connections`]. Leaving the number closed instead
 //!   would let a later `open` take it and receive writes meant for the peer.
 //!
 //! Refused: pipes and FIFOs, anonymous inodes (eventfd, epoll, timerfd, signalfd, ...),
