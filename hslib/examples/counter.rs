@@ -223,9 +223,11 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     }
     match hs.run()? {
         Outcome::Finished {
-            restored, stats, ..
+            value: count,
+            restored,
+            stats,
         } => {
-            tracing::info!(?restored, ?stats, "the service stopped");
+            tracing::info!(count, ?restored, ?stats, "the service stopped");
         }
         Outcome::PrimaryFinished { checkpoint } => {
             tracing::info!(
@@ -265,8 +267,9 @@ enum Next {
     Shutdown,
 }
 
-/// The worker: accepts one client at a time, on a fresh start and after a promotion alike.
-fn serve(ctx: &mut Context) -> WorkerResult {
+/// The worker: accepts one client at a time, on a fresh start and after a promotion alike;
+/// returns the count it stopped at.
+fn serve(ctx: &mut Context) -> WorkerResult<u64> {
     // `init` handed the listener to hslib in this process, or the restore re-created it in a
     // promoted spare; either way the registry gives it back. It stays registered and open.
     let listener = TcpListener::from(ctx.fds().take(LISTENER)?);
@@ -290,7 +293,7 @@ fn serve(ctx: &mut Context) -> WorkerResult {
             }
         };
         if let Next::Shutdown = serve_client(ctx, &mut synced, stream)? {
-            return Ok(());
+            return Ok(count(ctx)?);
         }
     }
 }
