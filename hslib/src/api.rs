@@ -431,12 +431,15 @@ impl<T> HotSpare<T> {
         let socket_dir = var(ENV_SOCKET_DIR);
         let socket_name = var(ENV_SOCKET_NAME);
         let tcp_addr = var(ENV_TCP_ADDR);
-        let key = var(transport::tcp::KEY_ENV);
         let epoch = var(ENV_EPOCH);
         let mode = var(ENV_MODE);
         let strategy = var(ENV_STRATEGY);
         let tracker = var(track::ENV_OVERRIDE);
         utf8?;
+        // A key is bytes, not text.
+        let key = get(transport::tcp::KEY_ENV)
+            .filter(|v| !v.is_empty())
+            .map(std::os::unix::ffi::OsStringExt::into_vec);
         if let Some(v) = tracker {
             self.env_tracker = Some(v.parse().map_err(|_: TrackError| {
                 bad(track::ENV_OVERRIDE, &v, "use uffd, mprotect or full")
@@ -483,7 +486,7 @@ impl<T> HotSpare<T> {
                     })?;
                     let key = key
                         .map(|k| {
-                            transport::AuthKey::new(k.into_bytes()).map_err(|e| {
+                            transport::AuthKey::new(k).map_err(|e| {
                                 bad(transport::tcp::KEY_ENV, "(not shown)", &e.to_string())
                             })
                         })
