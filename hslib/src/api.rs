@@ -1053,12 +1053,14 @@ impl Context {
     /// checkpoint (the next one is full if the scan itself failed), so the worker may handle
     /// the error and checkpoint again.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, HsError> {
-        let dirty = match self.tracker.collect_dirty() {
+        let scanned = self.tracker.collect_dirty().map_err(HsError::from);
+        let dirty = match scanned.and_then(|d| inject(Step::Scan).map(|()| d)) {
             Ok(d) => d,
             Err(e) => {
-                // Some regions may have started a new interval already.
+                // Some regions may have started a new interval already: their pages are
+                // known to no one.
                 self.force_full = true;
-                return Err(e.into());
+                return Err(e);
             }
         };
         let dirty = match self.pending.take() {

@@ -2,11 +2,14 @@
 //! feature is on (hslib's tests turn it on through a dev-dependency on hslib itself; an
 //! adopter's build never has it). A test arms one [`Step`] on its thread; the next
 //! [`crate::Context::checkpoint`] on that thread that reaches the step fails there with
-//! `HsError::Injected`, as a real failure of that step would, after the dirty-page scan.
+//! `HsError::Injected`, as a real failure of that step would.
 
-/// A step of a checkpoint, after the dirty-page scan, that can fail.
+/// A step of a checkpoint that can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// The dirty-page scan, failing after the tracker started a new interval (as a scan that
+    /// fails on its second region does for the first).
+    Scan,
     /// Refreshing the registered descriptors (`FdRegistry::capture`).
     Capture,
     /// Encoding the metadata record.
