@@ -328,7 +328,9 @@ pub enum FdError {
 /// Hand a descriptor over with the `register_*_owned` methods (the registry keeps it open at
 /// its number) and get it back with [`FdRegistry::take`], on a fresh start and after a
 /// restore alike: no raw descriptor numbers, no `unsafe`. The `register_*` methods that take
-/// a number leave its ownership with the caller.
+/// a number leave its ownership with the caller; but in a restored process the registry owns
+/// every listener and file the restore re-created (and closes them when the run ends): take
+/// them with [`FdRegistry::take`] rather than wrapping their numbers.
 #[derive(Debug, Default)]
 pub struct FdRegistry {
     records: Vec<FdRecord>,
