@@ -14,8 +14,8 @@ use std::os::unix::net::UnixStream;
 use std::thread;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hslib::PAGE_SIZE;
 use hslib::replica::Replica;
-use hslib::sys::PAGE_SIZE;
 use hslib::transport::NullEndpoint;
 use hslib::wire::{AckReader, Acked, CheckpointWriter, Hello, Metadata, RegionInfo};
 

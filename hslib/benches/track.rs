@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use hslib::sys::PAGE_SIZE;
+use hslib::PAGE_SIZE;
 use hslib::track::{FullTracker, MprotectTracker, UffdTracker};
 use hslib::{Backend, Region, RegionId, Tracker};
 use rand::rngs::StdRng;

@@ -17,14 +17,13 @@
 use std::error::Error;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use hslib::transport::unix;
-use hslib::{Context, HotSpare, LinkConfig, Mode, Outcome, RegionId, Role, Slot, WorkerResult};
-use nix::fcntl::{FcntlArg, fcntl};
+use hslib::{Context, HotSpare, LinkConfig, Mode, Outcome, RegionId, Role, WorkerResult};
 use nix::sys::socket::{
     self, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, sockopt,
 };
@@ -34,17 +33,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 const NAME: &str = "counter";
 /// The region holding [`State`].
 const REGION: RegionId = RegionId(7);
-/// Where [`State`] sits: the region's first allocation, right after the allocator's header.
-const STATE_OFFSET: usize = 16;
 /// The listening socket's registration name.
 const LISTENER: &str = "listener";
 /// The listen backlog (registered, so a promoted spare listens with the same).
 const BACKLOG: u32 = 64;
-/// The lowest number the listener is moved to. A promoted spare re-creates the listener at
-/// its recorded number, replacing whatever that number holds there, after hslib has opened
-/// its own descriptors (the dirty-page tracker's userfaultfd, `/proc/self/pagemap`) at the
-/// lowest free numbers; a listener at a low number would replace one of those.
-const LISTENER_FD_FLOOR: RawFd = 100;
 /// The longest request line, newline included.
 const MAX_LINE: u64 = 64;
 
@@ -80,19 +72,17 @@ COUNTER_LOG=error|warn|info|debug|trace logs to stderr. stdout carries one line,
 \"listening on ADDR\", once the service takes requests.
 ";
 
-/// The checkpointed state.
+/// The checkpointed state: the region's root value.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 struct State {
     /// The count.
     counter: u64,
-    /// The listening socket's number (the same in a promoted spare).
-    listener_fd: i32,
-    _reserved: u32,
 }
 
-fn state_slot() -> Slot<State> {
-    Slot::at(STATE_OFFSET)
+/// The count, wherever the state lies in its region.
+fn count(ctx: &Context) -> Result<u64, hslib::HsError> {
+    Ok(ctx.get(REGION, ctx.root::<State>(REGION)?)?.counter)
 }
 
 /// The command line.
@@ -232,8 +222,12 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         hs = hs.spare_wait(wait);
     }
     match hs.run()? {
-        Outcome::Finished { restored, stats } => {
-            tracing::info!(?restored, ?stats, "the service stopped");
+        Outcome::Finished {
+            value: count,
+            restored,
+            stats,
+        } => {
+            tracing::info!(count, ?restored, ?stats, "the service stopped");
         }
         Outcome::PrimaryFinished { checkpoint } => {
             tracing::info!(
@@ -245,31 +239,16 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// A fresh start: the count at zero and a new listening socket, registered so that a
-/// promoted spare re-creates it at the same number, bound to the same address.
+/// A fresh start: the count at zero and a new listening socket, handed to hslib so that a
+/// promoted spare re-creates it, bound to the same address.
 fn init(ctx: &mut Context, addr: SocketAddr) -> WorkerResult {
-    let listener = listen(addr)?;
-    let fd = listener.as_raw_fd();
-    ctx.fds().register_listener(fd, LISTENER, BACKLOG)?;
-    let slot = ctx.region_mut(REGION)?.alloc(State {
-        counter: 0,
-        listener_fd: fd,
-        _reserved: 0,
-    })?;
-    if slot.offset() != state_slot().offset() {
-        return Err(format!(
-            "the state landed at offset {}, not {STATE_OFFSET}",
-            slot.offset()
-        )
-        .into());
-    }
-    // The descriptor now belongs to the checkpointed state; `serve` takes it back.
-    let _ = listener.into_raw_fd();
+    ctx.fds()
+        .register_listener_owned(LISTENER, listen(addr)?, BACKLOG)?;
+    ctx.place(REGION, State { counter: 0 })?;
     Ok(())
 }
 
-/// A blocking TCP listener on `addr` with [`BACKLOG`], at a number of at least
-/// [`LISTENER_FD_FLOOR`].
+/// A blocking TCP listener on `addr` with [`BACKLOG`].
 fn listen(addr: SocketAddr) -> Result<OwnedFd, Box<dyn Error + Send + Sync>> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
@@ -279,9 +258,7 @@ fn listen(addr: SocketAddr) -> Result<OwnedFd, Box<dyn Error + Send + Sync>> {
     socket::setsockopt(&sock, sockopt::ReuseAddr, &true)?;
     socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(addr))?;
     socket::listen(&sock, Backlog::new(i32::try_from(BACKLOG)?)?)?;
-    let high = fcntl(&sock, FcntlArg::F_DUPFD_CLOEXEC(LISTENER_FD_FLOOR))?;
-    // SAFETY: F_DUPFD_CLOEXEC just returned `high` as a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+    Ok(sock)
 }
 
 /// What to do after a client's connection ends.
@@ -290,23 +267,14 @@ enum Next {
     Shutdown,
 }
 
-/// The worker: accepts one client at a time, on a fresh start and after a promotion alike.
-fn serve(ctx: &mut Context) -> WorkerResult {
-    let fd = ctx.get(REGION, state_slot())?.listener_fd;
-    let registered = ctx
-        .fds()
-        .records()
-        .iter()
-        .any(|r| r.fd == fd && r.name == LISTENER);
-    if !registered {
-        return Err(format!("fd {fd} in the state is not the registered {LISTENER:?}").into());
-    }
-    // SAFETY: `fd` is the registered listener: `init` created it in this process and gave
-    // up its ownership, or, in a promoted spare, hslib re-created it at this number before
-    // calling the worker; nothing else in this process owns it.
-    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+/// The worker: accepts one client at a time, on a fresh start and after a promotion alike;
+/// returns the count it stopped at.
+fn serve(ctx: &mut Context) -> WorkerResult<u64> {
+    // `init` handed the listener to hslib in this process, or the restore re-created it in a
+    // promoted spare; either way the registry gives it back. It stays registered and open.
+    let listener = TcpListener::from(ctx.fds().take(LISTENER)?);
     let local = listener.local_addr()?;
-    tracing::info!(%local, restored = ?ctx.restored(), count = ctx.get(REGION, state_slot())?.counter, "serving");
+    tracing::info!(%local, restored = ?ctx.restored(), count = count(ctx)?, "serving");
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {local}")?;
     stdout.flush()?;
@@ -325,7 +293,7 @@ fn serve(ctx: &mut Context) -> WorkerResult {
             }
         };
         if let Next::Shutdown = serve_client(ctx, &mut synced, stream)? {
-            return Ok(());
+            return Ok(count(ctx)?);
         }
     }
 }
@@ -364,10 +332,7 @@ fn serve_client(
         let (reply, next) = match line.trim() {
             _ if too_long => ("ERR line too long\n".to_owned(), None),
             "INCR" => (incr(ctx, synced)?, None),
-            "GET" => {
-                let count = ctx.get(REGION, state_slot())?.counter;
-                (format!("{count}\n"), None)
-            }
+            "GET" => (format!("{}\n", count(ctx)?), None),
             "STATUS" => (status(ctx, *synced)?, None),
             "SHUTDOWN" => ("BYE\n".to_owned(), Some(Next::Shutdown)),
             _ => (
@@ -390,7 +355,8 @@ fn serve_client(
 /// checkpointed whose reply was lost with the primary does survive: the client cannot tell
 /// it from one that was not taken, as with any request whose answer did not arrive.)
 fn incr(ctx: &mut Context, synced: &mut bool) -> Result<String, hslib::WorkerError> {
-    let state = ctx.get_mut(REGION, state_slot())?;
+    let slot = ctx.root::<State>(REGION)?;
+    let state = ctx.get_mut(REGION, slot)?;
     let Some(count) = state.counter.checked_add(1) else {
         return Ok("ERR the count is at its maximum\n".to_owned());
     };
@@ -404,7 +370,7 @@ fn incr(ctx: &mut Context, synced: &mut bool) -> Result<String, hslib::WorkerErr
 /// The STATUS reply. A spare that connects gets its first (full) checkpoint with the next
 /// INCR, so `synced=yes` after `spare=yes` is when a failover would keep the count.
 fn status(ctx: &Context, synced: bool) -> Result<String, hslib::WorkerError> {
-    let count = ctx.get(REGION, state_slot())?.counter;
+    let count = count(ctx)?;
     let yes = |b: bool| if b { "yes" } else { "no" };
     Ok(format!(
         "count={count} epoch={} spare={} synced={}\n",

@@ -20,28 +20,39 @@
 //! ([`HotSpare::from_env`]): `HS_ROLE` (`standalone`, `primary`, `spare`), `HS_TRANSPORT`
 //! (`null`, `file`, `unix`, `tcp`), `HS_SOCKET_DIR` and `HS_SOCKET_NAME` (unix), `HS_TCP_ADDR`
 //! and `HS_KEY` (tcp), `HS_LOG_FILE` (file), `HS_EPOCH`, `HS_MODE` (`async`, `sync`),
-//! `HS_STRATEGY` (`copy`, `fork`).
+//! `HS_STRATEGY` (`copy`, `fork`, `adaptive`), `HS_TRACKER` (`uffd`, `mprotect`, `full`).
+//! Every value is checked; a bad one is an [`HsError::Config`] naming the variable and value.
+//!
+//! A failed [`Context::checkpoint`] loses nothing: the pages its scan reported are carried
+//! into the next checkpoint (and when the scan itself failed, the next checkpoint is full),
+//! so a worker that handles the error and checkpoints again ships a consistent image.
 
 use std::error::Error;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "fault-injection")]
+use crate::fault;
+use crate::fault::Step;
 use crate::link::{Link, LinkConfig, LinkError, LinkProbe, LinkStats, StreamParams};
-use crate::meta::{Blobs, FdRegistry, Handler, MetaError, MetadataRef, RegionInfo, SignalRegistry};
+use crate::meta::{
+    Blobs, FdRegistry, Handler, LostConnection, MetaError, MetadataRef, RegionInfo, SignalRegistry,
+};
 use crate::region::{Region, RegionError, RegionId, Slot};
 use crate::replica::{Committed, Replica, ReplicaConfig, ReplicaError};
 use crate::session::{self, SessionError};
 use crate::snapshot::{self, Copied, CostModel, Run, Snapshot, Strategy};
 use crate::sys::PAGE_SIZE;
-use crate::track::{self, Backend, TrackError, Tracker};
+use crate::track::{self, Backend, DirtyPages, TrackError, Tracker};
 use crate::transport::{self, Endpoint, HANDSHAKE_TIMEOUT, TcpConfig, TransportError};
 use crate::wire::{Hello, WireError};
 
 /// The error a worker (or `init`) returns.
 pub type WorkerError = Box<dyn Error + Send + Sync>;
-/// What a worker returns.
-pub type WorkerResult = Result<(), WorkerError>;
-type WorkerFn = Box<dyn FnOnce(&mut Context) -> WorkerResult>;
+/// What a worker (returning a `T`) or `init` returns.
+pub type WorkerResult<T = ()> = Result<T, WorkerError>;
+type WorkerFn<T> = Box<dyn FnOnce(&mut Context) -> WorkerResult<T>>;
 
 /// Environment variable: the role (`standalone`, `primary`, `spare`).
 pub const ENV_ROLE: &str = "HS_ROLE";
@@ -125,7 +136,12 @@ pub enum HsError {
     },
     /// `fork()` or a pipe for a fork snapshot failed.
     #[error("forking a snapshot child failed: {0}")]
-    Fork(nix::errno::Errno),
+    Fork(std::io::Error),
+    /// A failure injected by a test (the `fault-injection` feature only).
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    #[error("injected failure at the {0:?} step")]
+    Injected(Step),
     /// A setting is invalid.
     #[error("invalid {what} {value:?}: {why}")]
     Config {
@@ -181,9 +197,11 @@ pub enum HsError {
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Outcome<T = ()> {
     /// The worker returned (as primary, standalone, resumed or promoted spare).
     Finished {
+        /// What the worker returned.
+        value: T,
         /// Whether this process started from a checkpoint (promotion or resume).
         restored: Option<Restored>,
         /// The link's counters at the end.
@@ -220,12 +238,12 @@ pub struct Checkpoint {
     pub acked: bool,
 }
 
-/// Builds and runs a hot-spare process.
-pub struct HotSpare {
+/// Builds and runs a hot-spare process whose worker returns a `T`.
+pub struct HotSpare<T = ()> {
     name: String,
     regions: Vec<(RegionId, usize)>,
-    init: Option<WorkerFn>,
-    worker: Option<WorkerFn>,
+    init: Option<WorkerFn<()>>,
+    worker: Option<WorkerFn<T>>,
     signals: SignalRegistry,
     strategy: Strategy,
     mode: Mode,
@@ -233,10 +251,15 @@ pub struct HotSpare {
     link: LinkConfig,
     epoch: u64,
     spare_wait: Duration,
+    /// Forced by [`HotSpare::tracker`].
     tracker: Option<Backend>,
+    /// Named by `HS_TRACKER` (read by [`HotSpare::from_env`]).
+    env_tracker: Option<Backend>,
+    /// [`HotSpare::default_tracker`].
+    default_tracker: Option<Backend>,
 }
 
-impl std::fmt::Debug for HotSpare {
+impl<T> std::fmt::Debug for HotSpare<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HotSpare")
             .field("name", &self.name)
@@ -250,7 +273,7 @@ impl std::fmt::Debug for HotSpare {
     }
 }
 
-impl HotSpare {
+impl HotSpare<()> {
     /// A process whose worker is registered as `name` (the spare checks the checkpoint names
     /// the same worker). Defaults: standalone, null link, adaptive strategy, async mode.
     pub fn new(name: &str) -> Self {
@@ -267,9 +290,13 @@ impl HotSpare {
             epoch: 1,
             spare_wait: Duration::from_secs(10),
             tracker: None,
+            env_tracker: None,
+            default_tracker: None,
         }
     }
+}
 
+impl<T> HotSpare<T> {
     /// Registers a region of `len` bytes (rounded up to pages) at the address derived from
     /// `id`, the same in every process of the binary.
     pub fn region(mut self, id: RegionId, len: usize) -> Self {
@@ -285,10 +312,27 @@ impl HotSpare {
     }
 
     /// The worker: the application's main loop, called on a fresh start after `init` and on
-    /// promotion after the restore.
-    pub fn worker(mut self, f: impl FnOnce(&mut Context) -> WorkerResult + 'static) -> Self {
-        self.worker = Some(Box::new(f));
-        self
+    /// promotion after the restore. What it returns comes back in [`Outcome::Finished`].
+    pub fn worker<U>(
+        self,
+        f: impl FnOnce(&mut Context) -> WorkerResult<U> + 'static,
+    ) -> HotSpare<U> {
+        HotSpare {
+            name: self.name,
+            regions: self.regions,
+            init: self.init,
+            worker: Some(Box::new(f)),
+            signals: self.signals,
+            strategy: self.strategy,
+            mode: self.mode,
+            role: self.role,
+            link: self.link,
+            epoch: self.epoch,
+            spare_wait: self.spare_wait,
+            tracker: self.tracker,
+            env_tracker: self.env_tracker,
+            default_tracker: self.default_tracker,
+        }
     }
 
     /// Defines a signal handler under `name` in this process's table (every process of the
@@ -327,7 +371,7 @@ impl HotSpare {
         self
     }
 
-    /// The epoch of a primary (default 1).
+    /// The epoch of a primary (default 1; 0 and `u64::MAX` are refused by [`HotSpare::run`]).
     pub fn epoch(mut self, epoch: u64) -> Self {
         self.epoch = epoch;
         self
@@ -348,23 +392,60 @@ impl HotSpare {
 
     /// The tracking backend to use unless `HS_TRACKER` names one (instead of probing).
     pub fn default_tracker(mut self, backend: Backend) -> Self {
-        let overridden = std::env::var(track::ENV_OVERRIDE).is_ok_and(|v| !v.is_empty());
-        if !overridden {
-            self.tracker = Some(backend);
-        }
+        self.default_tracker = Some(backend);
         self
     }
 
-    /// Applies the `HS_*` variables a supervisor sets (see the module docs); unset ones
-    /// leave the builder's settings.
-    pub fn from_env(mut self) -> Result<Self, HsError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    /// Applies the `HS_*` variables a supervisor sets (see the module docs); unset or empty
+    /// ones leave the builder's settings. A value that is not valid (not UTF-8, not one of
+    /// the names, not a number, an epoch of 0, ...) is an [`HsError::Config`] naming the
+    /// variable and the value.
+    pub fn from_env(self) -> Result<Self, HsError> {
+        self.from_vars(|name| std::env::var_os(name))
+    }
+
+    /// [`HotSpare::from_env`] with the variables looked up by `get` instead of in this
+    /// process's environment.
+    pub fn from_vars(mut self, get: impl Fn(&str) -> Option<OsString>) -> Result<Self, HsError> {
         let bad = |what, value: &str, why: &str| HsError::Config {
             what,
             value: value.to_owned(),
             why: why.to_owned(),
         };
-        if let Some(v) = var(ENV_ROLE) {
+        let mut utf8 = Ok(());
+        let mut var = |name: &'static str| match get(name).filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => match v.into_string() {
+                Ok(s) => Some(s),
+                Err(raw) => {
+                    if utf8.is_ok() {
+                        utf8 = Err(bad(name, &raw.to_string_lossy(), "not UTF-8"));
+                    }
+                    None
+                }
+            },
+        };
+        let role = var(ENV_ROLE);
+        let transport = var(ENV_TRANSPORT);
+        let log_file = var(ENV_LOG_FILE);
+        let socket_dir = var(ENV_SOCKET_DIR);
+        let socket_name = var(ENV_SOCKET_NAME);
+        let tcp_addr = var(ENV_TCP_ADDR);
+        let epoch = var(ENV_EPOCH);
+        let mode = var(ENV_MODE);
+        let strategy = var(ENV_STRATEGY);
+        let tracker = var(track::ENV_OVERRIDE);
+        utf8?;
+        // A key is bytes, not text.
+        let key = get(transport::tcp::KEY_ENV)
+            .filter(|v| !v.is_empty())
+            .map(std::os::unix::ffi::OsStringExt::into_vec);
+        if let Some(v) = tracker {
+            self.env_tracker = Some(v.parse().map_err(|_: TrackError| {
+                bad(track::ENV_OVERRIDE, &v, "use uffd, mprotect or full")
+            })?);
+        }
+        if let Some(v) = role {
             self.role = match v.as_str() {
                 "standalone" => Role::Standalone,
                 "primary" => Role::Primary,
@@ -372,11 +453,21 @@ impl HotSpare {
                 _ => return Err(bad(ENV_ROLE, &v, "use standalone, primary or spare")),
             };
         }
-        if let Some(v) = var(ENV_TRANSPORT) {
+        if let Some(v) = &socket_name {
+            let plain = !v.contains('/') && v != "." && v != "..";
+            if !plain {
+                return Err(bad(
+                    ENV_SOCKET_NAME,
+                    v,
+                    "a socket name is one path component",
+                ));
+            }
+        }
+        if let Some(v) = transport {
             self.link = match v.as_str() {
                 "null" => LinkConfig::Null,
                 "file" => {
-                    let path = var(ENV_LOG_FILE)
+                    let path = log_file
                         .ok_or_else(|| bad(ENV_LOG_FILE, "", "the file transport needs it"))?;
                     LinkConfig::File {
                         path: path.into(),
@@ -384,42 +475,56 @@ impl HotSpare {
                     }
                 }
                 "unix" => LinkConfig::Unix {
-                    dir: var(ENV_SOCKET_DIR).map_or_else(transport::unix::default_dir, Into::into),
-                    name: var(ENV_SOCKET_NAME).unwrap_or_else(|| self.name.clone()),
+                    dir: socket_dir.map_or_else(transport::unix::default_dir, Into::into),
+                    name: socket_name.unwrap_or_else(|| self.name.clone()),
                 },
                 "tcp" => {
-                    let a = var(ENV_TCP_ADDR)
+                    let a = tcp_addr
                         .ok_or_else(|| bad(ENV_TCP_ADDR, "", "the tcp transport needs it"))?;
                     let addr = a.parse().map_err(|e: std::net::AddrParseError| {
                         bad(ENV_TCP_ADDR, &a, &e.to_string())
                     })?;
+                    let key = key
+                        .map(|k| {
+                            transport::AuthKey::new(k).map_err(|e| {
+                                bad(transport::tcp::KEY_ENV, "(not shown)", &e.to_string())
+                            })
+                        })
+                        .transpose()?;
                     LinkConfig::Tcp {
                         addr,
-                        config: TcpConfig::new(transport::AuthKey::from_env()?),
+                        config: TcpConfig::new(key),
                     }
                 }
                 _ => return Err(bad(ENV_TRANSPORT, &v, "use null, file, unix or tcp")),
             };
         }
-        if let Some(v) = var(ENV_EPOCH) {
-            self.epoch = v
+        if let Some(v) = epoch {
+            let e: u64 = v
                 .parse()
                 .map_err(|e: std::num::ParseIntError| bad(ENV_EPOCH, &v, &e.to_string()))?;
+            check_epoch(e).map_err(|why| bad(ENV_EPOCH, &v, why))?;
+            self.epoch = e;
         }
-        if let Some(v) = var(ENV_MODE) {
+        if let Some(v) = mode {
             self.mode = v.parse().map_err(|e: String| bad(ENV_MODE, &v, &e))?;
         }
-        if let Some(v) = var(ENV_STRATEGY) {
+        if let Some(v) = strategy {
             self.strategy = v.parse().map_err(|e: String| bad(ENV_STRATEGY, &v, &e))?;
         }
         Ok(self)
     }
 
     /// Plays the role (see the module docs).
-    pub fn run(mut self) -> Result<Outcome, HsError> {
+    pub fn run(mut self) -> Result<Outcome<T>, HsError> {
         if self.worker.is_none() {
             return Err(HsError::NoWorker);
         }
+        check_epoch(self.epoch).map_err(|why| HsError::Config {
+            what: "epoch",
+            value: self.epoch.to_string(),
+            why: why.to_owned(),
+        })?;
         let regions = self
             .regions
             .iter()
@@ -436,7 +541,7 @@ impl HotSpare {
                 if let Some(e) = end.error {
                     tracing::warn!(log = %path.display(), error = %e, "the log's tail is torn; resuming from its last complete checkpoint");
                 }
-                let epoch = replica.highest_epoch().unwrap_or(0).max(self.epoch - 1) + 1;
+                let epoch = next_epoch(replica.highest_epoch(), self.epoch - 1)?;
                 let Some(committed) = replica.into_committed() else {
                     return Err(HsError::EmptyLog { path });
                 };
@@ -449,9 +554,11 @@ impl HotSpare {
     }
 
     fn context(&mut self, regions: Vec<Region>) -> Result<Context, HsError> {
-        let mut tracker = match self.tracker {
-            Some(b) => track::create(b)?,
-            None => track::select()?,
+        let env_set = std::env::var_os(track::ENV_OVERRIDE).is_some_and(|v| !v.is_empty());
+        let mut tracker = match (self.tracker, self.env_tracker, self.default_tracker) {
+            (Some(b), _, _) | (None, Some(b), _) => track::create(b)?,
+            (None, None, Some(b)) if !env_set => track::create(b)?,
+            _ => track::select()?,
         };
         for r in &regions {
             tracker.register(r)?;
@@ -471,9 +578,12 @@ impl HotSpare {
             runs: Vec::new(),
             meta: Vec::new(),
             restored: None,
+            lost: Vec::new(),
             role: self.role.clone(),
             epoch: self.epoch,
             model: None,
+            pending: None,
+            force_full: false,
         })
     }
 
@@ -508,7 +618,7 @@ impl HotSpare {
         Ok(())
     }
 
-    fn fresh(mut self, regions: Vec<Region>, epoch: u64) -> Result<Outcome, HsError> {
+    fn fresh(mut self, regions: Vec<Region>, epoch: u64) -> Result<Outcome<T>, HsError> {
         let mut ctx = self.context(regions)?;
         self.open_link(&mut ctx, epoch, 1)?;
         if let Some(init) = self.init.take() {
@@ -517,7 +627,7 @@ impl HotSpare {
         self.work(ctx)
     }
 
-    fn work(mut self, mut ctx: Context) -> Result<Outcome, HsError> {
+    fn work(mut self, mut ctx: Context) -> Result<Outcome<T>, HsError> {
         ctx.checkpoint()?;
         let worker = self.worker.take().ok_or(HsError::NoWorker)?;
         let result = worker(&mut ctx);
@@ -525,8 +635,9 @@ impl HotSpare {
             Some(link) => link.finish()?,
             None => LinkStats::default(),
         };
-        result.map_err(HsError::Worker)?;
+        let value = result.map_err(HsError::Worker)?;
         Ok(Outcome::Finished {
+            value,
             restored: ctx.restored,
             stats,
         })
@@ -537,7 +648,7 @@ impl HotSpare {
         mut regions: Vec<Region>,
         committed: Committed,
         epoch: u64,
-    ) -> Result<Outcome, HsError> {
+    ) -> Result<Outcome<T>, HsError> {
         if committed.metadata.worker.as_deref() != Some(self.name.as_str()) {
             return Err(HsError::WorkerName {
                 found: committed.metadata.worker,
@@ -547,9 +658,10 @@ impl HotSpare {
         restore_image(&mut regions, &committed)?;
         // The descriptors go back to their numbers before the library opens any of its own
         // (tracker, link), so a restored number never lands on one of ours.
-        committed.metadata.restore(&mut self.signals)?;
+        let lost = committed.metadata.restore(&mut self.signals)?;
         let mut ctx = self.context(regions)?;
-        ctx.fds = FdRegistry::adopt(&committed.metadata.fds);
+        ctx.fds = FdRegistry::adopt_restored(&committed.metadata.fds);
+        ctx.lost = lost;
         ctx.blobs = Blobs::from_map(committed.metadata.blobs.clone(), &Blobs::default())
             .map_err(MetaError::from)?;
         ctx.restored = Some(Restored {
@@ -599,7 +711,7 @@ impl HotSpare {
         }
     }
 
-    fn spare(self, regions: Vec<Region>) -> Result<Outcome, HsError> {
+    fn spare(self, regions: Vec<Region>) -> Result<Outcome<T>, HsError> {
         let mut replica = Replica::new(ReplicaConfig::default());
         let mut ep = self.connect_retrying(self.spare_wait)?;
         loop {
@@ -634,14 +746,34 @@ impl HotSpare {
         }
     }
 
-    fn promote(self, regions: Vec<Region>, replica: Replica) -> Result<Outcome, HsError> {
-        let epoch = replica.highest_epoch().unwrap_or(0).max(self.epoch) + 1;
+    fn promote(self, regions: Vec<Region>, replica: Replica) -> Result<Outcome<T>, HsError> {
+        let epoch = next_epoch(replica.highest_epoch(), self.epoch)?;
         match replica.into_committed() {
             Some(committed) => self.role(Role::Primary).restored(regions, committed, epoch),
             // Starting afresh would silently throw the primary's state away.
             None => Err(HsError::NothingToPromote),
         }
     }
+}
+
+/// Why `epoch` cannot be a primary's: 0 is no epoch (a restored process takes the one above
+/// it), and `u64::MAX` leaves none above it for a promoted spare.
+fn check_epoch(epoch: u64) -> Result<(), &'static str> {
+    match epoch {
+        0 => Err("epochs start at 1"),
+        u64::MAX => Err("a promoted spare needs an epoch above it"),
+        _ => Ok(()),
+    }
+}
+
+/// The epoch of a restored process: one above every epoch it saw and above `floor`.
+fn next_epoch(seen: Option<u64>, floor: u64) -> Result<u64, HsError> {
+    let highest = seen.unwrap_or(0).max(floor);
+    highest.checked_add(1).ok_or_else(|| HsError::Config {
+        what: "epoch",
+        value: highest.to_string(),
+        why: "no epoch above it is left".to_owned(),
+    })
 }
 
 /// Whether a replica's stream error means the stream broke (the primary is gone) rather than
@@ -686,9 +818,15 @@ pub struct Context {
     runs: Vec<Run>,
     meta: Vec<u8>,
     restored: Option<Restored>,
+    /// The connections the restore could only re-create as dead ones.
+    lost: Vec<LostConnection>,
     role: Role,
     epoch: u64,
     model: Option<CostModel>,
+    /// The pages a failed checkpoint's scan reported: the next checkpoint ships them too.
+    pending: Option<DirtyPages>,
+    /// The last scan failed, so pages may be unaccounted for: the next checkpoint is full.
+    force_full: bool,
 }
 
 /// The adaptive strategy's model for this process, or a fallback that always copies when
@@ -753,6 +891,24 @@ impl Context {
             .ok_or(HsError::NoRegion(id))
     }
 
+    /// Places `value` in region `id` as its root ([`Region::place`]): a restored process
+    /// finds it with [`Context::root`].
+    pub fn place<T>(&mut self, id: RegionId, value: T) -> Result<Slot<T>, HsError>
+    where
+        T: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout + zerocopy::Immutable,
+    {
+        Ok(self.region_mut(id)?.place(value)?)
+    }
+
+    /// The slot of region `id`'s root value, placed by [`Context::place`] in this process or
+    /// in the one it was restored from.
+    pub fn root<T>(&self, id: RegionId) -> Result<Slot<T>, HsError>
+    where
+        T: zerocopy::FromBytes + zerocopy::KnownLayout + zerocopy::Immutable,
+    {
+        Ok(self.region(id)?.root()?)
+    }
+
     /// The value at `slot` of region `id`.
     pub fn get<T>(&self, id: RegionId, slot: Slot<T>) -> Result<&T, HsError>
     where
@@ -784,14 +940,43 @@ impl Context {
         &mut self.blobs
     }
 
-    /// The tracker in use.
-    pub fn tracker(&mut self) -> &mut dyn Tracker {
-        self.tracker.as_mut()
+    /// The dirty-page tracking backend in use.
+    pub fn tracker(&self) -> Backend {
+        self.tracker.backend()
+    }
+
+    /// Zeroes `[offset, offset + len)` of region `id` (page aligned), giving the memory back
+    /// to the kernel; the next checkpoint ships the zeroed pages.
+    pub fn discard(&mut self, id: RegionId, offset: usize, len: usize) -> Result<(), HsError> {
+        let region = self
+            .regions
+            .iter_mut()
+            .find(|r| r.id() == id)
+            .ok_or(HsError::NoRegion(id))?;
+        Ok(self.tracker.discard(region, offset, len)?)
+    }
+
+    /// Makes `[offset, offset + len)` of region `id` (page aligned) safe as the destination
+    /// of a kernel write such as `read(2)` into the region, and counts the pages as written.
+    pub fn prepare_kernel_write(
+        &mut self,
+        id: RegionId,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), HsError> {
+        Ok(self.tracker.prepare_kernel_write(id, offset, len)?)
     }
 
     /// Where this process was restored from, if it was.
     pub fn restored(&self) -> Option<Restored> {
         self.restored
+    }
+
+    /// The registered connected sockets that the restore could only re-create as dead
+    /// connections (their numbers hold fresh unconnected sockets: reads fail, `poll` reports
+    /// `POLLHUP`); empty on a fresh start. A worker reconnects or forgets them.
+    pub fn lost_connections(&self) -> &[LostConnection] {
+        &self.lost
     }
 
     /// This process's role as it started.
@@ -839,11 +1024,6 @@ impl Context {
         self.link.as_ref().is_some_and(Link::kill_fork_child)
     }
 
-    /// The adaptive strategy's cost model, once calibrated.
-    pub fn cost_model(&self) -> Option<CostModel> {
-        self.model
-    }
-
     /// Calibrates the adaptive strategy's cost model now (it is otherwise calibrated at the
     /// first adaptive checkpoint); call it once the regions are populated.
     pub fn calibrate(&mut self) -> CostModel {
@@ -868,8 +1048,35 @@ impl Context {
     /// async mode it returns once the snapshot is taken; in sync mode once the spare acked.
     /// With no session open (no spare yet) it only starts a new tracking interval: the next
     /// session begins with a full checkpoint anyway.
+    ///
+    /// When it fails, nothing is lost: the pages it found written are shipped by the next
+    /// checkpoint (the next one is full if the scan itself failed), so the worker may handle
+    /// the error and checkpoint again.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, HsError> {
-        let dirty = self.tracker.collect_dirty()?;
+        let scanned = self.tracker.collect_dirty().map_err(HsError::from);
+        let dirty = match scanned.and_then(|d| inject(Step::Scan).map(|()| d)) {
+            Ok(d) => d,
+            Err(e) => {
+                // Some regions may have started a new interval already: their pages are
+                // known to no one.
+                self.force_full = true;
+                return Err(e);
+            }
+        };
+        let dirty = match self.pending.take() {
+            Some(earlier) => merge(earlier, dirty),
+            None => dirty,
+        };
+        let taken = self.ship(&dirty);
+        if taken.is_err() {
+            self.pending = Some(dirty);
+        }
+        taken
+    }
+
+    /// Ships `dirty` (the pages written since the last successful checkpoint) and the
+    /// metadata to the link.
+    fn ship(&mut self, dirty: &DirtyPages) -> Result<Checkpoint, HsError> {
         let not_shipped = Checkpoint {
             pages: dirty.page_count() as u64,
             full: false,
@@ -883,18 +1090,26 @@ impl Context {
         let Some(plan) = link.plan() else {
             return Ok(not_shipped);
         };
+        inject(Step::Capture)?;
         self.fds.capture().map_err(MetaError::from)?;
         let mut meta = std::mem::take(&mut self.meta);
-        MetadataRef {
-            worker: Some(&self.name),
-            regions: &self.table,
-            fds: self.fds.records(),
-            signals: self.signals.records(),
-            blobs: self.blobs.as_map(),
+        let encoded = inject(Step::Encode).and_then(|()| {
+            MetadataRef {
+                worker: Some(&self.name),
+                regions: &self.table,
+                fds: self.fds.records(),
+                signals: self.signals.records(),
+                blobs: self.blobs.as_map(),
+            }
+            .encode_into(&mut meta)
+            .map_err(HsError::from)
+        });
+        if let Err(e) = encoded {
+            self.meta = meta;
+            return Err(e);
         }
-        .encode_into(&mut meta)?;
-        let full = plan.full;
-        snapshot::plan(&self.regions, &dirty, full, &mut self.runs);
+        let full = plan.full || self.force_full;
+        snapshot::plan(&self.regions, dirty, full, &mut self.runs);
         let pages = snapshot::page_count(&self.runs);
         let strategy = match self.strategy {
             _ if link.fork_in_flight() => Strategy::Copy,
@@ -915,13 +1130,25 @@ impl Context {
         let mut steady = true;
         let snap = match strategy {
             Strategy::Fork => {
-                let child = snapshot::fork(&self.regions, full, &self.runs, &meta, plan.stream_fd)
-                    .map_err(HsError::Fork)?;
+                let forked = inject(Step::Fork).and_then(|()| {
+                    snapshot::fork(&self.regions, full, &self.runs, &meta, plan.stream_fd)
+                        .map_err(HsError::Fork)
+                });
                 self.meta = meta;
-                Snapshot::Forked(child)
+                Snapshot::Forked(forked?)
             }
             Strategy::Copy | Strategy::Adaptive => {
-                let (buffer, new) = link.staging(snapshot::staging_bytes(&self.runs))?;
+                let staging = inject(Step::Staging).and_then(|()| {
+                    link.staging(snapshot::staging_bytes(&self.runs))
+                        .map_err(HsError::from)
+                });
+                let (buffer, new) = match staging {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.meta = meta;
+                        return Err(e);
+                    }
+                };
                 // A new buffer costs page faults once, and a full copy reads cold pages: the
                 // model learns from steady-state incremental copies only.
                 steady = !new && !full;
@@ -936,7 +1163,12 @@ impl Context {
         {
             model.observe(strategy, pages * PAGE_SIZE as u64, taken.elapsed());
         }
+        if let Err(e) = inject(Step::Submit) {
+            snapshot::abandon(snap);
+            return Err(e);
+        }
         let id = link.submit(plan.generation, full, snap)?;
+        self.force_full = false;
         let acked = match self.mode {
             Mode::Sync => link.wait_acked(id)?,
             Mode::Async => false,
@@ -948,4 +1180,26 @@ impl Context {
             acked,
         })
     }
+}
+
+/// Fails with [`HsError::Injected`] when a test armed `step` (the `fault-injection` feature);
+/// nothing otherwise.
+fn inject(step: Step) -> Result<(), HsError> {
+    #[cfg(feature = "fault-injection")]
+    if fault::hit(step) {
+        return Err(HsError::Injected(step));
+    }
+    let _ = step;
+    Ok(())
+}
+
+/// The pages of `earlier` and `later` together, region by region.
+fn merge(earlier: DirtyPages, mut later: DirtyPages) -> DirtyPages {
+    for old in earlier.regions {
+        match later.regions.iter_mut().find(|r| r.id == old.id) {
+            Some(r) => r.runs = r.runs.union(&old.runs),
+            None => later.regions.push(old),
+        }
+    }
+    later
 }

@@ -1,8 +1,8 @@
 //! Hot Spare Library: application-driven incremental checkpoints to a spare process.
 //!
 //! Layers, bottom up (see the project's DESIGN.md):
-//! - [`sys`]: the only place with raw system calls and ioctls (userfaultfd, `PAGEMAP_SCAN`,
-//!   `mmap`/`mprotect`, the SIGSEGV handler).
+//! - `sys` (private to the crate): the only place with raw system calls and ioctls
+//!   (userfaultfd, `PAGEMAP_SCAN`, `mmap`/`mprotect`, fork, the SIGSEGV handler).
 //! - [`region`]: checkpoint memory at addresses every process of the binary can map, with
 //!   typed placement of plain-old-data values.
 //! - [`track`]: which pages were written since the last checkpoint (uffd, mprotect, full).
@@ -17,6 +17,11 @@
 //! - [`api`]: [`HotSpare`] (regions, worker, roles, modes) and [`Context::checkpoint`].
 
 pub mod api;
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub mod fault;
+#[cfg(not(feature = "fault-injection"))]
+mod fault;
 pub mod link;
 pub mod meta;
 pub mod region;
@@ -24,7 +29,7 @@ pub mod replica;
 pub mod runs;
 pub mod session;
 pub mod snapshot;
-pub mod sys;
+pub(crate) mod sys;
 pub mod track;
 pub mod transport;
 pub mod wire;
@@ -33,8 +38,20 @@ pub use api::{
     Checkpoint, Context, HotSpare, HsError, Mode, Outcome, Restored, Role, WorkerError,
     WorkerResult,
 };
+pub use meta::LostConnection;
+
+/// Internals hslib's own tests inspect (the `fault-injection` feature only).
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::sys::uffd::Source;
+    pub use crate::sys::{fd, signal};
+}
 pub use link::{LinkConfig, LinkProbe, LinkStats};
 pub use region::{Region, RegionError, RegionId, Slot};
 pub use runs::{PageRun, PageRuns};
 pub use snapshot::Strategy;
 pub use track::{Backend, DirtyPages, DirtyRegion, TrackError, Tracker};
+
+/// The page size hslib tracks and ships (4 KiB; a kernel with another page size is refused).
+pub const PAGE_SIZE: usize = sys::PAGE_SIZE;

@@ -392,7 +392,7 @@ impl Link {
         }
         // Grow: the largest old buffer is too small; give its memory back.
         self.pool.pop();
-        let b = StagingBuffer::with_capacity(bytes).map_err(LinkError::Staging)?;
+        let b = StagingBuffer::with_capacity(bytes).map_err(|e| LinkError::Staging(e.into()))?;
         Ok((b, true))
     }
 
@@ -418,7 +418,7 @@ impl Link {
             return Ok(());
         }
         self.pool
-            .push(StagingBuffer::with_capacity(bytes).map_err(LinkError::Staging)?);
+            .push(StagingBuffer::with_capacity(bytes).map_err(|e| LinkError::Staging(e.into()))?);
         Ok(())
     }
 
@@ -561,7 +561,7 @@ pub enum LinkError {
     },
     /// A staging buffer for a copy snapshot could not be mapped.
     #[error("mapping a staging buffer for a copy snapshot failed: {0}")]
-    Staging(nix::errno::Errno),
+    Staging(std::io::Error),
     /// /dev/null could not be opened (for fork children of a null link).
     #[error("opening /dev/null failed: {0}")]
     DevNull(std::io::Error),

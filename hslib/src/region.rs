@@ -1,6 +1,8 @@
 //! Checkpoint memory: page-aligned anonymous mappings at addresses that another process of
 //! the same binary can map too, so pointers inside a region stay valid after a restore; and
-//! a bump allocator placing plain-old-data values in a region.
+//! a bump allocator placing plain-old-data values in a region, whose header also records
+//! the region's root value so that a restored process finds it again without knowing where it
+//! lies ([`Region::place`], [`Region::root`]).
 
 use std::marker::PhantomData;
 
@@ -73,7 +75,7 @@ pub enum RegionError {
         len: usize,
     },
     /// `mmap` failed for another reason.
-    #[error("region {id}: mmap of {len} bytes at {addr:#x} failed: {errno}")]
+    #[error("region {id}: mmap of {len} bytes at {addr:#x} failed: {}", os_error(*code))]
     Map {
         /// The region.
         id: RegionId,
@@ -81,18 +83,34 @@ pub enum RegionError {
         addr: usize,
         /// The length asked for.
         len: usize,
-        /// The error.
-        errno: Errno,
+        /// The OS error number (`errno`).
+        code: i32,
     },
     /// `madvise` failed.
-    #[error("region {id}: madvise({advice:?}) failed: {errno}")]
+    #[error("region {id}: madvise({advice}) failed: {}", os_error(*code))]
     Advise {
         /// The region.
         id: RegionId,
         /// The advice given.
-        advice: mman::Advice,
-        /// The error.
-        errno: Errno,
+        advice: &'static str,
+        /// The OS error number (`errno`).
+        code: i32,
+    },
+    /// The region has no root value yet ([`Region::place`] puts one there).
+    #[error("region {id} holds no root value")]
+    NoRoot {
+        /// The region.
+        id: RegionId,
+    },
+    /// The region's root value is of another type than asked for.
+    #[error("region {id}: its root value is not a {want} ({size} bytes)")]
+    RootType {
+        /// The region.
+        id: RegionId,
+        /// The type asked for.
+        want: &'static str,
+        /// That type's size.
+        size: usize,
     },
     /// The allocator has no room left.
     #[error("region {id}: no room for {size} bytes aligned to {align} ({used} of {len} used)")]
@@ -179,7 +197,7 @@ impl Region {
                 id,
                 addr,
                 len,
-                errno,
+                code: errno as i32,
             }),
         }
     }
@@ -232,14 +250,24 @@ impl Region {
         };
         mman::advise(self.base, self.len, advice).map_err(|errno| RegionError::Advise {
             id: self.id,
-            advice,
-            errno,
+            advice: if on {
+                "MADV_HUGEPAGE"
+            } else {
+                "MADV_NOHUGEPAGE"
+            },
+            code: errno as i32,
         })
     }
 
     /// Zeroes `[offset, offset + len)` with `MADV_DONTNEED`, returning the memory to the
-    /// kernel. Not seen by trackers: use [`crate::track::Tracker::discard`] on tracked regions.
-    pub fn discard(&mut self, offset: usize, len: usize) -> Result<(), Errno> {
+    /// kernel, without telling any tracker: on a tracked region the zeroing may go unreported
+    /// (use [`crate::Context::discard`] or [`crate::Tracker::discard`] there).
+    pub fn discard_untracked(&mut self, offset: usize, len: usize) -> Result<(), std::io::Error> {
+        Ok(self.discard(offset, len)?)
+    }
+
+    /// [`Region::discard_untracked`], for the trackers (which count the pages as written).
+    pub(crate) fn discard(&mut self, offset: usize, len: usize) -> Result<(), Errno> {
         let in_range = offset.checked_add(len).is_some_and(|e| e <= self.len);
         if !in_range || !offset.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
@@ -279,6 +307,49 @@ impl Region {
         Ok(slot)
     }
 
+    /// Places `value` with [`Region::alloc`] and records it as the region's root, which
+    /// [`Region::root`] finds again in any process the region is restored in. A region has one
+    /// root; placing another replaces it (the old value stays allocated).
+    pub fn place<T>(&mut self, value: T) -> Result<Slot<T>, RegionError>
+    where
+        T: FromBytes + IntoBytes + KnownLayout + Immutable,
+    {
+        let slot = self.alloc(value)?;
+        let header = self.header_mut()?;
+        header.root = slot.offset as u64;
+        header.root_type = type_tag::<T>();
+        Ok(slot)
+    }
+
+    /// The slot of the root value [`Region::place`] recorded, checked to be a `T` (by its
+    /// type name and size, the same in every process of the binary).
+    pub fn root<T>(&self) -> Result<Slot<T>, RegionError>
+    where
+        T: FromBytes + KnownLayout + Immutable,
+    {
+        let bytes = &self.as_bytes()[..size_of::<Header>()];
+        let h = Header::ref_from_bytes(bytes).map_err(|_| self.bad_header(0, 0))?;
+        if h.magic != HEADER_MAGIC || h.root == 0 {
+            return Err(RegionError::NoRoot { id: self.id });
+        }
+        if h.root_type != type_tag::<T>() {
+            return Err(RegionError::RootType {
+                id: self.id,
+                want: std::any::type_name::<T>(),
+                size: size_of::<T>(),
+            });
+        }
+        let slot = Slot::at(h.root as usize);
+        self.get(slot)?;
+        Ok(slot)
+    }
+
+    /// Where the first value of type `T` placed in a fresh region lands: for tools that look
+    /// at another process's memory (`/proc/PID/mem`), which cannot call [`Region::root`].
+    pub fn first_offset<T>() -> usize {
+        size_of::<Header>().next_multiple_of(align_of::<T>())
+    }
+
     /// Bytes allocated so far by [`Region::alloc`], including the header.
     pub fn allocated(&self) -> Result<usize, RegionError> {
         let bytes = &self.as_bytes()[..size_of::<Header>()];
@@ -301,6 +372,8 @@ impl Region {
         if h.magic == 0 && h.next == 0 {
             h.magic = HEADER_MAGIC;
             h.next = size_of::<Header>() as u64;
+            h.root = 0;
+            h.root_type = 0;
         }
         if h.magic != HEADER_MAGIC
             || (h.next as usize) < size_of::<Header>()
@@ -390,6 +463,27 @@ const HEADER_MAGIC: u64 = u64::from_le_bytes(*b"HSREGION");
 struct Header {
     magic: u64,
     next: u64,
+    /// The root value's offset; 0 when there is none (offset 0 is the header).
+    root: u64,
+    /// [`type_tag`] of the root value's type.
+    root_type: u64,
+}
+
+/// A tag for `T`: FNV-1a of its type name and size. Every process of one binary computes the
+/// same; a root placed as one type is not read back as another by mistake.
+fn type_tag<T>() -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let size = (size_of::<T>() as u64).to_le_bytes();
+    for &b in std::any::type_name::<T>().as_bytes().iter().chain(&size) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The text of OS error number `code`.
+fn os_error(code: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(code)
 }
 
 /// Where a value of type `T` sits in a region (an offset, valid in every process).
@@ -498,6 +592,27 @@ mod tests {
             Region::map(RegionId(DERIVED_IDS), PAGE_SIZE),
             Err(RegionError::IdOutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn a_placed_root_is_found_again_in_a_copy_and_refused_as_another_type() {
+        let mut r = Region::map(RegionId(4004), PAGE_SIZE).expect("map");
+        assert!(matches!(r.root::<Pair>(), Err(RegionError::NoRoot { .. })));
+        r.alloc(7u8).expect("u8");
+        let p = r.place(Pair { a: 3, b: 4 }).expect("place");
+        // Another process gets the bytes, not the slot: copy them into a second region.
+        let mut copy = Region::map(RegionId(4005), PAGE_SIZE).expect("map");
+        copy.as_bytes_mut().copy_from_slice(r.as_bytes());
+        let found = copy.root::<Pair>().expect("root");
+        assert_eq!(found, p);
+        assert_eq!(*copy.get(found).expect("get"), Pair { a: 3, b: 4 });
+        assert!(matches!(
+            copy.root::<u64>(),
+            Err(RegionError::RootType { .. })
+        ));
+        let mut fresh = Region::map(RegionId(4006), PAGE_SIZE).expect("map");
+        let first = fresh.place(Pair { a: 0, b: 0 }).expect("place");
+        assert_eq!(first.offset(), Region::first_offset::<Pair>());
     }
 
     #[test]

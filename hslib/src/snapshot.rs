@@ -127,7 +127,7 @@ impl CostModel {
     /// snapshot's fixed part (its go pipe, `fork()`, its pidfd; the page tables to copy grow
     /// with the process's memory, so call this once the regions are populated). Each is the
     /// median of five timings.
-    pub fn calibrate(regions: &[Region]) -> Result<Self, nix::errno::Errno> {
+    pub fn calibrate(regions: &[Region]) -> Result<Self, std::io::Error> {
         let limit = 1 << 20;
         let mut dst = vec![0u8; limit];
         let mut sample = 0;
@@ -141,7 +141,8 @@ impl CostModel {
             }
             std::hint::black_box(&mut dst);
             Ok(t.elapsed())
-        })?;
+        })
+        .map_err(std::io::Error::from)?;
         let fork = median5(|| {
             let t = std::time::Instant::now();
             let (go_read, go_write) = process::pipe()?;
@@ -156,7 +157,8 @@ impl CostModel {
             drop((go_write, pidfd));
             process::wait_child(pid)?;
             Ok(spent)
-        })?;
+        })
+        .map_err(std::io::Error::from)?;
         Ok(Self {
             copy_fixed_ns: 1_000.0,
             copy_ns_per_byte: copy.as_nanos() as f64 / sample.max(1) as f64,
@@ -307,6 +309,18 @@ fn run_bytes<'a>(regions: &'a [Region], run: &Run) -> &'a [u8] {
     &regions[run.index].as_bytes()[start..start + run.pages * PAGE_SIZE]
 }
 
+/// Lets go of a snapshot that will not be submitted: a fork child's go pipe is closed, so it
+/// exits without writing, and it is reaped.
+pub fn abandon(snapshot: Snapshot) {
+    if let Snapshot::Forked(child) = snapshot {
+        let pid = child.pid;
+        drop(child);
+        if let Err(e) = process::wait_child(pid) {
+            tracing::warn!(%pid, error = %e, "reaping an abandoned fork snapshot child failed");
+        }
+    }
+}
+
 /// A checkpoint taken and waiting for its turn on the stream.
 #[derive(Debug)]
 pub enum Snapshot {
@@ -446,7 +460,7 @@ pub fn fork(
     runs: &[Run],
     metadata: &[u8],
     stream: i32,
-) -> Result<ForkedChild, nix::errno::Errno> {
+) -> Result<ForkedChild, std::io::Error> {
     let (go_read, go_write) = process::pipe()?;
     let frames = frames(runs);
     let pages = page_count(runs);

@@ -18,11 +18,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::global_lock;
+use hslib::internals::signal as syssig;
 use hslib::meta::{
     FdError, FdKind, FdRegistry, Handler, LostConnection, MetaError, Metadata, SignalError,
     SignalFlags, SignalRegistry, SocketName, Unrestorable,
 };
-use hslib::sys::signal as syssig;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
@@ -45,7 +45,7 @@ fn restore(meta: &Metadata) -> Vec<LostConnection> {
 }
 
 fn is_open(fd: RawFd) -> bool {
-    hslib::sys::fd::fstat(fd).is_ok()
+    hslib::internals::fd::fstat(fd).is_ok()
 }
 
 /// Takes ownership of a descriptor that `restore` placed at `fd`.
@@ -56,7 +56,7 @@ fn adopt(fd: RawFd) -> OwnedFd {
 }
 
 fn status_flags(fd: RawFd) -> i32 {
-    hslib::sys::fd::status_flags(fd).expect("F_GETFL")
+    hslib::internals::fd::status_flags(fd).expect("F_GETFL")
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn a_files_offset_flags_and_number_survive_capture_postcard_close_and_restore() 
     assert_eq!(flags & libc::O_ACCMODE, libc::O_RDWR, "access mode");
     assert_ne!(flags & libc::O_APPEND, 0, "O_APPEND lost");
     assert!(
-        hslib::sys::fd::cloexec(fd).expect("F_GETFD"),
+        hslib::internals::fd::cloexec(fd).expect("F_GETFD"),
         "FD_CLOEXEC lost"
     );
     let mut rest = String::new();
@@ -144,9 +144,9 @@ fn capture_rereads_offsets_registered_with_refresh_and_keeps_the_others() {
     drop(adopt(a));
     drop(adopt(b));
     restore(&meta);
-    assert!(hslib::sys::fd::cloexec(a).expect("F_GETFD"));
+    assert!(hslib::internals::fd::cloexec(a).expect("F_GETFD"));
     assert!(
-        !hslib::sys::fd::cloexec(b).expect("F_GETFD"),
+        !hslib::internals::fd::cloexec(b).expect("F_GETFD"),
         "FD_CLOEXEC gained"
     );
     let (mut sa, mut sb) = (String::new(), String::new());
@@ -205,7 +205,8 @@ fn a_listening_ipv6_socket_keeps_its_address_and_v6only() {
     };
     let addr = l.local_addr().expect("local_addr");
     let fd = l.as_raw_fd();
-    hslib::sys::fd::set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).expect("opt");
+    hslib::internals::fd::set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+        .expect("opt");
     let mut fds = FdRegistry::new();
     fds.register_listener(fd, "v6", 7).expect("register");
     let meta = ship(&fds, &SignalRegistry::new());
@@ -214,14 +215,16 @@ fn a_listening_ipv6_socket_keeps_its_address_and_v6only() {
     };
     assert_eq!(ls.backlog, Some(7));
     // Binding [::1] implies v6-only traffic; the flag is what the socket reported.
-    let v6only =
-        hslib::sys::fd::sockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).expect("opt") != 0;
+    let v6only = hslib::internals::fd::sockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
+        .expect("opt")
+        != 0;
     assert_eq!(ls.v6only, v6only);
     drop(l);
     restore(&meta);
     let l = TcpListener::from(adopt(fd));
     assert_eq!(l.local_addr().expect("local_addr"), addr);
-    let got = hslib::sys::fd::sockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).expect("opt");
+    let got =
+        hslib::internals::fd::sockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).expect("opt");
     assert_eq!(got != 0, v6only);
     let _c = TcpStream::connect(addr).expect("connect");
     l.accept().expect("accept");
@@ -303,7 +306,7 @@ fn a_connected_socket_is_restored_as_a_dead_connection_the_worker_can_see() {
         }]
     );
     let mut s = TcpStream::from(adopt(fd));
-    let st = hslib::sys::fd::fstat(fd).expect("fstat");
+    let st = hslib::internals::fd::fstat(fd).expect("fstat");
     assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFSOCK);
     let e = s
         .peer_addr()
@@ -388,7 +391,8 @@ fn an_abstract_seqpacket_listener_is_recreated_with_its_type() {
 
     restore(&meta);
     let l = adopt(fd);
-    let ty = hslib::sys::fd::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).expect("SO_TYPE");
+    let ty =
+        hslib::internals::fd::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).expect("SO_TYPE");
     assert_eq!(ty, libc::SOCK_SEQPACKET);
     let c = socket::socket(
         AddressFamily::Unix,
@@ -571,17 +575,15 @@ fn duplicate_numbers_names_and_closed_fds_are_errors() {
     drop(a);
     let err = fds.capture().expect_err("capture of a closed fd");
     assert!(
-        matches!(err, FdError::Refresh { fd: f, errno: Errno::EBADF, .. } if f == fd),
+        matches!(&err, FdError::Refresh { fd: f, errno, .. }
+            if *f == fd && errno.raw_os_error() == Some(libc::EBADF)),
         "{err}"
     );
     assert!(fds.unregister(fd));
     fds.capture().expect("capture after unregister");
     assert!(matches!(
         fds.register_file(fd, "closed", false),
-        Err(FdError::Inspect {
-            errno: Errno::EBADF,
-            ..
-        })
+        Err(FdError::Inspect { errno, .. }) if errno.raw_os_error() == Some(libc::EBADF)
     ));
     drop(b);
 }
@@ -754,8 +756,8 @@ fn restore_reports_which_file_failed() {
         .restore(&mut SignalRegistry::new())
         .expect_err("restored");
     assert!(
-        matches!(&err, MetaError::Fd(FdError::RestoreFile { fd: f, call: "open", errno: Errno::ENOENT, path: p, .. })
-            if *f == fd && *p == path),
+        matches!(&err, MetaError::Fd(FdError::RestoreFile { fd: f, call: "open", errno, path: p, .. })
+            if *f == fd && *p == path && errno.raw_os_error() == Some(libc::ENOENT)),
         "{err}"
     );
     let msg = err.to_string();

@@ -18,7 +18,7 @@ struct Node {
     next: u64,
 }
 
-/// The list's entry point, at a fixed offset (the first allocation).
+/// The list's entry point: the region's root value.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Debug, Clone, Copy)]
 #[repr(C)]
 struct Root {
@@ -38,7 +38,7 @@ fn value(i: u64) -> u64 {
 fn a_linked_list_copied_into_a_second_process_reads_back_intact() {
     let mut r = Region::map(ID, LEN).expect("map");
     let root = r
-        .alloc(Root {
+        .place(Root {
             head: 0,
             len: NODES,
         })
@@ -109,7 +109,7 @@ fn child_walks_the_copied_list() {
     std::io::stdin()
         .read_exact(r.as_bytes_mut())
         .expect("receive the region");
-    let root = *r.get(Slot::<Root>::at(16)).expect("root");
+    let root = *r.get(r.root::<Root>().expect("the root")).expect("root");
     let (lo, hi) = (r.base(), r.base() + r.len());
     let mut p = root.head as usize;
     let (mut n, mut sum) = (0u64, 0u64);

@@ -3,8 +3,8 @@
 
 mod streamutil;
 
+use hslib::PAGE_SIZE;
 use hslib::replica::{Image, Replica, ReplicaConfig, ReplicaError, ReplicaState};
-use hslib::sys::PAGE_SIZE;
 use hslib::wire::{
     Acked, Body, CheckpointWriter, Commit, Frame, FrameHeader, FrameKind, Hello, Metadata,
     RegionInfo, read_frame,

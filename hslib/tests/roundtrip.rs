@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hslib::meta::{Handler, SignalFlags};
-use hslib::{Context, HotSpare, Outcome, RegionId, Role, Slot, WorkerResult};
+use hslib::{Context, HotSpare, Outcome, RegionId, Role, WorkerResult};
 use nix::sys::signal::Signal;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -41,11 +41,6 @@ struct Node {
     value: u64,
 }
 
-/// The first allocation's slot (after the allocator's 16-byte header).
-fn root_slot() -> Slot<Root> {
-    Slot::at(16)
-}
-
 static HANDLED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_usr1(_: libc::c_int) {
@@ -55,7 +50,7 @@ extern "C" fn on_usr1(_: libc::c_int) {
 /// Walks the list through its absolute pointers; returns (length, sum of values).
 fn walk(ctx: &Context) -> Result<(u64, u64), hslib::WorkerError> {
     let region = ctx.region(LIST)?;
-    let mut at = region.get(root_slot())?.head;
+    let mut at = region.get(region.root::<Root>()?)?.head;
     let (mut n, mut sum) = (0u64, 0u64);
     while at != 0 {
         let node = region.get(region.slot_at::<Node>(at as usize)?)?;
@@ -68,7 +63,7 @@ fn walk(ctx: &Context) -> Result<(u64, u64), hslib::WorkerError> {
 
 fn summary(ctx: &Context) -> Result<String, hslib::WorkerError> {
     let (n, sum) = walk(ctx)?;
-    let root = *ctx.get(LIST, root_slot())?;
+    let root = *ctx.get(LIST, ctx.root::<Root>(LIST)?)?;
     let bulk = crc32c::crc32c(ctx.region(BULK)?.as_bytes());
     // SAFETY: lseek on a descriptor number has no memory-safety preconditions.
     let offset = unsafe { libc::lseek(root.log_fd as i32, 0, libc::SEEK_CUR) };
@@ -98,24 +93,27 @@ fn init(ctx: &mut Context) -> WorkerResult {
     ctx.fds().register_file(fd, "log", true)?;
     ctx.signals()
         .register(Signal::SIGUSR1, "usr1", SignalFlags::default(), &[])?;
-    let slot = ctx.region_mut(LIST)?.alloc(Root {
-        head: 0,
-        steps: 0,
-        log_fd: i64::from(fd),
-    })?;
-    assert_eq!(slot.offset(), root_slot().offset());
+    ctx.place(
+        LIST,
+        Root {
+            head: 0,
+            steps: 0,
+            log_fd: i64::from(fd),
+        },
+    )?;
     Ok(())
 }
 
 fn step(ctx: &mut Context, i: u64) -> WorkerResult {
     let region = ctx.region_mut(LIST)?;
-    let head = region.get(root_slot())?.head;
+    let root_slot = region.root::<Root>()?;
+    let head = region.get(root_slot)?.head;
     let node = region.alloc(Node {
         next: head,
         value: i * 7 + 1,
     })?;
     let addr = region.addr_of(node) as u64;
-    let root = region.get_mut(root_slot())?;
+    let root = region.get_mut(root_slot)?;
     root.head = addr;
     root.steps = i;
     let log_fd = root.log_fd as i32;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::oracle::Oracle;
 use common::{fresh_id, in_child, run_child};
-use hslib::sys::uffd::Source;
+use hslib::internals::Source;
 use hslib::track::{self, TrackError, UffdTracker};
 use hslib::{Backend, Region, Tracker};
 

@@ -6,7 +6,7 @@ mod common;
 
 use common::oracle::Oracle;
 use common::{fresh_id, global_lock};
-use hslib::sys::PAGE_SIZE;
+use hslib::PAGE_SIZE;
 use hslib::track::{self, FullTracker, MprotectTracker, UffdTracker};
 use hslib::{Backend, Region, Tracker};
 use nix::errno::Errno;
@@ -144,7 +144,7 @@ fn discard_reports_zeroed_pages_and_later_writes(backend: Backend, raw: bool) {
         let (first, count) = (first + count / 4, count - count / 4);
         if raw {
             o.region
-                .discard(first * PAGE_SIZE, count * PAGE_SIZE)
+                .discard_untracked(first * PAGE_SIZE, count * PAGE_SIZE)
                 .expect("madvise");
         } else {
             t.discard(&mut o.region, first * PAGE_SIZE, count * PAGE_SIZE)
@@ -223,7 +223,7 @@ fn raw_madvise_dontneed(backend: Backend, first: usize, count: usize) -> [usize;
     r.as_bytes_mut().fill(1);
     t.register(&r).expect("register");
     assert_eq!(t.collect_dirty().expect("collect").page_count(), 0);
-    r.discard(first * PAGE_SIZE, count * PAGE_SIZE)
+    r.discard_untracked(first * PAGE_SIZE, count * PAGE_SIZE)
         .expect("madvise");
     assert_eq!(r.as_bytes()[first * PAGE_SIZE], 0, "the page was zeroed");
     let after = t.collect_dirty().expect("collect");

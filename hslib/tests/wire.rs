@@ -7,8 +7,8 @@ use std::io::Cursor;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
+use hslib::PAGE_SIZE;
 use hslib::meta::{FdKind, FdRecord, FileRecord, SignalFlags, SignalRecord};
-use hslib::sys::PAGE_SIZE;
 use hslib::wire::{
     ACK_LEN, Ack, Acked, Body, COMMIT_LEN, CheckpointWriter, Commit, FrameHeader, FrameKind,
     HEADER_LEN, Hello, MAX_BODY_LEN, MAX_PAGES_PER_FRAME, Metadata, RegionInfo, VERSION, WireError,

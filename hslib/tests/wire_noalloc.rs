@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{self, Write};
 
-use hslib::sys::PAGE_SIZE;
+use hslib::PAGE_SIZE;
 use hslib::wire::{CheckpointWriter, FrameKind, Hello, Metadata, RegionInfo, encode_record};
 
 thread_local! {

@@ -3,17 +3,15 @@
 //! the `HS_*` environment.
 //!
 //! One code path for every role: [`run`] registers [`STATE_REGION`] and a worker with hslib.
-//! On a fresh start hslib runs `init`, which places a new [`GameState`] at [`STATE_OFFSET`]
-//! of the region, then the worker; a promoted spare or a resumed game gets the region back as
-//! the last complete checkpoint left it and hslib calls the same worker directly. The worker
-//! sets up whatever it reads and draws (the terminal, or the headless script) itself, plays
-//! the state where it lies through a [`Store`] whose commit is [`hslib::Context::checkpoint`],
-//! and puts the terminal back before it returns.
+//! On a fresh start hslib runs `init`, which places a new [`GameState`] as the region's root
+//! value, then the worker; a promoted spare or a resumed game gets the region back as the last
+//! complete checkpoint left it and hslib calls the same worker directly, which finds the state
+//! as the region's root. The worker sets up whatever it reads and draws (the terminal, or the
+//! headless script) itself, plays the state where it lies through a [`Store`] whose commit is
+//! [`hslib::Context::checkpoint`], puts the terminal back and returns how the game ended.
 
-use std::cell::RefCell;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,22 +34,14 @@ pub const WORKER_NAME: &str = "tetris";
 pub const STATE_REGION: RegionId = RegionId(1);
 /// Its length: one page holds the whole game.
 pub const REGION_LEN: usize = 4096;
-/// Where in the region the state lies: the first allocation, after the region allocator's
-/// 16-byte header (checked when the state is placed).
-pub const STATE_OFFSET: usize = 16;
 
 /// Stall samples recorded before the vector has to grow (`--stats` only).
 const STALL_CAPACITY: usize = 1 << 16;
 
-/// The state's slot in [`STATE_REGION`].
-pub fn state_slot() -> Slot<GameState> {
-    Slot::at(STATE_OFFSET)
-}
-
 /// The state's address, the same in every process of the binary (for tools and tests that
-/// look at a running game's memory).
+/// look at a running game's memory): the region's first and root value.
 pub fn state_address() -> anyhow::Result<usize> {
-    Ok(Region::derived_address(STATE_REGION)? + STATE_OFFSET)
+    Ok(Region::derived_address(STATE_REGION)? + Region::first_offset::<GameState>())
 }
 
 /// How a run of the binary ended.
@@ -80,9 +70,9 @@ struct Plan {
 }
 
 /// What the worker hands back.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Results {
-    state: Option<GameState>,
+    state: GameState,
     ending: Option<Ending>,
     stalls: Stalls,
 }
@@ -106,21 +96,17 @@ pub fn run(options: &Options) -> anyhow::Result<Ran> {
         ),
         record_stalls: options.stats.is_some(),
     };
-    let results = Rc::new(RefCell::new(Results::default()));
-    let out = Rc::clone(&results);
-    let mut hs = HotSpare::new(WORKER_NAME)
-        .region(STATE_REGION, REGION_LEN)
-        .init(move |ctx| init(ctx, fresh).map_err(worker_error))
-        .worker(move |ctx| worker(ctx, &plan, &out).map_err(worker_error))
-        .from_env()?;
     // The game's checkpoint memory is one page, and the game checkpoints only after it has
     // changed it: asking the kernel which pages changed always answers "that one", and the
     // asking is not free (uffd write-protects the page again at each scan, which costs a TLB
     // shootdown on every CPU running one of our threads: ~9 us per checkpoint here, against
     // ~2 us for the whole checkpoint without it). `HS_TRACKER` still chooses, when set.
-    if std::env::var_os(hslib::track::ENV_OVERRIDE).is_none_or(|v| v.is_empty()) {
-        hs = hs.tracker(Backend::Full);
-    }
+    let mut hs = HotSpare::new(WORKER_NAME)
+        .region(STATE_REGION, REGION_LEN)
+        .default_tracker(Backend::Full)
+        .init(move |ctx| init(ctx, fresh).map_err(worker_error))
+        .worker(move |ctx| worker(ctx, &plan).map_err(worker_error))
+        .from_env()?;
     // The command line is more specific than the environment.
     if let Some(path) = &options.checkpoint_file {
         hs = hs.link(LinkConfig::File {
@@ -131,19 +117,19 @@ pub fn run(options: &Options) -> anyhow::Result<Ran> {
     if let Some(path) = &options.resume {
         hs = hs.role(Role::Resume(path.clone()));
     }
-    let (restored, link) = match hs.run()? {
+    let (results, restored, link) = match hs.run()? {
         Outcome::PrimaryFinished { .. } => return Ok(Ran::SpareDone),
-        Outcome::Finished { restored, stats } => (restored, stats),
+        Outcome::Finished {
+            value,
+            restored,
+            stats,
+        } => (value, restored, stats),
     };
-    let results = results.take();
     if let Some(path) = &options.stats {
         results.stalls.summary(link.bytes).write(path)?;
     }
-    let state = results
-        .state
-        .context("the game's worker ended without handing back its state")?;
     Ok(Ran::Played {
-        state: Box::new(state),
+        state: Box::new(results.state),
         ending: results.ending,
         restored,
     })
@@ -154,25 +140,20 @@ fn worker_error(e: anyhow::Error) -> hslib::WorkerError {
     crate::cli::user_message(&e).into()
 }
 
-/// A fresh start: the new game goes into the region.
+/// A fresh start: the new game goes into the region, as its root value.
 fn init(ctx: &mut Context, fresh: GameState) -> anyhow::Result<()> {
-    let slot = ctx.region_mut(STATE_REGION)?.alloc(fresh)?;
-    anyhow::ensure!(
-        slot.offset() == STATE_OFFSET,
-        "the game was placed at offset {} of region {STATE_REGION}, not at {STATE_OFFSET}",
-        slot.offset()
-    );
+    ctx.place(STATE_REGION, fresh)?;
     Ok(())
 }
 
 /// The main loop, for every role: report a restore, then play the state where it lies.
-fn worker(ctx: &mut Context, plan: &Plan, results: &RefCell<Results>) -> anyhow::Result<()> {
-    let slot = state_slot();
+fn worker(ctx: &mut Context, plan: &Plan) -> anyhow::Result<Results> {
+    let slot = ctx.root::<GameState>(STATE_REGION)?;
     let start = *ctx.get(STATE_REGION, slot)?;
     anyhow::ensure!(
         start.is_valid_header(),
-        "region {STATE_REGION} holds no tetris game of layout {LAYOUT_VERSION} at offset \
-         {STATE_OFFSET} (magic {:#010x}, layout {})",
+        "region {STATE_REGION} holds no tetris game of layout {LAYOUT_VERSION} at its root \
+         (magic {:#010x}, layout {})",
         start.magic,
         start.layout_version
     );
@@ -227,11 +208,11 @@ fn worker(ctx: &mut Context, plan: &Plan, results: &RefCell<Results>) -> anyhow:
     };
     let end = *store.state()?;
     drop(reporter);
-    let mut r = results.borrow_mut();
-    r.state = Some(end);
-    r.ending = ending;
-    r.stalls = stalls;
-    Ok(())
+    Ok(Results {
+        state: end,
+        ending,
+        stalls,
+    })
 }
 
 /// The game's state in its region; a commit is a checkpoint, timed for `--stats`.

@@ -347,8 +347,6 @@ fn memcpy_limit(load: &Load) -> (Vec<Duration>, u64) {
     (stalls, shipped)
 }
 
-type Measured = std::rc::Rc<std::cell::RefCell<(Vec<Duration>, u64)>>;
-
 fn through_hslib(
     (strategy, mode, backend): (Strategy, Mode, Backend),
     load: &Load,
@@ -360,9 +358,7 @@ fn through_hslib(
         gap,
         seed,
     } = *load;
-    let measured: Measured = Default::default();
-    let out = std::rc::Rc::clone(&measured);
-    HotSpare::new("hs-bench")
+    let outcome = HotSpare::new("hs-bench")
         .region(REGION, size)
         .strategy(strategy)
         .mode(mode)
@@ -374,31 +370,34 @@ fn through_hslib(
             ctx.region_mut(REGION)?.as_bytes_mut().fill(1);
             Ok(())
         })
-        .worker(move |ctx: &mut Context| -> WorkerResult {
-            ctx.flush()?;
-            if strategy == Strategy::Adaptive {
-                ctx.calibrate();
-            }
-            let mut rng = seed;
-            let mut stalls = Vec::with_capacity(n);
-            let before = ctx.link_stats().bytes;
-            for i in 0..n {
-                let sets = dirty_sets(size / PAGE, pct, &mut rng);
-                touch(ctx.region_mut(REGION)?.as_bytes_mut(), &sets, i as u8);
-                let t = Instant::now();
-                ctx.checkpoint()?;
-                stalls.push(t.elapsed());
-                // Each checkpoint is measured alone: the previous one is off the machine.
+        .worker(
+            move |ctx: &mut Context| -> WorkerResult<(Vec<Duration>, u64)> {
                 ctx.flush()?;
-                idle(gap);
-            }
-            let shipped = (ctx.link_stats().bytes - before) / n.max(1) as u64;
-            *out.borrow_mut() = (stalls, shipped);
-            Ok(())
-        })
+                if strategy == Strategy::Adaptive {
+                    ctx.calibrate();
+                }
+                let mut rng = seed;
+                let mut stalls = Vec::with_capacity(n);
+                let before = ctx.link_stats().bytes;
+                for i in 0..n {
+                    let sets = dirty_sets(size / PAGE, pct, &mut rng);
+                    touch(ctx.region_mut(REGION)?.as_bytes_mut(), &sets, i as u8);
+                    let t = Instant::now();
+                    ctx.checkpoint()?;
+                    stalls.push(t.elapsed());
+                    // Each checkpoint is measured alone: the previous one is off the machine.
+                    ctx.flush()?;
+                    idle(gap);
+                }
+                let shipped = (ctx.link_stats().bytes - before) / n.max(1) as u64;
+                Ok((stalls, shipped))
+            },
+        )
         .run()?;
-    let m = measured.borrow().clone();
-    Ok(m)
+    match outcome {
+        hslib::Outcome::Finished { value, .. } => Ok(value),
+        other => Err(format!("a standalone run ended as {other:?}").into()),
+    }
 }
 
 /// The application's time between checkpoints.

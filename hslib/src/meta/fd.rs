@@ -16,7 +16,8 @@
 //!   socket of the same family and type: `getpeername` fails with `ENOTCONN`, reads fail
 //!   (`ENOTCONN` for TCP, `EINVAL` for Unix), `poll` reports `POLLHUP`, so the worker sees a
 //!   dead connection as if the peer had gone, and
-//!   [`restore`] returns the list of [`LostConnection`]s. Leaving the number closed instead
+//!   [`restore`] returns the list of [`LostConnection`]s, which a restored worker reads from
+//!   [`crate::Context::lost_connections`]. Leaving the number closed instead
 //!   would let a later `open` take it and receive writes meant for the peer.
 //!
 //! Refused: pipes and FIFOs, anonymous inodes (eventfd, epoll, timerfd, signalfd, ...),
@@ -235,8 +236,8 @@ pub enum FdError {
         name: String,
         /// The call that failed.
         call: &'static str,
-        /// The error.
-        errno: Errno,
+        /// The OS error.
+        errno: std::io::Error,
     },
     /// The number is registered already.
     #[error("fd {fd} is registered already, as {existing:?}")]
@@ -271,8 +272,8 @@ pub enum FdError {
         name: String,
         /// The file's path.
         path: PathBuf,
-        /// The error.
-        errno: Errno,
+        /// The OS error.
+        errno: std::io::Error,
     },
     /// Reopening a file failed.
     #[error("restoring fd {fd} ({name:?}): {call} of {path} failed: {errno}", path = path.display())]
@@ -285,8 +286,8 @@ pub enum FdError {
         call: &'static str,
         /// The file's path.
         path: PathBuf,
-        /// The error.
-        errno: Errno,
+        /// The OS error.
+        errno: std::io::Error,
     },
     /// Re-creating a socket failed.
     #[error("restoring fd {fd} ({name:?}): {call} for {addr} failed: {errno}")]
@@ -299,8 +300,16 @@ pub enum FdError {
         call: &'static str,
         /// The socket's address.
         addr: SocketName,
-        /// The error.
-        errno: Errno,
+        /// The OS error.
+        errno: std::io::Error,
+    },
+    /// [`FdRegistry::take`] of a name the registry holds no descriptor for.
+    #[error(
+        "no descriptor registered as {name:?} is held by the registry (registered by number, taken already, or never registered)"
+    )]
+    NotHeld {
+        /// The name asked for.
+        name: String,
     },
     /// Something other than a socket sits at a Unix listening socket's path.
     #[error("restoring fd {fd} ({name:?}): {path} exists and is not a socket", path = path.display())]
@@ -315,11 +324,20 @@ pub enum FdError {
 }
 
 /// The descriptors the application registered, with what it takes to restore each.
-#[derive(Debug, Default, Clone)]
+///
+/// Hand a descriptor over with the `register_*_owned` methods (the registry keeps it open at
+/// its number) and get it back with [`FdRegistry::take`], on a fresh start and after a
+/// restore alike: no raw descriptor numbers, no `unsafe`. The `register_*` methods that take
+/// a number leave its ownership with the caller; but in a restored process the registry owns
+/// every listener and file the restore re-created (and closes them when the run ends): take
+/// them with [`FdRegistry::take`] rather than wrapping their numbers.
+#[derive(Debug, Default)]
 pub struct FdRegistry {
     records: Vec<FdRecord>,
     /// Indices into `records` of files registered with refresh.
     refreshed: Vec<usize>,
+    /// The registered descriptors the registry owns, by name, until taken.
+    owned: Vec<(String, OwnedFd)>,
 }
 
 impl FdRegistry {
@@ -361,6 +379,69 @@ impl FdRegistry {
         backlog: u32,
     ) -> Result<(), FdError> {
         self.register_socket_inner(fd, name, Some(backlog))
+    }
+
+    /// Registers the regular file `file` under `name` as [`FdRegistry::register_file`] does
+    /// and keeps it until [`FdRegistry::take`]; on error it is closed.
+    pub fn register_file_owned(
+        &mut self,
+        name: &str,
+        file: impl Into<OwnedFd>,
+        refresh: bool,
+    ) -> Result<(), FdError> {
+        let fd = file.into();
+        self.register_file(fd.as_raw_fd(), name, refresh)?;
+        self.owned.push((name.to_owned(), fd));
+        Ok(())
+    }
+
+    /// Registers the socket `socket` under `name` as [`FdRegistry::register_socket`] does
+    /// and keeps it until [`FdRegistry::take`]; on error it is closed.
+    pub fn register_socket_owned(
+        &mut self,
+        name: &str,
+        socket: impl Into<OwnedFd>,
+    ) -> Result<(), FdError> {
+        let fd = socket.into();
+        self.register_socket(fd.as_raw_fd(), name)?;
+        self.owned.push((name.to_owned(), fd));
+        Ok(())
+    }
+
+    /// Registers the listening socket `listener` under `name` with its `backlog` as
+    /// [`FdRegistry::register_listener`] does, and keeps it until [`FdRegistry::take`]; on
+    /// error it is closed.
+    pub fn register_listener_owned(
+        &mut self,
+        name: &str,
+        listener: impl Into<OwnedFd>,
+        backlog: u32,
+    ) -> Result<(), FdError> {
+        let fd = listener.into();
+        self.register_listener(fd.as_raw_fd(), name, backlog)?;
+        self.owned.push((name.to_owned(), fd));
+        Ok(())
+    }
+
+    /// Hands over the descriptor registered as `name` that the registry holds: one given with
+    /// a `register_*_owned` method, or, in a restored process, any descriptor the restore
+    /// re-created (listeners and files). It stays registered: keep it open (or
+    /// [`FdRegistry::unregister`] it before closing it), or a later checkpoint records a
+    /// number that holds something else.
+    pub fn take(&mut self, name: &str) -> Result<OwnedFd, FdError> {
+        let i = self
+            .owned
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| FdError::NotHeld {
+                name: name.to_owned(),
+            })?;
+        Ok(self.owned.swap_remove(i).1)
+    }
+
+    /// The number of the descriptor registered as `name`, if one is.
+    pub fn number(&self, name: &str) -> Option<RawFd> {
+        self.records.iter().find(|r| r.name == name).map(|r| r.fd)
     }
 
     fn register_socket_inner(
@@ -422,13 +503,34 @@ impl FdRegistry {
         reg
     }
 
+    /// Like [`FdRegistry::adopt`], in the process where [`restore`] has just re-created
+    /// `records` at their numbers: the registry also takes ownership of the re-created
+    /// listeners and files, for [`FdRegistry::take`].
+    pub(crate) fn adopt_restored(records: &[FdRecord]) -> Self {
+        let mut reg = Self::adopt(records);
+        let held: Vec<(String, OwnedFd)> = reg
+            .records
+            .iter()
+            .map(|r| {
+                // SAFETY: `restore` re-created this number for the record and gave up its
+                // ownership (`place_at` keeps no handle); nothing else in the process was
+                // given it, so this is its only owner.
+                let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r.fd) };
+                (r.name.clone(), fd)
+            })
+            .collect();
+        reg.owned = held;
+        reg
+    }
+
     /// Forgets the descriptor at `fd` (call it before closing a registered descriptor);
-    /// whether it was registered.
+    /// whether it was registered. One the registry held is closed.
     pub fn unregister(&mut self, fd: RawFd) -> bool {
         let Some(i) = self.records.iter().position(|r| r.fd == fd) else {
             return false;
         };
-        self.records.remove(i);
+        let name = self.records.remove(i).name;
+        self.owned.retain(|(n, _)| *n != name);
         self.refreshed.retain(|&j| j != i);
         for j in &mut self.refreshed {
             if *j > i {
@@ -451,7 +553,7 @@ impl FdRegistry {
                             fd: r.fd,
                             name: r.name.clone(),
                             path: f.path.clone(),
-                            errno,
+                            errno: errno.into(),
                         });
                     }
                 }
@@ -471,7 +573,7 @@ fn inspect(fd: RawFd, name: &str, call: &'static str, errno: Errno) -> FdError {
         fd,
         name: name.to_owned(),
         call,
-        errno,
+        errno: errno.into(),
     }
 }
 
@@ -631,12 +733,12 @@ pub fn restore(records: &[FdRecord]) -> Result<Vec<LostConnection>, FdError> {
 }
 
 fn restore_file(r: &FdRecord, f: &FileRecord) -> Result<(), FdError> {
-    let err = |call, errno| FdError::RestoreFile {
+    let err = |call, errno: Errno| FdError::RestoreFile {
         fd: r.fd,
         name: r.name.clone(),
         call,
         path: f.path.clone(),
-        errno,
+        errno: errno.into(),
     };
     let flags = OFlag::from_bits_retain((f.flags & RESTORABLE_FLAGS) | libc::O_CLOEXEC);
     let file =
@@ -661,17 +763,17 @@ fn new_socket(
         name: r.name.clone(),
         call: "socket",
         addr: addr.clone(),
-        errno,
+        errno: errno.into(),
     })
 }
 
 fn restore_listener(r: &FdRecord, l: &ListeningSocket) -> Result<(), FdError> {
-    let err = |call, errno| FdError::RestoreSocket {
+    let err = |call, errno: Errno| FdError::RestoreSocket {
         fd: r.fd,
         name: r.name.clone(),
         call,
         addr: l.local.clone(),
-        errno,
+        errno: errno.into(),
     };
     let family = l.local.family();
     let sock = new_socket(r, family, l.sock_type, l.nonblocking, &l.local)?;
@@ -726,7 +828,7 @@ fn remove_stale_socket(r: &FdRecord, path: &Path) -> Result<(), FdError> {
                 name: r.name.clone(),
                 call: "lstat",
                 path: path.to_path_buf(),
-                errno,
+                errno: errno.into(),
             });
         }
     };
@@ -742,7 +844,7 @@ fn remove_stale_socket(r: &FdRecord, path: &Path) -> Result<(), FdError> {
         name: r.name.clone(),
         call: "unlink",
         path: path.to_path_buf(),
-        errno,
+        errno: errno.into(),
     })
 }
 
@@ -753,6 +855,6 @@ fn restore_dead_connection(r: &FdRecord, c: &ConnectedSocket) -> Result<(), FdEr
         name: r.name.clone(),
         call: "dup3",
         addr: c.peer.clone(),
-        errno,
+        errno: errno.into(),
     })
 }

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 
-use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
@@ -127,8 +126,8 @@ pub enum SignalError {
         signal: i32,
         /// The handler's name.
         name: String,
-        /// The error.
-        errno: Errno,
+        /// The OS error.
+        errno: std::io::Error,
     },
 }
 
@@ -242,7 +241,7 @@ impl SignalRegistry {
             SignalError::Install {
                 signal: r.signal,
                 name: r.handler.clone(),
-                errno,
+                errno: errno.into(),
             }
         })
     }

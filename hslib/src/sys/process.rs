@@ -106,13 +106,6 @@ pub fn wait_child(pid: Pid) -> Result<ChildEnd, Errno> {
     }
 }
 
-/// Sends SIGKILL to child `pid` (which may already have ended).
-pub fn kill_child(pid: Pid) {
-    // An already-reaped pid cannot be reused before we wait for it, so this never hits
-    // another process; ESRCH (it ended) is fine.
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-}
-
 /// A descriptor for process `pid` (`pidfd_open(2)`): signals sent through it reach that
 /// process or nobody, never a later process that reuses the number.
 pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {

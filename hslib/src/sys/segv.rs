@@ -78,7 +78,6 @@ pub fn install() -> Result<(), Errno> {
 #[derive(Debug)]
 pub struct Registration {
     slot: usize,
-    start: usize,
     pages: usize,
     bits: Box<[AtomicU64]>,
 }
@@ -106,7 +105,6 @@ pub fn claim(start: usize, len: usize) -> Result<Registration, Errno> {
         slot.start.store(start, Ordering::Release);
         return Ok(Registration {
             slot: i,
-            start,
             pages,
             bits,
         });
@@ -139,11 +137,6 @@ impl Registration {
         for page in first..(first + count).min(self.pages) {
             self.bits[page / 64].fetch_or(1 << (page % 64), Ordering::AcqRel);
         }
-    }
-
-    /// The first byte of the region.
-    pub fn start(&self) -> usize {
-        self.start
     }
 }
 

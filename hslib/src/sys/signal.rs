@@ -48,6 +48,7 @@ pub unsafe fn install(
 }
 
 /// Resets `signal` to its default action.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub fn set_default(signal: i32) -> Result<(), Errno> {
     // SAFETY: all-zero is SIG_DFL with an empty mask and no flags.
     let act: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -57,6 +58,7 @@ pub fn set_default(signal: i32) -> Result<(), Errno> {
 }
 
 /// A signal's current disposition.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disposition {
     /// The handler address, or `SIG_DFL` / `SIG_IGN`.
@@ -68,6 +70,7 @@ pub struct Disposition {
 }
 
 /// Reads `signal`'s current disposition without changing it.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub fn query(signal: i32) -> Result<Disposition, Errno> {
     // SAFETY: all-zero is a valid sigaction to be overwritten.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };

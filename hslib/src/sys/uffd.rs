@@ -10,9 +10,7 @@ use linux_raw_sys::general::{
 use linux_raw_sys::ioctl::{UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WRITEPROTECT};
 use nix::errno::Errno;
 
-pub use linux_raw_sys::general::{
-    UFFD_FEATURE_EVENT_FORK, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED,
-};
+pub use linux_raw_sys::general::{UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED};
 
 /// `UFFDIO_WRITEPROTECT_MODE_WP` from `<linux/userfaultfd.h>`; linux-raw-sys lacks it.
 const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;

@@ -131,8 +131,8 @@ pub enum TrackError {
         addr: usize,
         /// Length of the range.
         len: usize,
-        /// The error.
-        errno: Errno,
+        /// The OS error.
+        errno: std::io::Error,
     },
 }
 
@@ -327,7 +327,7 @@ impl Tracked {
             id,
             addr,
             len,
-            errno,
+            errno: errno.into(),
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::hint::black_box;
 
-use hslib::sys::PAGE_SIZE;
+use hslib::PAGE_SIZE;
 use hslib::{Backend, PageRuns, Region, Tracker};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use hslib::PAGE_SIZE;
 use hslib::replica::Image;
-use hslib::sys::PAGE_SIZE;
 use hslib::wire::{CheckpointWriter, Hello, Metadata, RegionInfo};
 
 /// splitmix64: a tiny deterministic generator, enough to vary test data by seed.
