@@ -64,14 +64,16 @@ impl Store for Recording {
 /// touching the log; `None` when the log completes no checkpoint or holds no tetris game
 /// there (resuming says why). A torn tail is passed over, as resuming passes over it.
 pub fn logged_state(path: &std::path::Path) -> anyhow::Result<Option<GameState>> {
-    use crate::worker::{STATE_OFFSET, STATE_REGION};
+    use crate::worker::STATE_REGION;
     use zerocopy::FromBytes as _;
+    // The game's state is its region's first and root value.
+    let at = hslib::Region::first_offset::<GameState>();
     let (replica, _end) =
         hslib::transport::file::rebuild(path, hslib::replica::ReplicaConfig::default())?;
     let bytes = replica
         .image()
         .and_then(|image| image.region(STATE_REGION.0))
-        .and_then(|region| region.get(STATE_OFFSET..STATE_OFFSET + size_of::<GameState>()));
+        .and_then(|region| region.get(at..at + size_of::<GameState>()));
     Ok(bytes
         .and_then(|b| GameState::read_from_bytes(b).ok())
         .filter(GameState::is_valid_header))
