@@ -1,0 +1,294 @@
+//! The primary's link to its spare: a sender thread that owns the stream and puts snapshots on
+//! it one at a time, in order; a thread that reads the spare's acks; and, for the socket
+//! transports, a thread that accepts spares (a spare that connects gets a new session and a
+//! full checkpoint).
+//!
+//! Sessions are numbered by *generation*. A snapshot is taken for the generation that was
+//! live when it was taken and is dropped if that session has ended by its turn: a new session
+//! must start with a full checkpoint, which the next snapshot will be.
+
+mod acceptor;
+mod acks;
+mod handle;
+mod sender;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+pub use handle::Link;
+
+use crate::snapshot::Snapshot;
+use crate::transport::{Endpoint, TcpConfig, TransportError};
+use crate::wire::Hello;
+
+/// Where a primary's checkpoints go.
+#[derive(Debug, Clone)]
+pub enum LinkConfig {
+    /// Nowhere (standalone runs and benchmarks); the snapshots are still taken and written.
+    Null,
+    /// Into a socket pair drained by a thread (benchmarks: the paper's pipe with a reader).
+    Drain,
+    /// A checkpoint log file; `append` adds a session to an existing log instead of
+    /// replacing it.
+    File {
+        /// The log.
+        path: PathBuf,
+        /// Append rather than truncate.
+        append: bool,
+    },
+    /// Listen on a Unix socket `name` in directory `dir` (mode 0700) for spares.
+    Unix {
+        /// The socket directory.
+        dir: PathBuf,
+        /// The socket's name in it.
+        name: String,
+    },
+    /// Listen on TCP for authenticated spares.
+    Tcp {
+        /// The address to listen on.
+        addr: SocketAddr,
+        /// The key and timeouts.
+        config: TcpConfig,
+    },
+}
+
+/// What became of a checkpoint on the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shipped {
+    /// Written to the stream as this checkpoint number.
+    Written(u64),
+    /// Dropped: no session was open for it by its turn.
+    Dropped,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    /// The last job the sender finished, and what became of it.
+    done_job: u64,
+    done: Option<Shipped>,
+    /// The last checkpoint the spare acked (or that a sink without acks took).
+    acked: u64,
+    /// Checkpoints written and their page bytes.
+    written: u64,
+    bytes: u64,
+    /// The number of the last checkpoint written (0: none yet).
+    last_written: u64,
+    /// The first (full) checkpoint of the open session, once written.
+    session_full: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// The generation of the open session (0: none yet).
+    generation: AtomicU64,
+    /// Whether that session is still open.
+    live: AtomicBool,
+    /// Whether a fork child has not yet been reaped.
+    fork_in_flight: AtomicBool,
+    /// The descriptor the open session writes to (a fork child writes there too).
+    stream_fd: AtomicI32,
+    /// A pidfd of the fork child in flight.
+    child: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
+    progress: Mutex<Progress>,
+    changed: Condvar,
+    /// Raised when a spare connects, cleared by the next checkpoint.
+    wanted: Wanted,
+}
+
+/// "A spare connected and holds nothing of this primary yet": a flag and a pipe that is
+/// readable while it is raised, so an application that idles in `poll` (a game waiting for a
+/// key) wakes up and takes the checkpoint that brings the spare up to date.
+#[derive(Debug, Default)]
+struct Wanted {
+    raised: AtomicBool,
+    /// (read end, write end), both non-blocking; `None` if the pipe could not be made.
+    pipe: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+}
+
+impl Wanted {
+    fn new() -> Self {
+        let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK);
+        if let Err(e) = &pipe {
+            tracing::warn!(error = %e, "no checkpoint-wanted pipe; an idle primary syncs a new spare at its next checkpoint");
+        }
+        Self {
+            raised: AtomicBool::new(false),
+            pipe: pipe.ok(),
+        }
+    }
+
+    fn raise(&self) {
+        // The byte first: a clear that sees the flag then always finds a byte to drain (the
+        // other order could leave a byte no clear ever drains, and a poller spinning on it).
+        if let Some((_, write)) = &self.pipe {
+            // A full pipe is readable already.
+            let _ = nix::unistd::write(write, &[1]);
+        }
+        self.raised.store(true, Ordering::Release);
+    }
+
+    /// Clears the flag; drains the pipe only when it was raised (one atomic otherwise).
+    fn clear(&self) {
+        if self.raised.swap(false, Ordering::AcqRel)
+            && let Some((read, _)) = &self.pipe
+        {
+            let mut buf = [0u8; 64];
+            while matches!(nix::unistd::read(read, &mut buf), Ok(n) if n > 0) {}
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Progress> {
+        // A panicking holder leaves plain counters behind; they are still meaningful.
+        self.progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+enum Job {
+    Connect(Box<dyn Endpoint>),
+    Snapshot {
+        id: u64,
+        generation: u64,
+        snapshot: Snapshot,
+    },
+    Goodbye,
+}
+
+/// Counters of a link, for status displays and statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Checkpoints written to the stream.
+    pub written: u64,
+    /// Page bytes written.
+    pub bytes: u64,
+    /// The last checkpoint acked by the spare.
+    pub acked: u64,
+    /// Sessions opened so far (spares connected, or the sink opened).
+    pub sessions: u64,
+    /// Whether a session is open now.
+    pub live: bool,
+    /// Whether the open session's spare holds a checkpoint: its full checkpoint was acked
+    /// (a sink: written). Until then a new spare protects nothing.
+    pub synced: bool,
+    /// The number of the last checkpoint written (0: none yet); with `acked`, how far the
+    /// spare lags behind.
+    pub last_written: u64,
+}
+
+impl Shared {
+    fn stats(&self) -> LinkStats {
+        let p = self.lock();
+        let live = self.live.load(Ordering::Acquire);
+        LinkStats {
+            written: p.written,
+            bytes: p.bytes,
+            acked: p.acked,
+            sessions: self.generation.load(Ordering::Acquire),
+            live,
+            synced: live && p.session_full.is_some_and(|cp| p.acked >= cp),
+            last_written: p.last_written,
+        }
+    }
+}
+
+/// A link's counters, readable from any thread for as long as it is kept (a status display
+/// next to the worker); it outlives the link and then shows its last counters.
+#[derive(Debug, Clone)]
+pub struct LinkProbe {
+    shared: Arc<Shared>,
+}
+
+impl LinkProbe {
+    /// The link's counters now.
+    pub fn stats(&self) -> LinkStats {
+        self.shared.stats()
+    }
+}
+
+/// What a snapshot taken now is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The session's generation.
+    pub generation: u64,
+    /// Whether it must be full (the first of its session).
+    pub full: bool,
+    /// The descriptor the session writes to, for a fork child.
+    pub stream_fd: i32,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Connect(e) => write!(f, "Connect({})", e.describe()),
+            Job::Snapshot { id, generation, .. } => write!(f, "Snapshot({id}, gen {generation})"),
+            Job::Goodbye => f.write_str("Goodbye"),
+        }
+    }
+}
+
+/// The stream's parameters for every session of a link.
+#[derive(Debug, Clone)]
+pub struct StreamParams {
+    /// The epoch of this primary.
+    pub epoch: u64,
+    /// The number of its first checkpoint.
+    pub first_checkpoint: u64,
+    /// The hello (the region table).
+    pub hello: Hello,
+    /// Whether a sink without acks should be synced to disk at each commit.
+    pub sync_sink: bool,
+}
+
+/// What went wrong on the link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The transport could not be set up.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The sender thread ended (it panicked).
+    #[error("the checkpoint sender thread is gone")]
+    SenderGone,
+    /// The checkpoint log's first frame could not be written.
+    #[error("writing the hello to checkpoint log {path:?} failed (see the log)")]
+    Sink {
+        /// The log.
+        path: PathBuf,
+    },
+    /// A staging buffer for a copy snapshot could not be mapped.
+    #[error("mapping a staging buffer for a copy snapshot failed: {0}")]
+    Staging(nix::errno::Errno),
+    /// /dev/null could not be opened (for fork children of a null link).
+    #[error("opening /dev/null failed: {0}")]
+    DevNull(std::io::Error),
+    /// A thread could not start.
+    #[error("starting thread {name} failed: {source}")]
+    Spawn {
+        /// The thread.
+        name: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn spawn<F: FnOnce() + Send + 'static>(
+    name: &'static str,
+    f: F,
+) -> Result<JoinHandle<()>, LinkError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(|source| LinkError::Spawn { name, source })
+}
+
+fn lock_child(shared: &Shared) -> MutexGuard<'_, Option<Arc<std::os::fd::OwnedFd>>> {
+    shared
+        .child
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
