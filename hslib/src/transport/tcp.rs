@@ -6,13 +6,14 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::{Endpoint, HANDSHAKE_TIMEOUT, TransportError};
+use super::socket::SocketEndpoint;
+use super::{HANDSHAKE_TIMEOUT, TransportError};
 
 /// The environment variable the shared key is read from by [`AuthKey::from_env`].
 pub const KEY_ENV: &str = "HS_KEY";
@@ -185,7 +186,7 @@ impl TcpServer {
         step(&peer_s, "clearing the timeout", set_timeouts(&stream, None))?;
         // Frames are written whole by the writer; send them at once.
         step(&peer_s, "setting TCP_NODELAY", stream.set_nodelay(true))?;
-        Ok(TcpEndpoint { stream, peer })
+        Ok(TcpEndpoint::new(stream, peer_s))
     }
 }
 
@@ -263,7 +264,7 @@ pub fn connect(addr: SocketAddr, config: &TcpConfig) -> Result<TcpEndpoint, Tran
     client_exchange(&stream, key, &peer)?;
     step(&peer, "clearing the timeout", set_timeouts(&stream, None))?;
     step(&peer, "setting TCP_NODELAY", stream.set_nodelay(true))?;
-    Ok(TcpEndpoint { stream, peer: addr })
+    Ok(TcpEndpoint::new(stream, peer))
 }
 
 fn client_exchange(mut s: &TcpStream, key: &AuthKey, peer: &str) -> Result<(), TransportError> {
@@ -310,64 +311,4 @@ fn client_exchange(mut s: &TcpStream, key: &AuthKey, peer: &str) -> Result<(), T
 }
 
 /// An authenticated TCP connection.
-#[derive(Debug)]
-pub struct TcpEndpoint {
-    stream: TcpStream,
-    peer: SocketAddr,
-}
-
-impl TcpEndpoint {
-    /// The socket.
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
-    }
-}
-
-impl Read for TcpEndpoint {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
-    }
-}
-
-impl Write for TcpEndpoint {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.stream.write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
-    }
-}
-
-impl Endpoint for TcpEndpoint {
-    fn describe(&self) -> String {
-        format!("tcp:{}", self.peer)
-    }
-
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(timeout)
-    }
-
-    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
-        Ok(Box::new(Self {
-            stream: self.stream.try_clone()?,
-            peer: self.peer,
-        }))
-    }
-
-    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        Some(std::os::fd::AsFd::as_fd(&self.stream))
-    }
-
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.stream.shutdown(Shutdown::Write)
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        self.stream.shutdown(Shutdown::Both)
-    }
-}
+pub type TcpEndpoint = SocketEndpoint<TcpStream>;
