@@ -145,7 +145,7 @@ impl Link {
         }
         // Grow: the largest old buffer is too small; give its memory back.
         self.pool.pop();
-        let b = StagingBuffer::with_capacity(bytes).map_err(LinkError::Staging)?;
+        let b = StagingBuffer::with_capacity(bytes).map_err(|e| LinkError::Staging(e.into()))?;
         Ok((b, true))
     }
 
@@ -171,7 +171,7 @@ impl Link {
             return Ok(());
         }
         self.pool
-            .push(StagingBuffer::with_capacity(bytes).map_err(LinkError::Staging)?);
+            .push(StagingBuffer::with_capacity(bytes).map_err(|e| LinkError::Staging(e.into()))?);
         Ok(())
     }
 

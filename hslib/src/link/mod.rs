@@ -262,7 +262,7 @@ pub enum LinkError {
     },
     /// A staging buffer for a copy snapshot could not be mapped.
     #[error("mapping a staging buffer for a copy snapshot failed: {0}")]
-    Staging(nix::errno::Errno),
+    Staging(std::io::Error),
     /// /dev/null could not be opened (for fork children of a null link).
     #[error("opening /dev/null failed: {0}")]
     DevNull(std::io::Error),
