@@ -44,7 +44,7 @@ impl Link {
             wanted: Wanted::new(),
             ..Shared::default()
         });
-        let mut sender = SenderThread::new(Arc::clone(&shared), params, give_back)?;
+        let mut sender = SenderThread::new(Arc::clone(&shared), params.clone(), give_back)?;
         // A sink's session opens here, so the first checkpoint finds it open.
         let describe = match config {
             LinkConfig::Null => {
@@ -71,8 +71,12 @@ impl Link {
                 }
                 format!("file:{}", path.display())
             }
-            LinkConfig::Unix { dir, name } => acceptor::listen_unix(dir, name, jobs.clone())?,
-            LinkConfig::Tcp { addr, config } => acceptor::listen_tcp(*addr, config, jobs.clone())?,
+            LinkConfig::Unix { dir, name } => {
+                acceptor::listen_unix(dir, name, params, jobs.clone())?
+            }
+            LinkConfig::Tcp { addr, config } => {
+                acceptor::listen_tcp(*addr, config, params, jobs.clone())?
+            }
         };
         let sender = spawn("hs-sender", move || sender.run(rx))?;
         Ok(Self {

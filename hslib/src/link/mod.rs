@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 pub use handle::Link;
 
 use crate::snapshot::Snapshot;
-use crate::transport::{Endpoint, TcpConfig, TransportError};
+use crate::transport::{TcpConfig, TransportError};
 use crate::wire::Hello;
 
 /// Where a primary's checkpoints go.
@@ -151,7 +151,8 @@ impl Shared {
 }
 
 enum Job {
-    Connect(Box<dyn Endpoint>),
+    /// A spare whose handshake is done: its session opens when the sender takes it.
+    Spare(acceptor::Handshaken),
     Snapshot {
         id: u64,
         generation: u64,
@@ -225,7 +226,7 @@ pub struct Plan {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Job::Connect(e) => write!(f, "Connect({})", e.describe()),
+            Job::Spare(h) => write!(f, "Spare({})", h.peer),
             Job::Snapshot { id, generation, .. } => write!(f, "Snapshot({id}, gen {generation})"),
             Job::Goodbye => f.write_str("Goodbye"),
         }

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 
+use super::acceptor::Handshaken;
 use super::acks::read_acks;
 use super::{Job, LinkError, Shared, Shipped, StreamParams, lock_child, spawn};
-use crate::session;
 use crate::snapshot::{Copied, ForkedChild, Go, Snapshot};
 use crate::sys::process::{self, ChildEnd};
-use crate::transport::{Endpoint, HANDSHAKE_TIMEOUT};
-use crate::wire::CheckpointWriter;
+use crate::transport::Endpoint;
+use crate::wire::{AckReader, CheckpointWriter};
 
 /// The session the sender writes to.
 struct Open {
@@ -62,7 +62,7 @@ impl SenderThread {
         }
         while let Ok(job) = jobs.recv() {
             match job {
-                Job::Connect(ep) => self.connect(ep),
+                Job::Spare(spare) => self.connect_spare(spare),
                 Job::Snapshot {
                     id,
                     generation,
@@ -106,41 +106,44 @@ impl SenderThread {
         }
     }
 
+    /// Opens a session on a sink (no acks): the hello is written here.
     pub(super) fn connect(&mut self, ep: Box<dyn Endpoint>) {
+        self.close(true);
+        let peer = ep.describe();
+        let mut writer = CheckpointWriter::new(ep, self.params.epoch, self.next_checkpoint);
+        if let Err(e) = writer.hello(&self.params.hello) {
+            tracing::warn!(peer, error = %e, "writing the hello failed");
+            return;
+        }
+        self.adopt(writer, None, peer);
+    }
+
+    /// Opens a session with a spare whose handshake (authentication, hello and its ack) the
+    /// acceptor has done.
+    fn connect_spare(&mut self, spare: Handshaken) {
         // One spare at a time: the one replaced is told goodbye, so it exits instead of
         // taking over from a primary that is alive.
         self.close(true);
-        let peer = ep.describe();
-        let acks = ep.acks();
-        let (writer, reader) = if acks {
-            let clone = match ep.try_clone_endpoint() {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(peer, error = %e, "cloning the spare's stream failed");
-                    return;
-                }
-            };
-            match session::open_primary(
-                ep,
-                self.params.epoch,
-                self.next_checkpoint,
-                &self.params.hello,
-                HANDSHAKE_TIMEOUT,
-            ) {
-                Ok(s) => (s.writer, Some((clone, s.acks))),
-                Err(e) => {
-                    tracing::warn!(peer, error = %e, "opening a session with a spare failed");
-                    return;
-                }
-            }
-        } else {
-            let mut w = CheckpointWriter::new(ep, self.params.epoch, self.next_checkpoint);
-            if let Err(e) = w.hello(&self.params.hello) {
-                tracing::warn!(peer, error = %e, "writing the hello failed");
-                return;
-            }
-            (w, None)
-        };
+        let Handshaken {
+            peer,
+            mut writer,
+            acks,
+            ack_stream,
+        } = spare;
+        // The hello carries no checkpoint number: the session's first one is decided now.
+        let mut state = writer.state();
+        state.next_checkpoint = self.next_checkpoint;
+        writer.set_state(state);
+        self.adopt(writer, Some((ack_stream, acks)), peer);
+    }
+
+    fn adopt(
+        &mut self,
+        writer: CheckpointWriter<Box<dyn Endpoint>>,
+        reader: Option<(Box<dyn Endpoint>, AckReader)>,
+        peer: String,
+    ) {
+        let acks = reader.is_some();
         self.generation += 1;
         let generation = self.generation;
         if let Some((clone, acks)) = reader {

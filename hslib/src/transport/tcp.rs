@@ -7,7 +7,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -166,23 +166,37 @@ impl TcpServer {
     }
 
     /// Accepts the next connection and authenticates it; a peer that fails is dropped and
-    /// the error returned (the caller goes on accepting).
+    /// the error returned (the caller goes on accepting). One peer at a time: a server that
+    /// must not be held up by a slow peer uses [`TcpServer::accept_unauthenticated`] and
+    /// authenticates each peer on a thread of its own.
     pub fn accept(&self) -> Result<TcpEndpoint, TransportError> {
-        let (stream, peer) = self
-            .listener
+        let (stream, peer) = self.accept_unauthenticated()?;
+        self.authenticate(stream, peer)
+    }
+
+    /// Accepts the next connection without authenticating it: nothing may be sent to the
+    /// peer or read from it before [`TcpServer::authenticate`] succeeds.
+    pub fn accept_unauthenticated(&self) -> Result<(TcpStream, SocketAddr), TransportError> {
+        self.listener
             .accept()
             .map_err(|source| TransportError::Net {
                 what: "accepting on",
                 addr: format!("{:?}", self.listener.local_addr().ok()),
                 source,
-            })?;
+            })
+    }
+
+    /// Authenticates a connection [`TcpServer::accept_unauthenticated`] took. The whole
+    /// exchange must end within the handshake timeout: a peer that trickles its bytes does
+    /// not renew it.
+    pub fn authenticate(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<TcpEndpoint, TransportError> {
         let peer_s = format!("tcp:{peer}");
-        step(
-            &peer_s,
-            "setting the timeout",
-            set_timeouts(&stream, Some(self.timeout)),
-        )?;
-        server_exchange(&stream, &self.key, &peer_s)?;
+        let deadline = Instant::now() + self.timeout;
+        server_exchange(Bounded::new(&stream, deadline), &self.key, &peer_s)?;
         step(&peer_s, "clearing the timeout", set_timeouts(&stream, None))?;
         // Frames are written whole by the writer; send them at once.
         step(&peer_s, "setting TCP_NODELAY", stream.set_nodelay(true))?;
@@ -190,7 +204,50 @@ impl TcpServer {
     }
 }
 
-fn server_exchange(mut s: &TcpStream, key: &AuthKey, peer: &str) -> Result<(), TransportError> {
+/// The socket during the exchange: every read and write bounded by what is left until one
+/// deadline for the whole exchange.
+struct Bounded<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl<'a> Bounded<'a> {
+    fn new(stream: &'a TcpStream, deadline: Instant) -> Self {
+        Self { stream, deadline }
+    }
+
+    /// The time left, as a socket timeout (never zero, which would mean no timeout).
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the handshake's deadline passed",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Bounded<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn server_exchange(mut s: Bounded<'_>, key: &AuthKey, peer: &str) -> Result<(), TransportError> {
     let mut hello = [0u8; GREETING.len() + NONCE_LEN];
     step(
         peer,
@@ -256,18 +313,14 @@ pub fn connect(addr: SocketAddr, config: &TcpConfig) -> Result<TcpEndpoint, Tran
         }
     })?;
     let peer = format!("tcp:{addr}");
-    step(
-        &peer,
-        "setting the timeout",
-        set_timeouts(&stream, Some(config.handshake_timeout)),
-    )?;
-    client_exchange(&stream, key, &peer)?;
+    let deadline = Instant::now() + config.handshake_timeout;
+    client_exchange(Bounded::new(&stream, deadline), key, &peer)?;
     step(&peer, "clearing the timeout", set_timeouts(&stream, None))?;
     step(&peer, "setting TCP_NODELAY", stream.set_nodelay(true))?;
     Ok(TcpEndpoint::new(stream, peer))
 }
 
-fn client_exchange(mut s: &TcpStream, key: &AuthKey, peer: &str) -> Result<(), TransportError> {
+fn client_exchange(mut s: Bounded<'_>, key: &AuthKey, peer: &str) -> Result<(), TransportError> {
     let client = nonce()?;
     let mut hello = [0u8; GREETING.len() + NONCE_LEN];
     hello[..GREETING.len()].copy_from_slice(&GREETING);
