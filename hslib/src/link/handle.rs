@@ -8,6 +8,7 @@ use std::sync::{Arc, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::coalesce::{self, Queued};
 use super::sender::SenderThread;
 use super::{
     Job, LinkConfig, LinkError, LinkProbe, LinkStats, Plan, Progress, Shared, Shipped,
@@ -18,6 +19,9 @@ use crate::snapshot::{Copied, Snapshot};
 use crate::sys::mman::StagingBuffer;
 use crate::sys::process;
 use crate::transport::{DrainEndpoint, FileLog, NullEndpoint};
+
+/// How many staging buffers (and run and metadata vectors) the link keeps for reuse.
+const POOL: usize = 4;
 
 /// The primary's end of the link.
 #[derive(Debug)]
@@ -156,9 +160,9 @@ impl Link {
     /// Collects what the sender gave back.
     fn take_back(&mut self) {
         while let Ok(c) = self.recycle.try_recv() {
-            self.pool.push(c.data);
-            self.spare_vecs.push((c.runs, c.metadata));
+            self.give_back(c);
         }
+        self.trim_pool();
     }
 
     /// A run vector and a metadata buffer the sender gave back (empty ones if none), whose
@@ -179,30 +183,116 @@ impl Link {
         Ok(())
     }
 
-    /// Hands a snapshot taken for `generation` to the sender; returns its job id.
+    /// Hands a snapshot taken for `generation` to the sender; returns its job id. A copy
+    /// snapshot taken while an older one still waits for the sender is merged into it: the
+    /// sender ships both as one checkpoint, and every job up to this one is done with it.
     pub fn submit(
         &mut self,
         generation: u64,
         full: bool,
         snapshot: Snapshot,
     ) -> Result<u64, LinkError> {
-        if let Snapshot::Forked(child) = &snapshot {
-            self.shared.fork_in_flight.store(true, Ordering::Release);
-            *lock_child(&self.shared) = child.pidfd.clone();
-        }
         self.next_job += 1;
         let id = self.next_job;
-        self.jobs
-            .send(Job::Snapshot {
-                id,
-                generation,
-                snapshot,
-            })
-            .map_err(|_| LinkError::SenderGone)?;
+        self.shared.submitted.store(id, Ordering::Release);
         if full {
             self.full_generation = generation;
         }
+        match snapshot {
+            Snapshot::Copied(copied) => self.queue(id, generation, copied),
+            Snapshot::Forked(child) => {
+                // What is queued was taken before the child: it goes first.
+                let queued = self.shared.queued().take();
+                if let Some(q) = queued {
+                    self.send(Job::Snapshot {
+                        id: q.last_id,
+                        generation: q.generation,
+                        snapshot: Snapshot::Copied(q.copied),
+                    })?;
+                }
+                self.shared.fork_in_flight.store(true, Ordering::Release);
+                *lock_child(&self.shared) = child.pidfd.clone();
+                self.send(Job::Snapshot {
+                    id,
+                    generation,
+                    snapshot: Snapshot::Forked(child),
+                })?;
+                Ok(id)
+            }
+        }
+    }
+
+    fn send(&self, job: Job) -> Result<(), LinkError> {
+        self.jobs.send(job).map_err(|_| LinkError::SenderGone)
+    }
+
+    /// Puts a copy snapshot in the queue's one place, merged with the one there if any.
+    fn queue(&mut self, id: u64, generation: u64, copied: Copied) -> Result<u64, LinkError> {
+        let shared = Arc::clone(&self.shared);
+        let mut slot = shared.queued();
+        let Some(mut q) = slot.take() else {
+            *slot = Some(Queued {
+                last_id: id,
+                generation,
+                copied,
+                since: Instant::now(),
+            });
+            drop(slot);
+            self.send(Job::Queued)?;
+            return Ok(id);
+        };
+        // Its `Job::Queued` is still ahead in the channel: the sender takes what is here.
+        if q.generation != generation || copied.full {
+            // Its session is over, or the new snapshot holds every page: it is superseded.
+            let since = q.since;
+            self.give_back(q.copied);
+            *slot = Some(Queued {
+                last_id: id,
+                generation,
+                copied,
+                since,
+            });
+        } else {
+            let (mut data, _) = self.staging(q.copied.data.len() + copied.data.len())?;
+            let (mut runs, _) = self.spare_vecs();
+            coalesce::merge(&q.copied, &copied, &mut data, &mut runs);
+            let full = q.copied.full;
+            let older = std::mem::replace(
+                &mut q.copied,
+                Copied {
+                    full,
+                    runs,
+                    data,
+                    metadata: Vec::new(),
+                },
+            );
+            q.copied.metadata = copied.metadata;
+            q.last_id = id;
+            self.pool.push(copied.data);
+            self.spare_vecs.push((copied.runs, Vec::new()));
+            self.give_back(older);
+            *slot = Some(q);
+        }
+        drop(slot);
+        self.shared.lock().coalesced += 1;
+        self.trim_pool();
         Ok(id)
+    }
+
+    /// Keeps a snapshot's buffers for reuse.
+    fn give_back(&mut self, c: Copied) {
+        self.pool.push(c.data);
+        self.spare_vecs.push((c.runs, c.metadata));
+    }
+
+    /// Drops all but the [`POOL`] largest staging buffers and as many spare vectors: the
+    /// pool serves the snapshot being taken, the one queued and the one being written.
+    fn trim_pool(&mut self) {
+        if self.pool.len() > POOL {
+            self.pool.sort_by_key(|b| std::cmp::Reverse(b.capacity()));
+            self.pool.truncate(POOL);
+        }
+        self.spare_vecs.truncate(POOL);
     }
 
     /// Waits until job `id` is on the stream and the spare acked it (sync mode). Returns

@@ -9,6 +9,7 @@
 
 mod acceptor;
 mod acks;
+mod coalesce;
 mod handle;
 mod sender;
 
@@ -78,6 +79,8 @@ struct Progress {
     last_written: u64,
     /// The first (full) checkpoint of the open session, once written.
     session_full: Option<u64>,
+    /// Checkpoints merged into a later one while they waited for the sender.
+    coalesced: u64,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +99,10 @@ struct Shared {
     changed: Condvar,
     /// Raised when a spare connects, cleared by the next checkpoint.
     wanted: Wanted,
+    /// The copy snapshot waiting for the sender, later ones merged into it.
+    queued: Mutex<Option<coalesce::Queued>>,
+    /// Jobs submitted so far (the last job's id).
+    submitted: AtomicU64,
 }
 
 /// "A spare connected and holds nothing of this primary yet": a flag and a pipe that is
@@ -142,6 +149,12 @@ impl Wanted {
 }
 
 impl Shared {
+    fn queued(&self) -> MutexGuard<'_, Option<coalesce::Queued>> {
+        self.queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Progress> {
         // A panicking holder leaves plain counters behind; they are still meaningful.
         self.progress
@@ -158,6 +171,8 @@ enum Job {
         generation: u64,
         snapshot: Snapshot,
     },
+    /// Ship the queued copy snapshot ([`Shared::queued`]), if it is still there.
+    Queued,
     Goodbye,
 }
 
@@ -180,6 +195,12 @@ pub struct LinkStats {
     /// The number of the last checkpoint written (0: none yet); with `acked`, how far the
     /// spare lags behind.
     pub last_written: u64,
+    /// Checkpoints taken and not yet on the stream (the sender is behind): how far the
+    /// stream lags behind the application.
+    pub pending: u64,
+    /// Checkpoints merged into a later one while they waited for the sender (each page
+    /// ships once, with its newest contents).
+    pub coalesced: u64,
 }
 
 impl Shared {
@@ -194,6 +215,11 @@ impl Shared {
             live,
             synced: live && p.session_full.is_some_and(|cp| p.acked >= cp),
             last_written: p.last_written,
+            pending: self
+                .submitted
+                .load(Ordering::Acquire)
+                .saturating_sub(p.done_job),
+            coalesced: p.coalesced,
         }
     }
 }
@@ -228,6 +254,7 @@ impl std::fmt::Debug for Job {
         match self {
             Job::Spare(h) => write!(f, "Spare({})", h.peer),
             Job::Snapshot { id, generation, .. } => write!(f, "Snapshot({id}, gen {generation})"),
+            Job::Queued => f.write_str("Queued"),
             Job::Goodbye => f.write_str("Goodbye"),
         }
     }

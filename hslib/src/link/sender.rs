@@ -67,18 +67,28 @@ impl SenderThread {
                     id,
                     generation,
                     snapshot,
-                } => {
-                    let done = self.ship(generation, snapshot);
-                    let mut p = self.shared.lock();
-                    p.done_job = id;
-                    p.done = Some(done);
-                    drop(p);
-                    self.shared.changed.notify_all();
+                } => self.ship_job(id, generation, snapshot),
+                Job::Queued => {
+                    let queued = self.shared.queued().take();
+                    // Gone already: shipped ahead of a fork snapshot.
+                    if let Some(q) = queued {
+                        self.ship_job(q.last_id, q.generation, Snapshot::Copied(q.copied));
+                    }
                 }
                 Job::Goodbye => break,
             }
         }
         self.close(true);
+    }
+
+    /// Ships one snapshot and counts every job up to `id` done.
+    fn ship_job(&mut self, id: u64, generation: u64, snapshot: Snapshot) {
+        let done = self.ship(generation, snapshot);
+        let mut p = self.shared.lock();
+        p.done_job = id;
+        p.done = Some(done);
+        drop(p);
+        self.shared.changed.notify_all();
     }
 
     /// Ends the open session; with `goodbye`, first tells the spare not to take over.
