@@ -123,3 +123,98 @@ impl<'a> Pages<'a> {
         Page { at, bytes }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot of `runs` ((region index, first page, pages)) whose page `p` of region `i`
+    /// holds bytes `tag + i * 100 + p`.
+    fn copied(full: bool, tag: u8, runs: &[(usize, u64, usize)]) -> Copied {
+        let pages: usize = runs.iter().map(|r| r.2).sum();
+        let mut data = StagingBuffer::with_capacity(pages * PAGE_SIZE).expect("a staging buffer");
+        let runs: Vec<Run> = runs
+            .iter()
+            .map(|&(index, first_page, pages)| Run {
+                index,
+                region: 10 + index as u32,
+                first_page,
+                pages,
+            })
+            .collect();
+        for r in &runs {
+            for p in r.first_page..r.first_page + r.pages as u64 {
+                let byte = tag
+                    .wrapping_add((r.index * 100) as u8)
+                    .wrapping_add(p as u8);
+                data.extend_from_slice(&[byte; PAGE_SIZE]);
+            }
+        }
+        Copied {
+            full,
+            runs,
+            data,
+            metadata: vec![tag],
+        }
+    }
+
+    fn mark(tag: u8, index: usize, page: u64) -> u8 {
+        tag.wrapping_add((index * 100) as u8)
+            .wrapping_add(page as u8)
+    }
+
+    /// (region index, page, first byte) of every page of `runs` over `data`.
+    fn pages(runs: &[Run], data: &StagingBuffer) -> Vec<(usize, u64, u8)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        for r in runs {
+            for p in r.first_page..r.first_page + r.pages as u64 {
+                out.push((r.index, p, data.as_slice()[at]));
+                at += PAGE_SIZE;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn merge_takes_the_union_of_pages_with_the_newer_bytes_and_joins_runs() {
+        let older = copied(false, 1, &[(0, 0, 2), (0, 5, 1), (1, 3, 2)]);
+        let newer = copied(false, 50, &[(0, 1, 3), (1, 0, 1), (1, 4, 1), (2, 7, 1)]);
+        let mut data = StagingBuffer::with_capacity(older.data.len() + newer.data.len())
+            .expect("a staging buffer");
+        let mut runs = Vec::new();
+        merge(&older, &newer, &mut data, &mut runs);
+        let got = pages(&runs, &data);
+        let (o, n) = (1u8, 50u8);
+        let want: Vec<(usize, u64, u8)> = [
+            (0, 0, o),
+            (0, 1, n),
+            (0, 2, n),
+            (0, 3, n),
+            (0, 5, o),
+            (1, 0, n),
+            (1, 3, o),
+            (1, 4, n),
+            (2, 7, n),
+        ]
+        .iter()
+        .map(|&(i, p, tag)| (i, p, mark(tag, i, p)))
+        .collect();
+        assert_eq!(got, want);
+        // Adjacent pages form one run; a gap or another region starts a new one.
+        let shape: Vec<(usize, u32, u64, usize)> = runs
+            .iter()
+            .map(|r| (r.index, r.region, r.first_page, r.pages))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (0, 10, 0, 4),
+                (0, 10, 5, 1),
+                (1, 11, 0, 1),
+                (1, 11, 3, 2),
+                (2, 12, 7, 1)
+            ]
+        );
+    }
+}
