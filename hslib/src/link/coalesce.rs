@@ -21,6 +21,8 @@ pub(super) struct Queued {
     pub(super) copied: Copied,
     /// When its oldest checkpoint was taken.
     pub(super) since: Instant,
+    /// How many checkpoints it stands for.
+    pub(super) checkpoints: u64,
 }
 
 /// The pages of `older` and `newer` (two snapshots of the same regions), each page's bytes

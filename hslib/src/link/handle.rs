@@ -236,6 +236,7 @@ impl Link {
                 generation,
                 copied,
                 since: Instant::now(),
+                checkpoints: 1,
             });
             drop(slot);
             self.send(Job::Queued)?;
@@ -251,6 +252,7 @@ impl Link {
                 generation,
                 copied,
                 since,
+                checkpoints: 1,
             });
         } else {
             let (mut data, _) = self.staging(q.copied.data.len() + copied.data.len())?;
@@ -268,6 +270,7 @@ impl Link {
             );
             q.copied.metadata = copied.metadata;
             q.last_id = id;
+            q.checkpoints += 1;
             self.pool.push(copied.data);
             self.spare_vecs.push((copied.runs, Vec::new()));
             self.give_back(older);

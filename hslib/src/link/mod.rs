@@ -111,6 +111,9 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Wanted {
     raised: AtomicBool,
+    /// Makes raising (flag and byte) and clearing (flag and drain) one step each, so that a
+    /// clear that follows a poll which saw the byte always drains it.
+    turn: Mutex<()>,
     /// (read end, write end), both non-blocking; `None` if the pipe could not be made.
     pipe: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
 }
@@ -123,25 +126,36 @@ impl Wanted {
         }
         Self {
             raised: AtomicBool::new(false),
+            turn: Mutex::new(()),
             pipe: pipe.ok(),
         }
     }
 
+    fn turn(&self) -> MutexGuard<'_, ()> {
+        self.turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn raise(&self) {
-        // The byte first: a clear that sees the flag then always finds a byte to drain (the
-        // other order could leave a byte no clear ever drains, and a poller spinning on it).
+        let _turn = self.turn();
+        // The flag first: whoever sees the byte then finds the flag raised, and its clear
+        // (which waits for this turn to end) drains the byte.
+        self.raised.store(true, Ordering::Release);
         if let Some((_, write)) = &self.pipe {
             // A full pipe is readable already.
             let _ = nix::unistd::write(write, &[1]);
         }
-        self.raised.store(true, Ordering::Release);
     }
 
     /// Clears the flag; drains the pipe only when it was raised (one atomic otherwise).
     fn clear(&self) {
-        if self.raised.swap(false, Ordering::AcqRel)
-            && let Some((read, _)) = &self.pipe
-        {
+        if !self.raised.load(Ordering::Acquire) {
+            return;
+        }
+        let _turn = self.turn();
+        self.raised.store(false, Ordering::Release);
+        if let Some((read, _)) = &self.pipe {
             let mut buf = [0u8; 64];
             while matches!(nix::unistd::read(read, &mut buf), Ok(n) if n > 0) {}
         }

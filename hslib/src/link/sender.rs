@@ -67,12 +67,13 @@ impl SenderThread {
                     id,
                     generation,
                     snapshot,
-                } => self.ship_job(id, generation, snapshot),
+                } => self.ship_job(id, generation, snapshot, 1),
                 Job::Queued => {
                     let queued = self.shared.queued().take();
                     // Gone already: shipped ahead of a fork snapshot.
                     if let Some(q) = queued {
-                        self.ship_job(q.last_id, q.generation, Snapshot::Copied(q.copied));
+                        let snapshot = Snapshot::Copied(q.copied);
+                        self.ship_job(q.last_id, q.generation, snapshot, q.checkpoints);
                     }
                 }
                 Job::Goodbye => break,
@@ -81,9 +82,10 @@ impl SenderThread {
         self.close(true);
     }
 
-    /// Ships one snapshot and counts every job up to `id` done.
-    fn ship_job(&mut self, id: u64, generation: u64, snapshot: Snapshot) {
-        let done = self.ship(generation, snapshot);
+    /// Ships one snapshot that stands for `checkpoints` checkpoints and counts every job up
+    /// to `id` done.
+    fn ship_job(&mut self, id: u64, generation: u64, snapshot: Snapshot, checkpoints: u64) {
+        let done = self.ship(generation, snapshot, checkpoints);
         let mut p = self.shared.lock();
         p.done_job = id;
         p.done = Some(done);
@@ -188,7 +190,7 @@ impl SenderThread {
     }
 
     /// Puts one snapshot on the stream if its session is still the open one.
-    fn ship(&mut self, generation: u64, snapshot: Snapshot) -> Shipped {
+    fn ship(&mut self, generation: u64, snapshot: Snapshot, checkpoints: u64) -> Shipped {
         let usable = self.shared.live.load(Ordering::Acquire)
             && self
                 .open
@@ -200,7 +202,11 @@ impl SenderThread {
         };
         let result = match snapshot {
             Snapshot::Copied(c) => {
-                let r = if usable { self.write_copy(&c) } else { None };
+                let r = if usable {
+                    self.write_copy(&c, checkpoints)
+                } else {
+                    None
+                };
                 let _ = self.give_back.send(c);
                 r
             }
@@ -235,8 +241,13 @@ impl SenderThread {
         }
     }
 
-    fn write_copy(&mut self, c: &Copied) -> Option<(u64, u64)> {
+    fn write_copy(&mut self, c: &Copied, checkpoints: u64) -> Option<(u64, u64)> {
         let open = self.open.as_mut()?;
+        // A snapshot with others merged into it takes the number of the last of them:
+        // numbers keep counting the application's checkpoints (they need only increase).
+        let mut state = open.writer.state();
+        state.next_checkpoint += checkpoints.saturating_sub(1);
+        open.writer.set_state(state);
         match c.write(&mut open.writer) {
             Ok(cp) => {
                 self.next_checkpoint = cp + 1;
