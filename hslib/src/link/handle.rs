@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::coalesce::{self, Queued};
 use super::sender::SenderThread;
 use super::{
-    Job, LinkConfig, LinkError, LinkProbe, LinkStats, Plan, Progress, Shared, Shipped,
+    Job, LinkConfig, LinkError, LinkProbe, LinkStats, MaxLag, Plan, Progress, Shared, Shipped,
     StreamParams, Wanted, acceptor, lock_child, spawn,
 };
 use crate::replica::ReplicaConfig;
@@ -36,12 +36,16 @@ pub struct Link {
     next_job: u64,
     full_generation: u64,
     describe: String,
+    max_lag: Option<MaxLag>,
 }
 
 impl Link {
     /// Opens the link: the sink's session at once (null, file), or a listener whose spares
     /// each get a session (unix, tcp).
+    ///
+    /// [`super::ENV_MAX_LAG`] (if set) bounds how far the stream may fall behind.
     pub fn open(config: &LinkConfig, params: StreamParams) -> Result<Self, LinkError> {
+        let max_lag = MaxLag::from_env()?;
         let (jobs, rx) = mpsc::channel();
         let (give_back, recycle) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -93,6 +97,7 @@ impl Link {
             next_job: 0,
             full_generation: 0,
             describe,
+            max_lag,
         })
     }
 
@@ -199,7 +204,11 @@ impl Link {
             self.full_generation = generation;
         }
         match snapshot {
-            Snapshot::Copied(copied) => self.queue(id, generation, copied),
+            Snapshot::Copied(copied) => {
+                self.queue(id, generation, copied)?;
+                self.wait_lag()?;
+                Ok(id)
+            }
             Snapshot::Forked(child) => {
                 // What is queued was taken before the child: it goes first.
                 let queued = self.shared.queued().take();
@@ -217,8 +226,41 @@ impl Link {
                     generation,
                     snapshot: Snapshot::Forked(child),
                 })?;
+                self.wait_lag()?;
                 Ok(id)
             }
+        }
+    }
+
+    /// Bounds how far the stream may fall behind: past it, [`Link::submit`] waits for the
+    /// sender. `None`: never waits.
+    pub fn set_max_lag(&mut self, max: Option<MaxLag>) {
+        self.max_lag = max;
+    }
+
+    /// Waits while the stream is behind by more than the bound (and a session is open to
+    /// catch up on).
+    fn wait_lag(&self) -> Result<(), LinkError> {
+        let Some(max) = self.max_lag else {
+            return Ok(());
+        };
+        let mut p = self.shared.lock();
+        loop {
+            let behind = match max {
+                MaxLag::Checkpoints(n) => self.next_job.saturating_sub(p.done_job) > n,
+                MaxLag::Time(t) => self
+                    .shared
+                    .queued()
+                    .as_ref()
+                    .is_some_and(|q| q.since.elapsed() > t),
+            };
+            if !behind || !self.live() {
+                return Ok(());
+            }
+            if self.sender_gone() {
+                return Err(LinkError::SenderGone);
+            }
+            p = self.wait(p);
         }
     }
 

@@ -287,9 +287,72 @@ pub struct StreamParams {
     pub sync_sink: bool,
 }
 
+/// The environment variable that bounds how far the stream may fall behind the
+/// application ([`MaxLag`]); unset, `checkpoint()` never waits for the sender in async mode.
+pub const ENV_MAX_LAG: &str = "HS_MAX_LAG";
+
+/// How far the stream may fall behind before a checkpoint waits for the sender: `N`
+/// checkpoints taken and not yet on the stream, or `Nus`, the oldest checkpoint waiting for
+/// the sender at most `N` microseconds old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxLag {
+    /// At most this many checkpoints not yet on the stream (at least 1).
+    Checkpoints(u64),
+    /// The oldest checkpoint waiting for the sender at most this old.
+    Time(std::time::Duration),
+}
+
+impl std::str::FromStr for MaxLag {
+    type Err = LinkError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || LinkError::MaxLag {
+            value: s.to_owned(),
+        };
+        match s.strip_suffix("us") {
+            Some(us) => us
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(|n| MaxLag::Time(std::time::Duration::from_micros(n)))
+                .ok_or_else(bad),
+            None => s
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(MaxLag::Checkpoints)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+impl MaxLag {
+    /// The bound in [`ENV_MAX_LAG`], if it is set.
+    pub fn from_env() -> Result<Option<Self>, LinkError> {
+        match std::env::var_os(ENV_MAX_LAG) {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .ok_or_else(|| LinkError::MaxLag {
+                    value: v.to_string_lossy().into_owned(),
+                })?
+                .parse()
+                .map(Some),
+        }
+    }
+}
+
 /// What went wrong on the link.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// [`ENV_MAX_LAG`] holds neither a count nor a time.
+    #[error(
+        "{ENV_MAX_LAG}={value:?} is neither a number of checkpoints (\"100\") nor of microseconds (\"500us\"), above 0"
+    )]
+    MaxLag {
+        /// The value found.
+        value: String,
+    },
     /// The transport could not be set up.
     #[error(transparent)]
     Transport(#[from] TransportError),
