@@ -63,6 +63,25 @@ pub(super) fn merge(older: &Copied, newer: &Copied, data: &mut StagingBuffer, ru
     }
 }
 
+/// Whether every page of `older` is in `newer` (runs sorted by region index, then page, as
+/// snapshots hold them): then the newer snapshot alone is the merge, with nothing to copy.
+/// May say no for pages covered only across two adjacent runs of `newer`.
+pub(super) fn covers(newer: &[Run], older: &[Run]) -> bool {
+    let end = |r: &Run| r.first_page + r.pages as u64;
+    let mut j = 0;
+    older.iter().all(|o| {
+        while newer
+            .get(j)
+            .is_some_and(|n| (n.index, end(n)) <= (o.index, o.first_page))
+        {
+            j += 1;
+        }
+        newer
+            .get(j)
+            .is_some_and(|n| n.index == o.index && n.first_page <= o.first_page && end(o) <= end(n))
+    })
+}
+
 /// Where a page is: its region (by index in the snapshot's region slice) and its number.
 #[derive(Debug, Clone, Copy)]
 struct At {
@@ -176,6 +195,24 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn covers_says_whether_the_newer_runs_hold_every_older_page() {
+        let runs = |c: Copied| c.runs;
+        let newer = runs(copied(false, 0, &[(0, 0, 4), (1, 2, 3)]));
+        for (older, want) in [
+            (vec![], true),
+            (vec![(0, 0, 4)], true),
+            (vec![(0, 1, 2), (1, 2, 1), (1, 4, 1)], true),
+            (vec![(0, 3, 2)], false),
+            (vec![(1, 1, 1)], false),
+            (vec![(0, 0, 1), (2, 0, 1)], false),
+            (vec![(1, 5, 1)], false),
+        ] {
+            let older = runs(copied(false, 0, &older));
+            assert_eq!(covers(&newer, &older), want, "{older:?}");
+        }
     }
 
     #[test]

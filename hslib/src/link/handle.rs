@@ -285,16 +285,25 @@ impl Link {
             return Ok(id);
         };
         // Its `Job::Queued` is still ahead in the channel: the sender takes what is here.
-        if q.generation != generation || copied.full {
-            // Its session is over, or the new snapshot holds every page: it is superseded.
-            let since = q.since;
+        let same = q.generation == generation;
+        if !same || copied.full || coalesce::covers(&copied.runs, &q.copied.runs) {
+            // Its session is over, or the new snapshot holds all its pages: it is superseded
+            // (and within a session the new one stands for both, the first one's fullness
+            // included: a spare's first checkpoint must be full).
+            let mut copied = copied;
+            let (checkpoints, since) = if same {
+                copied.full |= q.copied.full;
+                (q.checkpoints + 1, q.since)
+            } else {
+                (1, Instant::now())
+            };
             self.give_back(q.copied);
             *slot = Some(Queued {
                 last_id: id,
                 generation,
                 copied,
                 since,
-                checkpoints: 1,
+                checkpoints,
             });
         } else {
             let (mut data, _) = self.staging(q.copied.data.len() + copied.data.len())?;
