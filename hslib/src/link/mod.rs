@@ -6,6 +6,11 @@
 //! Sessions are numbered by *generation*. A snapshot is taken for the generation that was
 //! live when it was taken and is dropped if that session has ended by its turn: a new session
 //! must start with a full checkpoint, which the next snapshot will be.
+//!
+//! Files: `handle` (the [`Link`] a primary's context holds), `sender` (the thread that
+//! writes every frame), `acceptor` (spares' connections and handshakes), `acks` (the ack
+//! reader), `coalesce` (merging copy snapshots that wait for the sender; at most one waits,
+//! so a slow spare costs the regions' size, not a snapshot per checkpoint).
 
 mod acceptor;
 mod acks;
