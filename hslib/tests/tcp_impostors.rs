@@ -122,14 +122,25 @@ fn time_to_sync(idle: usize, slow: usize) -> Duration {
     took.expect("the worker measured the sync")
 }
 
+/// (idle, slow) impostors per run. 40 idle ones are more than the handshakes the acceptor
+/// runs at once: the oldest are cut off to make room, and the real spare, the newest, is not.
+const IMPOSTORS: [(usize, usize); 8] = [
+    (1, 0),
+    (0, 1),
+    (2, 0),
+    (1, 1),
+    (2, 2),
+    (8, 0),
+    (8, 8),
+    (40, 0),
+];
+
 #[test]
 fn idle_and_slow_impostors_do_not_delay_a_real_spare() {
     // Warm-up and baseline: no impostors.
     let alone = time_to_sync(0, 0);
     assert!(alone < GIVE_UP, "no spare synced even without impostors");
-    // 40 idle ones are more than the handshakes the acceptor runs at once: the oldest are
-    // cut off to make room, and the real spare, the newest, is not.
-    for (idle, slow) in [(1, 0), (0, 1), (2, 0), (1, 1), (2, 2), (8, 0), (8, 8), (40, 0)] {
+    for (idle, slow) in IMPOSTORS {
         let took = time_to_sync(idle, slow);
         // Authenticating one peer at a time, the spare waited at least one handshake
         // timeout for every impostor ahead of it (a slow one far longer); half of that for
