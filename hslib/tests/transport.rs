@@ -266,3 +266,42 @@ fn null_endpoint_discards_writes_and_reads_nothing() {
     let mut buf = [0u8; 8];
     assert_eq!(n.read(&mut buf).expect("read"), 0);
 }
+
+#[test]
+fn a_peer_trickling_its_greeting_is_cut_off_at_the_handshake_deadline() {
+    let timeout = Duration::from_millis(500);
+    let cfg = TcpConfig {
+        key: Some(AuthKey::new(*b"trickle test key, 16+ bytes").expect("key")),
+        handshake_timeout: timeout,
+    };
+    let server = TcpServer::bind("127.0.0.1:0", &cfg).expect("bind");
+    let addr = server.local_addr().expect("addr");
+    // One byte of the 40 the greeting takes every fifth of the timeout: each read finishes
+    // well within it, so only a deadline for the whole exchange ends it early.
+    let every = timeout / 5;
+    let trickle = thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let greeting = *b"HSAU\x01\0\0\0";
+        for i in 0..40 {
+            let byte = greeting.get(i).copied().unwrap_or(0);
+            if s.write_all(&[byte]).is_err() {
+                return;
+            }
+            thread::sleep(every);
+        }
+    });
+    let start = std::time::Instant::now();
+    let err = server.accept().expect_err("the trickling peer is refused");
+    let took = start.elapsed();
+    assert!(
+        matches!(err, TransportError::Handshake { .. }),
+        "unexpected error {err}"
+    );
+    // A per-read timeout lets the trickle take its 40 steps; the deadline stops it in far
+    // fewer.
+    assert!(
+        took < every * 20,
+        "the trickling peer held the handshake for {took:?}"
+    );
+    trickle.join().expect("the trickling peer");
+}

@@ -52,23 +52,13 @@ impl Tracker for FullTracker {
         Ok(DirtyPages { regions })
     }
 
-    fn prepare_kernel_write(
-        &mut self,
-        id: RegionId,
-        offset: usize,
-        len: usize,
-    ) -> Result<(), TrackError> {
-        let t = &self.regions[find(&self.regions, id)?];
-        t.pages_of(offset, len).map(drop)
+    fn span(&self, id: RegionId) -> Option<(usize, usize)> {
+        let i = find(&self.regions, id).ok()?;
+        Some(self.regions[i].span())
     }
 
-    fn discard(
-        &mut self,
-        region: &mut Region,
-        offset: usize,
-        len: usize,
-    ) -> Result<(), TrackError> {
-        let t = &self.regions[find(&self.regions, region.id())?];
-        super::discard_range(t, region, offset, len)
+    fn mark_written(&mut self, id: RegionId, _: usize, _: usize) -> Result<(), TrackError> {
+        // Every page is reported anyway.
+        find(&self.regions, id).map(drop)
     }
 }

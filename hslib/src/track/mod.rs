@@ -25,8 +25,6 @@ mod full;
 mod mprotect;
 mod uffd;
 
-use nix::errno::Errno;
-
 pub use full::FullTracker;
 pub use mprotect::MprotectTracker;
 pub use uffd::UffdTracker;
@@ -121,7 +119,7 @@ pub enum TrackError {
         size: usize,
     },
     /// A system call failed.
-    #[error("{op} for region {id} at {addr:#x}+{len:#x} failed: {errno}")]
+    #[error("{op} for region {id} at {addr:#x}+{len:#x} failed: {source}")]
     Sys {
         /// What was being done.
         op: &'static str,
@@ -131,8 +129,8 @@ pub enum TrackError {
         addr: usize,
         /// Length of the range.
         len: usize,
-        /// The OS error.
-        errno: std::io::Error,
+        /// The error (an errno).
+        source: std::io::Error,
     },
 }
 
@@ -183,6 +181,14 @@ pub trait Tracker: Send + std::fmt::Debug {
     /// next report.
     fn collect_dirty(&mut self) -> Result<DirtyPages, TrackError>;
 
+    /// Where region `id` is, as (base address, length), if it is registered.
+    fn span(&self, id: RegionId) -> Option<(usize, usize)>;
+
+    /// Counts pages `first .. first + count` of region `id` as written at the next
+    /// [`Tracker::collect_dirty`] whatever the hardware saw, and leaves them writable by the
+    /// kernel. The range is checked by the callers.
+    fn mark_written(&mut self, id: RegionId, first: usize, count: usize) -> Result<(), TrackError>;
+
     /// Makes `[offset, offset + len)` of region `id` (page aligned) safe as the destination of
     /// a kernel write such as `read(2)`, and counts those pages as written.
     fn prepare_kernel_write(
@@ -190,12 +196,61 @@ pub trait Tracker: Send + std::fmt::Debug {
         id: RegionId,
         offset: usize,
         len: usize,
-    ) -> Result<(), TrackError>;
+    ) -> Result<(), TrackError> {
+        let (first, count) = pages_of(id, self.span(id), offset, len)?;
+        self.mark_written(id, first, count)
+    }
 
     /// Zeroes `[offset, offset + len)` of `region` (page aligned) with `MADV_DONTNEED`,
     /// giving the memory back, and counts those pages as written.
-    fn discard(&mut self, region: &mut Region, offset: usize, len: usize)
-    -> Result<(), TrackError>;
+    fn discard(
+        &mut self,
+        region: &mut Region,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), TrackError> {
+        let id = region.id();
+        let span = self.span(id);
+        if span.is_none_or(|(base, _)| base != region.base()) {
+            return Err(TrackError::NotRegistered(id));
+        }
+        let (first, count) = pages_of(id, span, offset, len)?;
+        region
+            .discard(offset, len)
+            .map_err(|errno| TrackError::Sys {
+                op: "madvise(MADV_DONTNEED)",
+                id,
+                addr: region.base() + offset,
+                len,
+                source: std::io::Error::from(errno),
+            })?;
+        // No backend sees this as a write: uffd loses the pages' protection without a
+        // report, mprotect takes no fault, so the tracker counts them itself.
+        self.mark_written(id, first, count)
+    }
+}
+
+/// Checks that `[offset, offset + len)` is a page-aligned range inside region `id` at `span`
+/// and returns it as (first page, page count).
+fn pages_of(
+    id: RegionId,
+    span: Option<(usize, usize)>,
+    offset: usize,
+    len: usize,
+) -> Result<(usize, usize), TrackError> {
+    let (_, size) = span.ok_or(TrackError::NotRegistered(id))?;
+    let ok = offset.is_multiple_of(PAGE_SIZE)
+        && len.is_multiple_of(PAGE_SIZE)
+        && offset.checked_add(len).is_some_and(|e| e <= size);
+    if !ok {
+        return Err(TrackError::BadRange {
+            id,
+            offset,
+            len,
+            size,
+        });
+    }
+    Ok((offset / PAGE_SIZE, len / PAGE_SIZE))
 }
 
 /// Creates a tracker of the given backend, or says why it cannot run here (for uffd, after
@@ -303,32 +358,31 @@ impl Tracked {
         }
     }
 
-    /// Checks that `[offset, offset + len)` is a page-aligned range inside the region and
-    /// returns it as (first page, page count).
-    fn pages_of(&self, offset: usize, len: usize) -> Result<(usize, usize), TrackError> {
-        let ok = offset.is_multiple_of(PAGE_SIZE)
-            && len.is_multiple_of(PAGE_SIZE)
-            && offset.checked_add(len).is_some_and(|e| e <= self.len);
-        if !ok {
-            return Err(TrackError::BadRange {
-                id: self.id,
-                offset,
-                len,
-                size: self.len,
-            });
-        }
-        Ok((offset / PAGE_SIZE, len / PAGE_SIZE))
+    /// Forces pages `first .. first + count` into the next report.
+    fn force(&mut self, first: usize, count: usize) {
+        let mut r = PageRuns::new();
+        r.push(first, count);
+        self.forced = self.forced.union(&r);
     }
 
-    fn sys(&self, op: &'static str, addr: usize, len: usize) -> impl FnOnce(Errno) -> TrackError {
+    fn sys<E: Into<std::io::Error>>(
+        &self,
+        op: &'static str,
+        addr: usize,
+        len: usize,
+    ) -> impl FnOnce(E) -> TrackError {
         let id = self.id;
         move |errno| TrackError::Sys {
             op,
             id,
             addr,
             len,
-            errno: errno.into(),
+            source: errno.into(),
         }
+    }
+
+    fn span(&self) -> (usize, usize) {
+        (self.base, self.len)
     }
 }
 
@@ -344,20 +398,4 @@ fn check_new(regions: &[Tracked], region: &Region) -> Result<(), TrackError> {
         return Err(TrackError::AlreadyRegistered(region.id()));
     }
     crate::sys::check_page_size().map_err(TrackError::PageSize)
-}
-
-/// Zeroes the pages with MADV_DONTNEED after checking the range.
-fn discard_range(
-    t: &Tracked,
-    region: &mut Region,
-    offset: usize,
-    len: usize,
-) -> Result<(), TrackError> {
-    if region.id() != t.id || region.base() != t.base {
-        return Err(TrackError::NotRegistered(region.id()));
-    }
-    t.pages_of(offset, len)?;
-    region
-        .discard(offset, len)
-        .map_err(t.sys("madvise(MADV_DONTNEED)", t.base + offset, len))
 }

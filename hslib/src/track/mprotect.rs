@@ -6,7 +6,7 @@
 //! `read(2)` (or any system call that stores into user memory) into a protected page fails
 //! with `EFAULT`. Call [`Tracker::prepare_kernel_write`] on the destination first.
 
-use super::{Backend, DirtyPages, TrackError, Tracked, Tracker, check_new, discard_range};
+use super::{Backend, DirtyPages, TrackError, Tracked, Tracker, check_new};
 use crate::region::{Region, RegionId};
 use crate::runs::PageRuns;
 use crate::sys::segv::{self, Registration};
@@ -105,37 +105,22 @@ impl Tracker for MprotectTracker {
         Ok(DirtyPages { regions: out })
     }
 
-    fn prepare_kernel_write(
-        &mut self,
-        id: RegionId,
-        offset: usize,
-        len: usize,
-    ) -> Result<(), TrackError> {
+    fn span(&self, id: RegionId) -> Option<(usize, usize)> {
+        let i = self.index(id).ok()?;
+        Some(self.regions[i].0.span())
+    }
+
+    fn mark_written(&mut self, id: RegionId, first: usize, count: usize) -> Result<(), TrackError> {
         let (t, reg) = &self.regions[self.index(id)?];
-        let (first, count) = t.pages_of(offset, len)?;
-        // Mark before unprotecting: once writable, a write would go unrecorded.
+        // Mark before unprotecting: once writable, a write would go unrecorded. The next
+        // collection protects the marked pages again.
         reg.mark(first, count);
-        let addr = t.base + offset;
+        let (addr, len) = (t.base + first * PAGE_SIZE, count * PAGE_SIZE);
         mman::protect_read_write(addr, len).map_err(t.sys(
             "mprotect(PROT_READ|PROT_WRITE)",
             addr,
             len,
         ))
-    }
-
-    fn discard(
-        &mut self,
-        region: &mut Region,
-        offset: usize,
-        len: usize,
-    ) -> Result<(), TrackError> {
-        let (t, reg) = &self.regions[self.index(region.id())?];
-        let (first, count) = t.pages_of(offset, len)?;
-        discard_range(t, region, offset, len)?;
-        // The zapped pages keep their protection; marking them makes collect_dirty report
-        // them and protect the ones that were writable again.
-        reg.mark(first, count);
-        Ok(())
     }
 }
 

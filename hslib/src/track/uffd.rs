@@ -17,9 +17,7 @@
 //!   registered; the parent's copy-on-write faults after the fork still clear the protection
 //!   of exactly the pages the parent writes.
 
-use nix::errno::Errno;
-
-use super::{Backend, DirtyPages, TrackError, Tracked, Tracker, check_new, discard_range, find};
+use super::{Backend, DirtyPages, TrackError, Tracked, Tracker, check_new, find};
 use crate::region::{Region, RegionId};
 use crate::runs::PageRuns;
 use crate::sys::PAGE_SIZE;
@@ -116,7 +114,10 @@ impl UffdTracker {
         Ok(())
     }
 
-    fn sys_err(t: &Tracked, op: &'static str) -> impl FnOnce(Errno) -> TrackError {
+    fn sys_err<E: Into<std::io::Error>>(
+        t: &Tracked,
+        op: &'static str,
+    ) -> impl FnOnce(E) -> TrackError {
         t.sys(op, t.base, t.len)
     }
 }
@@ -163,45 +164,21 @@ impl Tracker for UffdTracker {
         Ok(DirtyPages { regions: out })
     }
 
-    fn prepare_kernel_write(
-        &mut self,
-        id: RegionId,
-        offset: usize,
-        len: usize,
-    ) -> Result<(), TrackError> {
-        // The kernel's copy_to_user faults like a user write and is tracked the same way.
-        let t = &self.regions[find(&self.regions, id)?];
-        t.pages_of(offset, len).map(drop)
+    fn span(&self, id: RegionId) -> Option<(usize, usize)> {
+        let i = find(&self.regions, id).ok()?;
+        Some(self.regions[i].span())
     }
 
-    fn discard(
-        &mut self,
-        region: &mut Region,
-        offset: usize,
-        len: usize,
-    ) -> Result<(), TrackError> {
-        let i = find(&self.regions, region.id())?;
+    fn mark_written(&mut self, id: RegionId, first: usize, count: usize) -> Result<(), TrackError> {
+        let i = find(&self.regions, id)?;
         let t = &mut self.regions[i];
-        let (first, count) = t.pages_of(offset, len)?;
-        discard_range(t, region, offset, len)?;
-        // Zapping an anonymous page drops its write protection without counting a write, so
-        // protect the range again and report the zeroed pages ourselves.
+        let (addr, len) = (t.base + first * PAGE_SIZE, count * PAGE_SIZE);
+        // Protected again so that writes after the next report are seen (a discard has
+        // dropped the protection; the kernel's own writes fault like the user's).
         self.uffd
-            .writeprotect(t.base + offset, len, true)
-            .map_err(t.sys("UFFDIO_WRITEPROTECT", t.base + offset, len))?;
-        t.forced = t.forced.union(&{
-            let mut r = PageRuns::new();
-            r.push(first, count);
-            r
-        });
+            .writeprotect(addr, len, true)
+            .map_err(t.sys("UFFDIO_WRITEPROTECT", addr, len))?;
+        t.force(first, count);
         Ok(())
-    }
-}
-
-impl Drop for UffdTracker {
-    fn drop(&mut self) {
-        for t in &self.regions {
-            let _ = self.uffd.unregister(t.base, t.len);
-        }
     }
 }

@@ -7,6 +7,7 @@ pub mod drain;
 pub mod fd;
 pub mod file;
 pub mod null;
+pub mod socket;
 pub mod tcp;
 pub mod unix;
 
@@ -19,6 +20,7 @@ pub use drain::DrainEndpoint;
 pub use fd::FdWriter;
 pub use file::FileLog;
 pub use null::NullEndpoint;
+pub use socket::{SocketEndpoint, StreamSocket};
 pub use tcp::{AuthKey, TcpConfig, TcpEndpoint, TcpServer};
 pub use unix::{UnixEndpoint, UnixServer};
 

@@ -6,13 +6,14 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::{Endpoint, HANDSHAKE_TIMEOUT, TransportError};
+use super::socket::SocketEndpoint;
+use super::{HANDSHAKE_TIMEOUT, TransportError};
 
 /// The environment variable the shared key is read from by [`AuthKey::from_env`].
 pub const KEY_ENV: &str = "HS_KEY";
@@ -165,31 +166,88 @@ impl TcpServer {
     }
 
     /// Accepts the next connection and authenticates it; a peer that fails is dropped and
-    /// the error returned (the caller goes on accepting).
+    /// the error returned (the caller goes on accepting). One peer at a time: a server that
+    /// must not be held up by a slow peer uses [`TcpServer::accept_unauthenticated`] and
+    /// authenticates each peer on a thread of its own.
     pub fn accept(&self) -> Result<TcpEndpoint, TransportError> {
-        let (stream, peer) = self
-            .listener
+        let (stream, peer) = self.accept_unauthenticated()?;
+        self.authenticate(stream, peer)
+    }
+
+    /// Accepts the next connection without authenticating it: nothing may be sent to the
+    /// peer or read from it before [`TcpServer::authenticate`] succeeds.
+    pub fn accept_unauthenticated(&self) -> Result<(TcpStream, SocketAddr), TransportError> {
+        self.listener
             .accept()
             .map_err(|source| TransportError::Net {
                 what: "accepting on",
                 addr: format!("{:?}", self.listener.local_addr().ok()),
                 source,
-            })?;
+            })
+    }
+
+    /// Authenticates a connection [`TcpServer::accept_unauthenticated`] took. The whole
+    /// exchange must end within the handshake timeout: a peer that trickles its bytes does
+    /// not renew it.
+    pub fn authenticate(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<TcpEndpoint, TransportError> {
         let peer_s = format!("tcp:{peer}");
-        step(
-            &peer_s,
-            "setting the timeout",
-            set_timeouts(&stream, Some(self.timeout)),
-        )?;
-        server_exchange(&stream, &self.key, &peer_s)?;
+        let deadline = Instant::now() + self.timeout;
+        server_exchange(Bounded::new(&stream, deadline), &self.key, &peer_s)?;
         step(&peer_s, "clearing the timeout", set_timeouts(&stream, None))?;
         // Frames are written whole by the writer; send them at once.
         step(&peer_s, "setting TCP_NODELAY", stream.set_nodelay(true))?;
-        Ok(TcpEndpoint { stream, peer })
+        Ok(TcpEndpoint::new(stream, peer_s))
     }
 }
 
-fn server_exchange(mut s: &TcpStream, key: &AuthKey, peer: &str) -> Result<(), TransportError> {
+/// The socket during the exchange: every read and write bounded by what is left until one
+/// deadline for the whole exchange.
+struct Bounded<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl<'a> Bounded<'a> {
+    fn new(stream: &'a TcpStream, deadline: Instant) -> Self {
+        Self { stream, deadline }
+    }
+
+    /// The time left, as a socket timeout (never zero, which would mean no timeout).
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the handshake's deadline passed",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Bounded<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn server_exchange(mut s: Bounded<'_>, key: &AuthKey, peer: &str) -> Result<(), TransportError> {
     let mut hello = [0u8; GREETING.len() + NONCE_LEN];
     step(
         peer,
@@ -255,18 +313,14 @@ pub fn connect(addr: SocketAddr, config: &TcpConfig) -> Result<TcpEndpoint, Tran
         }
     })?;
     let peer = format!("tcp:{addr}");
-    step(
-        &peer,
-        "setting the timeout",
-        set_timeouts(&stream, Some(config.handshake_timeout)),
-    )?;
-    client_exchange(&stream, key, &peer)?;
+    let deadline = Instant::now() + config.handshake_timeout;
+    client_exchange(Bounded::new(&stream, deadline), key, &peer)?;
     step(&peer, "clearing the timeout", set_timeouts(&stream, None))?;
     step(&peer, "setting TCP_NODELAY", stream.set_nodelay(true))?;
-    Ok(TcpEndpoint { stream, peer: addr })
+    Ok(TcpEndpoint::new(stream, peer))
 }
 
-fn client_exchange(mut s: &TcpStream, key: &AuthKey, peer: &str) -> Result<(), TransportError> {
+fn client_exchange(mut s: Bounded<'_>, key: &AuthKey, peer: &str) -> Result<(), TransportError> {
     let client = nonce()?;
     let mut hello = [0u8; GREETING.len() + NONCE_LEN];
     hello[..GREETING.len()].copy_from_slice(&GREETING);
@@ -310,64 +364,4 @@ fn client_exchange(mut s: &TcpStream, key: &AuthKey, peer: &str) -> Result<(), T
 }
 
 /// An authenticated TCP connection.
-#[derive(Debug)]
-pub struct TcpEndpoint {
-    stream: TcpStream,
-    peer: SocketAddr,
-}
-
-impl TcpEndpoint {
-    /// The socket.
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
-    }
-}
-
-impl Read for TcpEndpoint {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
-    }
-}
-
-impl Write for TcpEndpoint {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.stream.write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
-    }
-}
-
-impl Endpoint for TcpEndpoint {
-    fn describe(&self) -> String {
-        format!("tcp:{}", self.peer)
-    }
-
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(timeout)
-    }
-
-    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
-        Ok(Box::new(Self {
-            stream: self.stream.try_clone()?,
-            peer: self.peer,
-        }))
-    }
-
-    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        Some(std::os::fd::AsFd::as_fd(&self.stream))
-    }
-
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.stream.shutdown(Shutdown::Write)
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        self.stream.shutdown(Shutdown::Both)
-    }
-}
+pub type TcpEndpoint = SocketEndpoint<TcpStream>;

@@ -4,13 +4,13 @@
 //! listening and the connecting side.
 
 use std::fs::{self, DirBuilder};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use super::{Endpoint, TransportError};
+use super::TransportError;
+use super::socket::SocketEndpoint;
 
 /// The directory sockets go in when none is given: `$XDG_RUNTIME_DIR/hotspare`, else
 /// `/tmp/hotspare-<uid>`.
@@ -121,10 +121,10 @@ impl UnixServer {
                 path: self.path.clone(),
                 source,
             })?;
-        Ok(UnixEndpoint {
+        Ok(UnixEndpoint::new(
             stream,
-            path: self.path.clone(),
-        })
+            format!("unix:{}", self.path.display()),
+        ))
     }
 }
 
@@ -144,68 +144,11 @@ pub fn connect(dir: &Path, name: &str) -> Result<UnixEndpoint, TransportError> {
         path: path.clone(),
         source,
     })?;
-    Ok(UnixEndpoint { stream, path })
+    Ok(UnixEndpoint::new(
+        stream,
+        format!("unix:{}", path.display()),
+    ))
 }
 
 /// A connected Unix socket.
-#[derive(Debug)]
-pub struct UnixEndpoint {
-    stream: UnixStream,
-    path: PathBuf,
-}
-
-impl UnixEndpoint {
-    /// The socket.
-    pub fn stream(&self) -> &UnixStream {
-        &self.stream
-    }
-}
-
-impl Read for UnixEndpoint {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
-    }
-}
-
-impl Write for UnixEndpoint {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.stream.write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
-    }
-}
-
-impl Endpoint for UnixEndpoint {
-    fn describe(&self) -> String {
-        format!("unix:{}", self.path.display())
-    }
-
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(timeout)
-    }
-
-    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
-        Ok(Box::new(Self {
-            stream: self.stream.try_clone()?,
-            path: self.path.clone(),
-        }))
-    }
-
-    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        Some(std::os::fd::AsFd::as_fd(&self.stream))
-    }
-
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.stream.shutdown(std::net::Shutdown::Write)
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        self.stream.shutdown(std::net::Shutdown::Both)
-    }
-}
+pub type UnixEndpoint = SocketEndpoint<UnixStream>;

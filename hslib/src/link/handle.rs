@@ -1,0 +1,446 @@
+//! The primary's end of the link, held by its `Context`: plans and submits snapshots, hands
+//! out staging buffers, waits for acks and reads the counters.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::coalesce::{self, Queued};
+use super::sender::SenderThread;
+use super::{
+    Job, LinkConfig, LinkError, LinkProbe, LinkStats, MaxLag, Plan, Progress, Shared, Shipped,
+    StreamParams, Wanted, acceptor, lock_child, spawn,
+};
+use crate::replica::ReplicaConfig;
+use crate::snapshot::{Copied, Snapshot};
+use crate::sys::mman::StagingBuffer;
+use crate::sys::process;
+use crate::transport::{DrainEndpoint, FileLog, NullEndpoint};
+
+/// How many staging buffers (and run and metadata vectors) the link keeps for reuse.
+const POOL: usize = 4;
+
+/// The primary's end of the link.
+#[derive(Debug)]
+pub struct Link {
+    jobs: Sender<Job>,
+    recycle: Receiver<Copied>,
+    pool: Vec<StagingBuffer>,
+    /// Run and metadata vectors given back, for reuse (no allocation per checkpoint).
+    spare_vecs: Vec<(Vec<crate::snapshot::Run>, Vec<u8>)>,
+    shared: Arc<Shared>,
+    sender: Option<JoinHandle<()>>,
+    next_job: u64,
+    full_generation: u64,
+    describe: String,
+    max_lag: Option<MaxLag>,
+}
+
+impl Link {
+    /// Opens the link: the sink's session at once (null, file), or a listener whose spares
+    /// each get a session (unix, tcp).
+    ///
+    /// [`super::ENV_MAX_LAG`] (if set) bounds how far the stream may fall behind.
+    pub fn open(config: &LinkConfig, params: StreamParams) -> Result<Self, LinkError> {
+        let max_lag = MaxLag::from_env()?;
+        let (jobs, rx) = mpsc::channel();
+        let (give_back, recycle) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            wanted: Wanted::new(),
+            ..Shared::default()
+        });
+        let mut sender = SenderThread::new(Arc::clone(&shared), params.clone(), give_back)?;
+        // A sink's session opens here, so the first checkpoint finds it open.
+        let describe = match config {
+            LinkConfig::Null => {
+                sender.connect(Box::new(NullEndpoint::new()));
+                "null".to_owned()
+            }
+            LinkConfig::Drain => {
+                let ep = DrainEndpoint::new().map_err(|source| LinkError::Spawn {
+                    name: "hs-drain",
+                    source,
+                })?;
+                sender.connect(Box::new(ep));
+                "drain".to_owned()
+            }
+            LinkConfig::File { path, append } => {
+                let log = if *append {
+                    FileLog::append(path, ReplicaConfig::default())?
+                } else {
+                    FileLog::create(path)?
+                };
+                sender.connect(Box::new(log));
+                if !shared.live.load(Ordering::Acquire) {
+                    return Err(LinkError::Sink { path: path.clone() });
+                }
+                format!("file:{}", path.display())
+            }
+            LinkConfig::Unix { dir, name } => {
+                acceptor::listen_unix(dir, name, params, jobs.clone())?
+            }
+            LinkConfig::Tcp { addr, config } => {
+                acceptor::listen_tcp(*addr, config, params, jobs.clone())?
+            }
+        };
+        let sender = spawn("hs-sender", move || sender.run(rx))?;
+        Ok(Self {
+            jobs,
+            recycle,
+            pool: Vec::new(),
+            spare_vecs: Vec::new(),
+            shared,
+            sender: Some(sender),
+            next_job: 0,
+            full_generation: 0,
+            describe,
+            max_lag,
+        })
+    }
+
+    /// Where the link goes, for messages.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Whether a session is open (a spare is connected, or the sink is open).
+    pub fn live(&self) -> bool {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
+    /// What a snapshot taken now is for. `None` when no session is open: nothing would
+    /// carry it.
+    pub fn plan(&self) -> Option<Plan> {
+        let _p = self.shared.lock();
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation == 0 || !self.live() {
+            return None;
+        }
+        Some(Plan {
+            generation,
+            full: generation != self.full_generation,
+            stream_fd: self.shared.stream_fd.load(Ordering::Acquire),
+        })
+    }
+
+    /// Readable while a spare that connected waits for its first checkpoint (the next
+    /// checkpoint, which [`Link::clear_wanted`] prepares, will be full and go to it).
+    pub fn wanted_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.shared
+            .wanted
+            .pipe
+            .as_ref()
+            .map(|(read, _)| read.as_fd())
+    }
+
+    /// Clears the "checkpoint wanted" signal; called before planning a checkpoint, so a spare
+    /// that connects after it raises the signal again.
+    pub fn clear_wanted(&self) {
+        self.shared.wanted.clear();
+    }
+
+    /// Whether a fork child is still writing (or waiting to).
+    pub fn fork_in_flight(&self) -> bool {
+        self.shared.fork_in_flight.load(Ordering::Acquire)
+    }
+
+    /// A buffer of at least `bytes` for the next copy snapshot: one the sender gave back if
+    /// one is large enough (steady-state copies land in memory that is already mapped, no
+    /// page faults), else a new one. The second value says whether it was new.
+    pub fn staging(&mut self, bytes: usize) -> Result<(StagingBuffer, bool), LinkError> {
+        self.take_back();
+        self.pool.sort_by_key(StagingBuffer::capacity);
+        if let Some(i) = self.pool.iter().position(|b| b.capacity() >= bytes) {
+            return Ok((self.pool.remove(i), false));
+        }
+        // Grow: the largest old buffer is too small; give its memory back.
+        self.pool.pop();
+        let b = StagingBuffer::with_capacity(bytes).map_err(|e| LinkError::Staging(e.into()))?;
+        Ok((b, true))
+    }
+
+    /// Collects what the sender gave back.
+    fn take_back(&mut self) {
+        while let Ok(c) = self.recycle.try_recv() {
+            self.give_back(c);
+        }
+        self.trim_pool();
+    }
+
+    /// A run vector and a metadata buffer the sender gave back (empty ones if none), whose
+    /// allocations the next checkpoint reuses.
+    pub fn spare_vecs(&mut self) -> (Vec<crate::snapshot::Run>, Vec<u8>) {
+        self.take_back();
+        self.spare_vecs.pop().unwrap_or_default()
+    }
+
+    /// Puts a staging buffer of `bytes`, its pages touched, in the pool unless one as large
+    /// is there already.
+    pub fn prewarm(&mut self, bytes: usize) -> Result<(), LinkError> {
+        if self.pool.iter().any(|b| b.capacity() >= bytes) {
+            return Ok(());
+        }
+        self.pool
+            .push(StagingBuffer::with_capacity(bytes).map_err(|e| LinkError::Staging(e.into()))?);
+        Ok(())
+    }
+
+    /// Hands a snapshot taken for `generation` to the sender; returns its job id. A copy
+    /// snapshot taken while an older one still waits for the sender is merged into it: the
+    /// sender ships both as one checkpoint, and every job up to this one is done with it.
+    pub fn submit(
+        &mut self,
+        generation: u64,
+        full: bool,
+        snapshot: Snapshot,
+    ) -> Result<u64, LinkError> {
+        self.next_job += 1;
+        let id = self.next_job;
+        self.shared.submitted.store(id, Ordering::Release);
+        if full {
+            self.full_generation = generation;
+        }
+        match snapshot {
+            Snapshot::Copied(copied) => {
+                self.queue(id, generation, copied)?;
+                self.wait_lag()?;
+                Ok(id)
+            }
+            Snapshot::Forked(child) => {
+                // What is queued was taken before the child: it goes first.
+                let queued = self.shared.queued().take();
+                if let Some(q) = queued {
+                    self.send(Job::Snapshot {
+                        id: q.last_id,
+                        generation: q.generation,
+                        snapshot: Snapshot::Copied(q.copied),
+                    })?;
+                }
+                self.shared.fork_in_flight.store(true, Ordering::Release);
+                *lock_child(&self.shared) = child.pidfd.clone();
+                self.send(Job::Snapshot {
+                    id,
+                    generation,
+                    snapshot: Snapshot::Forked(child),
+                })?;
+                self.wait_lag()?;
+                Ok(id)
+            }
+        }
+    }
+
+    /// Bounds how far the stream may fall behind: past it, [`Link::submit`] waits for the
+    /// sender. `None`: never waits.
+    pub fn set_max_lag(&mut self, max: Option<MaxLag>) {
+        self.max_lag = max;
+    }
+
+    /// Waits while the stream is behind by more than the bound (and a session is open to
+    /// catch up on).
+    fn wait_lag(&self) -> Result<(), LinkError> {
+        let Some(max) = self.max_lag else {
+            return Ok(());
+        };
+        let mut p = self.shared.lock();
+        loop {
+            let behind = match max {
+                MaxLag::Checkpoints(n) => self.next_job.saturating_sub(p.done_job) > n,
+                MaxLag::Time(t) => self
+                    .shared
+                    .queued()
+                    .as_ref()
+                    .is_some_and(|q| q.since.elapsed() > t),
+            };
+            if !behind || !self.live() {
+                return Ok(());
+            }
+            if self.sender_gone() {
+                return Err(LinkError::SenderGone);
+            }
+            p = self.wait(p);
+        }
+    }
+
+    fn send(&self, job: Job) -> Result<(), LinkError> {
+        self.jobs.send(job).map_err(|_| LinkError::SenderGone)
+    }
+
+    /// Puts a copy snapshot in the queue's one place, merged with the one there if any.
+    fn queue(&mut self, id: u64, generation: u64, copied: Copied) -> Result<u64, LinkError> {
+        let shared = Arc::clone(&self.shared);
+        let mut slot = shared.queued();
+        let Some(mut q) = slot.take() else {
+            *slot = Some(Queued {
+                last_id: id,
+                generation,
+                copied,
+                since: Instant::now(),
+                checkpoints: 1,
+            });
+            drop(slot);
+            self.send(Job::Queued)?;
+            return Ok(id);
+        };
+        // Its `Job::Queued` is still ahead in the channel: the sender takes what is here.
+        let same = q.generation == generation;
+        if !same || copied.full || coalesce::covers(&copied.runs, &q.copied.runs) {
+            // Its session is over, or the new snapshot holds all its pages: it is superseded
+            // (and within a session the new one stands for both, the first one's fullness
+            // included: a spare's first checkpoint must be full).
+            let mut copied = copied;
+            let (checkpoints, since) = if same {
+                copied.full |= q.copied.full;
+                (q.checkpoints + 1, q.since)
+            } else {
+                (1, Instant::now())
+            };
+            self.give_back(q.copied);
+            *slot = Some(Queued {
+                last_id: id,
+                generation,
+                copied,
+                since,
+                checkpoints,
+            });
+        } else {
+            let (mut data, _) = self.staging(q.copied.data.len() + copied.data.len())?;
+            let (mut runs, _) = self.spare_vecs();
+            coalesce::merge(&q.copied, &copied, &mut data, &mut runs);
+            let full = q.copied.full;
+            let older = std::mem::replace(
+                &mut q.copied,
+                Copied {
+                    full,
+                    runs,
+                    data,
+                    metadata: Vec::new(),
+                },
+            );
+            q.copied.metadata = copied.metadata;
+            q.last_id = id;
+            q.checkpoints += 1;
+            self.pool.push(copied.data);
+            self.spare_vecs.push((copied.runs, Vec::new()));
+            self.give_back(older);
+            *slot = Some(q);
+        }
+        drop(slot);
+        self.shared.lock().coalesced += 1;
+        self.trim_pool();
+        Ok(id)
+    }
+
+    /// Keeps a snapshot's buffers for reuse.
+    fn give_back(&mut self, c: Copied) {
+        self.pool.push(c.data);
+        self.spare_vecs.push((c.runs, c.metadata));
+    }
+
+    /// Drops all but the [`POOL`] largest staging buffers and as many spare vectors: the
+    /// pool serves the snapshot being taken, the one queued and the one being written.
+    fn trim_pool(&mut self) {
+        if self.pool.len() > POOL {
+            self.pool.sort_by_key(|b| std::cmp::Reverse(b.capacity()));
+            self.pool.truncate(POOL);
+        }
+        self.spare_vecs.truncate(POOL);
+    }
+
+    /// Waits until job `id` is on the stream and the spare acked it (sync mode). Returns
+    /// what became of it; `Ok(false)` for a checkpoint dropped or whose session ended
+    /// before the ack.
+    pub fn wait_acked(&self, id: u64) -> Result<bool, LinkError> {
+        let mut p = self.shared.lock();
+        while p.done_job < id {
+            if self.sender_gone() {
+                return Err(LinkError::SenderGone);
+            }
+            p = self.wait(p);
+        }
+        let Some(Shipped::Written(cp)) = p.done.filter(|_| p.done_job == id) else {
+            return Ok(false);
+        };
+        while p.acked < cp {
+            if !self.live() {
+                return Ok(false);
+            }
+            p = self.wait(p);
+        }
+        Ok(true)
+    }
+
+    fn wait<'a>(&self, p: MutexGuard<'a, Progress>) -> MutexGuard<'a, Progress> {
+        // The timeout only guards against a missed wake-up; every change notifies.
+        match self
+            .shared
+            .changed
+            .wait_timeout(p, Duration::from_millis(50))
+        {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        }
+    }
+
+    fn sender_gone(&self) -> bool {
+        self.sender.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// SIGKILLs the fork child in flight, if any (for supervisors and failure tests: the
+    /// session it was writing ends, the next spare gets a full checkpoint). Returns whether
+    /// a child was signalled.
+    pub fn kill_fork_child(&self) -> bool {
+        let child = lock_child(&self.shared).clone();
+        child.is_some_and(|fd| process::pidfd_kill(fd.as_fd()).is_ok())
+    }
+
+    /// Waits until every snapshot submitted so far is on the stream (or dropped) and its fork
+    /// child, if any, has ended.
+    pub fn wait_idle(&self) -> Result<(), LinkError> {
+        let mut p = self.shared.lock();
+        while p.done_job < self.next_job {
+            if self.sender_gone() {
+                return Err(LinkError::SenderGone);
+            }
+            p = self.wait(p);
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for a session to open (a spare to connect).
+    pub fn wait_live(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut p = self.shared.lock();
+        while !self.live() {
+            if Instant::now() >= deadline || self.sender_gone() {
+                return false;
+            }
+            p = self.wait(p);
+        }
+        true
+    }
+
+    /// The link's counters.
+    pub fn stats(&self) -> LinkStats {
+        self.shared.stats()
+    }
+
+    /// A handle on the counters for another thread.
+    pub fn probe(&self) -> LinkProbe {
+        LinkProbe {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Puts everything submitted on the stream, ends the session with a goodbye (the spare
+    /// will not take over), and stops the sender.
+    pub fn finish(mut self) -> Result<LinkStats, LinkError> {
+        let _ = self.jobs.send(Job::Goodbye);
+        if let Some(t) = self.sender.take() {
+            t.join().map_err(|_| LinkError::SenderGone)?;
+        }
+        Ok(self.stats())
+    }
+}

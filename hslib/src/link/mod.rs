@@ -1,0 +1,404 @@
+//! The primary's link to its spare: a sender thread that owns the stream and puts snapshots on
+//! it one at a time, in order; a thread that reads the spare's acks; and, for the socket
+//! transports, a thread that accepts spares (a spare that connects gets a new session and a
+//! full checkpoint).
+//!
+//! Sessions are numbered by *generation*. A snapshot is taken for the generation that was
+//! live when it was taken and is dropped if that session has ended by its turn: a new session
+//! must start with a full checkpoint, which the next snapshot will be.
+//!
+//! Files: `handle` (the [`Link`] a primary's context holds), `sender` (the thread that
+//! writes every frame), `acceptor` (spares' connections and handshakes), `acks` (the ack
+//! reader), `coalesce` (merging copy snapshots that wait for the sender; at most one waits,
+//! so a slow spare costs the regions' size, not a snapshot per checkpoint).
+
+mod acceptor;
+mod acks;
+mod coalesce;
+mod handle;
+mod sender;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+pub use handle::Link;
+
+use crate::snapshot::Snapshot;
+use crate::transport::{TcpConfig, TransportError};
+use crate::wire::Hello;
+
+/// Where a primary's checkpoints go.
+#[derive(Debug, Clone)]
+pub enum LinkConfig {
+    /// Nowhere (standalone runs and benchmarks); the snapshots are still taken and written.
+    Null,
+    /// Into a socket pair drained by a thread (benchmarks: the paper's pipe with a reader).
+    Drain,
+    /// A checkpoint log file; `append` adds a session to an existing log instead of
+    /// replacing it.
+    File {
+        /// The log.
+        path: PathBuf,
+        /// Append rather than truncate.
+        append: bool,
+    },
+    /// Listen on a Unix socket `name` in directory `dir` (mode 0700) for spares.
+    Unix {
+        /// The socket directory.
+        dir: PathBuf,
+        /// The socket's name in it.
+        name: String,
+    },
+    /// Listen on TCP for authenticated spares.
+    Tcp {
+        /// The address to listen on.
+        addr: SocketAddr,
+        /// The key and timeouts.
+        config: TcpConfig,
+    },
+}
+
+/// What became of a checkpoint on the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shipped {
+    /// Written to the stream as this checkpoint number.
+    Written(u64),
+    /// Dropped: no session was open for it by its turn.
+    Dropped,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    /// The last job the sender finished, and what became of it.
+    done_job: u64,
+    done: Option<Shipped>,
+    /// The last checkpoint the spare acked (or that a sink without acks took).
+    acked: u64,
+    /// Checkpoints written and their page bytes.
+    written: u64,
+    bytes: u64,
+    /// The number of the last checkpoint written (0: none yet).
+    last_written: u64,
+    /// The first (full) checkpoint of the open session, once written.
+    session_full: Option<u64>,
+    /// Checkpoints merged into a later one while they waited for the sender.
+    coalesced: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// The generation of the open session (0: none yet).
+    generation: AtomicU64,
+    /// Whether that session is still open.
+    live: AtomicBool,
+    /// Whether a fork child has not yet been reaped.
+    fork_in_flight: AtomicBool,
+    /// The descriptor the open session writes to (a fork child writes there too).
+    stream_fd: AtomicI32,
+    /// A pidfd of the fork child in flight.
+    child: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
+    progress: Mutex<Progress>,
+    changed: Condvar,
+    /// Raised when a spare connects, cleared by the next checkpoint.
+    wanted: Wanted,
+    /// The copy snapshot waiting for the sender, later ones merged into it.
+    queued: Mutex<Option<coalesce::Queued>>,
+    /// Jobs submitted so far (the last job's id).
+    submitted: AtomicU64,
+}
+
+/// "A spare connected and holds nothing of this primary yet": a flag and a pipe that is
+/// readable while it is raised, so an application that idles in `poll` (a game waiting for a
+/// key) wakes up and takes the checkpoint that brings the spare up to date.
+#[derive(Debug, Default)]
+struct Wanted {
+    raised: AtomicBool,
+    /// Makes raising (flag and byte) and clearing (flag and drain) one step each, so that a
+    /// clear that follows a poll which saw the byte always drains it.
+    turn: Mutex<()>,
+    /// (read end, write end), both non-blocking; `None` if the pipe could not be made.
+    pipe: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+}
+
+impl Wanted {
+    fn new() -> Self {
+        let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK);
+        if let Err(e) = &pipe {
+            tracing::warn!(error = %e, "no checkpoint-wanted pipe; an idle primary syncs a new spare at its next checkpoint");
+        }
+        Self {
+            raised: AtomicBool::new(false),
+            turn: Mutex::new(()),
+            pipe: pipe.ok(),
+        }
+    }
+
+    fn turn(&self) -> MutexGuard<'_, ()> {
+        self.turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn raise(&self) {
+        let _turn = self.turn();
+        // The flag first: whoever sees the byte then finds the flag raised, and its clear
+        // (which waits for this turn to end) drains the byte.
+        self.raised.store(true, Ordering::Release);
+        if let Some((_, write)) = &self.pipe {
+            // A full pipe is readable already.
+            let _ = nix::unistd::write(write, &[1]);
+        }
+    }
+
+    /// Clears the flag; drains the pipe only when it was raised (one atomic otherwise).
+    fn clear(&self) {
+        if !self.raised.load(Ordering::Acquire) {
+            return;
+        }
+        let _turn = self.turn();
+        self.raised.store(false, Ordering::Release);
+        if let Some((read, _)) = &self.pipe {
+            let mut buf = [0u8; 64];
+            while matches!(nix::unistd::read(read, &mut buf), Ok(n) if n > 0) {}
+        }
+    }
+}
+
+impl Shared {
+    fn queued(&self) -> MutexGuard<'_, Option<coalesce::Queued>> {
+        self.queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Progress> {
+        // A panicking holder leaves plain counters behind; they are still meaningful.
+        self.progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+enum Job {
+    /// A spare whose handshake is done: its session opens when the sender takes it.
+    Spare(acceptor::Handshaken),
+    Snapshot {
+        id: u64,
+        generation: u64,
+        snapshot: Snapshot,
+    },
+    /// Ship the queued copy snapshot ([`Shared::queued`]), if it is still there.
+    Queued,
+    Goodbye,
+}
+
+/// Counters of a link, for status displays and statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Checkpoints written to the stream.
+    pub written: u64,
+    /// Page bytes written.
+    pub bytes: u64,
+    /// The last checkpoint acked by the spare.
+    pub acked: u64,
+    /// Sessions opened so far (spares connected, or the sink opened).
+    pub sessions: u64,
+    /// Whether a session is open now.
+    pub live: bool,
+    /// Whether the open session's spare holds a checkpoint: its full checkpoint was acked
+    /// (a sink: written). Until then a new spare protects nothing.
+    pub synced: bool,
+    /// The number of the last checkpoint written (0: none yet); with `acked`, how far the
+    /// spare lags behind.
+    pub last_written: u64,
+    /// Checkpoints taken and not yet on the stream (the sender is behind): how far the
+    /// stream lags behind the application.
+    pub pending: u64,
+    /// Checkpoints merged into a later one while they waited for the sender (each page
+    /// ships once, with its newest contents).
+    pub coalesced: u64,
+}
+
+impl Shared {
+    fn stats(&self) -> LinkStats {
+        let p = self.lock();
+        let live = self.live.load(Ordering::Acquire);
+        LinkStats {
+            written: p.written,
+            bytes: p.bytes,
+            acked: p.acked,
+            sessions: self.generation.load(Ordering::Acquire),
+            live,
+            synced: live && p.session_full.is_some_and(|cp| p.acked >= cp),
+            last_written: p.last_written,
+            pending: self
+                .submitted
+                .load(Ordering::Acquire)
+                .saturating_sub(p.done_job),
+            coalesced: p.coalesced,
+        }
+    }
+}
+
+/// A link's counters, readable from any thread for as long as it is kept (a status display
+/// next to the worker); it outlives the link and then shows its last counters.
+#[derive(Debug, Clone)]
+pub struct LinkProbe {
+    shared: Arc<Shared>,
+}
+
+impl LinkProbe {
+    /// The link's counters now.
+    pub fn stats(&self) -> LinkStats {
+        self.shared.stats()
+    }
+}
+
+/// What a snapshot taken now is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The session's generation.
+    pub generation: u64,
+    /// Whether it must be full (the first of its session).
+    pub full: bool,
+    /// The descriptor the session writes to, for a fork child.
+    pub stream_fd: i32,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Spare(h) => write!(f, "Spare({})", h.peer),
+            Job::Snapshot { id, generation, .. } => write!(f, "Snapshot({id}, gen {generation})"),
+            Job::Queued => f.write_str("Queued"),
+            Job::Goodbye => f.write_str("Goodbye"),
+        }
+    }
+}
+
+/// The stream's parameters for every session of a link.
+#[derive(Debug, Clone)]
+pub struct StreamParams {
+    /// The epoch of this primary.
+    pub epoch: u64,
+    /// The number of its first checkpoint.
+    pub first_checkpoint: u64,
+    /// The hello (the region table).
+    pub hello: Hello,
+    /// Whether a sink without acks should be synced to disk at each commit.
+    pub sync_sink: bool,
+}
+
+/// The environment variable that bounds how far the stream may fall behind the
+/// application ([`MaxLag`]); unset, `checkpoint()` never waits for the sender in async mode.
+pub const ENV_MAX_LAG: &str = "HS_MAX_LAG";
+
+/// How far the stream may fall behind before a checkpoint waits for the sender: `N`
+/// checkpoints taken and not yet on the stream, or `Nus`, the oldest checkpoint waiting for
+/// the sender at most `N` microseconds old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxLag {
+    /// At most this many checkpoints not yet on the stream (at least 1).
+    Checkpoints(u64),
+    /// The oldest checkpoint waiting for the sender at most this old.
+    Time(std::time::Duration),
+}
+
+impl std::str::FromStr for MaxLag {
+    type Err = LinkError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || LinkError::MaxLag {
+            value: s.to_owned(),
+        };
+        match s.strip_suffix("us") {
+            Some(us) => us
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(|n| MaxLag::Time(std::time::Duration::from_micros(n)))
+                .ok_or_else(bad),
+            None => s
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(MaxLag::Checkpoints)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+impl MaxLag {
+    /// The bound in [`ENV_MAX_LAG`], if it is set.
+    pub fn from_env() -> Result<Option<Self>, LinkError> {
+        match std::env::var_os(ENV_MAX_LAG) {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .ok_or_else(|| LinkError::MaxLag {
+                    value: v.to_string_lossy().into_owned(),
+                })?
+                .parse()
+                .map(Some),
+        }
+    }
+}
+
+/// What went wrong on the link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// [`ENV_MAX_LAG`] holds neither a count nor a time.
+    #[error(
+        "{ENV_MAX_LAG}={value:?} is neither a number of checkpoints (\"100\") nor of microseconds (\"500us\"), above 0"
+    )]
+    MaxLag {
+        /// The value found.
+        value: String,
+    },
+    /// The transport could not be set up.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The sender thread ended (it panicked).
+    #[error("the checkpoint sender thread is gone")]
+    SenderGone,
+    /// The checkpoint log's first frame could not be written.
+    #[error("writing the hello to checkpoint log {path:?} failed (see the log)")]
+    Sink {
+        /// The log.
+        path: PathBuf,
+    },
+    /// A staging buffer for a copy snapshot could not be mapped.
+    #[error("mapping a staging buffer for a copy snapshot failed: {0}")]
+    Staging(std::io::Error),
+    /// /dev/null could not be opened (for fork children of a null link).
+    #[error("opening /dev/null failed: {0}")]
+    DevNull(std::io::Error),
+    /// A thread could not start.
+    #[error("starting thread {name} failed: {source}")]
+    Spawn {
+        /// The thread.
+        name: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn spawn<F: FnOnce() + Send + 'static>(
+    name: &'static str,
+    f: F,
+) -> Result<JoinHandle<()>, LinkError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(|source| LinkError::Spawn { name, source })
+}
+
+fn lock_child(shared: &Shared) -> MutexGuard<'_, Option<Arc<std::os::fd::OwnedFd>>> {
+    shared
+        .child
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

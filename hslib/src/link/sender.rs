@@ -1,0 +1,318 @@
+//! The sender thread: owns the stream and serialises every frame on it (sessions' hellos,
+//! checkpoints in order, the goodbye), and runs fork children's turns.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender};
+
+use super::acceptor::Handshaken;
+use super::acks::read_acks;
+use super::{Job, LinkError, Shared, Shipped, StreamParams, lock_child, spawn};
+use crate::snapshot::{Copied, ForkedChild, Go, Snapshot};
+use crate::sys::process::{self, ChildEnd};
+use crate::transport::Endpoint;
+use crate::wire::{AckReader, CheckpointWriter};
+
+/// The session the sender writes to.
+struct Open {
+    writer: CheckpointWriter<Box<dyn Endpoint>>,
+    generation: u64,
+    acks: bool,
+}
+
+/// The sender thread's state.
+pub(super) struct SenderThread {
+    shared: Arc<Shared>,
+    params: StreamParams,
+    give_back: Sender<Copied>,
+    open: Option<Open>,
+    next_checkpoint: u64,
+    generation: u64,
+    devnull: File,
+}
+
+impl SenderThread {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        params: StreamParams,
+        give_back: Sender<Copied>,
+    ) -> Result<Self, LinkError> {
+        let next_checkpoint = params.first_checkpoint.max(1);
+        // Opened before any fork, so a fork child of a null link has somewhere to write.
+        let devnull = File::options()
+            .write(true)
+            .open("/dev/null")
+            .map_err(LinkError::DevNull)?;
+        Ok(Self {
+            shared,
+            params,
+            give_back,
+            open: None,
+            next_checkpoint,
+            generation: 0,
+            devnull,
+        })
+    }
+
+    pub(super) fn run(mut self, jobs: Receiver<Job>) {
+        if let Err(e) = process::batch_this_thread() {
+            tracing::debug!(error = %e, "SCHED_BATCH for the sender refused");
+        }
+        while let Ok(job) = jobs.recv() {
+            match job {
+                Job::Spare(spare) => self.connect_spare(spare),
+                Job::Snapshot {
+                    id,
+                    generation,
+                    snapshot,
+                } => self.ship_job(id, generation, snapshot, 1),
+                Job::Queued => {
+                    let queued = self.shared.queued().take();
+                    // Gone already: shipped ahead of a fork snapshot.
+                    if let Some(q) = queued {
+                        let snapshot = Snapshot::Copied(q.copied);
+                        self.ship_job(q.last_id, q.generation, snapshot, q.checkpoints);
+                    }
+                }
+                Job::Goodbye => break,
+            }
+        }
+        self.close(true);
+    }
+
+    /// Ships one snapshot that stands for `checkpoints` checkpoints and counts every job up
+    /// to `id` done.
+    fn ship_job(&mut self, id: u64, generation: u64, snapshot: Snapshot, checkpoints: u64) {
+        let done = self.ship(generation, snapshot, checkpoints);
+        let mut p = self.shared.lock();
+        p.done_job = id;
+        p.done = Some(done);
+        drop(p);
+        self.shared.changed.notify_all();
+    }
+
+    /// Ends the open session; with `goodbye`, first tells the spare not to take over.
+    fn close(&mut self, goodbye: bool) {
+        if let Some(mut open) = self.open.take() {
+            if goodbye
+                && self.shared.live.load(Ordering::Acquire)
+                && let Err(e) = open.writer.goodbye()
+            {
+                tracing::warn!(error = %e, "sending the goodbye failed");
+            }
+            // Shut the socket down, not just this descriptor: the ack reader holds a
+            // duplicate, and the spare must see the stream end. After a goodbye only our
+            // sending side: the spare's last acks still arrive, and its reads see the
+            // goodbye before the end.
+            let _ = if goodbye {
+                open.writer.get_ref().shutdown_write()
+            } else {
+                open.writer.get_ref().shutdown()
+            };
+            let p = self.shared.lock();
+            self.shared.live.store(false, Ordering::Release);
+            drop(p);
+            self.shared.changed.notify_all();
+        }
+    }
+
+    /// Opens a session on a sink (no acks): the hello is written here.
+    pub(super) fn connect(&mut self, ep: Box<dyn Endpoint>) {
+        self.close(true);
+        let peer = ep.describe();
+        let mut writer = CheckpointWriter::new(ep, self.params.epoch, self.next_checkpoint);
+        if let Err(e) = writer.hello(&self.params.hello) {
+            tracing::warn!(peer, error = %e, "writing the hello failed");
+            return;
+        }
+        self.adopt(writer, None, peer);
+    }
+
+    /// Opens a session with a spare whose handshake (authentication, hello and its ack) the
+    /// acceptor has done.
+    fn connect_spare(&mut self, spare: Handshaken) {
+        // One spare at a time: the one replaced is told goodbye, so it exits instead of
+        // taking over from a primary that is alive.
+        self.close(true);
+        let Handshaken {
+            peer,
+            mut writer,
+            acks,
+            ack_stream,
+        } = spare;
+        // The hello carries no checkpoint number: the session's first one is decided now.
+        let mut state = writer.state();
+        state.next_checkpoint = self.next_checkpoint;
+        writer.set_state(state);
+        self.adopt(writer, Some((ack_stream, acks)), peer);
+    }
+
+    fn adopt(
+        &mut self,
+        writer: CheckpointWriter<Box<dyn Endpoint>>,
+        reader: Option<(Box<dyn Endpoint>, AckReader)>,
+        peer: String,
+    ) {
+        let acks = reader.is_some();
+        self.generation += 1;
+        let generation = self.generation;
+        if let Some((clone, acks)) = reader {
+            let shared = Arc::clone(&self.shared);
+            let started = spawn("hs-acks", move || {
+                read_acks(clone, acks, &shared, generation)
+            });
+            if let Err(e) = started {
+                tracing::warn!(peer, error = %e, "starting the ack reader failed");
+                return;
+            }
+        }
+        tracing::info!(peer, generation, "session opened");
+        self.open = Some(Open {
+            writer,
+            generation,
+            acks,
+        });
+        let fd = self
+            .open
+            .as_ref()
+            .and_then(|o| o.writer.get_ref().as_fd().map(process::raw))
+            .unwrap_or_else(|| process::raw(self.devnull.as_fd()));
+        let mut p = self.shared.lock();
+        p.session_full = None;
+        self.shared.stream_fd.store(fd, Ordering::Release);
+        self.shared.generation.store(generation, Ordering::Release);
+        self.shared.live.store(true, Ordering::Release);
+        drop(p);
+        self.shared.changed.notify_all();
+        self.shared.wanted.raise();
+    }
+
+    /// Puts one snapshot on the stream if its session is still the open one.
+    fn ship(&mut self, generation: u64, snapshot: Snapshot, checkpoints: u64) -> Shipped {
+        let usable = self.shared.live.load(Ordering::Acquire)
+            && self
+                .open
+                .as_ref()
+                .is_some_and(|o| o.generation == generation);
+        let full = match &snapshot {
+            Snapshot::Copied(c) => c.full,
+            Snapshot::Forked(f) => f.full,
+        };
+        let result = match snapshot {
+            Snapshot::Copied(c) => {
+                let r = if usable {
+                    self.write_copy(&c, checkpoints)
+                } else {
+                    None
+                };
+                let _ = self.give_back.send(c);
+                r
+            }
+            Snapshot::Forked(child) => {
+                let r = if usable {
+                    self.run_child(child)
+                } else {
+                    drop(child.go);
+                    reap(child.pid);
+                    None
+                };
+                *lock_child(&self.shared) = None;
+                self.shared.fork_in_flight.store(false, Ordering::Release);
+                r
+            }
+        };
+        match result {
+            Some((cp, bytes)) => {
+                let mut p = self.shared.lock();
+                p.written += 1;
+                p.bytes += bytes;
+                p.last_written = cp;
+                if full {
+                    p.session_full = Some(cp);
+                }
+                if self.open.as_ref().is_some_and(|o| !o.acks) {
+                    p.acked = cp;
+                }
+                Shipped::Written(cp)
+            }
+            None => Shipped::Dropped,
+        }
+    }
+
+    fn write_copy(&mut self, c: &Copied, checkpoints: u64) -> Option<(u64, u64)> {
+        let open = self.open.as_mut()?;
+        // A snapshot with others merged into it takes the number of the last of them:
+        // numbers keep counting the application's checkpoints (they need only increase).
+        let mut state = open.writer.state();
+        state.next_checkpoint += checkpoints.saturating_sub(1);
+        open.writer.set_state(state);
+        match c.write(&mut open.writer) {
+            Ok(cp) => {
+                self.next_checkpoint = cp + 1;
+                self.sync_sink();
+                Some((cp, c.data.len() as u64))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "writing a checkpoint failed; the session is over");
+                self.close(false);
+                None
+            }
+        }
+    }
+
+    fn sync_sink(&mut self) {
+        if let Some(open) = &self.open
+            && !open.acks
+            && self.params.sync_sink
+            && let Err(e) = open.writer.get_ref().sync()
+        {
+            tracing::warn!(error = %e, "syncing the checkpoint log failed");
+        }
+    }
+
+    fn run_child(&mut self, child: ForkedChild) -> Option<(u64, u64)> {
+        let open = self.open.as_mut()?;
+        let state = open.writer.state();
+        let go = Go {
+            epoch: state.epoch,
+            sequence: state.next_sequence,
+            checkpoint: state.next_checkpoint,
+        };
+        if let Err(e) = process::write_all(child.go.as_fd(), &go.encode()) {
+            // The child died before its turn. Its pages were taken off the tracker's books,
+            // so the spare can never be patched up to date incrementally: end the session
+            // (the next one starts with a full checkpoint).
+            tracing::warn!(error = %e, "handing a fork child its turn failed; the session is over");
+            drop(child.go);
+            reap(child.pid);
+            self.close(false);
+            return None;
+        }
+        drop(child.go);
+        match process::wait_child(child.pid) {
+            Ok(ChildEnd::Exited(crate::snapshot::CHILD_DONE)) => {
+                let mut s = state;
+                s.skip_checkpoint(child.frames);
+                let open = self.open.as_mut()?;
+                open.writer.set_state(s);
+                self.next_checkpoint = go.checkpoint + 1;
+                self.sync_sink();
+                Some((go.checkpoint, child.pages * crate::sys::PAGE_SIZE as u64))
+            }
+            other => {
+                // The child may have left a partial frame: nothing after it can be read.
+                tracing::warn!(?other, "a fork child failed to write its checkpoint");
+                self.close(false);
+                None
+            }
+        }
+    }
+}
+
+fn reap(pid: nix::unistd::Pid) {
+    if let Err(e) = process::wait_child(pid) {
+        tracing::warn!(%pid, error = %e, "reaping a fork child failed");
+    }
+}
