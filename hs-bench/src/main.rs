@@ -10,6 +10,8 @@
 //! bytes: the floor). The stall is the time inside `checkpoint()`; everything shipped is
 //! drained by a reader on the other end of a socket pair, as the paper's pipe was.
 
+mod floors;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -51,6 +53,31 @@ enum Command {
         /// and the reader still winding down on the other core.
         #[arg(long, value_name = "US", default_value_t = 1000)]
         gap_us: u64,
+    },
+    /// The floors every other figure is compared with, measured in this process: memcpy of
+    /// the dirty bytes, the hand-off to a thread, the sync round trip, kill to end of file.
+    Floors {
+        /// One JSON object on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Microseconds between two measurements (50000: a person's pace, caches cold).
+        #[arg(long, value_name = "US", default_value_t = 0)]
+        gap_us: u64,
+        /// Measurements per floor (the kill floor takes a tenth, at least 10).
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// Region size for the memcpy floor, KiB.
+        #[arg(long, value_name = "KIB", default_value_t = 4096)]
+        region_kib: usize,
+        /// Share of the region's pages dirty for the memcpy floor, percent.
+        #[arg(long, value_name = "PCT", default_value_t = 10)]
+        dirty_pct: usize,
+    },
+    /// A peer process of `floors` (internal).
+    #[command(hide = true)]
+    FloorPeer {
+        /// drain-ack or hold.
+        mode: String,
     },
 }
 
@@ -127,13 +154,37 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let Command::Paper {
-        json,
-        out,
-        quick,
-        strategies,
-        gap_us,
-    } = cli.command;
+    let (json, out, quick, strategies, gap_us) = match cli.command {
+        Command::Paper {
+            json,
+            out,
+            quick,
+            strategies,
+            gap_us,
+        } => (json, out, quick, strategies, gap_us),
+        Command::Floors {
+            json,
+            gap_us,
+            samples,
+            region_kib,
+            dirty_pct,
+        } => {
+            let floors = floors::measure(&floors::FloorOptions {
+                region_bytes: region_kib.saturating_mul(1024),
+                dirty_pct,
+                gap: Duration::from_micros(gap_us),
+                samples,
+            })?;
+            let mut stdout = std::io::stdout().lock();
+            if json {
+                writeln!(stdout, "{}", serde_json::to_string(&floors)?)?;
+            } else {
+                write!(stdout, "{}", floors.report())?;
+            }
+            return Ok(());
+        }
+        Command::FloorPeer { mode } => return Ok(floors::run_peer(&mode)?),
+    };
     let gap = Duration::from_micros(gap_us);
     let series: Vec<Series> = if strategies.is_empty() {
         SERIES.to_vec()
