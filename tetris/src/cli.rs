@@ -15,7 +15,7 @@ use hslib::HsError;
 use crate::options::{self, Parsed};
 use crate::state::GameState;
 use crate::worker::{self, Ran};
-use crate::{headless, play, scores, store};
+use crate::{play, scores, store};
 
 /// Environment variable: a file to append hslib's log to (it never goes to the terminal).
 pub const LOG_ENV: &str = "TETRIS_LOG";
@@ -214,17 +214,8 @@ where
     match worker::run(&options)? {
         // A spare whose primary finished: the primary showed everything.
         Ran::SpareDone => Ok(ExitCode::SUCCESS),
-        Ran::Played {
-            state,
-            ending: None,
-            ..
-        } => {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{}", headless::to_json(&state))
-                .and_then(|()| out.flush())
-                .context("cannot write the result to stdout")?;
-            Ok(ExitCode::SUCCESS)
-        }
+        // A headless game printed its result line itself, before its spare was let go.
+        Ran::Played { ending: None, .. } => Ok(ExitCode::SUCCESS),
         Ran::Played {
             state,
             ending: Some(ending),

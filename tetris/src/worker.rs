@@ -10,6 +10,7 @@
 //! headless script) itself, plays the state where it lies through a [`Store`] whose commit is
 //! [`hslib::Context::checkpoint`], puts the terminal back and returns how the game ended.
 
+use std::io::Write as _;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -198,6 +199,14 @@ fn worker(ctx: &mut Context, plan: &Plan) -> anyhow::Result<Results> {
             _ => None,
         };
         headless::play_stream(&mut store, &mut script, skip, wake)?;
+        // The result goes out before the worker returns, that is before hslib tells the
+        // spare goodbye: a primary killed between the two leaves a spare that takes over
+        // the finished game and prints the same line, never a game whose result is lost.
+        let end = *store.state()?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", headless::to_json(&end))
+            .and_then(|()| out.flush())
+            .context("cannot write the result to stdout")?;
         None
     } else {
         Some(play::play(
