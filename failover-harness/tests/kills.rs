@@ -9,6 +9,7 @@
 mod common;
 
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,8 +94,33 @@ struct Ran {
     kills: u32,
 }
 
-/// Runs `run` on `script` and, until it ends, calls `pick` every 40-200 ms (drawn from
-/// `seed`) to choose a pid to SIGKILL.
+/// Inputs fed per [`PACE`]: the script reaches the harness over about two seconds however
+/// fast the games are, so the kills land while the harness is still writing input.
+const CHUNK: usize = 1000;
+/// See [`CHUNK`].
+const PACE: Duration = Duration::from_millis(20);
+
+/// Feeds `script` into a new FIFO at `fifo`, [`CHUNK`] inputs per [`PACE`], then closes it.
+fn paced_fifo(fifo: &Path, script: Vec<u8>) -> std::thread::JoinHandle<()> {
+    nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let fifo = fifo.to_owned();
+    std::thread::spawn(move || {
+        // Blocks until the harness opens the script.
+        let Ok(mut w) = std::fs::OpenOptions::new().write(true).open(&fifo) else {
+            return;
+        };
+        for chunk in script.chunks(CHUNK) {
+            // The run may have ended (a lost game): the rest has no reader.
+            if w.write_all(chunk).is_err() {
+                return;
+            }
+            std::thread::sleep(PACE);
+        }
+    })
+}
+
+/// Runs `run` on `script`, fed at a pace through a FIFO, and, until it ends, calls `pick`
+/// every 40-200 ms (drawn from `seed`) to choose a pid to SIGKILL.
 fn run_with_kills(
     dir: &Path,
     seed: u64,
@@ -103,9 +129,12 @@ fn run_with_kills(
 ) -> Ran {
     let log = dir.join(format!("harness-{seed}.log"));
     let _ = std::fs::remove_file(&log);
+    let fifo = dir.join(format!("fifo-{seed}"));
+    let _ = std::fs::remove_file(&fifo);
+    let feeder = paced_fifo(&fifo, std::fs::read(script).expect("the script"));
     let mut cmd = harness();
     cmd.args(["run", "--seed", &seed.to_string(), "--script"])
-        .arg(script)
+        .arg(&fifo)
         .env("FAILOVER_HARNESS_LOG", &log)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -131,6 +160,12 @@ fn run_with_kills(
         }
         std::thread::sleep(Duration::from_millis(2));
     };
+    // Unblocks a feeder still waiting for a reader (the run ended before it opened the FIFO).
+    let _ = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo);
+    let _ = feeder.join();
     Ran {
         success: status.success(),
         stdout: stdout.join().expect("stdout"),

@@ -101,6 +101,26 @@ fn a_log_cut_at_any_byte_resumes_with_the_whole_script_file_to_the_same_end() {
     let mut cuts: Vec<usize> = (1..=13).map(|i| bytes.len() * i / 13).collect();
     cuts.extend([bytes.len() - 1, bytes.len() / 2 + 1, 1, 64]);
     cuts.sort_unstable();
+    // Where the log first holds a whole checkpoint (the new game: a page, its metadata and
+    // its commit): shorter cuts cannot be resumed.
+    let first_whole = {
+        let probe = f.path("probe");
+        let whole = |n: usize| {
+            std::fs::write(&probe, &bytes[..n]).unwrap();
+            tetris::store::logged_state(&probe).unwrap().is_some()
+        };
+        let (mut lo, mut hi) = (0, bytes.len());
+        assert!(whole(hi), "the whole log holds no whole checkpoint");
+        while lo + 1 < hi {
+            let mid = (lo + hi) / 2;
+            if whole(mid) { hi = mid } else { lo = mid }
+        }
+        hi
+    };
+    assert!(first_whole > 4096, "a checkpoint holds at least its page");
+    cuts.extend([first_whole - 1, first_whole]);
+    cuts.sort_unstable();
+    cuts.dedup();
     let mut last_inputs = 0;
     for cut in cuts {
         let cut_log = f.path(&format!("cut-{cut}"));
@@ -113,8 +133,8 @@ fn a_log_cut_at_any_byte_resumes_with_the_whole_script_file_to_the_same_end() {
             &script_file,
         ]);
         let out = tetris(&resume, &status, b"");
-        if cut < 4096 {
-            // Not even the first checkpoint (one whole page) is in the log.
+        if cut < first_whole {
+            // Not even the first checkpoint is whole in the log.
             assert_eq!(out.status.code(), Some(1), "cut {cut}: {out:?}");
             assert!(out.stdout.is_empty(), "cut {cut}: {out:?}");
             continue;
