@@ -39,10 +39,21 @@ fn paper_json_has_every_strategy_at_every_point_and_out_writes_csv_and_charts() 
             "stall_us_p50",
             "stall_us_p99",
             "bytes_shipped",
+            "x_floor",
         ] {
             assert!(keys.contains(&k), "{line} lacks {k}");
         }
-        assert_eq!(keys.len(), 7, "{line} has extra fields");
+        assert_eq!(keys.len(), 8, "{line} has extra fields");
+        // Every strategy is compared with the floor measured at the same point; the floor
+        // itself is 1.
+        let x = o["x_floor"]
+            .as_f64()
+            .expect("x_floor: memcpy-limit is measured at every point");
+        if o["strategy"] == "memcpy-limit" {
+            assert!((x - 1.0).abs() < 1e-9, "{line}");
+        } else {
+            assert!(x > 0.0, "{line}");
+        }
         let experiment = o["experiment"].as_str().expect("experiment");
         let strategy = o["strategy"].as_str().expect("strategy");
         let p50 = o["stall_us_p50"].as_f64().expect("p50");
