@@ -74,7 +74,8 @@ impl Link {
     }
 }
 
-fn transport_name(t: Transport) -> &'static str {
+/// The transport's name as `HS_TRANSPORT` and `status --json` write it.
+pub fn transport_name(t: Transport) -> &'static str {
     match t {
         Transport::Unix => "unix",
         Transport::Tcp => "tcp",

@@ -6,10 +6,16 @@
 //! `failover-harness axe` from another terminal and `--chaos SECS`; the spare takes over on
 //! the same terminal with the same board and score, and a new spare appears. Window resizes
 //! reach both games. The terminal is put back however the session ends.
+//!
+//! The session keeps a history of its failovers (start, spares synced, axes, deaths seen,
+//! promotions, recovery times, spare deaths, the end): `failover-harness status --events`
+//! prints it, `play --events FILE` writes it to a file as it happens.
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -53,6 +59,28 @@ pub struct PlayOptions {
     pub transport: Transport,
     /// Axe the primary every so often.
     pub chaos: Option<Duration>,
+    /// Write the session's events here as they happen.
+    pub events_file: Option<PathBuf>,
+}
+
+/// The session's history: each line timed from the start, kept for `status --events` and
+/// written to the `--events` file if there is one.
+struct History {
+    start: Instant,
+    file: Option<(File, PathBuf)>,
+}
+
+impl History {
+    fn note(&mut self, control: &control::Server, text: &str) {
+        let line = format!("{:9.3}s {text}", self.start.elapsed().as_secs_f64());
+        if let Some((file, path)) = &mut self.file
+            && let Err(e) = writeln!(file, "{line}")
+        {
+            tracing::warn!(error = %e, file = %path.display(), "cannot write the events file");
+            self.file = None;
+        }
+        control.push_event(line);
+    }
 }
 
 /// The user's screen: the game's output passed through, and the status row.
@@ -112,6 +140,18 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
     ])
     .context("cannot route signals")?;
     let control = control::Server::start(&control::runtime_dir()?)?;
+    let file = match &opts.events_file {
+        Some(path) => Some((
+            File::create(path)
+                .with_context(|| format!("cannot write the events file {}", path.display()))?,
+            path.clone(),
+        )),
+        None => None,
+    };
+    let mut history = History {
+        start: Instant::now(),
+        file,
+    };
     let mut term = RawTerminal::enter()?;
     let (rows, cols) = term.size()?;
     if rows < MIN_ROWS || cols < MIN_COLS {
@@ -129,6 +169,15 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
     )?;
     let launcher = LocalLauncher::new(setup, Io::Pty(rows - 1, cols));
     let (mut sup, first) = Engine::start(launcher, InputPolicy::Immediate)?;
+    let mode = crate::game::mode_value(opts.mode);
+    let transport = crate::link::transport_name(opts.transport);
+    history.note(
+        &control,
+        &format!(
+            "session started: primary {} (epoch 1), {mode} checkpoints over {transport}",
+            sup.primary_pid()
+        ),
+    );
     let mut screen = Screen {
         tracker: vt::Tracker::new(),
         rows,
@@ -136,12 +185,20 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
         row_dirty: true,
         shown: None,
     };
-    let mut waiting: Vec<AxeRequest> = Vec::new();
+    let mut axes = Axes::default();
     let mut next_chaos = opts.chaos.map(|d| Instant::now() + d);
     let mut refreshed = Instant::now();
     let mut end = None;
     let panic_test = std::env::var_os(PANIC_ENV).is_some();
-    handle(first, &mut screen, &term, &mut waiting, &mut end)?;
+    let mut ctx = Handling {
+        screen: &mut screen,
+        term: &term,
+        axes: &mut axes,
+        end: &mut end,
+        history: &mut history,
+        control: &control,
+    };
+    ctx.handle(first)?;
     while end.is_none() {
         if panic_test && screen.tracker.alt_screen() {
             panic!("{PANIC_ENV} is set: the harness panics, its terminal must come back");
@@ -162,7 +219,11 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
                 Ok(0) | Err(Errno::EIO) => {
                     end = Some(End::Lost("the terminal went away".to_owned()));
                 }
-                Ok(n) => keys(&buf[..n], &mut sup, &mut events)?,
+                Ok(n) => {
+                    if keys(&buf[..n], &mut sup, &mut events)? {
+                        history.note(&control, "^C: the session ends");
+                    }
+                }
                 Err(Errno::EINTR | Errno::EAGAIN) => {}
                 Err(e) => return Err(e).context("reading the terminal failed"),
             }
@@ -186,7 +247,7 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
             control.drain_wake();
             while let Ok(req) = control.axes.try_recv() {
                 match sup.axe(&mut events) {
-                    Ok(Axe::Killed(_) | Axe::Pending) => waiting.push(req),
+                    Ok(Axe::Killed(_) | Axe::Pending) => axes.waiting.push(req),
                     Err(e) => {
                         let _ = req.reply.send(Err(e.to_string()));
                     }
@@ -199,7 +260,15 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
             next_chaos = opts.chaos.map(|d| Instant::now() + d);
         }
         if end.is_none() {
-            handle(events, &mut screen, &term, &mut waiting, &mut end)?;
+            Handling {
+                screen: &mut screen,
+                term: &term,
+                axes: &mut axes,
+                end: &mut end,
+                history: &mut history,
+                control: &control,
+            }
+            .handle(events)?;
         }
         let view = sup.view();
         control.set_status(Status {
@@ -208,11 +277,30 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
             epoch: view.epoch,
             failovers: view.failovers,
             checkpoints: view.stats.checkpoints,
+            spare_deaths: view.spare_deaths,
+            last_rto_ms: view.last_rto_ms,
+            lag: view.stats.lag(),
+            stall_last_us: view.stats.stall_last_us,
+            stall_p99_us: view.stats.stall_p99_us,
+            mode: mode.to_owned(),
+            transport: transport.to_owned(),
         });
+        // Answered only now, so that a `status` right after an `axe` sees the new primary.
+        for (req, pid) in axes.taken_over.drain(..) {
+            let _ = req.reply.send(Ok(pid));
+        }
         screen.status(&view)?;
         refreshed = Instant::now();
     }
-    for req in waiting {
+    match &end {
+        Some(End::Lost(why)) => history.note(&control, &format!("session lost: {why}")),
+        _ => history.note(&control, "session ended: the game finished"),
+    }
+    for req in axes
+        .waiting
+        .into_iter()
+        .chain(axes.axed.into_iter().map(|(r, _)| r))
+    {
         let _ = req.reply.send(Err("the session ended".to_owned()));
     }
     drop(sup);
@@ -226,8 +314,9 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The user's keys: the axe key axes, the rest goes to the game.
-fn keys(bytes: &[u8], sup: &mut Session, events: &mut Vec<Event>) -> anyhow::Result<()> {
+/// The user's keys: the axe key axes, the rest goes to the game; true if ^C was among them.
+fn keys(bytes: &[u8], sup: &mut Session, events: &mut Vec<Event>) -> anyhow::Result<bool> {
+    let mut interrupted = false;
     for chunk in bytes.split_inclusive(|&b| b == AXE_KEY || b == CTRL_C) {
         let (keys, last) = match chunk.split_last() {
             Some((&b, rest)) if b == AXE_KEY || b == CTRL_C => (rest, Some(b)),
@@ -237,6 +326,7 @@ fn keys(bytes: &[u8], sup: &mut Session, events: &mut Vec<Event>) -> anyhow::Res
         if last == Some(CTRL_C) {
             // A signal, not a key the game reads: not logged (the game ends on it).
             sup.interrupt()?;
+            interrupted = true;
         } else if last == Some(AXE_KEY) {
             // During a failover the axe waits for the next spare; errors are not the user's.
             if let Err(e) = sup.axe(events) {
@@ -244,31 +334,79 @@ fn keys(bytes: &[u8], sup: &mut Session, events: &mut Vec<Event>) -> anyhow::Res
             }
         }
     }
-    Ok(())
+    Ok(interrupted)
 }
 
-fn handle(
-    events: Vec<Event>,
-    screen: &mut Screen,
-    term: &RawTerminal,
-    waiting: &mut Vec<AxeRequest>,
-    end: &mut Option<End>,
-) -> anyhow::Result<()> {
-    for e in events {
-        match e {
-            Event::Output(bytes) => screen.forward(&bytes, term)?,
-            Event::PrimaryDied { .. } => screen.cut()?,
-            Event::Axed { pid } => {
-                for req in waiting.drain(..) {
-                    let _ = req.reply.send(Ok(pid));
+/// Axe requests from other terminals, by how far they have got.
+#[derive(Default)]
+struct Axes {
+    /// Not axed yet (the spare has no checkpoint yet).
+    waiting: Vec<AxeRequest>,
+    /// Axed this pid; the spare has not taken over yet.
+    axed: Vec<(AxeRequest, u32)>,
+    /// The spare took over: answered once the status says so.
+    taken_over: Vec<(AxeRequest, u32)>,
+}
+
+/// What the engine's events act on.
+struct Handling<'a> {
+    screen: &'a mut Screen,
+    term: &'a RawTerminal,
+    axes: &'a mut Axes,
+    end: &'a mut Option<End>,
+    history: &'a mut History,
+    control: &'a control::Server,
+}
+
+impl Handling<'_> {
+    fn handle(&mut self, events: Vec<Event>) -> anyhow::Result<()> {
+        for e in events {
+            let note = match e {
+                Event::Output(bytes) => {
+                    self.screen.forward(&bytes, self.term)?;
+                    None
                 }
+                Event::PrimaryDied { pid } => {
+                    self.screen.cut()?;
+                    Some(format!("primary {pid} seen dead"))
+                }
+                Event::Axed { pid } => {
+                    let axed = self.axes.waiting.drain(..).map(|r| (r, pid));
+                    self.axes.axed.extend(axed);
+                    Some(format!("axe: primary {pid} SIGKILLed"))
+                }
+                Event::Promoted {
+                    pid,
+                    epoch,
+                    replayed,
+                    after_ms,
+                } => {
+                    let done = std::mem::take(&mut self.axes.axed);
+                    self.axes.taken_over.extend(done);
+                    Some(format!(
+                        "spare {pid} promoted: epoch {epoch}, {replayed} input bytes replayed, \
+                         resumed {after_ms:.1}ms after the death"
+                    ))
+                }
+                Event::Switched { rto_ms } => Some(format!(
+                    "recovery time {rto_ms:.1}ms (the promoted game's first byte)"
+                )),
+                Event::SpareStarted { pid } => Some(format!("spare {pid} started")),
+                Event::SpareSynced { pid } => {
+                    Some(format!("spare {pid} synced: it holds a checkpoint"))
+                }
+                Event::SpareDied { pid, how } => Some(format!(
+                    "spare {pid} died ({how}) without taking over: a new one is started"
+                )),
+                Event::Ended(e) => {
+                    *self.end = Some(e);
+                    None
+                }
+            };
+            if let Some(text) = note {
+                self.history.note(self.control, &text);
             }
-            Event::Ended(e) => *end = Some(e),
-            Event::Switched { .. }
-            | Event::Promoted { .. }
-            | Event::SpareStarted { .. }
-            | Event::SpareSynced { .. } => {}
         }
+        Ok(())
     }
-    Ok(())
 }

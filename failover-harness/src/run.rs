@@ -43,7 +43,7 @@ pub struct RunOptions {
     /// The game's seed.
     pub seed: u64,
     /// `-l`.
-    pub level: Option<u32>,
+    pub level: Option<OsString>,
     /// `-k`.
     pub keys: Option<OsString>,
     /// The script.
@@ -182,8 +182,8 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
         "--seed".into(),
         opts.seed.to_string().into(),
     ];
-    if let Some(l) = opts.level {
-        args.extend(["-l".into(), l.to_string().into()]);
+    if let Some(l) = &opts.level {
+        args.extend(["-l".into(), l.clone()]);
     }
     if let Some(k) = &opts.keys {
         args.extend(["-k".into(), k.clone()]);
