@@ -195,6 +195,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
         engine,
         script,
         kills,
+        asked: opts.kill_after.iter().copied().collect(),
         typed: 0,
         axe_waiting: false,
         input_ended: false,
@@ -211,6 +212,8 @@ struct Runner {
     script: Script,
     /// Kill points still to come.
     kills: BTreeSet<u64>,
+    /// The kill points asked for by number (`--kill-after`): one never reached is an error.
+    asked: BTreeSet<u64>,
     /// Inputs typed into the engine's log.
     typed: u64,
     /// An axe waits for the spare's sync: nothing more is typed until it fell.
@@ -323,6 +326,34 @@ impl Runner {
         let flag = |k: &str| line.get(k).and_then(serde_json::Value::as_bool) == Some(true);
         let consumed = line.get("inputs").and_then(serde_json::Value::as_u64);
         let whole = self.script.ended && consumed == Some(self.typed);
+        let consumed_text = consumed.map_or_else(|| "?".to_owned(), |n| n.to_string());
+        let unreached: Vec<u64> = self
+            .kills
+            .iter()
+            .copied()
+            .filter(|k| self.asked.contains(k))
+            .collect();
+        let list = |ks: &[u64]| ks.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let beyond: Vec<u64> = unreached
+            .iter()
+            .copied()
+            .filter(|&k| self.script.ended && k > self.typed)
+            .collect();
+        if !beyond.is_empty() {
+            bail!(
+                "--kill-after {}: the script has only {} inputs, so no kill would happen there",
+                list(&beyond),
+                self.typed
+            );
+        }
+        if !unreached.is_empty() {
+            eprintln!(
+                "failover-harness: warning: no kill after input {}: the game ended after {} \
+                 inputs",
+                list(&unreached),
+                consumed_text
+            );
+        }
         if !(flag("game_over") || flag("quit") || whole) {
             let of = if self.script.ended {
                 format!("{}", self.typed)
@@ -330,8 +361,7 @@ impl Runner {
                 format!("more than {}", self.typed)
             };
             bail!(
-                "the game ended after {} of {of} inputs without quitting or being over",
-                consumed.map_or_else(|| "?".to_owned(), |n| n.to_string())
+                "the game ended after {consumed_text} of {of} inputs without quitting or being over"
             );
         }
         Ok(Outcome {
