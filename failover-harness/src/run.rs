@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use hslib::Mode;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::signal::Signal;
 
 use crate::engine::local::LocalLauncher;
 use crate::engine::{Axe, End, Engine, Event, InputPolicy};
@@ -171,6 +172,10 @@ fn count_inputs(path: &Path) -> anyhow::Result<u64> {
 
 /// Plays the script with a primary and a spare, killing the primary at the kill points.
 pub fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
+    // A signal ends the run through the normal path, so its games stop and its session
+    // directory goes (only SIGKILL leaves it, for the next session to sweep).
+    let signals = crate::sys::signal_pipe(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP])
+        .context("cannot route signals")?;
     let script = Script::open(&opts.script)?;
     let total = match opts.kill_random {
         Some(_) => count_inputs(&opts.script)?,
@@ -193,6 +198,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
     let (engine, _) = Engine::start(LocalLauncher::new(setup, Io::Pipes), InputPolicy::AfterSync)?;
     let mut r = Runner {
         engine,
+        signals,
         script,
         kills,
         asked: opts.kill_after.iter().copied().collect(),
@@ -208,7 +214,9 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
 
 /// The run in progress.
 struct Runner {
+    // The engine first: its games stop before anything else goes.
     engine: Engine<LocalLauncher>,
+    signals: std::os::fd::OwnedFd,
     script: Script,
     /// Kill points still to come.
     kills: BTreeSet<u64>,
@@ -238,8 +246,20 @@ impl Runner {
             // The script is waited on while more of it is wanted (a file is always ready).
             let wanted = self.wants_script();
             let script = self.script.file.as_fd();
-            let extra = if wanted { vec![script] } else { Vec::new() };
-            let (_, events) = self.engine.poll(&extra, TICK)?;
+            let mut extra = vec![self.signals.as_fd()];
+            if wanted {
+                extra.push(script);
+            }
+            let (ready, events) = self.engine.poll(&extra, TICK)?;
+            if ready[0] {
+                let mut buf = [0u8; 16];
+                let n = nix::unistd::read(&self.signals, &mut buf).unwrap_or(0);
+                if let Some(&sig) = buf[..n].first() {
+                    let name = Signal::try_from(i32::from(sig))
+                        .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned());
+                    bail!("stopped by {name}: the games are ended and the session cleaned up");
+                }
+            }
             self.handle(events);
         }
         match self.engine.end() {
