@@ -48,8 +48,11 @@ impl Link {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot make {} private", dir.path().display()))?;
         let owner = dir.path().join(OWNER_FILE);
-        std::fs::write(&owner, process_identity(std::process::id()).unwrap_or_default())
-            .with_context(|| format!("cannot write {}", owner.display()))?;
+        std::fs::write(
+            &owner,
+            process_identity(std::process::id()).unwrap_or_default(),
+        )
+        .with_context(|| format!("cannot write {}", owner.display()))?;
         let mut vars = vec![(ENV_TRANSPORT, OsString::from(transport_name(transport)))];
         match transport {
             Transport::Unix => {
@@ -132,8 +135,12 @@ pub fn sweep_stale(tmp: &Path) {
             .is_some_and(|now| now == owner.trim());
         if !alive {
             match std::fs::remove_dir_all(&path) {
-                Ok(()) => tracing::info!(dir = %path.display(), "removed a dead session's directory"),
-                Err(e) => tracing::warn!(dir = %path.display(), error = %e, "cannot remove a dead session's directory"),
+                Ok(()) => {
+                    tracing::info!(dir = %path.display(), "removed a dead session's directory")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %path.display(), error = %e, "cannot remove a dead session's directory")
+                }
             }
         }
     }

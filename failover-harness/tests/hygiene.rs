@@ -52,13 +52,20 @@ fn sessions(tmp: &Path) -> Vec<String> {
 fn endless_run(tmp: &Path, mark: &str) -> Guard {
     let kills: Vec<String> = (1..500).map(|i| (i * 40).to_string()).collect();
     let mut cmd = harness();
-    cmd.args(["run", "--seed", "3", "--script", "/dev/zero", "--kill-after"])
-        .arg(kills.join(","))
-        .env("TMPDIR", tmp)
-        .env(MARK, mark)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "run",
+        "--seed",
+        "3",
+        "--script",
+        "/dev/zero",
+        "--kill-after",
+    ])
+    .arg(kills.join(","))
+    .env("TMPDIR", tmp)
+    .env(MARK, mark)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     Guard(cmd.spawn().expect("the harness starts"))
 }
 
@@ -76,7 +83,9 @@ fn term_int_and_hup_end_a_run_with_its_games_and_its_directory() {
         let tmp = TempDir::new().expect("tempdir");
         let mark = format!("sig-{}-{}", sig.as_str(), std::process::id());
         let mut g = endless_run(tmp.path(), &mark);
-        poll_until("a game and its spare", DEADLINE, || marked(&mark).len() >= 3);
+        poll_until("a game and its spare", DEADLINE, || {
+            marked(&mark).len() >= 3
+        });
         let pid = Pid::from_raw(i32::try_from(g.0.id()).expect("pid"));
         kill(pid, sig).expect("signal the harness");
         let start = Instant::now();
@@ -84,12 +93,17 @@ fn term_int_and_hup_end_a_run_with_its_games_and_its_directory() {
             if let Some(st) = g.0.try_wait().expect("wait") {
                 break st;
             }
-            assert!(start.elapsed() < DEADLINE, "{sig:?}: the harness did not end");
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{sig:?}: the harness did not end"
+            );
             std::thread::sleep(Duration::from_millis(5));
         };
         assert!(!status.success(), "{sig:?}: {status:?}");
         assert_eq!(sessions(tmp.path()), Vec::<String>::new(), "{sig:?}");
-        poll_until("the games gone", ORPHAN_DEADLINE, || marked(&mark).is_empty());
+        poll_until("the games gone", ORPHAN_DEADLINE, || {
+            marked(&mark).is_empty()
+        });
     }
 }
 
@@ -110,7 +124,10 @@ fn a_harness_killed_at_any_moment_leaves_no_game_and_its_directory_is_swept_next
             || marked(&mark).is_empty(),
         );
     }
-    assert!(!sessions(tmp.path()).is_empty(), "SIGKILL leaves its directory");
+    assert!(
+        !sessions(tmp.path()).is_empty(),
+        "SIGKILL leaves its directory"
+    );
     let script = common::file(tmp.path(), "short", b"jjlq");
     let mut cmd = harness();
     cmd.args(["run", "--seed", "1", "--script"])

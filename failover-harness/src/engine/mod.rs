@@ -522,14 +522,16 @@ impl<L: Launcher> Engine<L> {
         match &self.phase {
             Phase::Promoting(p) if Instant::now() >= p.deadline => {
                 let waited = p.deadline.saturating_duration_since(p.since);
-                self.spare = None;
-                self.finish(
-                    End::Lost(format!(
+                let why = if self.lost_spares > 0 {
+                    self.both_killed(None)
+                } else {
+                    format!(
                         "the spare did not take over within {waited:?} of the primary's death: \
                          the game is lost"
-                    )),
-                    events,
-                );
+                    )
+                };
+                self.spare = None;
+                self.finish(End::Lost(why), events);
             }
             Phase::Running { .. } if !self.synced => {
                 if let Some(s) = &mut self.spare
@@ -833,12 +835,9 @@ impl<L: Launcher> Engine<L> {
             Phase::Promoting(_) => {
                 let primary = pid_of(&self.primary.node);
                 let why = if exit.text.starts_with("signal") {
-                    format!(
-                        "both games were killed: the primary (pid {primary}) and its spare \
-                         ({name}, pid {pid}, {}) before the spare held a checkpoint; the game is \
-                         lost",
-                        exit.text
-                    )
+                    self.both_killed(Some(pid))
+                } else if self.lost_spares > 0 {
+                    self.both_killed(None)
                 } else {
                     format!(
                         "the primary (pid {primary}) died and its spare ({name}, pid {pid}) \
@@ -875,6 +874,17 @@ impl<L: Launcher> Engine<L> {
             Phase::Ended(_) => {}
         }
         Ok(())
+    }
+
+    /// The message for a primary and its spare both gone before a spare held a checkpoint
+    /// (`spare`: the killed spare's pid, if it is the one that just ended).
+    fn both_killed(&self, spare: Option<u32>) -> String {
+        let primary = pid_of(&self.primary.node);
+        let spare = spare.map_or_else(String::new, |pid| format!(", pid {pid}"));
+        format!(
+            "both games were killed (the primary, pid {primary}, and its spare{spare}) before a \
+             spare held a checkpoint; the game is lost"
+        )
     }
 
     fn start_spare(&mut self, events: &mut Vec<Event>) -> anyhow::Result<()> {
