@@ -606,3 +606,111 @@ fn keys_typed_around_failovers_are_neither_lost_nor_doubled() {
     );
     quit(&mut s);
 }
+
+#[test]
+fn axe_at_the_score_screen_says_at_once_that_the_game_has_ended() {
+    let d = dirs();
+    let mut s = started(&d);
+    s.send(b"q").expect("typing on the terminal");
+    wait(&mut s, "the scores prompt", |sc| {
+        sc.contents().contains(tetris::scores::SEE_SCORES_PROMPT)
+    });
+    // The primary tells its spare goodbye as the game ends; the status shows that spare gone.
+    until(&mut s, "the spare gone", || {
+        (status(&d).spare_pid == 0).then_some(())
+    });
+    let out = client(&d, &["axe"]);
+    assert!(!out.status.success(), "an axe of an ended game succeeded");
+    assert!(out.stderr.contains("the game has ended"), "{}", out.stderr);
+    s.send(b"\r").expect("typing on the terminal");
+    let st = s.wait_exit(DEADLINE).expect("the harness exits");
+    assert!(st.success(), "{st:?}: {}", s.contents());
+}
+
+#[test]
+fn status_right_after_an_axe_shows_the_new_primary_and_the_session_counters() {
+    let d = dirs();
+    let mut s = started(&d);
+    play_and_pause(&mut s);
+    let before = until(&mut s, "stats with a stall", || {
+        let st = status(&d);
+        (st.checkpoints > 0 && st.stall_p99_us > 0.0).then_some(st)
+    });
+    assert_eq!(
+        (before.mode.as_str(), before.transport.as_str()),
+        ("async", "unix")
+    );
+    assert_eq!(before.last_rto_ms, None);
+    let out = client(&d, &["axe"]);
+    assert!(out.status.success(), "axe failed: {}", out.stderr);
+    let after = status(&d);
+    assert_eq!(
+        after.primary_pid, before.spare_pid,
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.epoch > before.epoch, "{before:?} -> {after:?}");
+    assert_eq!(after.failovers, 1);
+    // The session's counters, not the new process's.
+    assert!(
+        after.checkpoints >= before.checkpoints,
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.stall_p99_us > 0.0, "{after:?}");
+    wait(&mut s, "a synced spare", |sc| protected(sc, 1));
+    let later = status(&d);
+    assert!(later.last_rto_ms.is_some_and(|ms| ms > 0.0), "{later:?}");
+    let row = status_row(s.screen());
+    assert!(!row.contains("|ckpt 0|"), "{row}");
+    quit(&mut s);
+}
+
+#[test]
+fn the_events_of_a_failover_are_kept_shown_by_status_and_written_to_a_file() {
+    let d = dirs();
+    let file = d.tmp.with_file_name("events.log");
+    let mut s = play(&d, &["--events", file.to_str().expect("utf-8")]);
+    wait(&mut s, "the board and a synced spare", |sc| {
+        board_is_drawn(sc) && protected(sc, 0)
+    });
+    let first = status(&d);
+    s.send(AXE).expect("typing on the terminal");
+    wait(&mut s, "failover 1 and a synced spare", |sc| {
+        protected(sc, 1)
+    });
+    let second = status(&d);
+    let out = client(&d, &["status", "--events"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let shown = String::from_utf8(out.stdout).expect("utf-8");
+    let want = [
+        format!("session started: primary {}", first.primary_pid),
+        format!("spare {} synced", first.spare_pid),
+        format!("axe: primary {} SIGKILLed", first.primary_pid),
+        format!("primary {} seen dead", first.primary_pid),
+        format!("spare {} promoted: epoch 2", first.spare_pid),
+        format!("spare {} started", second.spare_pid),
+        format!("spare {} synced", second.spare_pid),
+    ];
+    let mut at = 0;
+    for w in &want {
+        let found = shown[at..]
+            .find(w.as_str())
+            .unwrap_or_else(|| panic!("no {w:?} after byte {at} in:\n{shown}"));
+        at += found + w.len();
+    }
+    // The recovery time ends at the promoted game's first byte: before or after the new
+    // spare is started.
+    let dead = shown.find("seen dead").expect("the death");
+    assert!(shown[dead..].contains("recovery time"), "{shown}");
+    quit(&mut s);
+    let written = std::fs::read_to_string(&file).expect("the events file");
+    assert!(
+        written.starts_with(shown.lines().next().unwrap_or("?")),
+        "{written}"
+    );
+    assert!(
+        written
+            .trim_end()
+            .ends_with("session ended: the game finished"),
+        "{written}"
+    );
+}

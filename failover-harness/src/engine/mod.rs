@@ -162,7 +162,8 @@ pub struct View {
     pub spare_deaths: u64,
     /// The primary's stats (checkpoints, stalls, lag); across a failover the last ones
     /// are kept until the promoted game reports (its checkpoints go on from the restored
-    /// one's number), so the counters are the session's, not one process's.
+    /// one's number), so the counters are the session's, not one process's; the stall p99
+    /// is the highest of the session's primaries.
     pub stats: Stats,
     /// The last failover's recovery time.
     pub last_rto_ms: Option<f64>,
@@ -251,6 +252,8 @@ pub struct Engine<L: Launcher> {
     stats: Stats,
     lost_spares: u32,
     spare_deaths: u64,
+    /// The highest stall p99 of the session's earlier primaries, microseconds.
+    p99_before: f64,
     failovers: u64,
     /// The primary said goodbye to its spare: the game has ended (its scores may still be
     /// on the screen), so there is nothing left to fail over.
@@ -292,6 +295,7 @@ impl<L: Launcher> Engine<L> {
             stats: Stats::default(),
             lost_spares: 0,
             spare_deaths: 0,
+            p99_before: 0.0,
             failovers: 0,
             game_over: false,
             interrupted: false,
@@ -569,7 +573,13 @@ impl<L: Launcher> Engine<L> {
         // An axed or dead primary's last lines say nothing of the spare's future.
         let alive = matches!(self.phase, Phase::Running { axed_at: None, .. });
         for line in lines {
-            if let Line::Stats(s) = line {
+            if let Line::Stats(mut s) = line {
+                // A promoted game's stalls start afresh: until it has its own, the last
+                // ones stay, and the p99 shown is the highest of the session's processes.
+                if s.stall_last_us == 0.0 {
+                    s.stall_last_us = self.stats.stall_last_us;
+                }
+                s.stall_p99_us = s.stall_p99_us.max(self.p99_before);
                 self.stats = s;
                 self.sessions = s.sessions;
                 let synced =
@@ -738,6 +748,7 @@ impl<L: Launcher> Engine<L> {
         self.epoch = self.epoch.max(resumed.epoch);
         // The last stalls stay on show until the promoted game reports; its checkpoints go
         // on from the one it restored.
+        self.p99_before = self.p99_before.max(self.stats.stall_p99_us);
         self.stats = Stats {
             epoch: resumed.epoch,
             checkpoints: self.stats.checkpoints.max(resumed.checkpoint),
