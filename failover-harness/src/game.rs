@@ -296,7 +296,9 @@ fn open_pty(rows: u16, cols: u16) -> anyhow::Result<(OwnedFd, OwnedFd)> {
     )
     .context("cannot make a pty master non-blocking")?;
     let mut t = tcgetattr(&pair.slave).context("tcgetattr on a pty slave")?;
-    t.local_flags &= !(LocalFlags::ECHO | LocalFlags::ICANON);
+    // Echo stays on, as on a user's terminal: the game turns it off for play and back on
+    // for its score prompt (the engine gives a game no keys before it took its terminal).
+    t.local_flags &= !LocalFlags::ICANON;
     t.input_flags &= !(InputFlags::IXON | InputFlags::IXOFF);
     for c in [
         SpecialCharacterIndices::VQUIT,

@@ -714,3 +714,25 @@ fn the_events_of_a_failover_are_kept_shown_by_status_and_written_to_a_file() {
         "{written}"
     );
 }
+
+#[test]
+fn the_score_prompt_echoes_what_is_typed_as_in_tetris_alone() {
+    let d = dirs();
+    let mut s = started(&d);
+    s.send(b"q").expect("typing on the terminal");
+    wait(&mut s, "the scores prompt", |sc| {
+        sc.contents().contains(tetris::scores::SEE_SCORES_PROMPT)
+    });
+    s.send(b"xyz").expect("typing on the terminal");
+    // As the game alone shows it: below the prompt, where its line ends.
+    wait(&mut s, "the keys echoed below the prompt", |sc| {
+        let text = sc.contents();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .windows(2)
+            .any(|w| w[0].contains(tetris::scores::SEE_SCORES_PROMPT) && w[1].trim_end() == "xyz")
+    });
+    s.send(b"\r").expect("typing on the terminal");
+    let st = s.wait_exit(DEADLINE).expect("the harness exits");
+    assert!(st.success(), "{st:?}: {}", s.contents());
+}
