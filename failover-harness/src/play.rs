@@ -5,7 +5,8 @@
 //! ([`crate::statusrow`]). The axe key (^X) SIGKILLs the primary, as do
 //! `failover-harness axe` from another terminal and `--chaos SECS`; the spare takes over on
 //! the same terminal with the same board and score, and a new spare appears. Window resizes
-//! reach both games. The terminal is put back however the session ends.
+//! reach both games. The terminal is put back however the session ends; ^Z suspends the
+//! session (the game gives the terminal back and stops, then the harness) until `fg`.
 //!
 //! The session keeps a history of its failovers (start, spares synced, axes, deaths seen,
 //! promotions, recovery times, spare deaths, the end): `failover-harness status --events`
@@ -21,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nix::errno::Errno;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use hslib::Mode;
 
@@ -44,6 +46,10 @@ const REFRESH: Duration = Duration::from_millis(100);
 const PANIC_ENV: &str = "FAILOVER_HARNESS_PANIC_AFTER";
 /// The byte ^C sends: a signal to the game (its terminal keeps ISIG), not a logged key.
 const CTRL_C: u8 = 0x03;
+/// The byte ^Z sends: the whole session is suspended, as tetris alone is.
+const CTRL_Z: u8 = 0x1a;
+/// How long a suspend waits for the game to put its terminal back and stop.
+const SUSPEND_WAIT: Duration = Duration::from_secs(2);
 
 /// The engine on local games on pseudo-terminals.
 type Session = Engine<LocalLauncher>;
@@ -186,6 +192,7 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
         shown: None,
     };
     let mut axes = Axes::default();
+    let mut suspending: Option<(u32, Instant)> = None;
     let mut next_chaos = opts.chaos.map(|d| Instant::now() + d);
     let mut refreshed = Instant::now();
     let mut end = None;
@@ -219,11 +226,20 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
                 Ok(0) | Err(Errno::EIO) => {
                     end = Some(End::Lost("the terminal went away".to_owned()));
                 }
-                Ok(n) => {
-                    if keys(&buf[..n], &mut sup, &mut events)? {
-                        history.note(&control, "^C: the session ends");
+                Ok(n) => match keys(&buf[..n], &mut sup, &mut events)? {
+                    Special::Interrupt => history.note(&control, "^C: the session ends"),
+                    Special::Suspend if suspending.is_none() => {
+                        // The game puts its terminal back and stops (its SIGTSTP); then
+                        // the harness stops.
+                        let pid = sup.primary_pid();
+                        let _ = kill(
+                            Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                            Signal::SIGTSTP,
+                        );
+                        suspending = Some((pid, Instant::now() + SUSPEND_WAIT));
                     }
-                }
+                    Special::Suspend | Special::None => {}
+                },
                 Err(Errno::EINTR | Errno::EAGAIN) => {}
                 Err(e) => return Err(e).context("reading the terminal failed"),
             }
@@ -291,6 +307,25 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
         }
         screen.status(&view)?;
         refreshed = Instant::now();
+        if let Some((pid, deadline)) = suspending
+            && (stopped(pid) || Instant::now() >= deadline || sup.primary_pid() != pid)
+            && end.is_none()
+        {
+            suspending = None;
+            history.note(&control, "^Z: the session is suspended");
+            term.note_alt_screen(screen.tracker.alt_screen());
+            term.suspend()?;
+            history.note(&control, "continued");
+            let _ = kill(
+                Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                Signal::SIGCONT,
+            );
+            // The window may have changed meanwhile; the game redraws on its SIGCONT.
+            let (r, c) = term.size()?;
+            (screen.rows, screen.cols) = (r, c);
+            screen.row_dirty = true;
+            sup.resize(r.saturating_sub(1).max(1), c);
+        }
     }
     match &end {
         Some(End::Lost(why)) => history.note(&control, &format!("session lost: {why}")),
@@ -314,19 +349,44 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The user's keys: the axe key axes, the rest goes to the game; true if ^C was among them.
-fn keys(bytes: &[u8], sup: &mut Session, events: &mut Vec<Event>) -> anyhow::Result<bool> {
-    let mut interrupted = false;
-    for chunk in bytes.split_inclusive(|&b| b == AXE_KEY || b == CTRL_C) {
+/// What a read of the user's keys asks of the session besides keys.
+enum Special {
+    None,
+    /// ^C: the session ends.
+    Interrupt,
+    /// ^Z: the session is suspended.
+    Suspend,
+}
+
+/// Whether process `pid` is stopped.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "T")
+    })
+}
+
+/// The user's keys: the axe key axes, ^C interrupts, ^Z asks for a suspend, the rest goes
+/// to the game.
+fn keys(bytes: &[u8], sup: &mut Session, events: &mut Vec<Event>) -> anyhow::Result<Special> {
+    let mut special = Special::None;
+    let is_special = |b: u8| b == AXE_KEY || b == CTRL_C || b == CTRL_Z;
+    for chunk in bytes.split_inclusive(|&b| is_special(b)) {
         let (keys, last) = match chunk.split_last() {
-            Some((&b, rest)) if b == AXE_KEY || b == CTRL_C => (rest, Some(b)),
+            Some((&b, rest)) if is_special(b) => (rest, Some(b)),
             _ => (chunk, None),
         };
         sup.type_bytes(keys)?;
-        if last == Some(CTRL_C) {
+        if last == Some(CTRL_Z) {
+            // Not a key the game reads either: the session stops once the game has.
+            if !matches!(special, Special::Interrupt) {
+                special = Special::Suspend;
+            }
+        } else if last == Some(CTRL_C) {
             // A signal, not a key the game reads: not logged (the game ends on it).
             sup.interrupt()?;
-            interrupted = true;
+            special = Special::Interrupt;
         } else if last == Some(AXE_KEY) {
             // During a failover the axe waits for the next spare; errors are not the user's.
             if let Err(e) = sup.axe(events) {
@@ -334,7 +394,7 @@ fn keys(bytes: &[u8], sup: &mut Session, events: &mut Vec<Event>) -> anyhow::Res
             }
         }
     }
-    Ok(interrupted)
+    Ok(special)
 }
 
 /// Axe requests from other terminals, by how far they have got.

@@ -736,3 +736,38 @@ fn the_score_prompt_echoes_what_is_typed_as_in_tetris_alone() {
     let st = s.wait_exit(DEADLINE).expect("the harness exits");
     assert!(st.success(), "{st:?}: {}", s.contents());
 }
+
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "T")
+    })
+}
+
+#[test]
+fn ctrl_z_suspends_the_session_with_the_terminal_back_and_fg_redraws() {
+    let d = dirs();
+    let mut s = started(&d);
+    let paused = play_and_pause(&mut s);
+    let st = status(&d);
+    let harness = s.pid();
+    s.send(b"\x1a").expect("typing on the terminal");
+    wait(&mut s, "the session stopped and the screen back", |sc| {
+        stopped(harness) && stopped(st.primary_pid) && !sc.alternate_screen()
+    });
+    assert_eq!(&s.termios().expect("termios"), s.initial_termios());
+    // `fg`: the shell continues the harness; the game is drawn again, the same.
+    kill(Pid::from_raw(harness as i32), Signal::SIGCONT).expect("SIGCONT");
+    wait(&mut s, "the game redrawn", |sc| {
+        board_is_drawn(sc) && protected(sc, 0)
+    });
+    same_game(&mut s, &paused);
+    assert!(!stopped(st.primary_pid));
+    assert_ne!(
+        &s.termios().expect("termios"),
+        s.initial_termios(),
+        "raw again"
+    );
+    quit(&mut s);
+}
