@@ -139,7 +139,8 @@ pub struct PlayArgs {
 
 /// `play --help`'s explanation of the status row.
 const STATUS_ROW_HELP: &str = "\
-The last row is the harness's (fields are dropped from the right on narrow terminals):
+The last row is the harness's; on narrow terminals the least important fields go first
+(the stall's p99, the stall, the checkpoints, the lag and spare deaths, the epoch):
   ^X axe        Ctrl-X SIGKILLs the primary; its spare takes over
   failovers N   failovers so far (the last one's recovery time: SIGKILL to the promoted
                 game's first byte on the screen)
@@ -150,7 +151,8 @@ The last row is the harness's (fields are dropped from the right on narrow termi
   stall         the time the game stood still in its last checkpoint, and the p99
   lag           checkpoints the spare has not acknowledged
   sd            spares that died without taking over (each replaced)
-`failover-harness status [--json|--events]` shows the same from another terminal.";
+`failover-harness status [--json|--events]` shows the same from another terminal.
+^C ends the session (also during a failover); ^Z suspends it until `fg`.";
 
 impl PlayArgs {
     /// The `tetris` arguments these options make.
