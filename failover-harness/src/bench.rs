@@ -119,6 +119,9 @@ impl BenchResult {
     }
 }
 
+/// The `TERM` of the bench's games: a terminal the game can draw on, whatever the caller's.
+pub const BENCH_TERM: &str = "xterm-256color";
+
 /// Runs the trials.
 pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     let link = Link::new(opts.transport)?;
@@ -131,7 +134,9 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         "--scores-file".into(),
         scores.into_os_string(),
     ];
-    let setup = Setup::new(args, link, opts.mode, STATS_MS)?;
+    let mut setup = Setup::new(args, link, opts.mode, STATS_MS)?;
+    // The games draw on the harness's own ptys, not on the caller's terminal.
+    setup.term = Some(BENCH_TERM);
     let (mut sup, _) = Engine::start(
         LocalLauncher::new(setup, Io::Pty(24, 80)),
         InputPolicy::Immediate,

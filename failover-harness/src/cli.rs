@@ -66,13 +66,14 @@ impl ModeArgs {
 
 /// `run`'s options.
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct RunArgs {
     /// The game's seed.
     #[arg(long, value_name = "N")]
     pub seed: u64,
     /// The level, 1 to 9.
     #[arg(short = 'l', value_name = "L")]
-    pub level: Option<u32>,
+    pub level: Option<OsString>,
     /// The command keys (`tetris -k`).
     #[arg(short = 'k', value_name = "KEYS", allow_hyphen_values = true)]
     pub keys: Option<OsString>,
@@ -99,8 +100,9 @@ pub struct RunArgs {
     pub mode: ModeArgs,
 }
 
-/// `play`'s options.
+/// `play`'s options. As with tetris, an option given twice takes its last value.
 #[derive(Debug, Args)]
+#[command(args_override_self = true, after_help = STATUS_ROW_HELP)]
 pub struct PlayArgs {
     /// The game's seed (default: from the OS).
     #[arg(long, value_name = "N")]
@@ -125,11 +127,32 @@ pub struct PlayArgs {
     pub keys: Option<OsString>,
     /// tetris -l: the level, 1 to 9.
     #[arg(short = 'l', value_name = "L")]
-    pub level: Option<u32>,
+    pub level: Option<OsString>,
     /// tetris --scores-file.
     #[arg(long, value_name = "PATH")]
     pub scores_file: Option<PathBuf>,
+    /// Write the session's events (start, syncs, axes, deaths, promotions, recovery
+    /// times) to FILE as they happen.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
 }
+
+/// `play --help`'s explanation of the status row.
+const STATUS_ROW_HELP: &str = "\
+The last row is the harness's; on narrow terminals the least important fields go first
+(the stall's p99, the stall, the checkpoints, the lag and spare deaths, the epoch):
+  ^X axe        Ctrl-X SIGKILLs the primary; its spare takes over
+  failovers N   failovers so far (the last one's recovery time: SIGKILL to the promoted
+                game's first byte on the screen)
+  P / primary   the primary's pid
+  S / spare     the spare's pid (`syncing` until it holds a checkpoint, `-` when none)
+  ep / epoch    the primary's epoch (one more at each failover)
+  ckpt          checkpoints taken in the session
+  stall         the time the game stood still in its last checkpoint, and the p99
+  lag           checkpoints the spare has not acknowledged
+  sd            spares that died without taking over (each replaced)
+`failover-harness status [--json|--events]` shows the same from another terminal.
+^C ends the session (also during a failover); ^Z suspends it until `fg`.";
 
 impl PlayArgs {
     /// The `tetris` arguments these options make.
@@ -147,8 +170,8 @@ impl PlayArgs {
         if let Some(k) = &self.keys {
             a.extend(["-k".into(), k.clone()]);
         }
-        if let Some(l) = self.level {
-            a.extend(["-l".into(), l.to_string().into()]);
+        if let Some(l) = &self.level {
+            a.extend(["-l".into(), l.clone()]);
         }
         if let Some(f) = &self.scores_file {
             a.extend(["--scores-file".into(), f.clone().into_os_string()]);
@@ -168,9 +191,14 @@ pub struct SessionArgs {
 /// `status`'s options.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// One JSON line: {"primary_pid":N,"spare_pid":N,"epoch":N,"failovers":N,"checkpoints":N}.
-    #[arg(long)]
+    /// One JSON line: {"primary_pid":N,"spare_pid":N,"epoch":N,"failovers":N,"checkpoints":N,
+    /// "spare_deaths":N,"last_rto_ms":F,"lag":N,"stall_last_us":F,"stall_p99_us":F,
+    /// "mode":S,"transport":S}.
+    #[arg(long, conflicts_with = "events")]
     pub json: bool,
+    /// The session's history: start, syncs, axes, deaths, promotions, recovery times.
+    #[arg(long)]
+    pub events: bool,
     /// Which session.
     #[command(flatten)]
     pub session: SessionArgs,
@@ -179,8 +207,8 @@ pub struct StatusArgs {
 /// `bench-failover`'s options.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Failovers to time.
-    #[arg(long, default_value_t = 100)]
+    /// Failovers to time (at least 1).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub trials: u32,
     /// One JSON line: {"trials":N,"rto_ms_p50":F,"rto_ms_p99":F,"rto_ms_max":F,"lost_inputs":N}.
     #[arg(long)]

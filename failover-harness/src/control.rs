@@ -4,10 +4,13 @@
 //! Each session listens on a Unix socket `session-PID.sock` (PID: the harness's) in a
 //! per-user runtime directory, `$XDG_RUNTIME_DIR/hotspare-harness`, else
 //! `/tmp/hotspare-harness-UID`, of mode 0700 (a directory with looser permissions or another
-//! owner is refused). A client sends one line, `status` or `axe`, and reads one JSON line:
-//! `{"primary_pid":N,"spare_pid":N,"epoch":N,"failovers":N,"checkpoints":N}` for status,
-//! `{"axed":PID}` or `{"error":"..."}` for axe. A socket nobody answers on is a session that
-//! died: it is removed.
+//! owner is refused). A client sends one line, `status`, `events` or `axe`, and reads one
+//! JSON line: for status
+//! `{"primary_pid":N,"spare_pid":N,"epoch":N,"failovers":N,"checkpoints":N,...}` (those five
+//! keys first, in that order: a contract; then `spare_deaths`, `last_rto_ms`, `lag`,
+//! `stall_last_us`, `stall_p99_us`, `mode`, `transport`), for events `{"events":["..."]}`,
+//! and for axe `{"axed":PID}` once the spare has taken over, or `{"error":"..."}`. A socket
+//! nobody answers on is a session that died: it is removed.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -28,8 +31,12 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the session waits for a client's request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `status --json`'s object.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How many events a session keeps for `status --events` (the oldest go first; `play
+/// --events FILE` keeps them all).
+pub const EVENTS_KEPT: usize = 1000;
+
+/// `status --json`'s object; serialised in this order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// The primary's pid.
     pub primary_pid: u32,
@@ -39,17 +46,36 @@ pub struct Status {
     pub epoch: u64,
     /// Failovers so far.
     pub failovers: u64,
-    /// The primary's checkpoints.
+    /// The session's checkpoints (a promoted game goes on from the one it restored).
     pub checkpoints: u64,
+    /// Spares that ended without taking over while their game went on.
+    #[serde(default)]
+    pub spare_deaths: u64,
+    /// The last failover's recovery time (SIGKILL to the promoted game's first byte).
+    #[serde(default)]
+    pub last_rto_ms: Option<f64>,
+    /// Checkpoints the spare has not acknowledged.
+    #[serde(default)]
+    pub lag: u64,
+    /// The last checkpoint's stall, microseconds.
+    #[serde(default)]
+    pub stall_last_us: f64,
+    /// The 99th percentile stall, microseconds.
+    #[serde(default)]
+    pub stall_p99_us: f64,
+    /// `async` or `sync`.
+    #[serde(default)]
+    pub mode: String,
+    /// `unix` or `tcp`.
+    #[serde(default)]
+    pub transport: String,
 }
 
 impl Status {
     /// The JSON line's text (no newline), keys in the documented order.
     pub fn to_json(&self) -> String {
-        format!(
-            "{{\"primary_pid\":{},\"spare_pid\":{},\"epoch\":{},\"failovers\":{},\"checkpoints\":{}}}",
-            self.primary_pid, self.spare_pid, self.epoch, self.failovers, self.checkpoints
-        )
+        // A struct of numbers and strings always serialises.
+        serde_json::to_string(self).unwrap_or_else(|e| error_json(&e.to_string()))
     }
 }
 
@@ -79,6 +105,7 @@ pub struct AxeRequest {
 pub struct Server {
     path: PathBuf,
     status: Arc<Mutex<Status>>,
+    events: Arc<Mutex<std::collections::VecDeque<String>>>,
     /// Axe requests for the session's loop.
     pub axes: Receiver<AxeRequest>,
     wake: OwnedFd,
@@ -95,7 +122,11 @@ impl Server {
         let (tx, axes) = mpsc::channel();
         let (wake, wake_tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .context("cannot create the control wake-up pipe")?;
-        let shared = Arc::clone(&status);
+        let events = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let shared = Shared {
+            status: Arc::clone(&status),
+            events: Arc::clone(&events),
+        };
         std::thread::Builder::new()
             .name("control".to_owned())
             .spawn(move || serve(&listener, &shared, &tx, &wake_tx))
@@ -103,6 +134,7 @@ impl Server {
         Ok(Self {
             path,
             status,
+            events,
             axes,
             wake,
         })
@@ -126,6 +158,24 @@ impl Server {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = s;
     }
+
+    /// Adds a line to what `status --events` answers.
+    pub fn push_event(&self, line: String) {
+        let mut events = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if events.len() == EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(line);
+    }
+}
+
+/// What the control thread reads.
+struct Shared {
+    status: Arc<Mutex<Status>>,
+    events: Arc<Mutex<std::collections::VecDeque<String>>>,
 }
 
 impl Drop for Server {
@@ -134,12 +184,7 @@ impl Drop for Server {
     }
 }
 
-fn serve(
-    listener: &UnixListener,
-    status: &Mutex<Status>,
-    axes: &Sender<AxeRequest>,
-    wake: &OwnedFd,
-) {
+fn serve(listener: &UnixListener, status: &Shared, axes: &Sender<AxeRequest>, wake: &OwnedFd) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else {
             continue;
@@ -152,7 +197,7 @@ fn serve(
 
 fn answer(
     conn: &mut UnixStream,
-    status: &Mutex<Status>,
+    shared: &Shared,
     axes: &Sender<AxeRequest>,
     wake: &OwnedFd,
 ) -> anyhow::Result<()> {
@@ -160,10 +205,18 @@ fn answer(
     let mut line = String::new();
     BufReader::new(conn.try_clone()?).read_line(&mut line)?;
     let reply = match line.trim() {
-        "status" => status
+        "status" => shared
+            .status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .to_json(),
+        "events" => {
+            let events = shared
+                .events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            serde_json::json!({ "events": *events }).to_string()
+        }
         "axe" => {
             let (tx, rx) = mpsc::channel();
             axes.send(AxeRequest { reply: tx })
@@ -262,11 +315,20 @@ mod tests {
             epoch: 3,
             failovers: 4,
             checkpoints: 5,
+            spare_deaths: 6,
+            last_rto_ms: Some(1.5),
+            lag: 7,
+            stall_last_us: 2.25,
+            stall_p99_us: 8.0,
+            mode: "sync".to_owned(),
+            transport: "tcp".to_owned(),
         };
         assert_eq!(
             s.to_json(),
-            r#"{"primary_pid":1,"spare_pid":2,"epoch":3,"failovers":4,"checkpoints":5}"#
+            r#"{"primary_pid":1,"spare_pid":2,"epoch":3,"failovers":4,"checkpoints":5,"spare_deaths":6,"last_rto_ms":1.5,"lag":7,"stall_last_us":2.25,"stall_p99_us":8.0,"mode":"sync","transport":"tcp"}"#
         );
+        let none = Status::default().to_json();
+        assert!(none.contains(r#""last_rto_ms":null"#), "{none}");
         let back: Status = serde_json::from_str(&s.to_json()).unwrap();
         assert_eq!(back, s);
     }

@@ -58,6 +58,8 @@ pub struct Setup {
     pub mode: Mode,
     /// How often the games write stats lines, milliseconds.
     pub stats_ms: u64,
+    /// The games' `TERM`, where no user's terminal is involved (else the caller's).
+    pub term: Option<&'static str>,
 }
 
 impl Setup {
@@ -70,6 +72,7 @@ impl Setup {
             link,
             mode,
             stats_ms,
+            term: None,
         })
     }
 }
@@ -126,6 +129,9 @@ impl Game {
             }
         }
         cmd.env_remove(tetris::status::STATS_MS_ENV);
+        if let Some(term) = setup.term {
+            cmd.env("TERM", term);
+        }
         setup.link.apply(&mut cmd);
         cmd.env(ENV_ROLE, role_value(role)?)
             .env(ENV_EPOCH, epoch.to_string())
@@ -290,7 +296,9 @@ fn open_pty(rows: u16, cols: u16) -> anyhow::Result<(OwnedFd, OwnedFd)> {
     )
     .context("cannot make a pty master non-blocking")?;
     let mut t = tcgetattr(&pair.slave).context("tcgetattr on a pty slave")?;
-    t.local_flags &= !(LocalFlags::ECHO | LocalFlags::ICANON);
+    // Echo stays on, as on a user's terminal: the game turns it off for play and back on
+    // for its score prompt (the engine gives a game no keys before it took its terminal).
+    t.local_flags &= !LocalFlags::ICANON;
     t.input_flags &= !(InputFlags::IXON | InputFlags::IXOFF);
     for c in [
         SpecialCharacterIndices::VQUIT,

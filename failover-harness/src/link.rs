@@ -2,6 +2,10 @@
 //! TCP on 127.0.0.1 with a fresh random key (the transport authenticates both ends with it);
 //! and the session's private working directory, which also holds the games' error output and
 //! stats files.
+//!
+//! The directory is removed when the session ends, however it ends but by SIGKILL; for that
+//! case it holds `harness.pid` (the harness's pid and start time), and the next session
+//! removes the directories of harnesses that are gone.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -36,12 +40,19 @@ pub struct Link {
 impl Link {
     /// A new private directory and, for TCP, a free port on 127.0.0.1 and a random key.
     pub fn new(transport: Transport) -> anyhow::Result<Self> {
+        sweep_stale(&std::env::temp_dir());
         let dir = tempfile::Builder::new()
-            .prefix("hotspare-harness-")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .context("cannot create the session's private directory")?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot make {} private", dir.path().display()))?;
+        let owner = dir.path().join(OWNER_FILE);
+        std::fs::write(
+            &owner,
+            process_identity(std::process::id()).unwrap_or_default(),
+        )
+        .with_context(|| format!("cannot write {}", owner.display()))?;
         let mut vars = vec![(ENV_TRANSPORT, OsString::from(transport_name(transport)))];
         match transport {
             Transport::Unix => {
@@ -74,7 +85,69 @@ impl Link {
     }
 }
 
-fn transport_name(t: Transport) -> &'static str {
+/// The file in a session directory that names the harness owning it.
+const OWNER_FILE: &str = "harness.pid";
+/// How session directories' names begin.
+const DIR_PREFIX: &str = "hotspare-harness-";
+
+/// `"PID STARTTIME"` of a running process (its start time tells a reused pid apart), or
+/// `None` if it does not run.
+fn process_identity(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: the fields after it are counted.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state (3rd field of the line) ... starttime (22nd).
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    Some(format!("{pid} {}", fields.get(19)?))
+}
+
+/// Removes the session directories in `tmp` (ours only) whose harness is gone.
+pub fn sweep_stale(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        use std::os::unix::fs::MetadataExt as _;
+        if !meta.is_dir() || meta.uid() != me {
+            continue;
+        }
+        // A directory without the file is not a session's (the control sockets' directory
+        // shares the prefix) or is being made right now.
+        let Ok(owner) = std::fs::read_to_string(path.join(OWNER_FILE)) else {
+            continue;
+        };
+        let alive = owner
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .and_then(process_identity)
+            .is_some_and(|now| now == owner.trim());
+        if !alive {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!(dir = %path.display(), "removed a dead session's directory")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %path.display(), error = %e, "cannot remove a dead session's directory")
+                }
+            }
+        }
+    }
+}
+
+/// The transport's name as `HS_TRANSPORT` and `status --json` write it.
+pub fn transport_name(t: Transport) -> &'static str {
     match t {
         Transport::Unix => "unix",
         Transport::Tcp => "tcp",
@@ -103,6 +176,27 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+
+    #[test]
+    fn directories_of_dead_harnesses_are_swept_and_live_ones_kept() {
+        let tmp = TempDir::new().unwrap();
+        let dead = tmp.path().join("hotspare-harness-dead");
+        let live = tmp.path().join("hotspare-harness-live");
+        let other = tmp.path().join("hotspare-harness-1000");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        // A child that has exited and been reaped: its pid names no process of that start.
+        let mut child = Command::new("true").spawn().unwrap();
+        let gone = process_identity(child.id()).unwrap_or_else(|| format!("{} 1", child.id()));
+        child.wait().unwrap();
+        std::fs::write(dead.join(OWNER_FILE), gone).unwrap();
+        let me = process_identity(std::process::id()).unwrap();
+        std::fs::write(live.join(OWNER_FILE), me).unwrap();
+        sweep_stale(tmp.path());
+        assert!(!dead.exists(), "the dead session's directory is left");
+        assert!(live.exists() && other.exists());
+    }
 
     #[test]
     fn the_directory_is_private_and_the_key_long_and_fresh() {

@@ -2,6 +2,7 @@
 
 mod cli;
 
+use std::ffi::OsString;
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -46,10 +47,33 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Checks the game's options with tetris's own parser before any game starts; on an error,
+/// prints tetris's message once and gives the exit code.
+fn check_game_options(tetris_args: &[OsString]) -> Option<ExitCode> {
+    let argv = std::iter::once(OsString::from("tetris")).chain(tetris_args.iter().cloned());
+    match tetris::options::parse_from(argv, None) {
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!("{}", e.stderr_line());
+            Some(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let mut game_args: Vec<OsString> = vec!["--headless".into()];
+    if let Some(l) = &args.level {
+        game_args.extend(["-l".into(), l.clone()]);
+    }
+    if let Some(k) = &args.keys {
+        game_args.extend(["-k".into(), k.clone()]);
+    }
+    if let Some(code) = check_game_options(&game_args) {
+        return Ok(code);
+    }
     let opts = RunOptions {
         seed: args.seed,
-        level: args.level,
+        level: args.level.clone(),
         keys: args.keys.clone(),
         script: args.script.clone(),
         kill_after: args.kill_after.clone(),
@@ -70,16 +94,21 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn play_command(args: &PlayArgs) -> anyhow::Result<ExitCode> {
+    let tetris_args = args.tetris_args();
+    if let Some(code) = check_game_options(&tetris_args) {
+        return Ok(code);
+    }
     let chaos = match args.chaos {
         Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
         Some(s) => anyhow::bail!("--chaos wants a positive number of seconds, not {s}"),
         None => None,
     };
     play::play(&PlayOptions {
-        tetris_args: args.tetris_args(),
+        tetris_args,
         mode: args.mode.mode(),
         transport: args.transport,
         chaos,
+        events_file: args.events.clone(),
     })
 }
 
@@ -102,6 +131,14 @@ fn axe_command(args: &SessionArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn status_command(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    if args.events {
+        let v = answer("events", &args.session)?;
+        let mut out = std::io::stdout().lock();
+        for line in v["events"].as_array().into_iter().flatten() {
+            writeln!(out, "{}", line.as_str().unwrap_or_default())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let v = answer("status", &args.session)?;
     let s: control::Status =
         serde_json::from_value(v).context("the session's status has another shape")?;
@@ -114,10 +151,23 @@ fn status_command(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         } else {
             s.spare_pid.to_string()
         };
+        let rto = s
+            .last_rto_ms
+            .map_or_else(String::new, |ms| format!(" (last {ms:.1}ms)"));
         writeln!(
             out,
-            "primary {} | spare {spare} | epoch {} | failovers {} | checkpoints {}",
-            s.primary_pid, s.epoch, s.failovers, s.checkpoints
+            "primary {} | spare {spare} | epoch {} | failovers {}{rto} | spare deaths {} | \
+             checkpoints {} | stall {:.1}us p99 {:.1}us | lag {} | {} over {}",
+            s.primary_pid,
+            s.epoch,
+            s.failovers,
+            s.spare_deaths,
+            s.checkpoints,
+            s.stall_last_us,
+            s.stall_p99_us,
+            s.lag,
+            s.mode,
+            s.transport
         )?;
     }
     Ok(ExitCode::SUCCESS)

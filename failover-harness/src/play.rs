@@ -5,17 +5,25 @@
 //! ([`crate::statusrow`]). The axe key (^X) SIGKILLs the primary, as do
 //! `failover-harness axe` from another terminal and `--chaos SECS`; the spare takes over on
 //! the same terminal with the same board and score, and a new spare appears. Window resizes
-//! reach both games. The terminal is put back however the session ends.
+//! reach both games. The terminal is put back however the session ends; ^Z suspends the
+//! session (the game gives the terminal back and stops, then the harness) until `fg`.
+//!
+//! The session keeps a history of its failovers (start, spares synced, axes, deaths seen,
+//! promotions, recovery times, spare deaths, the end): `failover-harness status --events`
+//! prints it, `play --events FILE` writes it to a file as it happens.
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nix::errno::Errno;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use hslib::Mode;
 
@@ -38,6 +46,10 @@ const REFRESH: Duration = Duration::from_millis(100);
 const PANIC_ENV: &str = "FAILOVER_HARNESS_PANIC_AFTER";
 /// The byte ^C sends: a signal to the game (its terminal keeps ISIG), not a logged key.
 const CTRL_C: u8 = 0x03;
+/// The byte ^Z sends: the whole session is suspended, as tetris alone is.
+const CTRL_Z: u8 = 0x1a;
+/// How long a suspend waits for the game to put its terminal back and stop.
+const SUSPEND_WAIT: Duration = Duration::from_secs(2);
 
 /// The engine on local games on pseudo-terminals.
 type Session = Engine<LocalLauncher>;
@@ -53,6 +65,28 @@ pub struct PlayOptions {
     pub transport: Transport,
     /// Axe the primary every so often.
     pub chaos: Option<Duration>,
+    /// Write the session's events here as they happen.
+    pub events_file: Option<PathBuf>,
+}
+
+/// The session's history: each line timed from the start, kept for `status --events` and
+/// written to the `--events` file if there is one.
+struct History {
+    start: Instant,
+    file: Option<(File, PathBuf)>,
+}
+
+impl History {
+    fn note(&mut self, control: &control::Server, text: &str) {
+        let line = format!("{:9.3}s {text}", self.start.elapsed().as_secs_f64());
+        if let Some((file, path)) = &mut self.file
+            && let Err(e) = writeln!(file, "{line}")
+        {
+            tracing::warn!(error = %e, file = %path.display(), "cannot write the events file");
+            self.file = None;
+        }
+        control.push_event(line);
+    }
 }
 
 /// The user's screen: the game's output passed through, and the status row.
@@ -112,6 +146,18 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
     ])
     .context("cannot route signals")?;
     let control = control::Server::start(&control::runtime_dir()?)?;
+    let file = match &opts.events_file {
+        Some(path) => Some((
+            File::create(path)
+                .with_context(|| format!("cannot write the events file {}", path.display()))?,
+            path.clone(),
+        )),
+        None => None,
+    };
+    let mut history = History {
+        start: Instant::now(),
+        file,
+    };
     let mut term = RawTerminal::enter()?;
     let (rows, cols) = term.size()?;
     if rows < MIN_ROWS || cols < MIN_COLS {
@@ -129,6 +175,15 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
     )?;
     let launcher = LocalLauncher::new(setup, Io::Pty(rows - 1, cols));
     let (mut sup, first) = Engine::start(launcher, InputPolicy::Immediate)?;
+    let mode = crate::game::mode_value(opts.mode);
+    let transport = crate::link::transport_name(opts.transport);
+    history.note(
+        &control,
+        &format!(
+            "session started: primary {} (epoch 1), {mode} checkpoints over {transport}",
+            sup.primary_pid()
+        ),
+    );
     let mut screen = Screen {
         tracker: vt::Tracker::new(),
         rows,
@@ -136,12 +191,21 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
         row_dirty: true,
         shown: None,
     };
-    let mut waiting: Vec<AxeRequest> = Vec::new();
+    let mut axes = Axes::default();
+    let mut suspending: Option<(u32, Instant)> = None;
     let mut next_chaos = opts.chaos.map(|d| Instant::now() + d);
     let mut refreshed = Instant::now();
     let mut end = None;
     let panic_test = std::env::var_os(PANIC_ENV).is_some();
-    handle(first, &mut screen, &term, &mut waiting, &mut end)?;
+    let mut ctx = Handling {
+        screen: &mut screen,
+        term: &term,
+        axes: &mut axes,
+        end: &mut end,
+        history: &mut history,
+        control: &control,
+    };
+    ctx.handle(first)?;
     while end.is_none() {
         if panic_test && screen.tracker.alt_screen() {
             panic!("{PANIC_ENV} is set: the harness panics, its terminal must come back");
@@ -162,7 +226,20 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
                 Ok(0) | Err(Errno::EIO) => {
                     end = Some(End::Lost("the terminal went away".to_owned()));
                 }
-                Ok(n) => keys(&buf[..n], &mut sup, &mut events)?,
+                Ok(n) => match keys(&buf[..n], &mut sup, &mut events)? {
+                    Special::Interrupt => history.note(&control, "^C: the session ends"),
+                    Special::Suspend if suspending.is_none() => {
+                        // The game puts its terminal back and stops (its SIGTSTP); then
+                        // the harness stops.
+                        let pid = sup.primary_pid();
+                        let _ = kill(
+                            Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                            Signal::SIGTSTP,
+                        );
+                        suspending = Some((pid, Instant::now() + SUSPEND_WAIT));
+                    }
+                    Special::Suspend | Special::None => {}
+                },
                 Err(Errno::EINTR | Errno::EAGAIN) => {}
                 Err(e) => return Err(e).context("reading the terminal failed"),
             }
@@ -186,7 +263,7 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
             control.drain_wake();
             while let Ok(req) = control.axes.try_recv() {
                 match sup.axe(&mut events) {
-                    Ok(Axe::Killed(_) | Axe::Pending) => waiting.push(req),
+                    Ok(Axe::Killed(_) | Axe::Pending) => axes.waiting.push(req),
                     Err(e) => {
                         let _ = req.reply.send(Err(e.to_string()));
                     }
@@ -199,7 +276,15 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
             next_chaos = opts.chaos.map(|d| Instant::now() + d);
         }
         if end.is_none() {
-            handle(events, &mut screen, &term, &mut waiting, &mut end)?;
+            Handling {
+                screen: &mut screen,
+                term: &term,
+                axes: &mut axes,
+                end: &mut end,
+                history: &mut history,
+                control: &control,
+            }
+            .handle(events)?;
         }
         let view = sup.view();
         control.set_status(Status {
@@ -208,11 +293,49 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
             epoch: view.epoch,
             failovers: view.failovers,
             checkpoints: view.stats.checkpoints,
+            spare_deaths: view.spare_deaths,
+            last_rto_ms: view.last_rto_ms,
+            lag: view.stats.lag(),
+            stall_last_us: view.stats.stall_last_us,
+            stall_p99_us: view.stats.stall_p99_us,
+            mode: mode.to_owned(),
+            transport: transport.to_owned(),
         });
+        // Answered only now, so that a `status` right after an `axe` sees the new primary.
+        for (req, pid) in axes.taken_over.drain(..) {
+            let _ = req.reply.send(Ok(pid));
+        }
         screen.status(&view)?;
         refreshed = Instant::now();
+        if let Some((pid, deadline)) = suspending
+            && (stopped(pid) || Instant::now() >= deadline || sup.primary_pid() != pid)
+            && end.is_none()
+        {
+            suspending = None;
+            history.note(&control, "^Z: the session is suspended");
+            term.note_alt_screen(screen.tracker.alt_screen());
+            term.suspend()?;
+            history.note(&control, "continued");
+            let _ = kill(
+                Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                Signal::SIGCONT,
+            );
+            // The window may have changed meanwhile; the game redraws on its SIGCONT.
+            let (r, c) = term.size()?;
+            (screen.rows, screen.cols) = (r, c);
+            screen.row_dirty = true;
+            sup.resize(r.saturating_sub(1).max(1), c);
+        }
     }
-    for req in waiting {
+    match &end {
+        Some(End::Lost(why)) => history.note(&control, &format!("session lost: {why}")),
+        _ => history.note(&control, "session ended: the game finished"),
+    }
+    for req in axes
+        .waiting
+        .into_iter()
+        .chain(axes.axed.into_iter().map(|(r, _)| r))
+    {
         let _ = req.reply.send(Err("the session ended".to_owned()));
     }
     drop(sup);
@@ -226,17 +349,44 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The user's keys: the axe key axes, the rest goes to the game.
-fn keys(bytes: &[u8], sup: &mut Session, events: &mut Vec<Event>) -> anyhow::Result<()> {
-    for chunk in bytes.split_inclusive(|&b| b == AXE_KEY || b == CTRL_C) {
+/// What a read of the user's keys asks of the session besides keys.
+enum Special {
+    None,
+    /// ^C: the session ends.
+    Interrupt,
+    /// ^Z: the session is suspended.
+    Suspend,
+}
+
+/// Whether process `pid` is stopped.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "T")
+    })
+}
+
+/// The user's keys: the axe key axes, ^C interrupts, ^Z asks for a suspend, the rest goes
+/// to the game.
+fn keys(bytes: &[u8], sup: &mut Session, events: &mut Vec<Event>) -> anyhow::Result<Special> {
+    let mut special = Special::None;
+    let is_special = |b: u8| b == AXE_KEY || b == CTRL_C || b == CTRL_Z;
+    for chunk in bytes.split_inclusive(|&b| is_special(b)) {
         let (keys, last) = match chunk.split_last() {
-            Some((&b, rest)) if b == AXE_KEY || b == CTRL_C => (rest, Some(b)),
+            Some((&b, rest)) if is_special(b) => (rest, Some(b)),
             _ => (chunk, None),
         };
         sup.type_bytes(keys)?;
-        if last == Some(CTRL_C) {
+        if last == Some(CTRL_Z) {
+            // Not a key the game reads either: the session stops once the game has.
+            if !matches!(special, Special::Interrupt) {
+                special = Special::Suspend;
+            }
+        } else if last == Some(CTRL_C) {
             // A signal, not a key the game reads: not logged (the game ends on it).
             sup.interrupt()?;
+            special = Special::Interrupt;
         } else if last == Some(AXE_KEY) {
             // During a failover the axe waits for the next spare; errors are not the user's.
             if let Err(e) = sup.axe(events) {
@@ -244,31 +394,79 @@ fn keys(bytes: &[u8], sup: &mut Session, events: &mut Vec<Event>) -> anyhow::Res
             }
         }
     }
-    Ok(())
+    Ok(special)
 }
 
-fn handle(
-    events: Vec<Event>,
-    screen: &mut Screen,
-    term: &RawTerminal,
-    waiting: &mut Vec<AxeRequest>,
-    end: &mut Option<End>,
-) -> anyhow::Result<()> {
-    for e in events {
-        match e {
-            Event::Output(bytes) => screen.forward(&bytes, term)?,
-            Event::PrimaryDied { .. } => screen.cut()?,
-            Event::Axed { pid } => {
-                for req in waiting.drain(..) {
-                    let _ = req.reply.send(Ok(pid));
+/// Axe requests from other terminals, by how far they have got.
+#[derive(Default)]
+struct Axes {
+    /// Not axed yet (the spare has no checkpoint yet).
+    waiting: Vec<AxeRequest>,
+    /// Axed this pid; the spare has not taken over yet.
+    axed: Vec<(AxeRequest, u32)>,
+    /// The spare took over: answered once the status says so.
+    taken_over: Vec<(AxeRequest, u32)>,
+}
+
+/// What the engine's events act on.
+struct Handling<'a> {
+    screen: &'a mut Screen,
+    term: &'a RawTerminal,
+    axes: &'a mut Axes,
+    end: &'a mut Option<End>,
+    history: &'a mut History,
+    control: &'a control::Server,
+}
+
+impl Handling<'_> {
+    fn handle(&mut self, events: Vec<Event>) -> anyhow::Result<()> {
+        for e in events {
+            let note = match e {
+                Event::Output(bytes) => {
+                    self.screen.forward(&bytes, self.term)?;
+                    None
                 }
+                Event::PrimaryDied { pid } => {
+                    self.screen.cut()?;
+                    Some(format!("primary {pid} seen dead"))
+                }
+                Event::Axed { pid } => {
+                    let axed = self.axes.waiting.drain(..).map(|r| (r, pid));
+                    self.axes.axed.extend(axed);
+                    Some(format!("axe: primary {pid} SIGKILLed"))
+                }
+                Event::Promoted {
+                    pid,
+                    epoch,
+                    replayed,
+                    after_ms,
+                } => {
+                    let done = std::mem::take(&mut self.axes.axed);
+                    self.axes.taken_over.extend(done);
+                    Some(format!(
+                        "spare {pid} promoted: epoch {epoch}, {replayed} input bytes replayed, \
+                         resumed {after_ms:.1}ms after the death"
+                    ))
+                }
+                Event::Switched { rto_ms } => Some(format!(
+                    "recovery time {rto_ms:.1}ms (the promoted game's first byte)"
+                )),
+                Event::SpareStarted { pid } => Some(format!("spare {pid} started")),
+                Event::SpareSynced { pid } => {
+                    Some(format!("spare {pid} synced: it holds a checkpoint"))
+                }
+                Event::SpareDied { pid, how } => Some(format!(
+                    "spare {pid} died ({how}) without taking over: a new one is started"
+                )),
+                Event::Ended(e) => {
+                    *self.end = Some(e);
+                    None
+                }
+            };
+            if let Some(text) = note {
+                self.history.note(self.control, &text);
             }
-            Event::Ended(e) => *end = Some(e),
-            Event::Switched { .. }
-            | Event::Promoted { .. }
-            | Event::SpareStarted { .. }
-            | Event::SpareSynced { .. } => {}
         }
+        Ok(())
     }
-    Ok(())
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use hslib::Mode;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::signal::Signal;
 
 use crate::engine::local::LocalLauncher;
 use crate::engine::{Axe, End, Engine, Event, InputPolicy};
@@ -43,7 +44,7 @@ pub struct RunOptions {
     /// The game's seed.
     pub seed: u64,
     /// `-l`.
-    pub level: Option<u32>,
+    pub level: Option<OsString>,
     /// `-k`.
     pub keys: Option<OsString>,
     /// The script.
@@ -171,6 +172,10 @@ fn count_inputs(path: &Path) -> anyhow::Result<u64> {
 
 /// Plays the script with a primary and a spare, killing the primary at the kill points.
 pub fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
+    // A signal ends the run through the normal path, so its games stop and its session
+    // directory goes (only SIGKILL leaves it, for the next session to sweep).
+    let signals = crate::sys::signal_pipe(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP])
+        .context("cannot route signals")?;
     let script = Script::open(&opts.script)?;
     let total = match opts.kill_random {
         Some(_) => count_inputs(&opts.script)?,
@@ -182,8 +187,8 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
         "--seed".into(),
         opts.seed.to_string().into(),
     ];
-    if let Some(l) = opts.level {
-        args.extend(["-l".into(), l.to_string().into()]);
+    if let Some(l) = &opts.level {
+        args.extend(["-l".into(), l.clone()]);
     }
     if let Some(k) = &opts.keys {
         args.extend(["-k".into(), k.clone()]);
@@ -193,8 +198,10 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
     let (engine, _) = Engine::start(LocalLauncher::new(setup, Io::Pipes), InputPolicy::AfterSync)?;
     let mut r = Runner {
         engine,
+        signals,
         script,
         kills,
+        asked: opts.kill_after.iter().copied().collect(),
         typed: 0,
         axe_waiting: false,
         input_ended: false,
@@ -207,10 +214,14 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
 
 /// The run in progress.
 struct Runner {
+    // The engine first: its games stop before anything else goes.
     engine: Engine<LocalLauncher>,
+    signals: std::os::fd::OwnedFd,
     script: Script,
     /// Kill points still to come.
     kills: BTreeSet<u64>,
+    /// The kill points asked for by number (`--kill-after`): one never reached is an error.
+    asked: BTreeSet<u64>,
     /// Inputs typed into the engine's log.
     typed: u64,
     /// An axe waits for the spare's sync: nothing more is typed until it fell.
@@ -235,8 +246,20 @@ impl Runner {
             // The script is waited on while more of it is wanted (a file is always ready).
             let wanted = self.wants_script();
             let script = self.script.file.as_fd();
-            let extra = if wanted { vec![script] } else { Vec::new() };
-            let (_, events) = self.engine.poll(&extra, TICK)?;
+            let mut extra = vec![self.signals.as_fd()];
+            if wanted {
+                extra.push(script);
+            }
+            let (ready, events) = self.engine.poll(&extra, TICK)?;
+            if ready[0] {
+                let mut buf = [0u8; 16];
+                let n = nix::unistd::read(&self.signals, &mut buf).unwrap_or(0);
+                if let Some(&sig) = buf[..n].first() {
+                    let name = Signal::try_from(i32::from(sig))
+                        .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned());
+                    bail!("stopped by {name}: the games are ended and the session cleaned up");
+                }
+            }
             self.handle(events);
         }
         match self.engine.end() {
@@ -323,6 +346,41 @@ impl Runner {
         let flag = |k: &str| line.get(k).and_then(serde_json::Value::as_bool) == Some(true);
         let consumed = line.get("inputs").and_then(serde_json::Value::as_u64);
         let whole = self.script.ended && consumed == Some(self.typed);
+        let consumed_text = consumed.map_or_else(|| "?".to_owned(), |n| n.to_string());
+        let unreached: Vec<u64> = self
+            .kills
+            .iter()
+            .copied()
+            .filter(|k| self.asked.contains(k))
+            .collect();
+        let list = |ks: &[u64]| ks.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let beyond: Vec<u64> = unreached
+            .iter()
+            .copied()
+            .filter(|&k| self.script.ended && k > self.typed)
+            .collect();
+        // The game's line is still the uninterrupted game's: the run stands, with a warning.
+        if !beyond.is_empty() {
+            eprintln!(
+                "failover-harness: warning: --kill-after {}: the script has only {} inputs, so \
+                 no kill happened there",
+                list(&beyond),
+                self.typed
+            );
+        }
+        let within: Vec<u64> = unreached
+            .iter()
+            .copied()
+            .filter(|k| !beyond.contains(k))
+            .collect();
+        if !within.is_empty() {
+            eprintln!(
+                "failover-harness: warning: --kill-after {}: the game ended after {} inputs, \
+                 so no kill happened there",
+                list(&within),
+                consumed_text
+            );
+        }
         if !(flag("game_over") || flag("quit") || whole) {
             let of = if self.script.ended {
                 format!("{}", self.typed)
@@ -330,8 +388,7 @@ impl Runner {
                 format!("more than {}", self.typed)
             };
             bail!(
-                "the game ended after {} of {of} inputs without quitting or being over",
-                consumed.map_or_else(|| "?".to_owned(), |n| n.to_string())
+                "the game ended after {consumed_text} of {of} inputs without quitting or being over"
             );
         }
         Ok(Outcome {

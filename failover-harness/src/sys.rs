@@ -32,12 +32,19 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 /// run in a new session whose controlling terminal is its stdin (a pty slave), so the
 /// terminal's signals and SIGWINCH reach it.
 pub fn prepare_child(command: &mut Command, keep: RawFd, own_terminal: bool) {
+    let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(libc::pid_t::MAX);
     let setup = move || -> io::Result<()> {
         // A game must not outlive the harness that logs its input: SIGKILL it when the
         // harness (the thread that forked it) dies, however it dies.
         // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
         let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
         Errno::result(rc).map_err(io::Error::from)?;
+        // The harness may have died between the fork and the line above: then no death
+        // signal will ever come, and the child must not go on as an orphan.
+        // SAFETY: getppid takes nothing and cannot fail.
+        if unsafe { libc::getppid() } != parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
         if own_terminal {
             nix::unistd::setsid().map_err(io::Error::from)?;
             // SAFETY: TIOCSCTTY takes an int argument (0: do not steal); fd 0 is the pty
@@ -52,7 +59,8 @@ pub fn prepare_child(command: &mut Command, keep: RawFd, own_terminal: bool) {
         Ok(())
     };
     // SAFETY: the closure runs between fork and exec, where only async-signal-safe work is
-    // allowed: it makes four raw system calls, allocates nothing and takes no lock.
+    // allowed: it makes five raw system calls, allocates nothing and takes no lock (an
+    // error from a raw OS error number allocates nothing either).
     unsafe {
         command.pre_exec(setup);
     }

@@ -54,6 +54,28 @@ impl RawTerminal {
     pub fn restore(&mut self) {
         restore();
     }
+
+    /// Gives the terminal back as it was and stops the harness (as a shell's job); once
+    /// continued (`fg`), takes it again in raw mode.
+    pub fn suspend(&mut self) -> anyhow::Result<()> {
+        let fd = std::io::stdin();
+        let raw = tcgetattr(fd.as_fd()).context("cannot read the terminal's mode")?;
+        let saved = SAVED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|t| Termios::from(*t));
+        restore();
+        // SIGSTOP, not SIGTSTP: a stop the kernel would not discard in an orphaned process
+        // group (a harness started by something else than a job-control shell).
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP)
+            .context("cannot stop the harness")?;
+        if let Some(saved) = saved {
+            store(Some(saved.into()));
+        }
+        tcsetattr(fd.as_fd(), SetArg::TCSADRAIN, &raw)
+            .context("cannot switch the terminal back to raw mode")
+    }
 }
 
 impl Drop for RawTerminal {

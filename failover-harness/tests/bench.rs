@@ -51,3 +51,14 @@ fn sync_mode_loses_nothing_either() {
         "{v:?}"
     );
 }
+
+#[test]
+fn the_callers_term_does_not_reach_the_bench_games() {
+    // Its games draw on the harness's own ptys: a TERM the game would refuse alone is not
+    // theirs.
+    let mut cmd = harness();
+    cmd.args(["bench-failover", "--json", "--trials", "2"])
+        .env("TERM", "dumb");
+    let out = output(cmd);
+    assert!(out.status.success(), "{}", out.stderr);
+}

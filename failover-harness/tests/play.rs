@@ -31,6 +31,8 @@ struct Dirs {
     _tmp: TempDir,
     runtime: PathBuf,
     scores: PathBuf,
+    /// The sessions' TMPDIR: where their private directories go.
+    tmp: PathBuf,
 }
 
 fn dirs() -> Dirs {
@@ -39,10 +41,13 @@ fn dirs() -> Dirs {
     std::fs::create_dir(&runtime).expect("mkdir");
     std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let scores = tmp.path().join("scores");
+    let tmpdir = tmp.path().join("tmp");
+    std::fs::create_dir(&tmpdir).expect("mkdir");
     Dirs {
         _tmp: tmp,
         runtime,
         scores,
+        tmp: tmpdir,
     }
 }
 
@@ -52,6 +57,7 @@ fn play(d: &Dirs, extra: &[&str]) -> Session {
         .arg(&d.scores)
         .args(extra)
         .env("HOTSPARE_HARNESS_DIR", &d.runtime)
+        .env("TMPDIR", &d.tmp)
         .env("TERM", "xterm-256color")
         .env_remove("NO_COLOR")
         .env_remove("TETRIS_SCORES");
@@ -65,13 +71,20 @@ fn client(d: &Dirs, args: &[&str]) -> common::Output {
     output(cmd)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 struct Status {
     primary_pid: u32,
     spare_pid: u32,
     epoch: u64,
     failovers: u64,
     checkpoints: u64,
+    spare_deaths: u64,
+    last_rto_ms: Option<f64>,
+    lag: u64,
+    stall_last_us: f64,
+    stall_p99_us: f64,
+    mode: String,
+    transport: String,
 }
 
 fn status(d: &Dirs) -> Status {
@@ -82,25 +95,31 @@ fn status(d: &Dirs) -> Status {
         text.ends_with('\n') && text.lines().count() == 1,
         "{text:?}"
     );
-    let keys: Vec<String> =
-        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
-            .expect("a JSON object")
-            .keys()
-            .cloned()
-            .collect();
-    let mut want = [
-        "primary_pid",
-        "spare_pid",
-        "epoch",
-        "failovers",
-        "checkpoints",
-    ]
-    .map(String::from)
-    .to_vec();
-    want.sort();
-    let mut got = keys;
-    got.sort();
-    assert_eq!(got, want, "{text}");
+    // The contract's five keys first and in order, then the rest.
+    let keys: Vec<&str> = text
+        .trim_start_matches('{')
+        .split(',')
+        .filter_map(|kv| kv.split_once("\":"))
+        .map(|(k, _)| k.trim_start_matches('"'))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "primary_pid",
+            "spare_pid",
+            "epoch",
+            "failovers",
+            "checkpoints",
+            "spare_deaths",
+            "last_rto_ms",
+            "lag",
+            "stall_last_us",
+            "stall_p99_us",
+            "mode",
+            "transport",
+        ],
+        "{text}"
+    );
     serde_json::from_str(&text).expect("the status object")
 }
 
@@ -334,9 +353,12 @@ fn a_killed_spare_is_replaced_and_the_primary_goes_on() {
         (st.spare_pid != 0 && st.spare_pid != before.spare_pid).then_some(st)
     });
     assert_eq!(after.primary_pid, before.primary_pid, "the primary goes on");
-    assert_eq!(after.failovers, 0);
+    assert_eq!((after.failovers, after.spare_deaths), (0, 1));
+    assert_eq!(before.spare_deaths, 0);
     wait(&mut s, "the new spare synced", |sc| {
-        protected(sc, 0) && status_row(sc).contains(&format!("|S {}|", after.spare_pid))
+        protected(sc, 0)
+            && status_row(sc).contains(&format!("|S {}|", after.spare_pid))
+            && status_row(sc).contains("|sd 1|")
     });
     assert_eq!(game_screen(s.screen()), paused, "the game did not move");
     // And the new spare takes over when the primary is axed.
@@ -363,11 +385,12 @@ fn axe_and_status_with_no_session_say_so() {
 
 /// Ends a session `how`, checks the terminal is back as it was, the alternate screen left,
 /// and no game left behind.
-fn ends_restored(how: impl FnOnce(&mut Session, &Dirs, Status), want_success: bool) {
+/// Returns what the screen showed at the end.
+fn ends_restored(how: impl FnOnce(&mut Session, &Dirs, &Status), want_success: bool) -> String {
     let d = dirs();
     let mut s = started(&d);
     let st = status(&d);
-    how(&mut s, &d, st);
+    how(&mut s, &d, &st);
     let exit = s.wait_exit(DEADLINE).expect("the harness exits");
     assert_eq!(exit.success(), want_success, "{exit:?}: {}", s.contents());
     assert_eq!(&s.termios().expect("termios"), s.initial_termios());
@@ -376,11 +399,18 @@ fn ends_restored(how: impl FnOnce(&mut Session, &Dirs, Status), want_success: bo
         "the alternate screen is left"
     );
     assert!(!s.screen().hide_cursor(), "the cursor is shown");
+    let left: Vec<_> = std::fs::read_dir(&d.tmp)
+        .expect("the sessions' TMPDIR")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "the session left {left:?}");
     let deadline = Instant::now() + DEADLINE;
     while alive(st.primary_pid) || alive(st.spare_pid) {
         assert!(Instant::now() < deadline, "games outlived the session");
         std::thread::sleep(Duration::from_millis(10));
     }
+    s.contents()
 }
 
 #[test]
@@ -389,19 +419,41 @@ fn the_terminal_is_restored_after_ctrl_c() {
 }
 
 #[test]
-fn the_terminal_is_restored_when_both_games_are_killed() {
-    ends_restored(
+fn ctrl_c_typed_while_a_failover_is_under_way_still_ends_the_session() {
+    // The axe and ^C in one read: the ^C meets a primary already killed.
+    ends_restored(|s, _, _| s.send(b"\x18\x03").unwrap(), true);
+}
+
+#[test]
+fn the_terminal_is_restored_when_both_games_are_killed_and_the_loss_is_said_plainly() {
+    let said = ends_restored(
         |_, _, st| {
             kill(Pid::from_raw(st.spare_pid as i32), Signal::SIGKILL).expect("kill");
             kill(Pid::from_raw(st.primary_pid as i32), Signal::SIGKILL).expect("kill");
         },
         false,
     );
+    // The message may wrap on the 80 columns: read it as one line.
+    let text = said.replace('\n', "");
+    let message = text
+        .split("failover-harness: ")
+        .last()
+        .unwrap_or_default()
+        .trim_end();
+    assert!(
+        message.starts_with("both games were killed") && message.ends_with("the game is lost"),
+        "{said}"
+    );
 }
 
 #[test]
 fn the_terminal_is_restored_when_the_harness_is_terminated() {
     ends_restored(|s, _, _| s.signal(Signal::SIGTERM).unwrap(), false);
+}
+
+#[test]
+fn the_terminal_is_restored_when_the_harness_is_hung_up() {
+    ends_restored(|s, _, _| s.signal(Signal::SIGHUP).unwrap(), false);
 }
 
 #[test]
@@ -551,6 +603,171 @@ fn keys_typed_around_failovers_are_neither_lost_nor_doubled() {
     assert_eq!(
         (g.board, g.pos, g.points),
         (before.board, before.pos, before.points)
+    );
+    quit(&mut s);
+}
+
+#[test]
+fn axe_at_the_score_screen_says_at_once_that_the_game_has_ended() {
+    let d = dirs();
+    let mut s = started(&d);
+    s.send(b"q").expect("typing on the terminal");
+    wait(&mut s, "the scores prompt", |sc| {
+        sc.contents().contains(tetris::scores::SEE_SCORES_PROMPT)
+    });
+    // The primary tells its spare goodbye as the game ends; the status shows that spare gone.
+    until(&mut s, "the spare gone", || {
+        (status(&d).spare_pid == 0).then_some(())
+    });
+    let out = client(&d, &["axe"]);
+    assert!(!out.status.success(), "an axe of an ended game succeeded");
+    assert!(out.stderr.contains("the game has ended"), "{}", out.stderr);
+    s.send(b"\r").expect("typing on the terminal");
+    let st = s.wait_exit(DEADLINE).expect("the harness exits");
+    assert!(st.success(), "{st:?}: {}", s.contents());
+}
+
+#[test]
+fn status_right_after_an_axe_shows_the_new_primary_and_the_session_counters() {
+    let d = dirs();
+    let mut s = started(&d);
+    play_and_pause(&mut s);
+    let before = until(&mut s, "stats with a stall", || {
+        let st = status(&d);
+        (st.checkpoints > 0 && st.stall_p99_us > 0.0).then_some(st)
+    });
+    assert_eq!(
+        (before.mode.as_str(), before.transport.as_str()),
+        ("async", "unix")
+    );
+    assert_eq!(before.last_rto_ms, None);
+    let out = client(&d, &["axe"]);
+    assert!(out.status.success(), "axe failed: {}", out.stderr);
+    let after = status(&d);
+    assert_eq!(
+        after.primary_pid, before.spare_pid,
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.epoch > before.epoch, "{before:?} -> {after:?}");
+    assert_eq!(after.failovers, 1);
+    // The session's counters, not the new process's.
+    assert!(
+        after.checkpoints >= before.checkpoints,
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.stall_p99_us > 0.0, "{after:?}");
+    wait(&mut s, "a synced spare", |sc| protected(sc, 1));
+    let later = status(&d);
+    assert!(later.last_rto_ms.is_some_and(|ms| ms > 0.0), "{later:?}");
+    let row = status_row(s.screen());
+    assert!(!row.contains("|ckpt 0|"), "{row}");
+    quit(&mut s);
+}
+
+#[test]
+fn the_events_of_a_failover_are_kept_shown_by_status_and_written_to_a_file() {
+    let d = dirs();
+    let file = d.tmp.with_file_name("events.log");
+    let mut s = play(&d, &["--events", file.to_str().expect("utf-8")]);
+    wait(&mut s, "the board and a synced spare", |sc| {
+        board_is_drawn(sc) && protected(sc, 0)
+    });
+    let first = status(&d);
+    s.send(AXE).expect("typing on the terminal");
+    wait(&mut s, "failover 1 and a synced spare", |sc| {
+        protected(sc, 1)
+    });
+    let second = status(&d);
+    let out = client(&d, &["status", "--events"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let shown = String::from_utf8(out.stdout).expect("utf-8");
+    let want = [
+        format!("session started: primary {}", first.primary_pid),
+        format!("spare {} synced", first.spare_pid),
+        format!("axe: primary {} SIGKILLed", first.primary_pid),
+        format!("primary {} seen dead", first.primary_pid),
+        format!("spare {} promoted: epoch 2", first.spare_pid),
+        format!("spare {} started", second.spare_pid),
+        format!("spare {} synced", second.spare_pid),
+    ];
+    let mut at = 0;
+    for w in &want {
+        let found = shown[at..]
+            .find(w.as_str())
+            .unwrap_or_else(|| panic!("no {w:?} after byte {at} in:\n{shown}"));
+        at += found + w.len();
+    }
+    // The recovery time ends at the promoted game's first byte: before or after the new
+    // spare is started.
+    let dead = shown.find("seen dead").expect("the death");
+    assert!(shown[dead..].contains("recovery time"), "{shown}");
+    quit(&mut s);
+    let written = std::fs::read_to_string(&file).expect("the events file");
+    assert!(
+        written.starts_with(shown.lines().next().unwrap_or("?")),
+        "{written}"
+    );
+    assert!(
+        written
+            .trim_end()
+            .ends_with("session ended: the game finished"),
+        "{written}"
+    );
+}
+
+#[test]
+fn the_score_prompt_echoes_what_is_typed_as_in_tetris_alone() {
+    let d = dirs();
+    let mut s = started(&d);
+    s.send(b"q").expect("typing on the terminal");
+    wait(&mut s, "the scores prompt", |sc| {
+        sc.contents().contains(tetris::scores::SEE_SCORES_PROMPT)
+    });
+    s.send(b"xyz").expect("typing on the terminal");
+    // As the game alone shows it: below the prompt, where its line ends.
+    wait(&mut s, "the keys echoed below the prompt", |sc| {
+        let text = sc.contents();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .windows(2)
+            .any(|w| w[0].contains(tetris::scores::SEE_SCORES_PROMPT) && w[1].trim_end() == "xyz")
+    });
+    s.send(b"\r").expect("typing on the terminal");
+    let st = s.wait_exit(DEADLINE).expect("the harness exits");
+    assert!(st.success(), "{st:?}: {}", s.contents());
+}
+
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "T")
+    })
+}
+
+#[test]
+fn ctrl_z_suspends_the_session_with_the_terminal_back_and_fg_redraws() {
+    let d = dirs();
+    let mut s = started(&d);
+    let paused = play_and_pause(&mut s);
+    let st = status(&d);
+    let harness = s.pid();
+    s.send(b"\x1a").expect("typing on the terminal");
+    wait(&mut s, "the session stopped and the screen back", |sc| {
+        stopped(harness) && stopped(st.primary_pid) && !sc.alternate_screen()
+    });
+    assert_eq!(&s.termios().expect("termios"), s.initial_termios());
+    // `fg`: the shell continues the harness; the game is drawn again, the same.
+    kill(Pid::from_raw(harness as i32), Signal::SIGCONT).expect("SIGCONT");
+    wait(&mut s, "the game redrawn", |sc| {
+        board_is_drawn(sc) && protected(sc, 0)
+    });
+    same_game(&mut s, &paused);
+    assert!(!stopped(st.primary_pid));
+    assert_ne!(
+        &s.termios().expect("termios"),
+        s.initial_termios(),
+        "raw again"
     );
     quit(&mut s);
 }

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use nix::errno::Errno;
 use nix::poll::PollFlags;
 use nix::sys::signal::{Signal, kill};
+use nix::sys::termios::{LocalFlags, tcgetattr};
 use nix::unistd::Pid;
 
 use super::node::{Exit, Launcher, Node, Written};
@@ -52,6 +53,7 @@ impl Launcher for LocalLauncher {
             game,
             output_open: true,
             input_open: true,
+            in_game_mode: false,
             stats_path,
         })
     }
@@ -84,6 +86,11 @@ pub struct LocalNode {
     game: Game,
     output_open: bool,
     input_open: bool,
+    /// On a terminal: the game has switched it to its own mode (no echo) at least once.
+    /// Its terminal echoes, as a user's does (so the score prompt shows what is typed), and
+    /// keys written before the game took the terminal would be echoed onto the screen: they
+    /// wait until it has.
+    in_game_mode: bool,
     stats_path: Option<PathBuf>,
 }
 
@@ -119,6 +126,17 @@ impl Node for LocalNode {
     }
 
     fn write_input(&mut self, bytes: &[u8]) -> anyhow::Result<Written> {
+        if !self.in_game_mode
+            && let Some(pty) = self.game.pty()
+        {
+            // A pty master's termios is its slave's.
+            match tcgetattr(pty) {
+                Ok(t) if !t.local_flags.contains(LocalFlags::ECHO) => self.in_game_mode = true,
+                // Its output (the game drawing) wakes the engine to look again.
+                Ok(_) => return Ok(Written::Took(0)),
+                Err(_) => {}
+            }
+        }
         let Some(fd) = self.input() else {
             return Ok(Written::Closed);
         };
@@ -228,7 +246,7 @@ impl Node for LocalNode {
         match (self.game.pty(), self.output()) {
             (Some(pty), Some(_)) => {
                 let mut flags = PollFlags::POLLIN;
-                if writing {
+                if writing && self.in_game_mode {
                     flags |= PollFlags::POLLOUT;
                 }
                 fds.push((pty, flags));

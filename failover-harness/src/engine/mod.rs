@@ -116,6 +116,13 @@ pub enum Event {
         /// Its pid (0: none known).
         pid: u32,
     },
+    /// A spare ended without taking over, while its game went on (it is replaced).
+    SpareDied {
+        /// Its pid (0: none known).
+        pid: u32,
+        /// How it ended ("signal: 9 (SIGKILL)").
+        how: String,
+    },
     /// The session is over.
     Ended(End),
 }
@@ -151,7 +158,12 @@ pub struct View {
     pub epoch: u64,
     /// Failovers so far.
     pub failovers: u64,
-    /// The primary's stats (checkpoints, stalls, lag).
+    /// Spares that ended without taking over while their game went on.
+    pub spare_deaths: u64,
+    /// The primary's stats (checkpoints, stalls, lag); across a failover the last ones
+    /// are kept until the promoted game reports (its checkpoints go on from the restored
+    /// one's number), so the counters are the session's, not one process's; the stall p99
+    /// is the highest of the session's primaries.
     pub stats: Stats,
     /// The last failover's recovery time.
     pub last_rto_ms: Option<f64>,
@@ -239,7 +251,16 @@ pub struct Engine<L: Launcher> {
     synced: bool,
     stats: Stats,
     lost_spares: u32,
+    spare_deaths: u64,
+    /// The highest stall p99 of the session's earlier primaries, microseconds.
+    p99_before: f64,
     failovers: u64,
+    /// The primary said goodbye to its spare: the game has ended (its scores may still be
+    /// on the screen), so there is nothing left to fail over.
+    game_over: bool,
+    /// The user interrupted the session (^C): no more axes, and a promoted spare gets the
+    /// interrupt the dead primary could not act on.
+    interrupted: bool,
     processes: u64,
     axe_pending: bool,
     last_rto_ms: Option<f64>,
@@ -273,7 +294,11 @@ impl<L: Launcher> Engine<L> {
             synced: false,
             stats: Stats::default(),
             lost_spares: 0,
+            spare_deaths: 0,
+            p99_before: 0.0,
             failovers: 0,
+            game_over: false,
+            interrupted: false,
             processes: 1,
             axe_pending: false,
             last_rto_ms: None,
@@ -292,6 +317,7 @@ impl<L: Launcher> Engine<L> {
             spare_synced: self.synced,
             epoch: self.epoch.max(self.stats.epoch),
             failovers: self.failovers,
+            spare_deaths: self.spare_deaths,
             stats: self.stats,
             last_rto_ms: self.last_rto_ms,
             failing_over: matches!(self.phase, Phase::Promoting(_)),
@@ -350,9 +376,13 @@ impl<L: Launcher> Engine<L> {
         self.flush_input()
     }
 
-    /// The user's interrupt (^C): the primary's to act on, not logged input.
+    /// The user's interrupt (^C): the primary's to act on, not logged input. It ends the
+    /// session: from here on nothing is axed, and if the primary is dying or dead (a
+    /// failover under way), the spare that takes over gets it.
     pub fn interrupt(&mut self) -> anyhow::Result<()> {
-        if matches!(self.phase, Phase::Running { .. }) {
+        self.interrupted = true;
+        self.axe_pending = false;
+        if matches!(self.phase, Phase::Running { axed_at: None, .. }) {
             self.primary.node.interrupt()?;
         }
         Ok(())
@@ -395,6 +425,12 @@ impl<L: Launcher> Engine<L> {
     /// SIGKILLs the primary now if the spare holds a checkpoint, else as soon as it does (a
     /// failover in progress: as soon as the next spare does).
     pub fn axe(&mut self, events: &mut Vec<Event>) -> anyhow::Result<Axe> {
+        if self.game_over {
+            anyhow::bail!("the game has ended: there is no primary to axe");
+        }
+        if self.interrupted {
+            anyhow::bail!("the session is ending (interrupted): there is no primary to axe");
+        }
         let ready = match &self.phase {
             Phase::Ended(_) => anyhow::bail!("the session is over"),
             Phase::Promoting(_) => false,
@@ -490,14 +526,16 @@ impl<L: Launcher> Engine<L> {
         match &self.phase {
             Phase::Promoting(p) if Instant::now() >= p.deadline => {
                 let waited = p.deadline.saturating_duration_since(p.since);
-                self.spare = None;
-                self.finish(
-                    End::Lost(format!(
+                let why = if self.lost_spares > 0 {
+                    self.both_killed(None)
+                } else {
+                    format!(
                         "the spare did not take over within {waited:?} of the primary's death: \
                          the game is lost"
-                    )),
-                    events,
-                );
+                    )
+                };
+                self.spare = None;
+                self.finish(End::Lost(why), events);
             }
             Phase::Running { .. } if !self.synced => {
                 if let Some(s) = &mut self.spare
@@ -535,7 +573,13 @@ impl<L: Launcher> Engine<L> {
         // An axed or dead primary's last lines say nothing of the spare's future.
         let alive = matches!(self.phase, Phase::Running { axed_at: None, .. });
         for line in lines {
-            if let Line::Stats(s) = line {
+            if let Line::Stats(mut s) = line {
+                // A promoted game's stalls start afresh: until it has its own, the last
+                // ones stay, and the p99 shown is the highest of the session's processes.
+                if s.stall_last_us == 0.0 {
+                    s.stall_last_us = self.stats.stall_last_us;
+                }
+                s.stall_p99_us = s.stall_p99_us.max(self.p99_before);
                 self.stats = s;
                 self.sessions = s.sessions;
                 let synced =
@@ -702,7 +746,16 @@ impl<L: Launcher> Engine<L> {
         }
         self.failovers += 1;
         self.epoch = self.epoch.max(resumed.epoch);
-        self.stats = Stats::default();
+        // The last stalls stay on show until the promoted game reports; its checkpoints go
+        // on from the one it restored.
+        self.p99_before = self.p99_before.max(self.stats.stall_p99_us);
+        self.stats = Stats {
+            epoch: resumed.epoch,
+            checkpoints: self.stats.checkpoints.max(resumed.checkpoint),
+            stall_last_us: self.stats.stall_last_us,
+            stall_p99_us: self.stats.stall_p99_us,
+            ..Stats::default()
+        };
         self.sessions = 0;
         self.synced = false;
         let from = usize::try_from(self.launcher.resumed_at(resumed))
@@ -730,7 +783,12 @@ impl<L: Launcher> Engine<L> {
             after_ms,
         });
         self.start_spare(events)?;
-        self.flush_input()
+        self.flush_input()?;
+        if self.interrupted {
+            // ^C was typed while its predecessor was dying: the session still ends.
+            self.primary.node.interrupt()?;
+        }
+        Ok(())
     }
 
     fn read_spare_output(&mut self, events: &mut Vec<Event>) -> anyhow::Result<()> {
@@ -776,36 +834,47 @@ impl<L: Launcher> Engine<L> {
             }
             said.extend(bytes);
         }
-        let mut said = String::from_utf8_lossy(&said).trim().to_owned();
+        let mut said = plain_text(&String::from_utf8_lossy(&said));
         if said.is_empty() {
-            said = spare.node.last_words();
+            said = plain_text(&spare.node.last_words());
         }
         let name = spare.node.name().to_owned();
         self.spare = None;
         self.synced = false;
         match self.phase {
             Phase::Promoting(_) if exit.success => self.finish(End::Finished, events),
-            Phase::Promoting(_) => self.finish(
-                End::Lost(format!(
-                    "the primary died before its spare ({name}, pid {pid}) held a checkpoint, \
-                     and the spare ended ({}): the game is lost{}",
-                    exit.text,
-                    colon(&said)
-                )),
-                events,
-            ),
-            // The primary said goodbye: its game is ending; no spare is needed.
-            Phase::Running { .. } if exit.success => {}
+            Phase::Promoting(_) => {
+                let primary = pid_of(&self.primary.node);
+                let why = if exit.text.starts_with("signal") {
+                    self.both_killed(Some(pid))
+                } else if self.lost_spares > 0 {
+                    self.both_killed(None)
+                } else {
+                    format!(
+                        "the primary (pid {primary}) died and its spare ({name}, pid {pid}) \
+                         ended ({}) before it held a checkpoint; the game is lost",
+                        exit.text
+                    )
+                };
+                self.finish(End::Lost(format!("{why}{}", said_line(&said))), events);
+            }
+            // The primary said goodbye: its game has ended; no spare is needed.
+            Phase::Running { .. } if exit.success => self.game_over = true,
             Phase::Running { .. } => {
+                self.spare_deaths += 1;
+                events.push(Event::SpareDied {
+                    pid,
+                    how: exit.text.clone(),
+                });
                 self.lost_spares += 1;
                 if self.lost_spares > MAX_LOST_SPARES {
                     self.finish(
                         End::Lost(format!(
                             "{} spares in a row ended before holding a checkpoint, the last \
-                             ({}){}",
+                             with {}; the game is not protected and the session gives up{}",
                             self.lost_spares,
                             exit.text,
-                            colon(&said)
+                            said_line(&said)
                         )),
                         events,
                     );
@@ -816,6 +885,17 @@ impl<L: Launcher> Engine<L> {
             Phase::Ended(_) => {}
         }
         Ok(())
+    }
+
+    /// The message for a primary and its spare both gone before a spare held a checkpoint
+    /// (`spare`: the killed spare's pid, if it is the one that just ended).
+    fn both_killed(&self, spare: Option<u32>) -> String {
+        let primary = pid_of(&self.primary.node);
+        let spare = spare.map_or_else(String::new, |pid| format!(", pid {pid}"));
+        format!(
+            "both games were killed (the primary, pid {primary}, and its spare{spare}) before a \
+             spare held a checkpoint; the game is lost"
+        )
     }
 
     fn start_spare(&mut self, events: &mut Vec<Event>) -> anyhow::Result<()> {
@@ -846,11 +926,47 @@ impl<L: Launcher> Engine<L> {
 /// One step of [`Engine::service`].
 type Step<L> = fn(&mut Engine<L>, &mut Vec<Event>) -> anyhow::Result<()>;
 
-/// `": text"`, or nothing for no text.
-fn colon(text: &str) -> String {
+/// `" (it said: text)"`, or nothing for no text.
+fn said_line(text: &str) -> String {
     if text.is_empty() {
         String::new()
     } else {
-        format!(": {text}")
+        format!(" (it said: {text})")
+    }
+}
+
+/// What a person can read of a game's output: escape sequences and control characters
+/// dropped (a game's terminal set-up is no message), whitespace squeezed.
+fn plain_text(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: up to its final byte; other escapes: one more character.
+            if chars.next_if_eq(&'[').is_some() {
+                while chars.next().is_some_and(|c| !('@'..='~').contains(&c)) {}
+            } else {
+                chars.next();
+            }
+        } else if c.is_control() {
+            out.push(' ');
+        } else {
+            out.push(c);
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_drops_escape_sequences_and_control_characters() {
+        assert_eq!(plain_text("\x1b[?1049h\x1b[H\x1b7\r\n"), "");
+        assert_eq!(
+            plain_text("\x1b[1mtetris:\x1b[0m cannot\r\n  connect\n"),
+            "tetris: cannot connect"
+        );
     }
 }
