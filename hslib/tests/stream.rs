@@ -203,7 +203,7 @@ fn replay(bytes: &[u8]) -> (Replica, Option<ReplicaError>) {
 #[test]
 fn torn_streams_at_400_offsets_hold_exactly_the_last_whole_checkpoint() {
     let (_, enc) = base();
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let mut cuts: Vec<usize> = (0..360)
         .map(|_| rng.below(enc.bytes.len() as u64) as usize)
         .collect();
@@ -224,7 +224,7 @@ fn torn_streams_at_400_offsets_hold_exactly_the_last_whole_checkpoint() {
 #[test]
 fn torn_unix_connections_hold_exactly_the_last_whole_checkpoint() {
     let (_, enc) = base();
-    let mut rng = Rng(8);
+    let mut rng = Rng::new(8);
     for _ in 0..60 {
         let cut = rng.below(enc.bytes.len() as u64) as usize;
         let (mut a, mut b) = UnixStream::pair().expect("socketpair");

@@ -11,23 +11,26 @@ use std::io::Write;
 use hslib::PAGE_SIZE;
 use hslib::replica::Image;
 use hslib::wire::{CheckpointWriter, Hello, Metadata, RegionInfo};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 
-/// splitmix64: a tiny deterministic generator, enough to vary test data by seed.
-pub struct Rng(pub u64);
+/// A seeded generator (rand's `StdRng`), enough to vary test data by seed.
+pub struct Rng(StdRng);
 
 impl Rng {
+    /// The generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(StdRng::seed_from_u64(seed))
+    }
+
     /// The next 64 random bits.
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.random()
     }
 
     /// A number in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.random_range(0..n)
     }
 }
 
@@ -78,7 +81,7 @@ pub struct Cp {
 /// others incremental runs of random pages filled with random bytes; checkpoint `n / 2` full
 /// again. Each carries a blob "count" with its index.
 pub fn script(seed: u64, n: usize) -> Vec<Cp> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let table = table();
     let mut shadow = Image::new(&table, u64::MAX).expect("shadow image");
     let mut out = Vec::new();
