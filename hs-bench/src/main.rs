@@ -25,6 +25,7 @@ use hslib::{Context, HotSpare, LinkConfig, Mode, RegionId, Role, Strategy, Worke
 #[derive(Debug, Parser)]
 #[command(
     name = "hs-bench",
+    version,
     about = "Checkpoint stall benchmarks (the paper's figures)"
 )]
 struct Cli {
@@ -199,10 +200,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     .iter()
                     .copied()
                     .find(|s| s.name() == n)
-                    .ok_or_else(|| format!("unknown strategy {n:?}"))
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = SERIES.iter().map(|s| s.name()).collect();
+                        format!("unknown strategy {n:?}: choose from {}", names.join(", "))
+                    })
             })
             .collect::<Result<_, _>>()?
     };
+    // The output directory is made (or found writable) before minutes of measuring.
+    if let Some(dir) = &out {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| {
+                let probe = dir.join(".hs-bench-write-test");
+                std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe))
+            })
+            .map_err(|e| format!("--out {}: {e}", dir.display()))?;
+    }
     let sizes: &[usize] = if quick {
         &[64 << 10, 256 << 10, 1 << 20, 4 << 20]
     } else {

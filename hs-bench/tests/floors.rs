@@ -33,3 +33,41 @@ fn floors_refuses_a_share_outside_1_to_100() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dirty-pct 0"));
 }
+
+#[test]
+fn bad_paper_options_are_refused_at_once_with_what_to_do() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hs-bench"))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running hs-bench: {e}"));
+        assert!(!out.status.success(), "{args:?} succeeded");
+        // Nothing measured: every measured point would be a line on stdout.
+        assert!(out.stdout.is_empty(), "{args:?} measured before refusing");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["paper", "--strategies", "bogus"]);
+    assert!(
+        err.contains("\"bogus\"")
+            && err.contains("copy-incremental")
+            && err.contains("memcpy-limit"),
+        "{err}"
+    );
+    // A file where the directory should be: refused before anything is measured (which
+    // would take minutes), naming the path.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"").unwrap_or_else(|e| panic!("{e}"));
+    let err = run(&["paper", "--out", &file.display().to_string()]);
+    assert!(err.contains(&file.display().to_string()), "{err}");
+}
+
+#[test]
+fn version_is_printed() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hs-bench"))
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("running hs-bench: {e}"));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("hs-bench "));
+}
