@@ -257,6 +257,8 @@ pub struct HotSpare<T = ()> {
     env_tracker: Option<Backend>,
     /// [`HotSpare::default_tracker`].
     default_tracker: Option<Backend>,
+    /// Why a resumed log was not read to its end, for the worker's [`Context::log_warning`].
+    log_warning: Option<String>,
 }
 
 impl<T> std::fmt::Debug for HotSpare<T> {
@@ -292,6 +294,7 @@ impl HotSpare<()> {
             tracker: None,
             env_tracker: None,
             default_tracker: None,
+            log_warning: None,
         }
     }
 }
@@ -332,6 +335,7 @@ impl<T> HotSpare<T> {
             tracker: self.tracker,
             env_tracker: self.env_tracker,
             default_tracker: self.default_tracker,
+            log_warning: self.log_warning,
         }
     }
 
@@ -538,14 +542,37 @@ impl<T> HotSpare<T> {
             Role::Spare => self.spare(regions),
             Role::Resume(path) => {
                 let (replica, end) = transport::file::rebuild(&path, ReplicaConfig::default())?;
-                if let Some(e) = end.error {
-                    tracing::warn!(log = %path.display(), error = %e, "the log's tail is torn; resuming from its last complete checkpoint");
-                }
                 let epoch = next_epoch(replica.highest_epoch(), self.epoch - 1)?;
                 let Some(committed) = replica.into_committed() else {
                     return Err(HsError::EmptyLog { path });
                 };
-                if matches!(self.link, LinkConfig::Null) {
+                // A torn tail (the writer died mid-frame) and a damaged frame (a checkpoint
+                // whose page or metadata body fails its checksum) end the replay alike: at
+                // the last whole checkpoint before them. A torn tail is what a crash leaves;
+                // damage is news the worker is told, once.
+                if let Some(e) = &end.error {
+                    tracing::info!(log = %path.display(), error = %e, "the log's replay ended early");
+                }
+                let damage = end
+                    .error
+                    .filter(|e| !matches!(e, ReplicaError::Wire(WireError::Truncated { .. })));
+                let appends = matches!(self.link, LinkConfig::Null);
+                self.log_warning = damage.map(|e| {
+                    let warning = format!(
+                        "checkpoint log {}: {e}; resuming from checkpoint {}, the last whole one \
+                         before it{}",
+                        path.display(),
+                        committed.checkpoint,
+                        if appends {
+                            " (the log is cut there and goes on from it)"
+                        } else {
+                            ""
+                        }
+                    );
+                    tracing::warn!("{warning}");
+                    warning
+                });
+                if appends {
                     self.link = LinkConfig::File { path, append: true };
                 }
                 self.restored(regions, committed, epoch)
@@ -579,6 +606,7 @@ impl<T> HotSpare<T> {
             meta: Vec::new(),
             restored: None,
             lost: Vec::new(),
+            log_warning: None,
             role: self.role.clone(),
             epoch: self.epoch,
             model: None,
@@ -664,6 +692,7 @@ impl<T> HotSpare<T> {
         ctx.lost = lost;
         ctx.blobs = Blobs::from_map(committed.metadata.blobs.clone(), &Blobs::default())
             .map_err(MetaError::from)?;
+        ctx.log_warning = self.log_warning.take();
         ctx.restored = Some(Restored {
             checkpoint: committed.checkpoint,
             from_epoch: committed.epoch,
@@ -820,6 +849,8 @@ pub struct Context {
     restored: Option<Restored>,
     /// The connections the restore could only re-create as dead ones.
     lost: Vec<LostConnection>,
+    /// Resumed from a log not read to its end: why.
+    log_warning: Option<String>,
     role: Role,
     epoch: u64,
     model: Option<CostModel>,
@@ -977,6 +1008,12 @@ impl Context {
     /// `POLLHUP`); empty on a fresh start. A worker reconnects or forgets them.
     pub fn lost_connections(&self) -> &[LostConnection] {
         &self.lost
+    }
+
+    /// A process resumed from a checkpoint log that was not read to its end (a torn tail, a
+    /// damaged checkpoint): what was wrong and where it resumed. `None` otherwise.
+    pub fn log_warning(&self) -> Option<&str> {
+        self.log_warning.as_deref()
     }
 
     /// This process's role as it started.

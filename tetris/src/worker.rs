@@ -159,6 +159,10 @@ fn worker(ctx: &mut Context, plan: &Plan) -> anyhow::Result<Results> {
         start.layout_version
     );
     let restored = ctx.restored();
+    if let Some(warning) = ctx.log_warning() {
+        // Said before the game takes the terminal (a game on a screen shows it after).
+        eprintln!("tetris: warning: {warning}");
+    }
     if let Some(r) = &restored {
         let tty_bytes = (!plan.headless).then_some(start.tty_bytes);
         status::report_resumed(r, start.inputs, tty_bytes)?;

@@ -232,3 +232,91 @@ fn a_script_cut_anywhere_resumes_with_the_rest_on_stdin_to_the_same_end() {
         );
     }
 }
+
+/// Where each frame of a checkpoint log starts, with its kind (the 40-byte header of
+/// `hslib/PROTOCOL.md`: kind at offset 6, body length at 24).
+fn frames(log: &[u8]) -> Vec<(usize, u16, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 40 <= log.len() {
+        let kind = u16::from_le_bytes([log[at + 6], log[at + 7]]);
+        let len = u32::from_le_bytes(log[at + 24..at + 28].try_into().unwrap()) as usize;
+        out.push((at, kind, len));
+        at += 40 + len;
+    }
+    out
+}
+
+#[test]
+fn a_damaged_page_or_metadata_body_resumes_from_the_checkpoint_before_it_with_one_warning() {
+    const PAGES: u16 = 2;
+    const METADATA: u16 = 3;
+    let f = Files::new();
+    let script = script();
+    let script_file = f.path("script");
+    std::fs::write(&script_file, &script).unwrap();
+    let seed = SEED.to_string();
+    let level = LEVEL.to_string();
+    let status = f.path("status");
+    let game = |extra: &[&dyn AsRef<OsStr>]| {
+        let mut a = args(&[&"--headless", &"--seed", &seed, &"-l", &level]);
+        a.extend(args(extra));
+        a
+    };
+    let plain = stdout_of(
+        &tetris(&game(&[&"--script", &script_file]), &status, b""),
+        "uninterrupted",
+    );
+    // Sync mode: every checkpoint is in the log (async ones may be merged while the writer
+    // is behind).
+    let log = f.path("log");
+    let out = tetris_with_status(
+        &game(&[&"--script", &script_file, &"--checkpoint-file", &log]),
+        &status,
+    )
+    .env("HS_MODE", "sync")
+    .stdin(Stdio::null())
+    .output()
+    .expect("tetris");
+    assert!(out.status.success(), "{out:?}");
+    let bytes = std::fs::read(&log).unwrap();
+    let all = frames(&bytes);
+    let mut resumed_at = Vec::new();
+    for (kind, name) in [(PAGES, "Pages"), (METADATA, "Metadata")] {
+        // The tenth checkpoint's frame of this kind: a body byte flipped.
+        let &(at, _, len) = all
+            .iter()
+            .filter(|(_, k, _)| *k == kind)
+            .nth(9)
+            .expect("ten checkpoints in the log");
+        assert!(len > 8);
+        let mut damaged = bytes.clone();
+        damaged[at + 40 + len / 2] ^= 0x40;
+        let path = f.path(&format!("damaged-{name}"));
+        std::fs::write(&path, &damaged).unwrap();
+        let out = tetris(
+            &args(&[&"--headless", &"--resume", &path, &"--script", &script_file]),
+            &status,
+            b"",
+        );
+        assert!(out.status.success(), "{name}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), plain, "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: one warning: {stderr}");
+        assert!(
+            lines[0].starts_with("tetris: warning: checkpoint log ")
+                && lines[0].contains(&format!("{name} frame body checksum"))
+                && lines[0].matches("checksum").count() == 1,
+            "{name}: {stderr}"
+        );
+        let (checkpoint, _, _) = resumed(&status);
+        resumed_at.push(checkpoint);
+    }
+    // Both damages cost the same checkpoint: the game resumes from the one before it.
+    assert_eq!(resumed_at[0], resumed_at[1], "{resumed_at:?}");
+    assert_eq!(
+        resumed_at[0], 9,
+        "the tenth checkpoint is damaged: {resumed_at:?}"
+    );
+}
