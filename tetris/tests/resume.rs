@@ -240,7 +240,8 @@ fn frames(log: &[u8]) -> Vec<(usize, u16, usize)> {
     let mut at = 0;
     while at + 40 <= log.len() {
         let kind = u16::from_le_bytes([log[at + 6], log[at + 7]]);
-        let len = u32::from_le_bytes(log[at + 24..at + 28].try_into().unwrap()) as usize;
+        let len = u32::from_le_bytes([log[at + 24], log[at + 25], log[at + 26], log[at + 27]]);
+        let len = len as usize;
         out.push((at, kind, len));
         at += 40 + len;
     }
