@@ -98,6 +98,15 @@ pub struct RunArgs {
     /// async or sync checkpoints.
     #[command(flatten)]
     pub mode: ModeArgs,
+    /// Kill a primary that writes no status line for MS milliseconds (stopped, hung) and
+    /// fail over, when its spare holds a checkpoint; 0: never.
+    #[arg(long, value_name = "MS", default_value_t = 1500)]
+    pub hang_ms: u64,
+}
+
+/// A `--hang-ms` value as the engine takes it (0: never).
+pub fn hang_deadline(ms: u64) -> Option<std::time::Duration> {
+    (ms > 0).then(|| std::time::Duration::from_millis(ms))
 }
 
 /// `play`'s options. As with tetris, an option given twice takes its last value.
@@ -135,6 +144,10 @@ pub struct PlayArgs {
     /// times) to FILE as they happen.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Kill a primary that writes no status line for MS milliseconds (stopped, hung) and
+    /// fail over, when its spare holds a checkpoint; 0: never.
+    #[arg(long, value_name = "MS", default_value_t = 1500)]
+    pub hang_ms: u64,
 }
 
 /// `play --help`'s explanation of the status row.

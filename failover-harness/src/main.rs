@@ -80,6 +80,7 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
         kill_random: args.kill_random.zip(args.kill_seed),
         transport: args.transport,
         mode: args.mode.mode(),
+        hang: cli::hang_deadline(args.hang_ms),
     };
     let outcome = run::run(&opts)?;
     if let Some(path) = &args.stats {
@@ -109,6 +110,7 @@ fn play_command(args: &PlayArgs) -> anyhow::Result<ExitCode> {
         transport: args.transport,
         chaos,
         events_file: args.events.clone(),
+        hang: cli::hang_deadline(args.hang_ms),
     })
 }
 

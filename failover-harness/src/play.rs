@@ -67,6 +67,8 @@ pub struct PlayOptions {
     pub chaos: Option<Duration>,
     /// Write the session's events here as they happen.
     pub events_file: Option<PathBuf>,
+    /// How long the primary may be silent before it is killed as hung (`None`: never).
+    pub hang: Option<Duration>,
 }
 
 /// The session's history: each line timed from the start, kept for `status --events` and
@@ -175,6 +177,7 @@ pub fn play(opts: &PlayOptions) -> anyhow::Result<ExitCode> {
     )?;
     let launcher = LocalLauncher::new(setup, Io::Pty(rows - 1, cols));
     let (mut sup, first) = Engine::start(launcher, InputPolicy::Immediate)?;
+    sup.set_hang_deadline(opts.hang);
     let mode = crate::game::mode_value(opts.mode);
     let transport = crate::link::transport_name(opts.transport);
     history.note(
@@ -455,6 +458,9 @@ impl Handling<'_> {
                 Event::SpareSynced { pid } => {
                     Some(format!("spare {pid} synced: it holds a checkpoint"))
                 }
+                Event::Hung { pid, silent_ms } => Some(format!(
+                    "primary {pid} silent for {silent_ms}ms: SIGKILLed as hung"
+                )),
                 Event::SpareDied { pid, how } => Some(format!(
                     "spare {pid} died ({how}) without taking over: a new one is started"
                 )),

@@ -57,6 +57,8 @@ pub struct RunOptions {
     pub transport: Transport,
     /// async or sync.
     pub mode: Mode,
+    /// How long the primary may be silent before it is killed as hung (`None`: never).
+    pub hang: Option<Duration>,
 }
 
 /// How a run went.
@@ -195,7 +197,9 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
     }
     let link = Link::new(opts.transport)?;
     let setup = Setup::new(args, link, opts.mode, STATS_MS)?;
-    let (engine, _) = Engine::start(LocalLauncher::new(setup, Io::Pipes), InputPolicy::AfterSync)?;
+    let (mut engine, _) =
+        Engine::start(LocalLauncher::new(setup, Io::Pipes), InputPolicy::AfterSync)?;
+    engine.set_hang_deadline(opts.hang);
     let mut r = Runner {
         engine,
         signals,

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Guard, file, harness, reference};
+use common::{Guard, file, harness, pair, reference};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -34,37 +34,6 @@ fn long_script(seed: u64, len: usize) -> Vec<u8> {
             n => b"jkl"[(n % 3) as usize],
         })
         .collect()
-}
-
-/// What the harness's log says of the pair now: the primary's pid and whether the spare
-/// holds a checkpoint (none once the primary's input has ended).
-fn pair(log: &Path) -> (Option<u32>, bool) {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let pid = |line: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("pid="))
-            .and_then(|p| p.parse::<u32>().ok())
-    };
-    let (mut primary, mut synced) = (None, false);
-    if text.contains("the primary's input ends") {
-        return (None, false);
-    }
-    for line in text.lines() {
-        if line.contains("game started") && line.contains("role=Primary") {
-            primary = pid(line);
-        } else if line.contains("the spare took over") {
-            primary = pid(line);
-            synced = false;
-        } else if line.contains("spare synced") {
-            synced = true;
-        } else if line.contains("spare started")
-            || line.contains("the primary ended")
-            || line.contains("the spare ended")
-        {
-            synced = false;
-        }
-    }
-    (primary, synced)
 }
 
 /// The harness's children that are alive (not zombies).

@@ -27,7 +27,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hslib::{LinkProbe, LinkStats, Restored};
@@ -312,7 +312,13 @@ impl Drop for Reporter {
     }
 }
 
-/// The stats thread's loop: a line whenever what it would say changed.
+/// The longest the stats thread stays silent: a line goes out at least this often even when
+/// nothing changed, so a supervisor can tell a game that waits for a key from a game that is
+/// stopped or hung (`failover-harness`'s hang deadline is several of these).
+pub const STATS_KEEPALIVE: Duration = Duration::from_millis(250);
+
+/// The stats thread's loop: a line whenever what it would say changed, and at least every
+/// [`STATS_KEEPALIVE`].
 fn report(
     fd: RawFd,
     every: Duration,
@@ -322,6 +328,7 @@ fn report(
     stop: &AtomicBool,
 ) {
     let mut last: Option<StatsLine> = None;
+    let mut written = Instant::now();
     while !stop.load(Ordering::Acquire) {
         let link = probe.map(LinkProbe::stats).unwrap_or_default();
         let now = StatsLine {
@@ -334,12 +341,13 @@ fn report(
             ..StatsLine::default()
         }
         .with_link(&link);
-        if last != Some(now) {
+        if last != Some(now) || written.elapsed() >= STATS_KEEPALIVE {
             if write_line(fd, &now.to_line()).is_err() {
                 // Nobody reads any more: stop looking.
                 return;
             }
             last = Some(now);
+            written = Instant::now();
         }
         let pause = if link.live && !link.synced {
             every.min(Duration::from_millis(1))

@@ -60,6 +60,10 @@ const PROMOTION_DEADLINE: Duration = Duration::from_secs(30);
 const UNSYNCED_PROMOTION_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a spare may take to hold a checkpoint before it is replaced.
 const SYNC_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a primary may say nothing before it counts as hung: a game writes a status line
+/// at least every [`tetris::status::STATS_KEEPALIVE`] (250 ms) while it runs, waiting for a
+/// key or not, so this is six missed lines. Settable with [`Engine::set_hang_deadline`].
+pub const DEFAULT_HANG_DEADLINE: Duration = Duration::from_millis(1500);
 /// Spares that may end in a row before one holds a checkpoint, before the session gives up.
 pub const MAX_LOST_SPARES: u32 = 10;
 
@@ -122,6 +126,15 @@ pub enum Event {
         pid: u32,
         /// How it ended ("signal: 9 (SIGKILL)").
         how: String,
+    },
+    /// The primary said nothing (no status line) for longer than the hang deadline while
+    /// its spare held a checkpoint: it is SIGKILLed (so it cannot come back beside its
+    /// successor) and failed over like any death.
+    Hung {
+        /// Its pid (0: none known).
+        pid: u32,
+        /// How long it had been silent, milliseconds.
+        silent_ms: u64,
     },
     /// The session is over.
     Ended(End),
@@ -264,6 +277,13 @@ pub struct Engine<L: Launcher> {
     processes: u64,
     axe_pending: bool,
     last_rto_ms: Option<f64>,
+    /// How long the primary may be silent before it is killed as hung (`None`: never).
+    hang_deadline: Option<Duration>,
+    /// When the current primary last wrote a status line (or started, or was promoted).
+    last_heard: Instant,
+    /// When the engine last looked: a long gap means the engine itself was stopped (^Z) or
+    /// starved, and the games' silence meanwhile is no evidence.
+    last_service: Instant,
     launcher: L,
 }
 
@@ -302,11 +322,21 @@ impl<L: Launcher> Engine<L> {
             processes: 1,
             axe_pending: false,
             last_rto_ms: None,
+            hang_deadline: Some(DEFAULT_HANG_DEADLINE),
+            last_heard: Instant::now(),
+            last_service: Instant::now(),
             launcher,
         };
         let mut events = Vec::new();
         engine.start_spare(&mut events)?;
         Ok((engine, events))
+    }
+
+    /// How long the primary may say nothing before it is killed as hung and failed over
+    /// (`None`: never; the default is [`DEFAULT_HANG_DEADLINE`]). Only a primary whose spare
+    /// holds a checkpoint is killed: without one, killing it would lose the game.
+    pub fn set_hang_deadline(&mut self, deadline: Option<Duration>) {
+        self.hang_deadline = deadline;
     }
 
     /// What the status row shows.
@@ -501,6 +531,15 @@ impl<L: Launcher> Engine<L> {
 
     /// Handles whatever the games did (every read is non-blocking).
     fn service(&mut self, events: &mut Vec<Event>) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if let Some(hang) = self.hang_deadline
+            && now.saturating_duration_since(self.last_service) > hang / 2
+        {
+            // We were stopped or starved ourselves: what we did not hear meanwhile proves
+            // nothing about the games.
+            self.last_heard = now;
+        }
+        self.last_service = now;
         let steps: [Step<L>; 6] = [
             Self::read_primary_output,
             Self::read_primary_status,
@@ -537,6 +576,20 @@ impl<L: Launcher> Engine<L> {
                 self.spare = None;
                 self.finish(End::Lost(why), events);
             }
+            Phase::Running { axed_at: None, .. }
+                if self.synced
+                    && !self.game_over
+                    && !self.interrupted
+                    && self
+                        .hang_deadline
+                        .is_some_and(|h| self.last_heard.elapsed() > h) =>
+            {
+                let pid = pid_of(&self.primary.node);
+                let silent_ms = u64::try_from(self.last_heard.elapsed().as_millis()).unwrap_or(0);
+                tracing::warn!(pid, silent_ms, "the primary is silent: killed as hung");
+                events.push(Event::Hung { pid, silent_ms });
+                self.axe(events)?;
+            }
             Phase::Running { .. } if !self.synced => {
                 if let Some(s) = &mut self.spare
                     && s.started.elapsed() > SYNC_DEADLINE
@@ -570,6 +623,9 @@ impl<L: Launcher> Engine<L> {
     }
 
     fn primary_lines(&mut self, lines: Vec<Line>, events: &mut Vec<Event>) -> anyhow::Result<()> {
+        if !lines.is_empty() {
+            self.last_heard = Instant::now();
+        }
         // An axed or dead primary's last lines say nothing of the spare's future.
         let alive = matches!(self.phase, Phase::Running { axed_at: None, .. });
         for line in lines {
@@ -731,6 +787,7 @@ impl<L: Launcher> Engine<L> {
         let Some(spare) = self.spare.take() else {
             return Ok(());
         };
+        self.last_heard = Instant::now();
         let mut old = std::mem::replace(
             &mut self.primary,
             Primary {

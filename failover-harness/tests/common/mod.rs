@@ -115,3 +115,34 @@ pub fn file(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     std::fs::write(&p, bytes).expect("write a test file");
     p
 }
+
+/// What the harness's log says of the pair now: the primary's pid and whether the spare
+/// holds a checkpoint (none once the primary's input has ended).
+pub fn pair(log: &Path) -> (Option<u32>, bool) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let pid = |line: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("pid="))
+            .and_then(|p| p.parse::<u32>().ok())
+    };
+    let (mut primary, mut synced) = (None, false);
+    if text.contains("the primary's input ends") {
+        return (None, false);
+    }
+    for line in text.lines() {
+        if line.contains("game started") && line.contains("role=Primary") {
+            primary = pid(line);
+        } else if line.contains("the spare took over") {
+            primary = pid(line);
+            synced = false;
+        } else if line.contains("spare synced") {
+            synced = true;
+        } else if line.contains("spare started")
+            || line.contains("the primary ended")
+            || line.contains("the spare ended")
+        {
+            synced = false;
+        }
+    }
+    (primary, synced)
+}
