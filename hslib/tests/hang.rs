@@ -141,6 +141,23 @@ impl Drop for Children {
     }
 }
 
+/// SIGSTOPs `pid` and waits until it is stopped (the signal is delivered asynchronously: a
+/// process running on another CPU goes on for a moment).
+fn stop(pid: Pid) {
+    kill(pid, Signal::SIGSTOP).unwrap_or_else(|e| panic!("SIGSTOP to {pid}: {e}"));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if state == Some('T') {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{pid} never stopped: {stat:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn wait_for_file(path: &Path) -> String {
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -255,7 +272,7 @@ fn a_stopped_primarys_silence_is_reported_and_cleared() {
     if let Ok(line) = lines.recv_timeout(suspect * 4) {
         panic!("a spare of an idle but live primary reported {line:?}");
     }
-    kids.signal(primary, Signal::SIGSTOP);
+    stop(kids.pid(primary));
     let line = lines.recv_timeout(PATIENCE).expect("a silence report");
     let ms: u64 = line
         .strip_prefix("{\"silent_ms\":")
@@ -352,7 +369,7 @@ fn a_sync_checkpoint_drops_a_stopped_spare_at_its_deadline() {
             while !step(ctx)?.acked {
                 assert!(Instant::now() < deadline, "the first spare never acked");
             }
-            kill(first_pid, Signal::SIGSTOP)?;
+            stop(first_pid);
             // Without a deadline the checkpoint below would wait for ever: a watchdog kills
             // the stopped spare after PATIENCE, so such a failure shows as a slow checkpoint.
             let (done, watchdog) = mpsc::channel::<()>();
