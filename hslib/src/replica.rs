@@ -518,7 +518,7 @@ impl Replica {
             return self.hello(h.epoch, h.sequence, &hello).map(Some);
         }
         if h.kind == FrameKind::Heartbeat && self.session.is_none() {
-            // Outside a session (before a hello, after a refusal or a goodbye) there is no
+            // Outside a session (before a hello, after a refusal or the stream's end) there is no
             // sequence to check it against, and it changes nothing: a heartbeat that crossed
             // a refusal on the wire is no reason to refuse again.
             return Ok(None);
