@@ -120,7 +120,13 @@ impl SenderThread {
         let Some(every) = self.params.heartbeat else {
             return;
         };
-        if self.last_sent.elapsed() < every || !self.shared.live.load(Ordering::Acquire) {
+        if self.last_sent.elapsed() < every {
+            return;
+        }
+        if !self.shared.live.load(Ordering::Acquire) {
+            // The session is ending (its spare hung up, or the link is dropping it): its end
+            // is someone else's to handle; skip this beat rather than spin.
+            self.last_sent = Instant::now();
             return;
         }
         let Some(open) = self.open.as_mut().filter(|o| o.acks) else {
