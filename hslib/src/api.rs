@@ -20,8 +20,14 @@
 //! ([`HotSpare::from_env`]): `HS_ROLE` (`standalone`, `primary`, `spare`), `HS_TRANSPORT`
 //! (`null`, `file`, `unix`, `tcp`), `HS_SOCKET_DIR` and `HS_SOCKET_NAME` (unix), `HS_TCP_ADDR`
 //! and `HS_KEY` (tcp), `HS_LOG_FILE` (file), `HS_EPOCH`, `HS_MODE` (`async`, `sync`),
-//! `HS_STRATEGY` (`copy`, `fork`, `adaptive`), `HS_TRACKER` (`uffd`, `mprotect`, `full`).
-//! Every value is checked; a bad one is an [`HsError::Config`] naming the variable and value.
+//! `HS_STRATEGY` (`copy`, `fork`, `adaptive`), `HS_TRACKER` (`uffd`, `mprotect`, `full`),
+//! and the hang detection's times in milliseconds: `HS_ACK_DEADLINE_MS` (sync mode: how long
+//! a checkpoint waits for the spare's ack before the spare is dropped; default 1000),
+//! `HS_HEARTBEAT_MS` (a primary's idle stream gets a heartbeat this often; default 100),
+//! `HS_SUSPECT_MS` (a spare that hears nothing for this long reports it; default 300) and
+//! `HS_SILENCE_FD` (the descriptor a spare writes that report to: `{"silent_ms":N}`, then
+//! `{"heard":true}`; see [`crate::silence`]). A spare never takes over because its primary is
+//! silent: only when its stream ends. Every value is checked; a bad one is an [`HsError::Config`] naming the variable and value.
 //!
 //! A failed [`Context::checkpoint`] loses nothing: the pages its scan reported are carried
 //! into the next checkpoint (and when the scan itself failed, the next checkpoint is full),
@@ -29,19 +35,21 @@
 
 use std::error::Error;
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[cfg(feature = "fault-injection")]
 use crate::fault;
 use crate::fault::Step;
-use crate::link::{Link, LinkConfig, LinkError, LinkProbe, LinkStats, StreamParams};
+use crate::link::{self, AckWait, Link, LinkConfig, LinkError, LinkProbe, LinkStats, StreamParams};
 use crate::meta::{
     Blobs, FdRegistry, Handler, LostConnection, MetaError, MetadataRef, RegionInfo, SignalRegistry,
 };
 use crate::region::{Region, RegionError, RegionId, Slot};
 use crate::replica::{Committed, Replica, ReplicaConfig, ReplicaError};
 use crate::session::{self, SessionError};
+use crate::silence::{self, SilenceWatch};
 use crate::snapshot::{self, Copied, CostModel, Run, Snapshot, Strategy};
 use crate::sys::PAGE_SIZE;
 use crate::track::{self, Backend, DirtyPages, TrackError, Tracker};
@@ -236,6 +244,9 @@ pub struct Checkpoint {
     pub strategy: Option<Strategy>,
     /// In sync mode: whether the spare acked it.
     pub acked: bool,
+    /// In sync mode: the spare missed the ack deadline and was dropped (told goodbye); the
+    /// checkpoint is not acked, and the next ones have no spare until a new one connects.
+    pub spare_dropped: bool,
 }
 
 /// Builds and runs a hot-spare process whose worker returns a `T`.
@@ -259,6 +270,14 @@ pub struct HotSpare<T = ()> {
     default_tracker: Option<Backend>,
     /// Why a resumed log was not read to its end, for the worker's [`Context::log_warning`].
     log_warning: Option<String>,
+    /// Sync mode: how long a checkpoint waits for its ack (`None`: without limit).
+    ack_deadline: Option<Duration>,
+    /// A primary's idle stream gets a heartbeat this often (`None`: never).
+    heartbeat: Option<Duration>,
+    /// A spare reports a silence of its primary this long.
+    suspect: Duration,
+    /// The descriptor a spare reports silences on.
+    silence_fd: Option<RawFd>,
 }
 
 impl<T> std::fmt::Debug for HotSpare<T> {
@@ -295,6 +314,10 @@ impl HotSpare<()> {
             env_tracker: None,
             default_tracker: None,
             log_warning: None,
+            ack_deadline: Some(link::DEFAULT_ACK_DEADLINE),
+            heartbeat: Some(link::DEFAULT_HEARTBEAT),
+            suspect: silence::DEFAULT_SUSPECT,
+            silence_fd: None,
         }
     }
 }
@@ -336,6 +359,10 @@ impl<T> HotSpare<T> {
             env_tracker: self.env_tracker,
             default_tracker: self.default_tracker,
             log_warning: self.log_warning,
+            ack_deadline: self.ack_deadline,
+            heartbeat: self.heartbeat,
+            suspect: self.suspect,
+            silence_fd: self.silence_fd,
         }
     }
 
@@ -385,6 +412,33 @@ impl<T> HotSpare<T> {
     /// its first spare (default 10 s).
     pub fn spare_wait(mut self, wait: Duration) -> Self {
         self.spare_wait = wait;
+        self
+    }
+
+    /// Sync mode: how long a checkpoint waits for the spare's ack before the spare is dropped
+    /// (default 1 s; `None`: without limit).
+    pub fn ack_deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.ack_deadline = deadline;
+        self
+    }
+
+    /// How long a primary's stream to its spare may stay idle before it sends a heartbeat
+    /// (default 100 ms; `None`: never).
+    pub fn heartbeat(mut self, every: Option<Duration>) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// As spare: how long the primary may stay silent before the spare reports it (default
+    /// 300 ms); a silence never makes the spare take over.
+    pub fn suspect(mut self, after: Duration) -> Self {
+        self.suspect = after;
+        self
+    }
+
+    /// As spare: the descriptor silence reports are written to (see [`crate::silence`]).
+    pub fn silence_fd(mut self, fd: Option<RawFd>) -> Self {
+        self.silence_fd = fd;
         self
     }
 
@@ -439,7 +493,42 @@ impl<T> HotSpare<T> {
         let mode = var(ENV_MODE);
         let strategy = var(ENV_STRATEGY);
         let tracker = var(track::ENV_OVERRIDE);
+        let ack_deadline = var(link::ENV_ACK_DEADLINE_MS);
+        let heartbeat = var(link::ENV_HEARTBEAT_MS);
+        let suspect = var(silence::ENV_SUSPECT_MS);
+        let silence_fd = var(silence::ENV_SILENCE_FD);
         utf8?;
+        let millis = |name: &'static str, v: &str| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis)
+                .ok_or_else(|| bad(name, v, "a number of milliseconds above 0"))
+        };
+        if let Some(v) = ack_deadline {
+            self.ack_deadline = Some(millis(link::ENV_ACK_DEADLINE_MS, &v)?);
+        }
+        if let Some(v) = heartbeat {
+            self.heartbeat = Some(millis(link::ENV_HEARTBEAT_MS, &v)?);
+        }
+        if let Some(v) = suspect {
+            self.suspect = millis(silence::ENV_SUSPECT_MS, &v)?;
+        }
+        if let Some(v) = silence_fd {
+            let fd: RawFd = v
+                .parse()
+                .ok()
+                .filter(|&fd| fd >= 0)
+                .ok_or_else(|| bad(silence::ENV_SILENCE_FD, &v, "a descriptor number"))?;
+            crate::sys::fd::cloexec(fd).map_err(|e| {
+                bad(
+                    silence::ENV_SILENCE_FD,
+                    &v,
+                    &format!("the descriptor is not open ({e})"),
+                )
+            })?;
+            self.silence_fd = Some(fd);
+        }
         // A key is bytes, not text.
         let key = get(transport::tcp::KEY_ENV)
             .filter(|v| !v.is_empty())
@@ -612,6 +701,7 @@ impl<T> HotSpare<T> {
             model: None,
             pending: None,
             force_full: false,
+            ack_deadline: None,
         })
     }
 
@@ -629,6 +719,7 @@ impl<T> HotSpare<T> {
                 regions: ctx.table.clone(),
             },
             sync_sink: self.mode == Mode::Sync,
+            heartbeat: self.heartbeat,
         };
         let link = Link::open(&self.link, params)?;
         tracing::info!(link = link.describe(), epoch, role = ?self.role, "link open");
@@ -642,6 +733,7 @@ impl<T> HotSpare<T> {
             }
         }
         ctx.epoch = epoch;
+        ctx.ack_deadline = self.ack_deadline;
         ctx.link = Some(link);
         Ok(())
     }
@@ -743,8 +835,14 @@ impl<T> HotSpare<T> {
     fn spare(self, regions: Vec<Region>) -> Result<Outcome<T>, HsError> {
         let mut replica = Replica::new(ReplicaConfig::default());
         let mut ep = self.connect_retrying(self.spare_wait)?;
+        let mut watch = SilenceWatch::new(self.suspect, self.silence_fd);
         loop {
-            let served = session::serve_spare(&mut replica, &mut ep, HANDSHAKE_TIMEOUT);
+            let served = session::serve_spare_watched(
+                &mut replica,
+                &mut ep,
+                HANDSHAKE_TIMEOUT,
+                Some(&mut watch),
+            );
             if replica.said_goodbye() {
                 return Ok(Outcome::PrimaryFinished {
                     checkpoint: replica.checkpoint(),
@@ -858,6 +956,8 @@ pub struct Context {
     pending: Option<DirtyPages>,
     /// The last scan failed, so pages may be unaccounted for: the next checkpoint is full.
     force_full: bool,
+    /// Sync mode: how long a checkpoint waits for its ack.
+    ack_deadline: Option<Duration>,
 }
 
 /// The adaptive strategy's model for this process, or a fallback that always copies when
@@ -1119,6 +1219,7 @@ impl Context {
             full: false,
             strategy: None,
             acked: false,
+            spare_dropped: false,
         };
         let Some(link) = self.link.as_mut() else {
             return Ok(not_shipped);
@@ -1206,15 +1307,16 @@ impl Context {
         }
         let id = link.submit(plan.generation, full, snap)?;
         self.force_full = false;
-        let acked = match self.mode {
-            Mode::Sync => link.wait_acked(id)?,
-            Mode::Async => false,
+        let waited = match self.mode {
+            Mode::Sync => link.wait_acked(id, plan.generation, self.ack_deadline)?,
+            Mode::Async => AckWait::NotAcked,
         };
         Ok(Checkpoint {
             pages,
             full,
             strategy: Some(strategy),
-            acked,
+            acked: waited == AckWait::Acked,
+            spare_dropped: waited == AckWait::SpareDropped,
         })
     }
 }

@@ -12,6 +12,7 @@
 //! - [`transport`]: the byte streams (Unix socket, authenticated TCP, log file, null).
 //! - [`session`]: opening a session (the hello handshake) with bounded waits.
 //! - [`replica`]: the spare's image, changed only by whole, validated checkpoints.
+//! - [`silence`]: the spare's watch on its primary's silence (heartbeats stopped).
 //! - [`snapshot`]: a checkpoint taken by copying the dirty pages or by `fork()`.
 //! - [`link`]: the primary's sender, ack reader and spare acceptor threads.
 //! - [`api`]: [`HotSpare`] (regions, worker, roles, modes) and [`Context::checkpoint`].
@@ -28,6 +29,7 @@ pub mod region;
 pub mod replica;
 pub mod runs;
 pub mod session;
+pub mod silence;
 pub mod snapshot;
 pub(crate) mod sys;
 pub mod track;

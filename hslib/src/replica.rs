@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
@@ -393,6 +394,8 @@ pub struct Replica {
     goodbye: bool,
     staged: Staged,
     committed: Option<Committed>,
+    /// When a frame of its primary was last accepted.
+    last_heard: Option<Instant>,
 }
 
 impl Default for Replica {
@@ -412,6 +415,7 @@ impl Replica {
             goodbye: false,
             staged: Staged::default(),
             committed: None,
+            last_heard: None,
         }
     }
 
@@ -466,6 +470,13 @@ impl Replica {
         self.goodbye
     }
 
+    /// When the replica last accepted a frame from its primary (a heartbeat counts: an idle
+    /// primary sends one every [`crate::link::DEFAULT_HEARTBEAT`] or so); `None` before the
+    /// first. A supervisor compares it with now to tell a silent primary from a quiet one.
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.last_heard
+    }
+
     /// The highest epoch accepted so far.
     pub fn highest_epoch(&self) -> Option<u64> {
         self.highest_epoch
@@ -483,9 +494,12 @@ impl Replica {
     /// session ended, and the committed state is unchanged.
     pub fn accept(&mut self, frame: Frame) -> Result<Option<Ack>, ReplicaError> {
         let result = self.accept_inner(frame);
-        if result.is_err() {
-            self.end_session();
-            self.rejected = true;
+        match &result {
+            Ok(_) => self.last_heard = Some(Instant::now()),
+            Err(_) => {
+                self.end_session();
+                self.rejected = true;
+            }
         }
         result
     }
@@ -502,6 +516,12 @@ impl Replica {
         }
         if let Body::Hello(hello) = frame.body {
             return self.hello(h.epoch, h.sequence, &hello).map(Some);
+        }
+        if h.kind == FrameKind::Heartbeat && self.session.is_none() {
+            // Outside a session (before a hello, after a refusal or the stream's end) there is no
+            // sequence to check it against, and it changes nothing: a heartbeat that crossed
+            // a refusal on the wire is no reason to refuse again.
+            return Ok(None);
         }
         let session = self
             .session
@@ -550,6 +570,9 @@ impl Replica {
                 Ok(None)
             }
             Body::Commit(c) => self.commit(h.epoch, &c).map(Some),
+            // Numbered like every frame (a lost one is still noticed), but not part of any
+            // checkpoint: not staged, not counted by the commit.
+            Body::Heartbeat => Ok(None),
             Body::Goodbye => {
                 if self.staged.frames > 0 {
                     return Err(ReplicaError::UnexpectedKind { kind: h.kind });

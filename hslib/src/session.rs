@@ -1,10 +1,12 @@
 //! Opening a session over an endpoint, on both sides, with a bounded wait for the other side:
 //! the primary sends its hello and waits for the spare's ack; the spare waits for the hello,
-//! then receives checkpoints without a time limit (a primary may idle between checkpoints).
+//! then receives checkpoints without a time limit (a primary may idle between checkpoints;
+//! it sends heartbeats meanwhile, and a watched spare notices their absence).
 
 use std::time::Duration;
 
 use crate::replica::{Replica, ReplicaError, StreamEnd};
+use crate::silence::{SilenceWatch, Watched};
 use crate::transport::Endpoint;
 use crate::wire::{self, Ack, AckReader, Acked, CheckpointWriter, FrameKind, Hello, WireError};
 
@@ -105,6 +107,19 @@ pub fn serve_spare<E: Endpoint>(
     endpoint: &mut E,
     timeout: Duration,
 ) -> Result<StreamEnd, SessionError> {
+    serve_spare_watched(replica, endpoint, timeout, None)
+}
+
+/// [`serve_spare`], with the primary's silences watched by `watch` (if given): after the
+/// hello, reads wake up every [`SilenceWatch::tick`] instead of blocking without limit, and
+/// a silence of the watch's suspect time is reported. Silence never ends the session: only
+/// the stream's end does.
+pub fn serve_spare_watched<E: Endpoint>(
+    replica: &mut Replica,
+    endpoint: &mut E,
+    timeout: Duration,
+    watch: Option<&mut SilenceWatch>,
+) -> Result<StreamEnd, SessionError> {
     let peer = endpoint.describe();
     let timeout_err = |source| SessionError::Timeout {
         peer: peer.clone(),
@@ -149,6 +164,12 @@ pub fn serve_spare<E: Endpoint>(
     if let Some((epoch, sequence)) = replica.take_ack_slot() {
         wire::write_ack(endpoint, epoch, sequence, &ack).map_err(wire_err)?;
     }
-    endpoint.set_read_timeout(None).map_err(timeout_err)?;
-    Ok(replica.serve(endpoint))
+    let Some(watch) = watch else {
+        endpoint.set_read_timeout(None).map_err(timeout_err)?;
+        return Ok(replica.serve(endpoint));
+    };
+    endpoint
+        .set_read_timeout(Some(watch.tick()))
+        .map_err(timeout_err)?;
+    Ok(replica.serve(&mut Watched::new(endpoint, watch)))
 }

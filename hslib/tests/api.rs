@@ -318,6 +318,13 @@ fn bad_values_are_refused_naming_the_variable_and_value() {
         ("HS_TRACKER", "psychic"),
         ("HS_EPOCH", "-1"),
         ("HS_SOCKET_NAME", "../up"),
+        ("HS_ACK_DEADLINE_MS", "0"),
+        ("HS_ACK_DEADLINE_MS", "1s"),
+        ("HS_HEARTBEAT_MS", "soon"),
+        ("HS_SUSPECT_MS", "-5"),
+        ("HS_SILENCE_FD", "stderr"),
+        // A number no descriptor of this process holds.
+        ("HS_SILENCE_FD", "987654"),
     ] {
         let mut value = value.to_owned();
         let vars: Vec<(&str, String)> = match var {
@@ -346,6 +353,15 @@ fn bad_values_are_refused_naming_the_variable_and_value() {
         .map(|e| e.to_string())
         .expect("non-UTF-8 refused");
     assert!(msg.contains("HS_MODE") && msg.contains("UTF-8"), "{msg}");
+    // The hang detection's good values pass.
+    for (var, value) in [
+        ("HS_ACK_DEADLINE_MS", "250"),
+        ("HS_HEARTBEAT_MS", "20"),
+        ("HS_SUSPECT_MS", "150"),
+        ("HS_SILENCE_FD", "2"),
+    ] {
+        assert_eq!(config_error(var, value), None, "{var}={value}");
+    }
 }
 
 const VARS: [&str; 12] = [

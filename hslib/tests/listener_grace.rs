@@ -21,6 +21,7 @@ fn params() -> StreamParams {
             regions: Vec::new(),
         },
         sync_sink: false,
+        heartbeat: None,
     }
 }
 

@@ -574,3 +574,84 @@ fn frame_header_round_trips_its_fields() {
     let h = FrameHeader::new(FrameKind::Metadata, 9, 12, 77, 0xdead_beef);
     assert_eq!(FrameHeader::decode(&h.encode()).expect("decode"), h);
 }
+
+/// A heartbeat frame under `epoch` numbered `sequence`.
+fn heartbeat(epoch: u64, sequence: u64) -> Frame {
+    Frame {
+        header: FrameHeader::new(
+            FrameKind::Heartbeat,
+            epoch,
+            sequence,
+            0,
+            crc32c::crc32c(&[]),
+        ),
+        body: Body::Heartbeat,
+    }
+}
+
+/// Accepts a heartbeat and checks it earned no ack, left the state and the image alone, and
+/// moved the time the primary was last heard.
+fn beat(r: &mut Replica, frame: Frame) {
+    let state = r.state();
+    let digest = r.digest();
+    let before = std::time::Instant::now();
+    assert_eq!(r.accept(frame).expect("a heartbeat is accepted"), None);
+    assert_eq!(r.state(), state, "a heartbeat changed the state");
+    assert_eq!(r.digest(), digest, "a heartbeat changed the image");
+    assert!(
+        r.last_heard().is_some_and(|t| t >= before),
+        "a heartbeat is not noted as hearing from the primary"
+    );
+}
+
+/// A heartbeat is accepted in every state (idle, ready, staging, rejected, after a goodbye),
+/// changes no image and no staged checkpoint (a checkpoint with one in the middle still
+/// commits), and is numbered like any frame inside a session.
+#[test]
+fn a_heartbeat_is_accepted_in_every_state_and_changes_no_image() {
+    // Idle: nothing to check its number against.
+    let mut r = Replica::default();
+    assert_eq!(r.last_heard(), None);
+    beat(&mut r, heartbeat(1, 9));
+    assert_eq!(r.state(), ReplicaState::Idle);
+
+    // Ready, then Staging: shift the checkpoint's frames by the heartbeats put in front of
+    // them and between them.
+    let mut fs = session(1, true, 0xaa).into_iter();
+    r.accept(fs.next().expect("hello")).expect("hello");
+    beat(&mut r, heartbeat(1, 1));
+    assert_eq!(r.state(), ReplicaState::Ready);
+    let mut rest: Vec<Frame> = fs.collect();
+    for f in &mut rest {
+        f.header.sequence += 1;
+    }
+    let mut rest = rest.into_iter();
+    r.accept(rest.next().expect("pages")).expect("pages");
+    assert_eq!(r.state(), ReplicaState::Staging);
+    beat(&mut r, heartbeat(1, 3));
+    assert_eq!(r.state(), ReplicaState::Staging);
+    for mut f in rest {
+        f.header.sequence += 1;
+        r.accept(f)
+            .expect("the checkpoint commits around the heartbeat");
+    }
+    assert_eq!(r.checkpoint(), Some(1));
+    assert_eq!(page(&r, 7, 1), vec![0xaa; PAGE_SIZE]);
+
+    // Numbered: one out of sequence is refused like any frame (and ends the session).
+    let err = r.accept(heartbeat(1, 99)).expect_err("out of sequence");
+    assert!(matches!(err, ReplicaError::OutOfOrder { .. }), "{err}");
+    // Rejected: still accepted, still rejected, image kept.
+    assert_eq!(r.state(), ReplicaState::Rejected);
+    beat(&mut r, heartbeat(1, 100));
+    assert_eq!(r.state(), ReplicaState::Rejected);
+
+    // After a goodbye: accepted, and the goodbye still holds.
+    let mut w = CheckpointWriter::new(Vec::new(), 2, 1);
+    w.hello(&hello()).expect("hello");
+    w.goodbye().expect("goodbye");
+    feed(&mut r, frames(&w.into_inner())).expect("hello and goodbye");
+    assert!(r.said_goodbye());
+    beat(&mut r, heartbeat(2, 2));
+    assert!(r.said_goodbye(), "a heartbeat undid the goodbye");
+}

@@ -24,6 +24,7 @@ fn kind() -> impl Strategy<Value = FrameKind> {
         Just(FrameKind::Commit),
         Just(FrameKind::Ack),
         Just(FrameKind::Goodbye),
+        Just(FrameKind::Heartbeat),
     ]
 }
 
@@ -86,6 +87,51 @@ fn a_metadata_frame_breaking_the_records_rules_is_refused() {
     assert!(matches!(err, WireError::Metadata { .. }), "{err}");
 }
 
+/// A heartbeat is an empty frame numbered in its session like any other, written only
+/// between checkpoints; a heartbeat with a body is refused.
+#[test]
+fn a_heartbeat_is_an_empty_numbered_frame_between_checkpoints() {
+    let mut w = CheckpointWriter::new(Vec::new(), 4, 1);
+    assert!(
+        matches!(w.heartbeat(), Err(WireError::Misuse { .. })),
+        "before the hello"
+    );
+    w.hello(&Hello {
+        page_size: 4096,
+        regions: Vec::new(),
+    })
+    .expect("hello");
+    w.heartbeat().expect("a heartbeat after the hello");
+    w.begin(true).expect("begin");
+    assert!(
+        matches!(w.heartbeat(), Err(WireError::Misuse { .. })),
+        "inside a checkpoint"
+    );
+    let bytes = w.into_inner();
+    let mut r = &bytes[..];
+    let hello = read_frame(&mut r).expect("read").expect("the hello");
+    assert_eq!(hello.header.kind, FrameKind::Hello);
+    let beat = read_frame(&mut r).expect("read").expect("the heartbeat");
+    assert_eq!(beat.body, Body::Heartbeat);
+    assert_eq!(
+        (
+            beat.header.kind,
+            beat.header.epoch,
+            beat.header.sequence,
+            beat.header.length
+        ),
+        (FrameKind::Heartbeat, 4, 1, 0)
+    );
+    assert!(read_frame(&mut r).expect("read").is_none(), "nothing else");
+    let mut w = Vec::new();
+    write_frame(&mut w, FrameKind::Heartbeat, 4, 1, &[b"x"]).expect("write");
+    let err = read_frame(&mut &w[..]).expect_err("a heartbeat with a body is refused");
+    assert!(
+        matches!(err, WireError::BodyLength { want: 0, .. }),
+        "{err}"
+    );
+}
+
 proptest! {
     #[test]
     fn header_round_trips_every_field(
@@ -143,7 +189,7 @@ fn header_with(edit: impl FnOnce(&mut [u8; HEADER_LEN])) -> [u8; HEADER_LEN] {
 
 #[test]
 fn unknown_kinds_are_refused_naming_the_kind() {
-    for k in [0u16, 7, 0x1234, u16::MAX] {
+    for k in [0u16, 8, 0x1234, u16::MAX] {
         let h = header_with(|h| h[6..8].copy_from_slice(&k.to_le_bytes()));
         match FrameHeader::decode(&h) {
             Err(e @ WireError::UnknownKind { kind }) => {
@@ -157,7 +203,7 @@ fn unknown_kinds_are_refused_naming_the_kind() {
 
 #[test]
 fn other_versions_are_refused_naming_both_versions() {
-    for v in [0u16, 2, u16::MAX] {
+    for v in [0u16, 1, 3, u16::MAX] {
         let h = header_with(|h| h[4..6].copy_from_slice(&v.to_le_bytes()));
         match FrameHeader::decode(&h) {
             Err(e @ WireError::UnsupportedVersion { found, supported }) => {

@@ -20,6 +20,17 @@ use crate::sys::mman::StagingBuffer;
 use crate::sys::process;
 use crate::transport::{DrainEndpoint, FileLog, NullEndpoint};
 
+/// What became of a sync checkpoint ([`Link::wait_acked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckWait {
+    /// The spare acked it.
+    Acked,
+    /// It was not shipped, or its session ended before the ack.
+    NotAcked,
+    /// The spare missed the ack deadline and was dropped.
+    SpareDropped,
+}
+
 /// How many staging buffers (and run and metadata vectors) the link keeps for reuse.
 const POOL: usize = 4;
 
@@ -349,27 +360,78 @@ impl Link {
         self.spare_vecs.truncate(POOL);
     }
 
-    /// Waits until job `id` is on the stream and the spare acked it (sync mode). Returns
-    /// what became of it; `Ok(false)` for a checkpoint dropped or whose session ended
-    /// before the ack.
-    pub fn wait_acked(&self, id: u64) -> Result<bool, LinkError> {
+    /// Waits until job `id` is on the stream and the spare acked it (sync mode), at most
+    /// `deadline` (`None`: without limit). Returns what became of it: a checkpoint dropped,
+    /// or whose session ended before the ack, is [`AckWait::NotAcked`]; when the deadline
+    /// passes first, the spare of `generation` is dropped ([`Link::drop_spare`]) and the
+    /// answer is [`AckWait::SpareDropped`].
+    pub fn wait_acked(
+        &self,
+        id: u64,
+        generation: u64,
+        deadline: Option<Duration>,
+    ) -> Result<AckWait, LinkError> {
+        let until = deadline.map(|d| Instant::now() + d);
+        let expired = || until.is_some_and(|u| Instant::now() >= u);
         let mut p = self.shared.lock();
         while p.done_job < id {
             if self.sender_gone() {
                 return Err(LinkError::SenderGone);
             }
-            p = self.wait(p);
+            if expired() {
+                drop(p);
+                return self.drop_spare(generation);
+            }
+            p = self.wait_until(p, until);
         }
         let Some(Shipped::Written(cp)) = p.done.filter(|_| p.done_job == id) else {
-            return Ok(false);
+            return Ok(AckWait::NotAcked);
         };
         while p.acked < cp {
             if !self.live() {
-                return Ok(false);
+                return Ok(AckWait::NotAcked);
             }
-            p = self.wait(p);
+            if expired() {
+                drop(p);
+                return self.drop_spare(generation);
+            }
+            p = self.wait_until(p, until);
         }
-        Ok(true)
+        Ok(AckWait::Acked)
+    }
+
+    /// Ends the session of `generation` at once (later checkpoints are not shipped to it)
+    /// and has the sender tell its spare goodbye, so that a spare that was stopped and
+    /// wakes up exits instead of taking over. A session that has ended already, or been
+    /// replaced by a newer spare's, is left alone ([`AckWait::NotAcked`]).
+    pub fn drop_spare(&self, generation: u64) -> Result<AckWait, LinkError> {
+        let p = self.shared.lock();
+        if self.shared.generation.load(Ordering::Acquire) != generation || !self.live() {
+            return Ok(AckWait::NotAcked);
+        }
+        self.shared.live.store(false, Ordering::Release);
+        drop(p);
+        self.shared.changed.notify_all();
+        self.send(Job::DropSpare(generation))?;
+        Ok(AckWait::SpareDropped)
+    }
+
+    /// [`Link::wait`], waking no later than `until`.
+    fn wait_until<'a>(
+        &self,
+        p: MutexGuard<'a, Progress>,
+        until: Option<Instant>,
+    ) -> MutexGuard<'a, Progress> {
+        let Some(until) = until else {
+            return self.wait(p);
+        };
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(50));
+        match self.shared.changed.wait_timeout(p, left) {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        }
     }
 
     fn wait<'a>(&self, p: MutexGuard<'a, Progress>) -> MutexGuard<'a, Progress> {

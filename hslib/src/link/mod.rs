@@ -11,6 +11,14 @@
 //! writes every frame), `acceptor` (spares' connections and handshakes), `acks` (the ack
 //! reader), `coalesce` (merging copy snapshots that wait for the sender; at most one waits,
 //! so a slow spare costs the regions' size, not a snapshot per checkpoint).
+//!
+//! Hang detection: the sender puts a heartbeat frame on a spare's stream whenever it has
+//! been idle for [`StreamParams::heartbeat`] ([`DEFAULT_HEARTBEAT`], 100 ms, unless
+//! [`ENV_HEARTBEAT_MS`] says otherwise), so a spare can tell a quiet primary from a stopped
+//! one; in sync mode a checkpoint waits for its ack at most the ack deadline
+//! ([`DEFAULT_ACK_DEADLINE`], 1 s, [`ENV_ACK_DEADLINE_MS`]): a spare that misses it is told
+//! goodbye and dropped ([`Link::drop_spare`]), and the application goes on without a spare
+//! until the next one connects.
 
 mod acceptor;
 mod acks;
@@ -24,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-pub use handle::Link;
+pub use handle::{AckWait, Link};
 
 use crate::snapshot::Snapshot;
 use crate::transport::{TcpConfig, TransportError};
@@ -192,6 +200,9 @@ enum Job {
     },
     /// Ship the queued copy snapshot ([`Shared::queued`]), if it is still there.
     Queued,
+    /// The spare of this generation missed its ack deadline: tell it goodbye and end its
+    /// session (the link has marked the session over already).
+    DropSpare(u64),
     Goodbye,
 }
 
@@ -274,6 +285,7 @@ impl std::fmt::Debug for Job {
             Job::Spare(h) => write!(f, "Spare({})", h.peer),
             Job::Snapshot { id, generation, .. } => write!(f, "Snapshot({id}, gen {generation})"),
             Job::Queued => f.write_str("Queued"),
+            Job::DropSpare(generation) => write!(f, "DropSpare(gen {generation})"),
             Job::Goodbye => f.write_str("Goodbye"),
         }
     }
@@ -290,7 +302,19 @@ pub struct StreamParams {
     pub hello: Hello,
     /// Whether a sink without acks should be synced to disk at each commit.
     pub sync_sink: bool,
+    /// After how long without a frame the sender tells a spare it is alive (`None`: never).
+    /// Sinks without acks (logs) get none.
+    pub heartbeat: Option<std::time::Duration>,
 }
+
+/// The environment variable that sets [`StreamParams::heartbeat`] in milliseconds.
+pub const ENV_HEARTBEAT_MS: &str = "HS_HEARTBEAT_MS";
+/// How long a spare's stream may stay idle before the sender sends a heartbeat.
+pub const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(100);
+/// The environment variable that sets the sync ack deadline in milliseconds.
+pub const ENV_ACK_DEADLINE_MS: &str = "HS_ACK_DEADLINE_MS";
+/// How long a sync checkpoint waits for its spare's ack before the spare is dropped.
+pub const DEFAULT_ACK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The environment variable that bounds how far the stream may fall behind the
 /// application ([`MaxLag`]); unset, `checkpoint()` never waits for the sender in async mode.

@@ -5,7 +5,8 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
 
 use super::acceptor::Handshaken;
 use super::acks::read_acks;
@@ -31,6 +32,12 @@ pub(super) struct SenderThread {
     next_checkpoint: u64,
     generation: u64,
     devnull: File,
+    /// When the open session's last frame was written.
+    last_sent: Instant,
+    /// Sessions of dropped spares whose goodbye could not be written (their socket buffer was
+    /// full): held open, so a spare that wakes up never reads an end of stream it would take
+    /// for its primary's death.
+    parked: Vec<CheckpointWriter<Box<dyn Endpoint>>>,
 }
 
 impl SenderThread {
@@ -53,6 +60,8 @@ impl SenderThread {
             next_checkpoint,
             generation: 0,
             devnull,
+            last_sent: Instant::now(),
+            parked: Vec::new(),
         })
     }
 
@@ -60,8 +69,21 @@ impl SenderThread {
         if let Err(e) = process::batch_this_thread() {
             tracing::debug!(error = %e, "SCHED_BATCH for the sender refused");
         }
-        while let Ok(job) = jobs.recv() {
+        loop {
+            let job = match self.heartbeat_due() {
+                None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(wait) => jobs.recv_timeout(wait),
+            };
+            let job = match job {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.heartbeat();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             match job {
+                Job::DropSpare(generation) => self.drop_spare(generation),
                 Job::Spare(spare) => self.connect_spare(spare),
                 Job::Snapshot {
                     id,
@@ -78,8 +100,89 @@ impl SenderThread {
                 }
                 Job::Goodbye => break,
             }
+            // Any job may have written frames (or opened a session): the idle time counts
+            // from here.
+            self.last_sent = Instant::now();
         }
         self.close(true);
+    }
+
+    /// How long until the open session is due a heartbeat; `None` when it gets none (no
+    /// session, a sink, heartbeats off).
+    fn heartbeat_due(&self) -> Option<Duration> {
+        let every = self.params.heartbeat?;
+        self.open.as_ref().filter(|o| o.acks)?;
+        Some(every.saturating_sub(self.last_sent.elapsed()))
+    }
+
+    /// Sends a heartbeat if the open session has been idle long enough.
+    fn heartbeat(&mut self) {
+        let Some(every) = self.params.heartbeat else {
+            return;
+        };
+        if self.last_sent.elapsed() < every {
+            return;
+        }
+        if !self.shared.live.load(Ordering::Acquire) {
+            // The session is ending (its spare hung up, or the link is dropping it): its end
+            // is someone else's to handle; skip this beat rather than spin.
+            self.last_sent = Instant::now();
+            return;
+        }
+        let Some(open) = self.open.as_mut().filter(|o| o.acks) else {
+            return;
+        };
+        if let Err(e) = open.writer.heartbeat() {
+            tracing::info!(error = %e, "sending a heartbeat failed; the session is over");
+            self.close(false);
+        }
+        self.last_sent = Instant::now();
+    }
+
+    /// Ends the session of `generation` (a spare that missed its ack deadline) with a
+    /// goodbye, so that the spare, if it wakes up, exits instead of taking over. The goodbye
+    /// is written without blocking: a stopped spare must not stop the sender.
+    fn drop_spare(&mut self, generation: u64) {
+        if self
+            .open
+            .as_ref()
+            .is_none_or(|o| o.generation != generation)
+        {
+            return;
+        }
+        let Some(mut open) = self.open.take() else {
+            return;
+        };
+        let nonblocking = open.writer.get_ref().as_fd().map(|fd| {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+        });
+        let said = match nonblocking {
+            Some(Ok(_)) => open.writer.goodbye(),
+            Some(Err(e)) => Err(crate::wire::WireError::Io(e.into())),
+            None => open.writer.goodbye(),
+        };
+        match said {
+            Ok(()) => {
+                tracing::warn!(
+                    generation,
+                    "the spare missed its ack deadline: told goodbye and dropped"
+                );
+                // Both directions: the ack reader, blocked on a spare that may never answer,
+                // ends too; what was written stays readable for the spare.
+                let _ = open.writer.get_ref().shutdown();
+            }
+            Err(e) => {
+                tracing::warn!(generation, error = %e, "the spare missed its ack deadline and its goodbye could not be written; its connection is held open so that it never takes over");
+                self.parked.push(open.writer);
+            }
+        }
+        let p = self.shared.lock();
+        self.shared.live.store(false, Ordering::Release);
+        drop(p);
+        self.shared.changed.notify_all();
     }
 
     /// Ships one snapshot that stands for `checkpoints` checkpoints and counts every job up

@@ -106,3 +106,20 @@ pub fn set_sockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> Result<(
     })?;
     Ok(())
 }
+
+/// Writes all of `buf` to descriptor number `fd` (one the process was given by number, such
+/// as a supervisor's report pipe), retrying after signals.
+pub fn write_all_raw(fd: RawFd, mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a readable slice of `buf.len()` bytes; a number that is not open
+        // is answered with EBADF.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        match Errno::result(n) {
+            Ok(0) => return Err(Errno::EPIPE),
+            Ok(n) => buf = &buf[n as usize..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -18,8 +18,9 @@ pub use writer::{AckReader, CheckpointWriter, WriterState, page_frames};
 
 use crate::sys::PAGE_SIZE;
 
-/// The protocol version this build speaks (header offset 4; never moves).
-pub const VERSION: u16 = 1;
+/// The protocol version this build speaks (header offset 4; never moves). Version 2 added
+/// the [`FrameKind::Heartbeat`] frame.
+pub const VERSION: u16 = 2;
 /// The largest body a reader accepts; checked before anything is allocated.
 pub const MAX_BODY_LEN: u32 = 16 << 20;
 /// The most pages one page frame carries; longer runs are split (1 MiB of data per frame).
@@ -42,6 +43,9 @@ pub enum FrameKind {
     /// Primary to spare, last in a session: the primary ended its work on purpose, so the
     /// spare must not take over (empty body).
     Goodbye = 6,
+    /// Primary to spare, between checkpoints on an idle stream: "still here" (empty body; it
+    /// changes no image).
+    Heartbeat = 7,
 }
 
 impl FrameKind {
@@ -54,6 +58,7 @@ impl FrameKind {
             4 => Self::Commit,
             5 => Self::Ack,
             6 => Self::Goodbye,
+            7 => Self::Heartbeat,
             other => return Err(WireError::UnknownKind { kind: other }),
         })
     }
@@ -227,6 +232,8 @@ pub enum Body {
     Ack(Ack),
     /// The primary's goodbye.
     Goodbye,
+    /// The primary's heartbeat.
+    Heartbeat,
 }
 
 /// A page frame's body: the sub-header and the raw bytes, kept in the buffer they were read
@@ -321,7 +328,7 @@ pub fn decode_body(kind: FrameKind, body: Vec<u8>) -> Result<Body, WireError> {
         )),
         FrameKind::Commit => Body::Commit(Commit::decode(&body)?),
         FrameKind::Ack => Body::Ack(Ack::decode(&body)?),
-        FrameKind::Goodbye => {
+        FrameKind::Goodbye | FrameKind::Heartbeat => {
             if !body.is_empty() {
                 return Err(WireError::BodyLength {
                     kind,
@@ -329,7 +336,11 @@ pub fn decode_body(kind: FrameKind, body: Vec<u8>) -> Result<Body, WireError> {
                     want: 0,
                 });
             }
-            Body::Goodbye
+            if kind == FrameKind::Goodbye {
+                Body::Goodbye
+            } else {
+                Body::Heartbeat
+            }
         }
         FrameKind::Pages => {
             let header = PageHeader::decode(&body)?;

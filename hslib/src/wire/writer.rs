@@ -262,6 +262,23 @@ impl<W: Write> CheckpointWriter<W> {
         Ok(())
     }
 
+    /// Tells the spare the primary is alive while it has nothing else to send. Refused inside
+    /// an open checkpoint (a checkpoint's frames are written back to back).
+    pub fn heartbeat(&mut self) -> Result<(), WireError> {
+        if self.state.next_sequence == 0 {
+            return Err(WireError::Misuse {
+                what: "heartbeat before the hello",
+            });
+        }
+        if self.state.open.is_some() {
+            return Err(WireError::Misuse {
+                what: "heartbeat inside an open checkpoint",
+            });
+        }
+        self.frame(FrameKind::Heartbeat, &[])?;
+        Ok(())
+    }
+
     /// A whole checkpoint: the runs `(region, first page, bytes)`, the metadata, the commit.
     pub fn checkpoint<'a>(
         &mut self,
