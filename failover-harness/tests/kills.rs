@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Guard, file, harness, pair, reference};
+use common::{Guard, children, file, harness, pair, reference};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -34,26 +34,6 @@ fn long_script(seed: u64, len: usize) -> Vec<u8> {
             n => b"jkl"[(n % 3) as usize],
         })
         .collect()
-}
-
-/// The harness's children that are alive (not zombies).
-fn children(harness: u32) -> Vec<u32> {
-    let mut all = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{harness}/task")) else {
-        return all;
-    };
-    for task in tasks.flatten() {
-        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        all.extend(
-            text.split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
-    }
-    all.retain(|&p| {
-        std::fs::read_to_string(format!("/proc/{p}/stat"))
-            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.starts_with(" Z")))
-    });
-    all
 }
 
 struct Ran {

@@ -284,6 +284,9 @@ pub struct Engine<L: Launcher> {
     /// When the engine last looked: a long gap means the engine itself was stopped (^Z) or
     /// starved, and the games' silence meanwhile is no evidence.
     last_service: Instant,
+    /// The current spare held a checkpoint and then no longer did, since then (its primary
+    /// dropped it: in sync mode a spare that misses its ack deadline is let go).
+    unsynced_since: Option<Instant>,
     launcher: L,
 }
 
@@ -325,6 +328,7 @@ impl<L: Launcher> Engine<L> {
             hang_deadline: Some(DEFAULT_HANG_DEADLINE),
             last_heard: Instant::now(),
             last_service: Instant::now(),
+            unsynced_since: None,
             launcher,
         };
         let mut events = Vec::new();
@@ -590,6 +594,25 @@ impl<L: Launcher> Engine<L> {
                 events.push(Event::Hung { pid, silent_ms });
                 self.axe(events)?;
             }
+            Phase::Running { axed_at: None, .. }
+                if !self.synced
+                    && !self.game_over
+                    && self.spare.is_some()
+                    && self.hang_deadline.is_some_and(|h| {
+                        self.unsynced_since.is_some_and(|since| since.elapsed() > h)
+                    }) =>
+            {
+                // Its primary let it go (a sync spare that missed its ack deadline: stopped
+                // or hung) and it has not come back: a new one takes its place.
+                self.unsynced_since = None;
+                if let Some(s) = &mut self.spare {
+                    tracing::warn!(
+                        spare = s.node.name(),
+                        "the spare was dropped by its primary and did not come back: replaced"
+                    );
+                    s.node.kill()?;
+                }
+            }
             Phase::Running { .. } if !self.synced => {
                 if let Some(s) = &mut self.spare
                     && s.started.elapsed() > SYNC_DEADLINE
@@ -640,6 +663,12 @@ impl<L: Launcher> Engine<L> {
                 self.sessions = s.sessions;
                 let synced =
                     alive && s.live && s.synced && s.sessions > self.floor && self.spare.is_some();
+                if alive && self.synced && !synced && self.spare.is_some() {
+                    self.unsynced_since.get_or_insert_with(Instant::now);
+                }
+                if synced {
+                    self.unsynced_since = None;
+                }
                 if synced && !self.synced {
                     self.lost_spares = 0;
                     if let Some(spare) = &self.spare {
@@ -970,6 +999,7 @@ impl<L: Launcher> Engine<L> {
         });
         self.floor = self.sessions;
         self.synced = false;
+        self.unsynced_since = None;
         Ok(())
     }
 

@@ -146,3 +146,23 @@ pub fn pair(log: &Path) -> (Option<u32>, bool) {
     }
     (primary, synced)
 }
+
+/// The harness's children that are alive (not zombies).
+pub fn children(harness: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{harness}/task")) else {
+        return all;
+    };
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        all.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    all.retain(|&p| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.starts_with(" Z")))
+    });
+    all
+}
