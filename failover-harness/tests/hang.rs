@@ -126,7 +126,6 @@ fn a_stopped_sync_spare_is_dropped_and_replaced_and_the_run_ends_exactly() {
     cmd.args(["run", "--sync", "--seed", &seed.to_string(), "--script"])
         .arg(&fifo)
         .env("FAILOVER_HARNESS_LOG", &log)
-        .env("HS_ACK_DEADLINE_MS", "300")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
