@@ -771,3 +771,98 @@ fn ctrl_z_suspends_the_session_with_the_terminal_back_and_fg_redraws() {
     );
     quit(&mut s);
 }
+
+/// Board rows `rows` as the screen shows them: true where a block (`[`) is drawn in columns
+/// 1-10 (the game's screen is the top 24 rows, laid out as tetris on 80x24).
+fn screen_cells(screen: &vt100::Screen, rows: std::ops::RangeInclusive<usize>) -> Vec<bool> {
+    let mut cells = Vec::new();
+    for row in rows {
+        for col in 1..=10 {
+            let cell = screen.cell((row - 1) as u16, (2 * col + 27) as u16);
+            cells.push(cell.is_some_and(|c| c.contents() == "["));
+        }
+    }
+    cells
+}
+
+/// The same for a board.
+fn board_cells(board: &[u8], rows: std::ops::RangeInclusive<usize>) -> Vec<bool> {
+    rows.flat_map(|row| (1..=10).map(move |col| board[row * tetris::state::B_COLS + col] != 0))
+        .collect()
+}
+
+#[test]
+fn an_axe_in_the_line_clear_pause_keeps_the_pause_and_drops_the_keys_typed_in_it() {
+    use tetris::rules::{self, Input, Mode};
+    // On seed 5 at level 1 these three pieces fill board row 20 (tetris/tests/e2e.rs); the
+    // row is then shown cleared for one fall rate and closed up for another (about 2 s).
+    const PIECES: [&[u8]; 3] = [b"kkjjjjj ", b"kk ", b"lll "];
+    let mut state = rules::new_game(5, 1, tetris::state::DEFAULT_KEYS, false);
+    let mut locked = vec![state.board];
+    let mut frames = Vec::new();
+    for keys in PIECES {
+        for &k in keys {
+            rules::step(&mut state, Input::Key(k), Mode::Interactive);
+        }
+        let mut with_piece = state.board;
+        rules::place(&mut with_piece, state.curshape, state.pos, true);
+        frames = tetris::play::elide_frames(&with_piece);
+        rules::step(&mut state, Input::Timer, Mode::Interactive);
+        locked.push(state.board);
+    }
+    assert_eq!(frames.len(), 2, "the last piece clears one row");
+    // The piece dealt after the pause, where it stands before any key moves it.
+    let mut dealt = [0u8; tetris::state::B_SIZE];
+    rules::place(&mut dealt, state.curshape, state.pos, true);
+
+    let d = dirs();
+    let mut s = play(&d, &["--seed", "5"]);
+    wait(&mut s, "the board and a synced spare", |sc| {
+        board_is_drawn(sc) && protected(sc, 0)
+    });
+    for (i, keys) in PIECES.iter().enumerate() {
+        wait(&mut s, &format!("piece {i} dealt"), |sc| {
+            screen_cells(sc, 5..=20) == board_cells(&locked[i], 5..=20)
+                && screen_cells(sc, 1..=4).contains(&true)
+        });
+        s.send(keys).expect("typing on the terminal");
+    }
+    wait(&mut s, "the full row shown cleared", |sc| {
+        screen_cells(sc, 1..=20) == board_cells(&frames[0], 1..=20)
+    });
+    let shown = Instant::now();
+    let out = client(&d, &["axe"]);
+    assert!(out.status.success(), "axe failed: {}", out.stderr);
+    // Typed while the promoted game is still in the pause: dropped, as the primary would
+    // have dropped them (and not replayed as moves of the next piece).
+    s.send(b"jjj").expect("typing on the terminal");
+    let typed = shown.elapsed();
+    assert!(
+        typed < Duration::from_millis(1500),
+        "the axe and the keys took {typed:?}: the pause (about 2 s) may be over, so this run \
+         proves nothing"
+    );
+    wait(&mut s, "the next piece after the pause", |sc| {
+        screen_cells(sc, 5..=20) == board_cells(&locked[3], 5..=20)
+            && screen_cells(sc, 1..=4).contains(&true)
+    });
+    // Pause (typed after the pause, so it counts): once the game shows it, every key
+    // before it has been dealt with, dropped or played.
+    s.send(b"p").expect("typing on the terminal");
+    wait(&mut s, "the game paused", |sc| {
+        sc.contents().contains(PAUSED)
+    });
+    // The columns the falling piece covers (a fall meanwhile moves it down, not sideways).
+    let columns = |cells: Vec<bool>| -> Vec<usize> {
+        (0..10)
+            .filter(|c| cells.chunks(10).any(|row| row[*c]))
+            .collect()
+    };
+    assert_eq!(
+        columns(screen_cells(s.screen(), 1..=6)),
+        columns(board_cells(&dealt, 1..=6)),
+        "keys typed during the pause moved the next piece"
+    );
+    assert_eq!(status(&d).failovers, 1);
+    s.send(b"q").expect("typing on the terminal");
+}
