@@ -1,12 +1,15 @@
-//! A primary that stops answering (SIGSTOP: it neither dies nor plays) is killed as hung once
-//! it has written no status line for `--hang-ms`, and failed over like any death: the run
-//! ends with the uninterrupted game's output instead of freezing for ever.
+//! Games that stop answering (SIGSTOP: they neither die nor play) are dealt with instead of
+//! freezing the run for ever: a primary silent for `--hang-ms` is killed as hung and failed
+//! over like any death; a sync spare that misses its ack deadline is let go by its primary
+//! and replaced by the harness. Either way the run ends with the uninterrupted game's output.
 
 mod common;
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{Guard, children, file, harness, pair, reference};
@@ -14,209 +17,177 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-#[test]
-fn a_stopped_primary_is_killed_as_hung_and_the_run_ends_exactly() {
-    let dir = TempDir::new().expect("tempdir");
-    let seed = 11u64;
-    // Moves and rotations, a fall now and then: the game lasts the whole script.
-    let inputs: Vec<u8> = (0..600)
-        .map(|i| if i % 40 == 39 { b'.' } else { b"jkl"[i % 3] })
-        .collect();
-    let path = file(dir.path(), "script", &inputs);
-    let want = reference(&[&"--seed", &seed.to_string(), &"--script", &path]);
-    let fifo = dir.path().join("fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
-    let log = dir.path().join("harness.log");
-    let mut cmd = harness();
-    cmd.args([
-        "run",
-        "--seed",
-        &seed.to_string(),
-        "--hang-ms",
-        "1000",
-        "--script",
-    ])
-    .arg(&fifo)
-    .env("FAILOVER_HARNESS_LOG", &log)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut g = Guard(cmd.spawn().expect("the harness starts"));
-    // The first half of the script, then the rest once the primary is stopped.
-    let (go, wait) = mpsc::channel::<()>();
-    let half = inputs.len() / 2;
-    let feeder = {
-        let fifo = fifo.clone();
-        let inputs = inputs.clone();
-        std::thread::spawn(move || {
+/// A `run` whose script comes through a FIFO in parts, each released by [`Paced::next_part`].
+struct Paced {
+    g: Guard,
+    go: mpsc::Sender<()>,
+    feeder: JoinHandle<()>,
+    log: PathBuf,
+    want: Vec<u8>,
+    deadline: Instant,
+}
+
+impl Paced {
+    /// Starts `run ARGS --seed SEED` on `parts.concat()` (moves and rotations, a fall now and
+    /// then: the game lasts the whole script); the first part is written at once.
+    fn start(dir: &Path, seed: u64, args: &[&str], parts: Vec<Vec<u8>>) -> Self {
+        let path = file(dir, "script", &parts.concat());
+        let want = reference(&[&"--seed", &seed.to_string(), &"--script", &path]);
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let log = dir.join("harness.log");
+        let mut cmd = harness();
+        cmd.args(["run", "--seed", &seed.to_string()])
+            .args(args)
+            .arg("--script")
+            .arg(&fifo)
+            .env("FAILOVER_HARNESS_LOG", &log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let g = Guard(cmd.spawn().expect("the harness starts"));
+        let (go, wait) = mpsc::channel::<()>();
+        let feeder = std::thread::spawn(move || {
             let mut w = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&fifo)
                 .expect("open the FIFO");
-            w.write_all(&inputs[..half]).expect("the first half");
-            let _ = wait.recv();
-            // The run may have failed meanwhile: then nobody reads.
-            let _ = w.write_all(&inputs[half..]);
-        })
-    };
-    let deadline = Instant::now() + common::DEADLINE;
-    let stopped = loop {
-        assert!(Instant::now() < deadline, "the spare never synced");
-        assert!(
-            g.0.try_wait().expect("try_wait").is_none(),
-            "the run ended before the stop"
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 && wait.recv().is_err() {
+                    return;
+                }
+                // The run may have failed meanwhile: then nobody reads.
+                let _ = w.write_all(part);
+            }
+        });
+        Self {
+            g,
+            go,
+            feeder,
+            log,
+            want,
+            deadline: Instant::now() + common::DEADLINE,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `pick` finds a pid in the harness's log and children, then SIGSTOPs it.
+    fn stop(&mut self, what: &str, mut pick: impl FnMut(&Path, u32) -> Option<u32>) -> u32 {
+        loop {
+            assert!(Instant::now() < self.deadline, "no {what} to stop");
+            assert!(
+                self.g.0.try_wait().expect("try_wait").is_none(),
+                "the run ended before the {what} was stopped"
+            );
+            if let Some(pid) = pick(&self.log, self.g.0.id()) {
+                kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP");
+                return pid;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn next_part(&self) {
+        self.go.send(()).expect("the feeder waits");
+    }
+
+    /// Waits for the run's end (killing the stopped game `stopped` if it never comes) and
+    /// checks it printed the uninterrupted game's line; the harness's log.
+    fn finish(mut self, stopped: u32) -> String {
+        let status = loop {
+            if let Some(st) = self.g.0.try_wait().expect("try_wait") {
+                break st;
+            }
+            if Instant::now() >= self.deadline {
+                let _ = kill(Pid::from_raw(stopped as i32), Signal::SIGKILL);
+                panic!("the run froze with a game stopped:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        drop(self.go);
+        self.feeder.join().expect("the feeder");
+        let mut out = Vec::new();
+        let mut err = String::new();
+        let g = &mut self.g.0;
+        g.stdout
+            .take()
+            .expect("stdout")
+            .read_to_end(&mut out)
+            .expect("stdout");
+        g.stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err)
+            .expect("stderr");
+        assert!(status.success(), "{status}: {err}");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&self.want)
         );
-        if let (Some(pid), true) = pair(&log) {
-            kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP the primary");
-            break pid;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    go.send(()).expect("the feeder waits");
-    let status = loop {
-        if let Some(st) = g.0.try_wait().expect("try_wait") {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            // Let the stopped game go before the guard kills the harness.
-            let _ = kill(Pid::from_raw(stopped as i32), Signal::SIGKILL);
-            panic!("the run froze with its primary stopped");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    feeder.join().expect("the feeder");
-    let mut out = Vec::new();
-    let mut err = String::new();
-    use std::io::Read as _;
-    g.0.stdout
-        .take()
-        .expect("stdout")
-        .read_to_end(&mut out)
-        .expect("stdout");
-    g.0.stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("stderr");
-    assert!(status.success(), "{status}: {err}");
-    assert_eq!(
-        String::from_utf8_lossy(&out),
-        String::from_utf8_lossy(&want)
-    );
-    let text = std::fs::read_to_string(&log).expect("the harness's log");
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// `len` moves and rotations (in the order `keys`), a fall every 40th input.
+fn moves(keys: &[u8; 3], len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| if i % 40 == 39 { b'.' } else { keys[i % 3] })
+        .collect()
+}
+
+#[test]
+fn a_stopped_primary_is_killed_as_hung_and_the_run_ends_exactly() {
+    let dir = TempDir::new().expect("tempdir");
+    let script = moves(b"jkl", 600);
+    let parts = vec![script[..300].to_vec(), script[300..].to_vec()];
+    let mut run = Paced::start(dir.path(), 11, &["--hang-ms", "1000"], parts);
+    let stopped = run.stop("synced primary", |log, _| match pair(log) {
+        (Some(pid), true) => Some(pid),
+        _ => None,
+    });
+    run.next_part();
+    let log = run.finish(stopped);
     assert!(
-        text.contains("killed as hung") && text.contains("the spare took over"),
-        "the stopped primary was not failed over as hung:\n{text}"
+        log.contains("killed as hung") && log.contains("the spare took over"),
+        "the stopped primary was not failed over as hung:\n{log}"
     );
 }
 
 #[test]
 fn a_stopped_sync_spare_is_dropped_and_replaced_and_the_run_ends_exactly() {
     let dir = TempDir::new().expect("tempdir");
-    let seed = 12u64;
-    let inputs: Vec<u8> = (0..900)
-        .map(|i| if i % 40 == 39 { b'.' } else { b"ljk"[i % 3] })
-        .collect();
-    let path = file(dir.path(), "script", &inputs);
-    let want = reference(&[&"--seed", &seed.to_string(), &"--script", &path]);
-    let fifo = dir.path().join("fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
-    let log = dir.path().join("harness.log");
-    let mut cmd = harness();
-    cmd.args(["run", "--sync", "--seed", &seed.to_string(), "--script"])
-        .arg(&fifo)
-        .env("FAILOVER_HARNESS_LOG", &log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut g = Guard(cmd.spawn().expect("the harness starts"));
     // A third of the script; a third once the spare is stopped (its first checkpoint waits
     // for the stopped spare's ack until the deadline, then goes on without it); the rest once
     // the harness has replaced the spare the primary let go.
-    let (go, wait) = mpsc::channel::<()>();
-    let third = inputs.len() / 3;
-    let feeder = {
-        let fifo = fifo.clone();
-        let inputs = inputs.clone();
-        std::thread::spawn(move || {
-            let mut w = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&fifo)
-                .expect("open the FIFO");
-            w.write_all(&inputs[..third]).expect("the first third");
-            for part in [&inputs[third..2 * third], &inputs[2 * third..]] {
-                if wait.recv().is_err() {
-                    return;
-                }
-                // The run may have failed meanwhile: then nobody reads.
-                let _ = w.write_all(part);
-            }
-        })
-    };
-    let deadline = Instant::now() + common::DEADLINE;
-    // The spare: the harness's child that is not the primary, once it is synced.
-    let spare = loop {
-        assert!(Instant::now() < deadline, "the spare never synced");
-        assert!(
-            g.0.try_wait().expect("try_wait").is_none(),
-            "the run ended before the stop"
-        );
-        if let (Some(primary), true) = pair(&log)
-            && let Some(spare) = children(g.0.id()).into_iter().find(|&p| p != primary)
-        {
-            kill(Pid::from_raw(spare as i32), Signal::SIGSTOP).expect("SIGSTOP the spare");
-            break spare;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    go.send(()).expect("the feeder waits");
+    let script = moves(b"ljk", 900);
+    let parts = script.chunks(300).map(<[u8]>::to_vec).collect();
+    let mut run = Paced::start(dir.path(), 12, &["--sync"], parts);
+    let stopped = run.stop("synced spare", |log, harness| match pair(log) {
+        (Some(primary), true) => children(harness).into_iter().find(|&p| p != primary),
+        _ => None,
+    });
+    run.next_part();
     let replaced = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
+    while !run
+        .log_text()
         .contains("dropped by its primary and did not come back")
     {
         if Instant::now() >= replaced {
-            let _ = kill(Pid::from_raw(spare as i32), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(stopped as i32), Signal::SIGKILL);
             panic!(
-                "the stopped spare (pid {spare}) was not replaced within 30 s:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                "the stopped spare (pid {stopped}) was not replaced within 30 s:\n{}",
+                run.log_text()
             );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    go.send(()).expect("the feeder waits");
-    let status = loop {
-        if let Some(st) = g.0.try_wait().expect("try_wait") {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = kill(Pid::from_raw(spare as i32), Signal::SIGKILL);
-            panic!("the run froze with its sync spare stopped");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    feeder.join().expect("the feeder");
-    let mut out = Vec::new();
-    let mut err = String::new();
-    use std::io::Read as _;
-    g.0.stdout
-        .take()
-        .expect("stdout")
-        .read_to_end(&mut out)
-        .expect("stdout");
-    g.0.stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("stderr");
-    assert!(status.success(), "{status}: {err}");
-    assert_eq!(
-        String::from_utf8_lossy(&out),
-        String::from_utf8_lossy(&want)
-    );
-    let text = std::fs::read_to_string(&log).expect("the harness's log");
+    run.next_part();
+    let log = run.finish(stopped);
     assert!(
-        text.matches("spare synced").count() >= 2,
-        "no new spare synced after the stopped one:\n{text}"
+        log.matches("spare synced").count() >= 2,
+        "no new spare synced after the stopped one:\n{log}"
     );
 }
