@@ -274,6 +274,8 @@ pub struct HotSpare<T = ()> {
     ack_deadline: Option<Duration>,
     /// A primary's idle stream gets a heartbeat this often (`None`: never).
     heartbeat: Option<Duration>,
+    /// A checkpoint log past this size is compacted (`None`: never).
+    log_max_bytes: Option<u64>,
     /// A spare reports a silence of its primary this long.
     suspect: Duration,
     /// The descriptor a spare reports silences on.
@@ -316,6 +318,7 @@ impl HotSpare<()> {
             log_warning: None,
             ack_deadline: Some(link::DEFAULT_ACK_DEADLINE),
             heartbeat: Some(link::DEFAULT_HEARTBEAT),
+            log_max_bytes: Some(link::DEFAULT_LOG_MAX_BYTES),
             suspect: silence::DEFAULT_SUSPECT,
             silence_fd: None,
         }
@@ -361,6 +364,7 @@ impl<T> HotSpare<T> {
             log_warning: self.log_warning,
             ack_deadline: self.ack_deadline,
             heartbeat: self.heartbeat,
+            log_max_bytes: self.log_max_bytes,
             suspect: self.suspect,
             silence_fd: self.silence_fd,
         }
@@ -426,6 +430,13 @@ impl<T> HotSpare<T> {
     /// (default 100 ms; `None`: never).
     pub fn heartbeat(mut self, every: Option<Duration>) -> Self {
         self.heartbeat = every;
+        self
+    }
+
+    /// A checkpoint log (`LinkConfig::File`) that grows past `bytes` is compacted to its
+    /// latest checkpoint, as a full one (default 4 MiB; `None`: never).
+    pub fn log_max_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.log_max_bytes = bytes;
         self
     }
 
@@ -495,6 +506,7 @@ impl<T> HotSpare<T> {
         let tracker = var(track::ENV_OVERRIDE);
         let ack_deadline = var(link::ENV_ACK_DEADLINE_MS);
         let heartbeat = var(link::ENV_HEARTBEAT_MS);
+        let log_max_bytes = var(link::ENV_LOG_MAX_BYTES);
         let suspect = var(silence::ENV_SUSPECT_MS);
         let silence_fd = var(silence::ENV_SILENCE_FD);
         utf8?;
@@ -513,6 +525,16 @@ impl<T> HotSpare<T> {
         }
         if let Some(v) = suspect {
             self.suspect = millis(silence::ENV_SUSPECT_MS, &v)?;
+        }
+        if let Some(v) = log_max_bytes {
+            let bytes: u64 = v.parse().map_err(|_| {
+                bad(
+                    link::ENV_LOG_MAX_BYTES,
+                    &v,
+                    "a number of bytes (0: never compact)",
+                )
+            })?;
+            self.log_max_bytes = (bytes > 0).then_some(bytes);
         }
         if let Some(v) = silence_fd {
             let fd: RawFd = v
@@ -720,6 +742,7 @@ impl<T> HotSpare<T> {
             },
             sync_sink: self.mode == Mode::Sync,
             heartbeat: self.heartbeat,
+            log_max_bytes: self.log_max_bytes,
         };
         let link = Link::open(&self.link, params)?;
         tracing::info!(link = link.describe(), epoch, role = ?self.role, "link open");
@@ -1225,6 +1248,7 @@ impl Context {
             return Ok(not_shipped);
         };
         link.clear_wanted();
+        link.compact_if_due()?;
         let Some(plan) = link.plan() else {
             return Ok(not_shipped);
         };

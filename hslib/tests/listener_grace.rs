@@ -22,6 +22,7 @@ fn params() -> StreamParams {
         },
         sync_sink: false,
         heartbeat: None,
+        log_max_bytes: None,
     }
 }
 

@@ -160,7 +160,8 @@ HS_SOCKET_NAME, HS_MODE=async|sync, HS_STRATEGY=copy|fork, ...). A spare draws n
 its primary dies; then it takes over with the primary's last checkpoint.
 --resume PATH continues the game from the last complete checkpoint of the log PATH, appending
 to it; the game's seed, level and keys then come from the checkpoint; a game that has ended
-is not resumed. A log grows by about 4 KiB per checkpoint. A headless game that
+is not resumed. A log grows by about 4 KiB per checkpoint until it passes
+HS_LOG_MAX_BYTES (default 4 MiB), when it is compacted to its latest one. A headless game that
 continues from a checkpoint passes over the inputs it had consumed when it reads a --script
 FILE, and reads on when it reads stdin. Such a game first writes one line to the descriptor
 $TETRIS_STATUS_FD names, if it is open: {\"resumed\":{\"checkpoint\":C,\"inputs\":N,\"epoch\":E}}

@@ -48,7 +48,14 @@ pub struct Link {
     full_generation: u64,
     describe: String,
     max_lag: Option<MaxLag>,
+    /// A checkpoint log and its size limit, looked at every [`COMPACT_CHECK_EVERY`]
+    /// checkpoints.
+    log_limit: Option<(std::path::PathBuf, u64)>,
+    plans: u64,
 }
+
+/// How often (in checkpoints) the link looks at its log's size.
+const COMPACT_CHECK_EVERY: u64 = 16;
 
 impl Link {
     /// Opens the link: the sink's session at once (null, file), or a listener whose spares
@@ -64,6 +71,7 @@ impl Link {
             ..Shared::default()
         });
         let mut sender = SenderThread::new(Arc::clone(&shared), params.clone(), give_back)?;
+        let mut log_limit = None;
         // A sink's session opens here, so the first checkpoint finds it open.
         let describe = match config {
             LinkConfig::Null => {
@@ -88,6 +96,10 @@ impl Link {
                 if !shared.live.load(Ordering::Acquire) {
                     return Err(LinkError::Sink { path: path.clone() });
                 }
+                if let Some(max) = params.log_max_bytes {
+                    sender.compact_log(path, max);
+                    log_limit = Some((path.clone(), max));
+                }
                 format!("file:{}", path.display())
             }
             LinkConfig::Unix { dir, name } => {
@@ -109,6 +121,8 @@ impl Link {
             full_generation: 0,
             describe,
             max_lag,
+            log_limit,
+            plans: 0,
         })
     }
 
@@ -135,6 +149,34 @@ impl Link {
             full: generation != self.full_generation,
             stream_fd: self.shared.stream_fd.load(Ordering::Acquire),
         })
+    }
+
+    /// Before a checkpoint is planned: if the checkpoint log has outgrown its limit, has the
+    /// sender start the compacted log (a new session, so the checkpoint planned next is full)
+    /// and waits until it has, which is after every snapshot queued before went to the old
+    /// log. Looks at the log's size every few checkpoints only.
+    pub fn compact_if_due(&mut self) -> Result<(), LinkError> {
+        let Some((path, max)) = &self.log_limit else {
+            return Ok(());
+        };
+        self.plans += 1;
+        if !self.plans.is_multiple_of(COMPACT_CHECK_EVERY)
+            || !super::compact::Compaction::outgrown(path, *max)
+        {
+            return Ok(());
+        }
+        let mut p = self.shared.lock();
+        let before = p.compactions;
+        self.jobs
+            .send(Job::Compact)
+            .map_err(|_| LinkError::SenderGone)?;
+        while p.compactions == before {
+            if self.sender_gone() {
+                return Err(LinkError::SenderGone);
+            }
+            p = self.wait(p);
+        }
+        Ok(())
     }
 
     /// Readable while a spare that connected waits for its first checkpoint (the next

@@ -9,7 +9,7 @@
 //!
 //! Files: `handle` (the [`Link`] a primary's context holds), `sender` (the thread that
 //! writes every frame), `acceptor` (spares' connections and handshakes), `acks` (the ack
-//! reader), `coalesce` (merging copy snapshots that wait for the sender; at most one waits,
+//! reader), `compact` (a checkpoint log kept within its size limit), `coalesce` (merging copy snapshots that wait for the sender; at most one waits,
 //! so a slow spare costs the regions' size, not a snapshot per checkpoint).
 //!
 //! Hang detection: the sender puts a heartbeat frame on a spare's stream whenever it has
@@ -23,6 +23,7 @@
 mod acceptor;
 mod acks;
 mod coalesce;
+mod compact;
 mod handle;
 mod sender;
 
@@ -94,6 +95,8 @@ struct Progress {
     session_full: Option<u64>,
     /// Checkpoints merged into a later one while they waited for the sender.
     coalesced: u64,
+    /// Compaction requests the sender has dealt with.
+    compactions: u64,
 }
 
 #[derive(Debug, Default)]
@@ -203,6 +206,9 @@ enum Job {
     /// The spare of this generation missed its ack deadline: tell it goodbye and end its
     /// session (the link has marked the session over already).
     DropSpare(u64),
+    /// The checkpoint log has outgrown its limit: start the compacted one (a new session,
+    /// whose first checkpoint is full), after every snapshot queued before.
+    Compact,
     Goodbye,
 }
 
@@ -286,6 +292,7 @@ impl std::fmt::Debug for Job {
             Job::Snapshot { id, generation, .. } => write!(f, "Snapshot({id}, gen {generation})"),
             Job::Queued => f.write_str("Queued"),
             Job::DropSpare(generation) => write!(f, "DropSpare(gen {generation})"),
+            Job::Compact => write!(f, "Compact"),
             Job::Goodbye => f.write_str("Goodbye"),
         }
     }
@@ -305,8 +312,16 @@ pub struct StreamParams {
     /// After how long without a frame the sender tells a spare it is alive (`None`: never).
     /// Sinks without acks (logs) get none.
     pub heartbeat: Option<std::time::Duration>,
+    /// A checkpoint log that grows past this many bytes is compacted: the sender starts a
+    /// new log holding the latest checkpoint as a full one and puts it in the old one's place
+    /// once that checkpoint is whole (`None`: never). Only for [`LinkConfig::File`].
+    pub log_max_bytes: Option<u64>,
 }
 
+/// The environment variable that sets [`StreamParams::log_max_bytes`] (0: never compact).
+pub const ENV_LOG_MAX_BYTES: &str = "HS_LOG_MAX_BYTES";
+/// How large a checkpoint log grows before it is compacted to its latest checkpoint.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 4 << 20;
 /// The environment variable that sets [`StreamParams::heartbeat`] in milliseconds.
 pub const ENV_HEARTBEAT_MS: &str = "HS_HEARTBEAT_MS";
 /// How long a spare's stream may stay idle before the sender sends a heartbeat.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::acceptor::Handshaken;
 use super::acks::read_acks;
+use super::compact::Compaction;
 use super::{Job, LinkError, Shared, Shipped, StreamParams, lock_child, spawn};
 use crate::snapshot::{Copied, ForkedChild, Go, Snapshot};
 use crate::sys::process::{self, ChildEnd};
@@ -38,6 +39,8 @@ pub(super) struct SenderThread {
     /// full): held open, so a spare that wakes up never reads an end of stream it would take
     /// for its primary's death.
     parked: Vec<CheckpointWriter<Box<dyn Endpoint>>>,
+    /// A checkpoint log kept within its size limit.
+    compaction: Option<Compaction>,
 }
 
 impl SenderThread {
@@ -62,6 +65,7 @@ impl SenderThread {
             devnull,
             last_sent: Instant::now(),
             parked: Vec::new(),
+            compaction: None,
         })
     }
 
@@ -98,6 +102,7 @@ impl SenderThread {
                         self.ship_job(q.last_id, q.generation, snapshot, q.checkpoints);
                     }
                 }
+                Job::Compact => self.start_compaction(),
                 Job::Goodbye => break,
             }
             // Any job may have written frames (or opened a session): the idle time counts
@@ -105,6 +110,9 @@ impl SenderThread {
             self.last_sent = Instant::now();
         }
         self.close(true);
+        if let Some(c) = &mut self.compaction {
+            c.abandon();
+        }
     }
 
     /// How long until the open session is due a heartbeat; `None` when it gets none (no
@@ -221,9 +229,50 @@ impl SenderThread {
         }
     }
 
+    /// Keeps the checkpoint log at `path` (the sink) within `max` bytes.
+    pub(super) fn compact_log(&mut self, path: &std::path::Path, max: u64) {
+        self.compaction = Some(Compaction::new(path, max));
+    }
+
+    /// After a full checkpoint written to a log: a compacted log takes the old one's place.
+    fn compact(&mut self, full: bool) {
+        if let (true, Some(c), Some(open)) = (
+            full,
+            self.compaction.as_mut(),
+            self.open.as_ref().filter(|o| !o.acks),
+        ) {
+            c.finish(open.generation, open.writer.get_ref().as_ref());
+        }
+    }
+
+    /// Starts the compacted log if the log is past its limit (asked by the link's handle
+    /// before it plans a checkpoint, so every snapshot already queued goes to the old log
+    /// and the next one, full, to the new).
+    fn start_compaction(&mut self) {
+        if let Some(mut c) = self.compaction.take() {
+            if self.open.as_ref().is_some_and(|o| !o.acks)
+                && let Some(log) = c.due()
+            {
+                // No goodbye: the old log ends at its last checkpoint, as a resumable log.
+                self.close(false);
+                self.open_sink(Box::new(log));
+                c.started(self.generation);
+            }
+            self.compaction = Some(c);
+        }
+        let mut p = self.shared.lock();
+        p.compactions += 1;
+        drop(p);
+        self.shared.changed.notify_all();
+    }
+
     /// Opens a session on a sink (no acks): the hello is written here.
     pub(super) fn connect(&mut self, ep: Box<dyn Endpoint>) {
         self.close(true);
+        self.open_sink(ep);
+    }
+
+    fn open_sink(&mut self, ep: Box<dyn Endpoint>) {
         let peer = ep.describe();
         let mut writer = CheckpointWriter::new(ep, self.params.epoch, self.next_checkpoint);
         if let Err(e) = writer.hello(&self.params.hello) {
@@ -338,6 +387,8 @@ impl SenderThread {
                 if self.open.as_ref().is_some_and(|o| !o.acks) {
                     p.acked = cp;
                 }
+                drop(p);
+                self.compact(full);
                 Shipped::Written(cp)
             }
             None => Shipped::Dropped,
