@@ -81,6 +81,9 @@ pub enum ToClient {
         epoch: Epoch,
         /// Key-log bytes accounted for.
         position: u64,
+        /// Whether a spare holds a checkpoint of this game (a scripted client gives keys only
+        /// while one does, so a death always finds a spare that can take over).
+        spare_synced: bool,
     },
     /// The game ended.
     Ended {

@@ -14,6 +14,7 @@
 //! without a user terminal. [`sys`] holds the only `unsafe`.
 
 pub mod bench;
+pub mod cluster;
 pub mod control;
 pub mod engine;
 pub mod game;
