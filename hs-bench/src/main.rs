@@ -10,6 +10,7 @@
 //! bytes: the floor). The stall is the time inside `checkpoint()`; everything shipped is
 //! drained by a reader on the other end of a socket pair, as the paper's pipe was.
 
+mod bars;
 mod floors;
 
 use std::fmt::Write as _;
@@ -73,6 +74,21 @@ enum Command {
         /// Share of the region's pages dirty for the memcpy floor, percent.
         #[arg(long, value_name = "PCT", default_value_t = 10)]
         dirty_pct: usize,
+    },
+    /// A bar chart (SVG) of figures against their floors, from JSON lines
+    /// `{"label":L,"p50":X,"p99":Y,"floor":F}` (p99 and floor optional).
+    Bars {
+        /// The JSON-lines file.
+        input: PathBuf,
+        /// The SVG file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The chart's title.
+        #[arg(long, default_value = "")]
+        title: String,
+        /// The unit of the figures, for the axis.
+        #[arg(long, default_value = "us")]
+        unit: String,
     },
     /// A peer process of `floors` (internal).
     #[command(hide = true)]
@@ -188,6 +204,17 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
         Command::FloorPeer { mode } => return Ok(floors::run_peer(&mode)?),
+        Command::Bars {
+            input,
+            out,
+            title,
+            unit,
+        } => {
+            let text =
+                std::fs::read_to_string(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let bars = bars::parse(&text).map_err(|e| format!("{}: {e}", input.display()))?;
+            return bars::draw(&out, &bars, &title, &unit);
+        }
     };
     let gap = Duration::from_micros(gap_us);
     let series: Vec<Series> = if strategies.is_empty() {
