@@ -10,8 +10,7 @@
 //! bytes: the floor). The stall is the time inside `checkpoint()`; everything shipped is
 //! drained by a reader on the other end of a socket pair, as the paper's pipe was.
 
-mod floors;
-
+use hs_bench::floors;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
