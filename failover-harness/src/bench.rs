@@ -9,6 +9,11 @@
 //! to take the keys the log says it has not seen, and for a new spare to be synchronised.
 //! Lost (or doubled) inputs are counted from the game's own input count after the trial
 //! against the count before plus the keys typed.
+//!
+//! The floor, measured in the same run before the trials ([`hs_bench::floors::kill_to_eof`]:
+//! a small process SIGKILLed until its peer reads end of file, this executable as
+//! `failover-harness floor-peer hold`), is what a failover cannot go below on this machine
+//! now; the result gives the recovery time's median as a multiple of the floor's.
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +35,8 @@ const KEYS_PER_TRIAL: u64 = 3;
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
 /// Stats lines every millisecond: the bench learns of syncs and consumed keys at once.
 const STATS_MS: u64 = 1;
+/// Kills measured for the kill-to-EOF floor.
+const FLOOR_SAMPLES: usize = 100;
 
 /// What `bench-failover` was asked for.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +69,8 @@ pub struct BenchResult {
     pub trials: Vec<Trial>,
     /// Inputs lost or applied twice, over all trials.
     pub lost_inputs: u64,
+    /// The kill-to-EOF floor's median in this run, milliseconds (0: not measured).
+    pub floor_kill_to_eof_ms: f64,
 }
 
 /// Nearest-rank percentile `p` of `values` (unsorted); 0 when empty.
@@ -80,16 +89,28 @@ impl BenchResult {
         self.trials.iter().map(f).collect()
     }
 
-    /// `{"trials":N,"rto_ms_p50":F,"rto_ms_p99":F,"rto_ms_max":F,"lost_inputs":N}`.
+    /// The recovery time's median as a multiple of the floor's (0 without a floor).
+    pub fn x_floor(&self) -> f64 {
+        if self.floor_kill_to_eof_ms > 0.0 {
+            percentile(&self.column(|t| t.rto_ms), 50.0) / self.floor_kill_to_eof_ms
+        } else {
+            0.0
+        }
+    }
+
+    /// `{"trials":N,"rto_ms_p50":F,"rto_ms_p99":F,"rto_ms_max":F,"lost_inputs":N,
+    /// "floor_kill_to_eof_ms":F,"x_floor":F}` (x_floor: rto_ms_p50 / the floor's p50).
     pub fn to_json(&self) -> String {
         let rto = self.column(|t| t.rto_ms);
         format!(
-            "{{\"trials\":{},\"rto_ms_p50\":{:.3},\"rto_ms_p99\":{:.3},\"rto_ms_max\":{:.3},\"lost_inputs\":{}}}",
+            "{{\"trials\":{},\"rto_ms_p50\":{:.3},\"rto_ms_p99\":{:.3},\"rto_ms_max\":{:.3},\"lost_inputs\":{},\"floor_kill_to_eof_ms\":{:.3},\"x_floor\":{:.2}}}",
             self.trials.len(),
             percentile(&rto, 50.0),
             percentile(&rto, 99.0),
             percentile(&rto, 100.0),
-            self.lost_inputs
+            self.lost_inputs,
+            self.floor_kill_to_eof_ms,
+            self.x_floor()
         )
     }
 
@@ -115,6 +136,11 @@ impl BenchResult {
                 percentile(&v, 100.0)
             ));
         }
+        out.push_str(&format!(
+            "floor (kill to EOF, this run)  {:>6.3} ms p50: RTO p50 = {:.2}x the floor\n",
+            self.floor_kill_to_eof_ms,
+            self.x_floor()
+        ));
         out
     }
 }
@@ -124,6 +150,8 @@ pub const BENCH_TERM: &str = "xterm-256color";
 
 /// Runs the trials.
 pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
+    let floor = hs_bench::floors::kill_to_eof(FLOOR_SAMPLES, Duration::ZERO)
+        .context("measuring the kill-to-EOF floor")?;
     let link = Link::new(opts.transport)?;
     let scores = link.path("scores");
     let args = vec![
@@ -146,7 +174,10 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         s.view().spare_synced && s.view().stats.checkpoints > 0
     })?;
     b.sup.type_bytes(b"p")?;
-    let mut result = BenchResult::default();
+    let mut result = BenchResult {
+        floor_kill_to_eof_ms: floor.p50_us / 1000.0,
+        ..BenchResult::default()
+    };
     for n in 0..opts.trials {
         let trial = b.trial().with_context(|| format!("trial {}", n + 1))?;
         result.lost_inputs += trial.1;
@@ -269,10 +300,11 @@ mod tests {
                 },
             ],
             lost_inputs: 0,
+            floor_kill_to_eof_ms: 0.5,
         };
         assert_eq!(
             r.to_json(),
-            r#"{"trials":2,"rto_ms_p50":2.000,"rto_ms_p99":4.500,"rto_ms_max":4.500,"lost_inputs":0}"#
+            r#"{"trials":2,"rto_ms_p50":2.000,"rto_ms_p99":4.500,"rto_ms_max":4.500,"lost_inputs":0,"floor_kill_to_eof_ms":0.500,"x_floor":4.00}"#
         );
     }
 }

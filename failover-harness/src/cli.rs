@@ -39,6 +39,12 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// A peer process of `bench-failover`'s kill-to-EOF floor (`hs-bench floor-peer`).
+    #[command(hide = true)]
+    FloorPeer {
+        /// hold (or drain-ack).
+        mode: String,
+    },
 }
 
 /// `--async` / `--sync`.

@@ -60,6 +60,9 @@ pub struct Setup {
     pub stats_ms: u64,
     /// The games' `TERM`, where no user's terminal is involved (else the caller's).
     pub term: Option<&'static str>,
+    /// Variables of the next game started, set after the link's (a launcher gives each game
+    /// its own listening address here, and a spare its primary's).
+    pub env: Vec<(&'static str, OsString)>,
 }
 
 impl Setup {
@@ -73,6 +76,7 @@ impl Setup {
             mode,
             stats_ms,
             term: None,
+            env: Vec::new(),
         })
     }
 }
@@ -133,6 +137,9 @@ impl Game {
             cmd.env("TERM", term);
         }
         setup.link.apply(&mut cmd);
+        for (k, v) in &setup.env {
+            cmd.env(k, v);
+        }
         cmd.env(ENV_ROLE, role_value(role)?)
             .env(ENV_EPOCH, epoch.to_string())
             .env(ENV_MODE, mode_value(setup.mode))

@@ -35,6 +35,7 @@ const SOCKET_NAME: &str = "game";
 pub struct Link {
     dir: TempDir,
     vars: Vec<(&'static str, OsString)>,
+    transport: Transport,
 }
 
 impl Link {
@@ -64,7 +65,16 @@ impl Link {
                 vars.push((KEY_ENV, OsString::from(random_key()?)));
             }
         }
-        Ok(Self { dir, vars })
+        Ok(Self {
+            dir,
+            vars,
+            transport,
+        })
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> Transport {
+        self.transport
     }
 
     /// The private directory.
@@ -154,8 +164,9 @@ pub fn transport_name(t: Transport) -> &'static str {
     }
 }
 
-/// A port on 127.0.0.1 that is free now (the kernel's pick; the primary binds it next).
-fn free_port() -> anyhow::Result<String> {
+/// A port on 127.0.0.1 that is free now (the kernel's pick; a game binds it next), as
+/// `127.0.0.1:PORT`.
+pub fn free_port() -> anyhow::Result<String> {
     let probe = std::net::TcpListener::bind("127.0.0.1:0")
         .context("cannot find a free TCP port on 127.0.0.1")?;
     let addr = probe

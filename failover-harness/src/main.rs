@@ -44,6 +44,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status_command(&args),
         Command::BenchFailover(args) => bench_command(&args),
         Command::Game { .. } => Ok(ExitCode::FAILURE),
+        Command::FloorPeer { mode } => {
+            hs_bench::floors::run_peer(&mode)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -29,6 +29,8 @@ fn the_json_line_has_the_contract_keys_and_nothing_is_lost() {
             "rto_ms_p99",
             "rto_ms_max",
             "lost_inputs",
+            "floor_kill_to_eof_ms",
+            "x_floor",
         ];
         want.sort_unstable();
         let mut got = keys.clone();
@@ -39,6 +41,13 @@ fn the_json_line_has_the_contract_keys_and_nothing_is_lost() {
         let ms = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v:?}"));
         assert!(0.0 < ms("rto_ms_p50"), "{v:?}");
         assert!(ms("rto_ms_p50") <= ms("rto_ms_p99") && ms("rto_ms_p99") <= ms("rto_ms_max"));
+        // The floor is measured in the same run, and the ratio is the median's to it.
+        assert!(0.0 < ms("floor_kill_to_eof_ms"), "{v:?}");
+        let ratio = ms("rto_ms_p50") / ms("floor_kill_to_eof_ms");
+        assert!(
+            (ms("x_floor") - ratio).abs() <= 0.01 * ratio + 0.01,
+            "x_floor is not rto_ms_p50 / floor_kill_to_eof_ms: {v:?}"
+        );
     }
 }
 

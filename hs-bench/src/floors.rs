@@ -11,7 +11,9 @@
 //! - **kill to EOF**: `SIGKILL` of a child process until its peer reads end of file: the floor
 //!   of a local failover's detection.
 //!
-//! The peer processes are this executable re-run as `hs-bench floor-peer MODE` (hidden).
+//! The peer processes are this executable re-run as `hs-bench floor-peer MODE` (hidden); a
+//! program that uses this module as a library answers `floor-peer MODE` with [`run_peer`]
+//! (`failover-harness floor-peer`, for [`kill_to_eof`]).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -107,7 +109,7 @@ pub fn measure(opts: &FloorOptions) -> Result<Floors, FloorError> {
         memcpy_bytes,
         handoff: handoff_floor(opts)?,
         sync_round_trip: sync_floor(opts)?,
-        kill_to_eof: kill_floor(opts)?,
+        kill_to_eof: kill_to_eof((opts.samples / 10).max(10), opts.gap)?,
         gap_us: u64::try_from(opts.gap.as_micros()).unwrap_or(u64::MAX),
     })
 }
@@ -269,15 +271,18 @@ fn sync_floor(opts: &FloorOptions) -> Result<Floor, FloorError> {
     Ok(summarise(&mut times))
 }
 
-fn kill_floor(opts: &FloorOptions) -> Result<Floor, FloorError> {
-    let n = (opts.samples / 10).max(10);
+/// The kill-to-EOF floor on its own: `n` times, a peer process (this executable as
+/// `floor-peer hold`, its stdin one end of a socket pair) says it is ready, `gap` passes, and
+/// it is SIGKILLed; the time until this end reads end of file is one measurement.
+pub fn kill_to_eof(n: usize, gap: Duration) -> Result<Floor, FloorError> {
+    let n = n.max(1);
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let (mut child, mut sock) = peer("hold")?;
         let mut ready = [0u8; 1];
         sock.read_exact(&mut ready)
             .map_err(io("waiting for the peer to start"))?;
-        pause(opts.gap);
+        pause(gap);
         let t = Instant::now();
         child.kill().map_err(io("killing the peer"))?;
         let mut buf = [0u8; 16];

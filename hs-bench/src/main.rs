@@ -11,8 +11,8 @@
 //! drained by a reader on the other end of a socket pair, as the paper's pipe was.
 
 mod bars;
-mod floors;
 
+use hs_bench::floors;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,10 +1,18 @@
 //! The engine's games as processes on this machine ([`Game`]): on a pseudo-terminal each
 //! (`play`, `bench-failover`: the replay counts terminal bytes) or on pipes (`run`: the
 //! replay counts script inputs, and each game writes its own `--stats` file).
+//!
+//! Every game listens for its spare at an address of its own (`HS_LISTEN_NAME`: a socket
+//! named after the game in the session's directory; `HS_LISTEN_ADDR`: a port of its own on
+//! 127.0.0.1), and a spare connects to the current primary's. So a promoted game listens at
+//! once, never waiting for its dead primary's listening socket to be released, and the spare
+//! started after a promotion connects to the promoted game. The current primary is the first
+//! game until a spare reports that it took over (its resumed line).
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
 use nix::errno::Errno;
@@ -15,23 +23,72 @@ use nix::unistd::Pid;
 
 use super::node::{Exit, Launcher, Node, Written};
 use crate::game::{Game, Io, Setup};
+use crate::link::{self, Transport};
 use crate::report::{Line, Resumed, Stats};
 use crate::sys;
 
 /// The byte ^C sends on a terminal: a signal to the game (its terminal keeps ISIG).
 const CTRL_C: u8 = 0x03;
 
+/// Where a local game listens for its spare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Place {
+    /// A socket of this name in the session's directory.
+    Unix(String),
+    /// This address on 127.0.0.1.
+    Tcp(String),
+}
+
+impl Place {
+    /// Where the game `name` listens.
+    fn of(transport: Transport, name: &str) -> anyhow::Result<Self> {
+        Ok(match transport {
+            Transport::Unix => Place::Unix(format!("{name}.sock")),
+            Transport::Tcp => Place::Tcp(link::free_port()?),
+        })
+    }
+
+    /// The variable that makes a game listen here.
+    fn listen(&self) -> (&'static str, OsString) {
+        match self {
+            Place::Unix(n) => (hslib::api::ENV_LISTEN_NAME, n.into()),
+            Place::Tcp(a) => (hslib::api::ENV_LISTEN_ADDR, a.into()),
+        }
+    }
+
+    /// The variable that makes a spare connect here.
+    fn connect(&self) -> (&'static str, OsString) {
+        match self {
+            Place::Unix(n) => (hslib::api::ENV_SOCKET_NAME, n.into()),
+            Place::Tcp(a) => (hslib::api::ENV_TCP_ADDR, a.into()),
+        }
+    }
+}
+
+/// Where the current primary listens: set by the launch of a primary and by a spare's
+/// resumed line, read by the launch of a spare.
+type PrimaryPlace = Arc<Mutex<Option<Place>>>;
+
+fn lock(place: &PrimaryPlace) -> std::sync::MutexGuard<'_, Option<Place>> {
+    place.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Starts local game processes on pseudo-terminals or pipes.
 #[derive(Debug)]
 pub struct LocalLauncher {
     setup: Setup,
     io: Io,
+    primary_at: PrimaryPlace,
 }
 
 impl LocalLauncher {
     /// Games for `setup`, each on its own `io`.
     pub fn new(setup: Setup, io: Io) -> Self {
-        Self { setup, io }
+        Self {
+            setup,
+            io,
+            primary_at: PrimaryPlace::default(),
+        }
     }
 }
 
@@ -47,6 +104,16 @@ impl Launcher for LocalLauncher {
             }
             Io::Pty(..) => (Vec::new(), None),
         };
+        let place = Place::of(self.setup.link.transport(), name)?;
+        self.setup.env = vec![place.listen()];
+        match role {
+            hslib::Role::Spare => {
+                if let Some(primary) = &*lock(&self.primary_at) {
+                    self.setup.env.push(primary.connect());
+                }
+            }
+            _ => *lock(&self.primary_at) = Some(place.clone()),
+        }
         let game = Game::spawn(&self.setup, role, epoch, self.io, name, &extra)?;
         Ok(LocalNode {
             name: name.to_owned(),
@@ -55,6 +122,8 @@ impl Launcher for LocalLauncher {
             input_open: true,
             in_game_mode: false,
             stats_path,
+            place,
+            primary_at: Arc::clone(&self.primary_at),
         })
     }
 
@@ -92,6 +161,10 @@ pub struct LocalNode {
     /// wait until it has.
     in_game_mode: bool,
     stats_path: Option<PathBuf>,
+    /// Where it listens as primary.
+    place: Place,
+    /// Where the session's current primary listens (this one's, once it took over).
+    primary_at: PrimaryPlace,
 }
 
 impl LocalNode {
@@ -209,10 +282,16 @@ impl Node for LocalNode {
     }
 
     fn read_status(&mut self) -> anyhow::Result<Vec<Line>> {
-        self.game
+        let lines = self
+            .game
             .status
             .read_lines()
-            .with_context(|| format!("reading the status of game {}", self.name))
+            .with_context(|| format!("reading the status of game {}", self.name))?;
+        if lines.iter().any(|l| matches!(l, Line::Resumed(_))) {
+            // It took over: the next spare connects to it.
+            *lock(&self.primary_at) = Some(self.place.clone());
+        }
+        Ok(lines)
     }
 
     fn exited(&mut self) -> anyhow::Result<Option<Exit>> {

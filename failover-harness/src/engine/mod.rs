@@ -7,7 +7,9 @@
 //! synced, in a session opened after the spare was started), replaces a spare that dies (up
 //! to [`MAX_LOST_SPARES`] in a row before any syncs), notices the primary's death whoever
 //! caused it, promotes the spare, replays the logged input the promoted game's state has not
-//! accounted for (from its resumed line), starts a new spare, and says how the session ended.
+//! accounted for (from its resumed line), starts a new spare (once the promoted game's first
+//! byte is passed on, or 5 ms later at most: the user waits for the screen, not
+//! for the spare), and says how the session ended.
 //! Whether the games sit on terminals or pipes, on this host or another, is the
 //! [`Launcher`]'s and [`Node`]'s business ([`local`] is this host's).
 //!
@@ -60,6 +62,11 @@ const PROMOTION_DEADLINE: Duration = Duration::from_secs(30);
 const UNSYNCED_PROMOTION_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a spare may take to hold a checkpoint before it is replaced.
 const SYNC_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a promoted game's new spare may wait for the promoted game's first byte to be
+/// passed on: starting a game costs this thread about half a millisecond, which the user,
+/// waiting for the screen, need not wait for. A game that draws nothing (headless) gets its
+/// spare after this.
+const SPARE_AFTER_FIRST_BYTE: Duration = Duration::from_millis(5);
 /// How long a primary may say nothing before it counts as hung: a game writes a status line
 /// at least every [`tetris::status::STATS_KEEPALIVE`] (250 ms) while it runs, waiting for a
 /// key or not, so this is six missed lines. Settable with [`Engine::set_hang_deadline`].
@@ -287,6 +294,9 @@ pub struct Engine<L: Launcher> {
     /// The current spare held a checkpoint and then no longer did, since then (its primary
     /// dropped it: in sync mode a spare that misses its ack deadline is let go).
     unsynced_since: Option<Instant>,
+    /// A promoted game's new spare is due: started once its first byte is passed on, at the
+    /// latest at this instant.
+    spare_due: Option<Instant>,
     launcher: L,
 }
 
@@ -329,6 +339,7 @@ impl<L: Launcher> Engine<L> {
             last_heard: Instant::now(),
             last_service: Instant::now(),
             unsynced_since: None,
+            spare_due: None,
             launcher,
         };
         let mut events = Vec::new();
@@ -500,6 +511,9 @@ impl<L: Launcher> Engine<L> {
         if let Phase::Promoting(p) = &self.phase {
             timeout = timeout.min(p.deadline.saturating_duration_since(Instant::now()));
         }
+        if let Some(due) = self.spare_due {
+            timeout = timeout.min(due.saturating_duration_since(Instant::now()));
+        }
         let writing = matches!(self.phase, Phase::Running { .. })
             && self.primary.reading
             && self.sent < self.log.len()
@@ -561,8 +575,30 @@ impl<L: Launcher> Engine<L> {
             step(self, events)?;
         }
         self.corpses.retain_mut(|g| matches!(g.exited(), Ok(None)));
+        self.start_due_spare(events)?;
         self.check_deadlines(events)?;
         self.flush_input()
+    }
+
+    /// Starts the promoted game's spare once its first byte is passed on or its time came.
+    fn start_due_spare(&mut self, events: &mut Vec<Event>) -> anyhow::Result<()> {
+        let Some(due) = self.spare_due else {
+            return Ok(());
+        };
+        let drawn = matches!(
+            self.phase,
+            Phase::Running {
+                awaiting_first_byte: None,
+                ..
+            }
+        );
+        if self.ended() {
+            self.spare_due = None;
+        } else if drawn || Instant::now() >= due {
+            self.spare_due = None;
+            self.start_spare(events)?;
+        }
+        Ok(())
     }
 
     fn check_deadlines(&mut self, events: &mut Vec<Event>) -> anyhow::Result<()> {
@@ -868,7 +904,8 @@ impl<L: Launcher> Engine<L> {
             replayed,
             after_ms,
         });
-        self.start_spare(events)?;
+        // Its spare comes once the user has its first byte (or a little later).
+        self.spare_due = Some(Instant::now() + SPARE_AFTER_FIRST_BYTE);
         self.flush_input()?;
         if self.interrupted {
             // ^C was typed while its predecessor was dying: the session still ends.

@@ -1,0 +1,5 @@
+//! `hs-bench` as a library: the floors every benchmark result is compared with ([`floors`]),
+//! for other tools that print their own ratios (`failover-harness bench-failover` measures the
+//! kill-to-EOF floor in its own run with [`floors::kill_to_eof`]).
+
+pub mod floors;
