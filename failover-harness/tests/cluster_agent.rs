@@ -302,7 +302,7 @@ fn connect_leader(
 }
 
 /// Plays `script` headless through the session's leaders: one input at a time while the
-/// leader's spare is synced; at each input of `faults` asks the main thread for a fault and
+/// leader's spare is synced (without faults: at once); at each input of `faults` asks the main thread for a fault and
 /// records the recovery. Returns the game's result line.
 fn play(
     p: &ClientParams,
@@ -326,7 +326,9 @@ fn play(
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut conn, position) = connect_leader(p, &coord, 0, deadline);
-    let mut next = usize::try_from(position).unwrap_or(usize::MAX).min(log.len());
+    let mut next = usize::try_from(position)
+        .unwrap_or(usize::MAX)
+        .min(log.len());
     let mut synced = false;
     let mut fault_at: Option<Instant> = None;
     let mut faults_left: Vec<(usize, Fault)> = faults.iter().rev().copied().collect();
@@ -390,7 +392,7 @@ fn play(
             last_frame = Instant::now();
             continue;
         }
-        if fault_at.is_some() || !synced {
+        if fault_at.is_some() || (!synced && !faults.is_empty()) {
             continue;
         }
         if let Some(&(at, fault)) = faults_left.last()
@@ -511,6 +513,27 @@ fn play_with(
         Ok(Err(e)) => panic!("{e}"),
         Err(_) => panic!("the client failed; {}", c.diagnostics()),
     }
+}
+
+#[test]
+fn a_lone_primary_plays_a_headless_game_through_its_agent_to_the_exact_end() {
+    if !prerequisites() {
+        return;
+    }
+    let mut c = Cluster::new(&["etcd", "a", "client"], "lone");
+    c.start_agent("a");
+    let script_bytes = script(13, 300);
+    let want = uninterrupted(c.dir.path(), &script_bytes);
+    let played = play_with(&mut c, &script_bytes, &[], |_, _, _| {});
+    assert_eq!(
+        String::from_utf8_lossy(&played.output),
+        String::from_utf8_lossy(&want),
+        "the game's end differs from the uninterrupted game's; {}",
+        c.diagnostics()
+    );
+    let s = c.status();
+    assert_eq!(s["primary"], "a", "{s}");
+    assert_eq!(s["failovers"], 0, "{s}");
 }
 
 #[test]
