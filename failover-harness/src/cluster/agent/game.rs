@@ -50,9 +50,7 @@ const CLIENT_WRITE_DEADLINE: Duration = Duration::from_millis(200);
 /// A pty game's size until a client says otherwise.
 const DEFAULT_SIZE: (u16, u16) = (24, 80);
 
-/// hslib's variables of the cluster role (branch `roles`).
-const ENV_LISTEN_ADDR: &str = "HS_LISTEN_ADDR";
-const ENV_PROMOTE_FD: &str = "HS_PROMOTE_FD";
+use hslib::api::{ENV_LISTEN_ADDR, ENV_PROMOTE_FD};
 
 /// What reaches the game loop.
 #[derive(Debug)]
