@@ -30,7 +30,7 @@ use hotspare_cluster::{Campaign, Coordinator, Epoch, EtcdSession, Leader, Leader
 use serde_json::json;
 
 use super::events::Events;
-use super::game::Mailbox;
+use super::wake::Mailbox;
 use super::{AgentOptions, GameConfig, Order, Report};
 
 /// The longest any one etcd call of the control thread may take.
