@@ -82,6 +82,16 @@ pub(super) struct Current {
     pub(super) tail: Vec<u8>,
 }
 
+impl Role {
+    /// As the events name it: `primary` (also while restoring) or `spare`.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Role::Spare { .. } => "spare",
+            Role::Primary | Role::Promoting { .. } => "primary",
+        }
+    }
+}
+
 impl Current {
     pub(super) fn leads(&self) -> bool {
         matches!(self.role, Role::Primary)
@@ -314,7 +324,8 @@ impl GameLoop {
         }
         self.events.emit(
             "game_ended",
-            json!({"epoch":cur.epoch,"status":exit.text,"success":exit.success}),
+            json!({"epoch":cur.epoch,"role":cur.role.name(),"status":exit.text,
+                "success":exit.success}),
         );
         if !exit.success {
             tracing::warn!(words = %cur.node.last_words(), status = %exit.text, "game died");

@@ -190,7 +190,7 @@ impl GameLoop {
         let leading = cur.leads();
         self.events.emit(
             "game_ended",
-            json!({"epoch":cur.epoch,"status":format!("killed: {why}")}),
+            json!({"epoch":cur.epoch,"role":cur.role.name(),"status":format!("killed: {why}")}),
         );
         if leading {
             self.broadcast_followers(&ToClient::Ended {
