@@ -507,9 +507,14 @@ fn uninterrupted(dir: &Path, script_bytes: &[u8]) -> Vec<u8> {
 /// Starts agent `first`, writes the config, waits until it leads; then `second`, until its
 /// game is the synced spare. The first leader's epoch.
 fn new_session(c: &mut Cluster, first: &str, second: &str) -> u64 {
+    let config = serde_json::json!({"args": ["--seed", "7", "-l", "2"], "headless": true});
+    new_session_with(c, first, second, config)
+}
+
+/// [`new_session`] with the config `config`.
+fn new_session_with(c: &mut Cluster, first: &str, second: &str, config: serde_json::Value) -> u64 {
     c.start_agent(first);
     let p = c.client_params();
-    let config = serde_json::json!({"args": ["--seed", "7", "-l", "2"], "headless": true});
     ok(ok(c.rig.in_host("client", move || {
         let coord = ok(EtcdSession::new(
             &p.url,
@@ -670,6 +675,69 @@ fn max_concurrent_spares(c: &Cluster) -> usize {
         max = max.max(spares.len());
     }
     max
+}
+
+#[test]
+fn a_terminal_game_on_a_pty_draws_for_its_client_and_goes_on_drawing_after_an_axe() {
+    if !prerequisites() {
+        return;
+    }
+    let mut c = Cluster::new(&["etcd", "a", "b", "client"], "pty");
+    let config = serde_json::json!({"args": ["--seed", "7"], "headless": false});
+    let e1 = new_session_with(&mut c, "a", "b", config);
+    let p = c.client_params();
+    let got = ok(c.rig.in_host("client", move || {
+        let coord = ok(EtcdSession::new(
+            &p.url,
+            &p.session,
+            Duration::from_millis(500),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut conn, position) = connect_leader(&p, &coord, e1, deadline);
+        ok(proto::write_frame(
+            &mut conn.stream,
+            &ToAgent::Resize { rows: 24, cols: 80 },
+        ));
+        // Output of the first game, and the spare synced.
+        let (mut drawn, mut synced) = (0, false);
+        while drawn == 0 || !synced {
+            assert!(Instant::now() < deadline, "no drawing, or no synced spare");
+            match conn.frames.recv_timeout(Duration::from_secs(5)) {
+                Ok(Ok(ToClient::Output { bytes, .. })) => drawn += bytes.len(),
+                Ok(Ok(ToClient::Heartbeat { spare_synced, .. })) => synced = spare_synced,
+                Ok(Ok(_)) => {}
+                other => panic!("the first game's agent: {:?}", other.err()),
+            }
+        }
+        let axed = Instant::now();
+        ok(proto::write_frame(&mut conn.stream, &ToAgent::Axe));
+        let (mut next, position2) = connect_leader(&p, &coord, conn.epoch + 1, deadline);
+        let leading_ms = axed.elapsed().as_secs_f64() * 1000.0;
+        ok(proto::write_frame(
+            &mut next.stream,
+            &ToAgent::Keys {
+                offset: position2,
+                bytes: vec![0x0c],
+            },
+        ));
+        loop {
+            assert!(Instant::now() < deadline, "the promoted game draws nothing");
+            if let Ok(Ok(ToClient::Output { epoch, bytes })) =
+                next.frames.recv_timeout(Duration::from_secs(5))
+                && !bytes.is_empty()
+            {
+                return (position, drawn, next.epoch, epoch, leading_ms);
+            }
+        }
+    }));
+    let (position, drawn, epoch2, out_epoch, ms) = got;
+    assert_eq!(position, 0, "a fresh terminal game accounts for no byte");
+    assert!(drawn > 0);
+    assert!(
+        epoch2 > e1 && out_epoch == epoch2,
+        "{e1} -> {epoch2}, output of {out_epoch}"
+    );
+    eprintln!("terminal game: axe to Leading of the promoted game {ms:.1} ms");
 }
 
 #[test]
