@@ -49,18 +49,18 @@ impl Place {
     }
 
     /// The variable that makes a game listen here.
-    fn listen(&self) -> (&'static str, OsString) {
+    fn listen(&self) -> (String, OsString) {
         match self {
-            Place::Unix(n) => (hslib::api::ENV_LISTEN_NAME, n.into()),
-            Place::Tcp(a) => (hslib::api::ENV_LISTEN_ADDR, a.into()),
+            Place::Unix(n) => (hslib::api::ENV_LISTEN_NAME.to_owned(), n.into()),
+            Place::Tcp(a) => (hslib::api::ENV_LISTEN_ADDR.to_owned(), a.into()),
         }
     }
 
     /// The variable that makes a spare connect here.
-    fn connect(&self) -> (&'static str, OsString) {
+    fn connect(&self) -> (String, OsString) {
         match self {
-            Place::Unix(n) => (hslib::api::ENV_SOCKET_NAME, n.into()),
-            Place::Tcp(a) => (hslib::api::ENV_TCP_ADDR, a.into()),
+            Place::Unix(n) => (hslib::api::ENV_SOCKET_NAME.to_owned(), n.into()),
+            Place::Tcp(a) => (hslib::api::ENV_TCP_ADDR.to_owned(), a.into()),
         }
     }
 }
@@ -79,23 +79,42 @@ pub struct LocalLauncher {
     setup: Setup,
     io: Io,
     primary_at: PrimaryPlace,
+    /// It gives each game its own listening address and a spare its primary's (else the
+    /// caller's [`Setup::env`] says where games listen and connect).
+    placing: bool,
 }
 
 impl LocalLauncher {
-    /// Games for `setup`, each on its own `io`.
+    /// Games for `setup`, each on its own `io`, each listening at an address of its own.
     pub fn new(setup: Setup, io: Io) -> Self {
         Self {
             setup,
             io,
             primary_at: PrimaryPlace::default(),
+            placing: true,
+        }
+    }
+
+    /// Games for `setup` whose addresses the caller sets in [`Setup::env`] (a cluster
+    /// agent's game listens and connects at its host's and its leader's addresses).
+    pub fn placed_by_caller(setup: Setup, io: Io) -> Self {
+        Self {
+            placing: false,
+            ..Self::new(setup, io)
         }
     }
 }
 
-impl Launcher for LocalLauncher {
-    type Node = LocalNode;
-
-    fn launch(&mut self, role: &hslib::Role, epoch: u64, name: &str) -> anyhow::Result<LocalNode> {
+impl LocalLauncher {
+    /// [`Launcher::launch`], the game also inheriting the descriptors `inherit` (a cluster
+    /// spare's promote and silence pipes).
+    pub fn launch_keeping(
+        &mut self,
+        role: &hslib::Role,
+        epoch: u64,
+        name: &str,
+        inherit: &[std::os::fd::RawFd],
+    ) -> anyhow::Result<LocalNode> {
         let (extra, stats_path) = match self.io {
             Io::Pipes => {
                 let path = self.setup.link.path(&format!("{name}.stats"));
@@ -104,17 +123,27 @@ impl Launcher for LocalLauncher {
             }
             Io::Pty(..) => (Vec::new(), None),
         };
-        let place = Place::of(self.setup.link.transport(), name)?;
-        self.setup.env = vec![place.listen()];
-        match role {
-            hslib::Role::Spare => {
-                if let Some(primary) = &*lock(&self.primary_at) {
-                    self.setup.env.push(primary.connect());
+        let place = if self.placing {
+            Some(Place::of(self.setup.link.transport(), name)?)
+        } else {
+            None
+        };
+        // The placement's variables hold for this launch only: the caller's stay.
+        let callers = self.setup.env.len();
+        if let Some(place) = &place {
+            self.setup.env.push(place.listen());
+            match role {
+                hslib::Role::Spare => {
+                    if let Some(primary) = &*lock(&self.primary_at) {
+                        self.setup.env.push(primary.connect());
+                    }
                 }
+                _ => *lock(&self.primary_at) = Some(place.clone()),
             }
-            _ => *lock(&self.primary_at) = Some(place.clone()),
         }
-        let game = Game::spawn(&self.setup, role, epoch, self.io, name, &extra)?;
+        let game = Game::spawn_keeping(&self.setup, role, epoch, self.io, name, &extra, inherit);
+        self.setup.env.truncate(callers);
+        let game = game?;
         Ok(LocalNode {
             name: name.to_owned(),
             game,
@@ -125,6 +154,19 @@ impl Launcher for LocalLauncher {
             place,
             primary_at: Arc::clone(&self.primary_at),
         })
+    }
+
+    /// The setup its games share.
+    pub fn setup_mut(&mut self) -> &mut Setup {
+        &mut self.setup
+    }
+}
+
+impl Launcher for LocalLauncher {
+    type Node = LocalNode;
+
+    fn launch(&mut self, role: &hslib::Role, epoch: u64, name: &str) -> anyhow::Result<LocalNode> {
+        self.launch_keeping(role, epoch, name, &[])
     }
 
     fn resumed_at(&self, resumed: &Resumed) -> u64 {
@@ -161,8 +203,8 @@ pub struct LocalNode {
     /// wait until it has.
     in_game_mode: bool,
     stats_path: Option<PathBuf>,
-    /// Where it listens as primary.
-    place: Place,
+    /// Where it listens as primary (none when the caller placed it).
+    place: Option<Place>,
     /// Where the session's current primary listens (this one's, once it took over).
     primary_at: PrimaryPlace,
 }
@@ -287,9 +329,11 @@ impl Node for LocalNode {
             .status
             .read_lines()
             .with_context(|| format!("reading the status of game {}", self.name))?;
-        if lines.iter().any(|l| matches!(l, Line::Resumed(_))) {
+        if let Some(place) = &self.place
+            && lines.iter().any(|l| matches!(l, Line::Resumed(_)))
+        {
             // It took over: the next spare connects to it.
-            *lock(&self.primary_at) = Some(self.place.clone());
+            *lock(&self.primary_at) = Some(place.clone());
         }
         Ok(lines)
     }
