@@ -32,6 +32,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Times failovers: SIGKILL of the primary to the promoted spare's first output.
     BenchFailover(BenchArgs),
+    /// Cluster mode, one per host: runs this host's game (primary or spare) as etcd decides,
+    /// and serves the session's client (see docs/CLUSTER.md).
+    Agent(AgentArgs),
     /// Cluster mode: plays a session whose game runs on whichever host leads (see
     /// docs/CLUSTER.md); headless with --headless --script FILE.
     Client(ClientArgs),
@@ -209,15 +212,54 @@ pub struct SessionArgs {
 pub struct StatusArgs {
     /// One JSON line: {"primary_pid":N,"spare_pid":N,"epoch":N,"failovers":N,"checkpoints":N,
     /// "spare_deaths":N,"last_rto_ms":F,"lag":N,"stall_last_us":F,"stall_p99_us":F,
-    /// "mode":S,"transport":S}.
+    /// "mode":S,"transport":S}; with --etcd: {"epoch":E,"primary":"NODE"|null,
+    /// "spare":"NODE"|null,"failovers":N}.
     #[arg(long, conflicts_with = "events")]
     pub json: bool,
     /// The session's history: start, syncs, axes, deaths, promotions, recovery times.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "etcd")]
     pub events: bool,
-    /// Which session.
-    #[command(flatten)]
-    pub session: SessionArgs,
+    /// A cluster session's status, read from etcd at these client URLs
+    /// (http://IP:PORT[,...]); --session names it.
+    #[arg(long, value_name = "URL", requires = "session")]
+    pub etcd: Option<String>,
+    /// Which session: the running `play` session's harness pid (when several run), or with
+    /// --etcd the cluster session's name.
+    #[arg(long, value_name = "PID|NAME")]
+    pub session: Option<String>,
+}
+
+/// `agent`'s options.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// etcd's client URLs (http://IP:PORT[,...]).
+    #[arg(long, value_name = "URL")]
+    pub etcd: String,
+    /// The session's name.
+    #[arg(long, value_name = "S")]
+    pub session: String,
+    /// This node's name (unique in the session).
+    #[arg(long, value_name = "N")]
+    pub name: String,
+    /// Where clients reach this agent; its game's stream listens on the next port.
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// The cluster's shared key (32 bytes or more, mode 600).
+    #[arg(long, value_name = "F")]
+    pub key_file: PathBuf,
+    /// A spare that hears nothing from its primary this long, and whose client suspects it
+    /// too, takes over before the lease expires.
+    #[arg(long, value_name = "MS", default_value_t = 150)]
+    pub suspect_ms: u64,
+    /// The lease's time to live, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
+    pub ttl_s: i64,
+    /// Write the agent's events (JSON lines, CLOCK_MONOTONIC microseconds) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// The executable run as the game (`PATH game -- ARGS`); default: this one.
+    #[arg(long, value_name = "PATH")]
+    pub tetris: Option<PathBuf>,
 }
 
 /// `bench-failover`'s options.

@@ -2,4 +2,6 @@
 //! and the test rig of hosts in network namespaces. The coordination layer they share (etcd,
 //! epochs, fences, frames) is crate `hotspare-cluster`.
 
+pub mod agent;
 pub mod client;
+pub mod status;
