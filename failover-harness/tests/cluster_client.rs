@@ -278,6 +278,7 @@ fn a_headless_game_on_two_agents_prints_what_tetris_headless_prints() {
         ended.len() == 1 && ended[0]["finished"] == true,
         "one ended event, finished: {ended:?}\n{logs}"
     );
+    eprintln!("{logs}");
     assert!(
         named(&ev, "refused").is_empty(),
         "refusals without a fault\n{logs}"
@@ -550,10 +551,12 @@ fn the_client_on_a_terminal_shows_the_board_and_its_status_row_and_axes_the_lead
         s.contents(),
         c.logs()
     );
+    let drawn = s.wait_for_text("Score:", timeout);
     assert!(
-        s.contents().contains("Score"),
-        "no game screen:\n{}",
-        s.contents()
+        drawn.is_ok(),
+        "no game screen:\n{}\n{}",
+        s.contents(),
+        c.logs()
     );
     let first = row(&s);
     let (node, _) = c
@@ -571,7 +574,12 @@ fn the_client_on_a_terminal_shows_the_board_and_its_status_row_and_axes_the_lead
         row(&s),
         c.logs()
     );
-    assert!(s.contents().contains("Score"), "{}", s.contents());
+    let drawn = s.wait_for_text("Score:", timeout);
+    assert!(
+        drawn.is_ok(),
+        "no game screen after the failover:\n{}",
+        s.contents()
+    );
     // Quit: the terminal is the user's again.
     ok(s.send(b"q"));
     let status = ok(s.wait_exit(timeout));

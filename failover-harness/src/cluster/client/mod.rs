@@ -134,35 +134,7 @@ pub fn client(opts: &ClientOptions) -> anyhow::Result<ExitCode> {
             opts.axe_host_fd,
         )?)),
     };
-    let mut c = Client {
-        session: opts.session.clone(),
-        suspect_after: opts.suspect,
-        coord,
-        key,
-        tx,
-        rx,
-        events,
-        fence: Fence::new(),
-        leader: None,
-        leader_known_at: Instant::now(),
-        vacant_since: Some(Instant::now()),
-        ever_led: false,
-        next_id: 0,
-        conn: None,
-        retry_at: None,
-        log: InputLog::new(),
-        synced: false,
-        recovery: None,
-        last_rto_ms: None,
-        first_output_epoch: 0,
-        suspected: 0,
-        lost_check: None,
-        check_in_flight: false,
-        output: Vec::new(),
-        failovers: 0,
-        end: None,
-        mode,
-    };
+    let mut c = Client::new(opts, coord, key, tx, rx, events, mode);
     let end = c.run();
     stop.store(true, Ordering::Relaxed);
     c.finish(end)
@@ -334,11 +306,55 @@ struct Client {
     /// What the current epoch's game wrote (headless: its result line).
     output: Vec<u8>,
     failovers: u64,
+    /// The axe key was pressed; the axe waits for a spare that holds a checkpoint.
+    axe_pending: bool,
     end: Option<End>,
     mode: Mode,
 }
 
 impl Client {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        opts: &ClientOptions,
+        coord: Arc<EtcdSession>,
+        key: AuthKey,
+        tx: Sender<Msg>,
+        rx: Receiver<Msg>,
+        events: EventLog,
+        mode: Mode,
+    ) -> Self {
+        Self {
+            session: opts.session.clone(),
+            suspect_after: opts.suspect,
+            coord,
+            key,
+            tx,
+            rx,
+            events,
+            fence: Fence::new(),
+            leader: None,
+            leader_known_at: Instant::now(),
+            vacant_since: Some(Instant::now()),
+            ever_led: false,
+            next_id: 0,
+            conn: None,
+            retry_at: None,
+            log: InputLog::new(),
+            synced: false,
+            recovery: None,
+            last_rto_ms: None,
+            first_output_epoch: 0,
+            suspected: 0,
+            lost_check: None,
+            check_in_flight: false,
+            output: Vec::new(),
+            failovers: 0,
+            axe_pending: false,
+            end: None,
+            mode,
+        }
+    }
+
     fn run(&mut self) -> End {
         while self.end.is_none() {
             if let Err(e) = self.step() {
@@ -398,6 +414,9 @@ impl Client {
     /// What is due now: a connection, keys, a suspicion, a loss check.
     fn step(&mut self) -> anyhow::Result<()> {
         self.connect_if_needed();
+        if self.axe_pending && self.synced && self.leading().is_some_and(|c| !c.axed) {
+            self.axe();
+        }
         self.pump()?;
         self.check_suspicion();
         self.check_lost();
@@ -411,6 +430,7 @@ impl Client {
                 self.failovers,
                 self.last_rto_ms,
                 self.recovery.is_some() || !self.conn.as_ref().is_some_and(|c| c.leading),
+                self.axe_pending,
             );
             t.status(&row)?;
         }
@@ -676,7 +696,8 @@ impl Client {
         tracing::info!(epoch, node, position, replayed, "the leader's game leads");
         if let Mode::Terminal(t) = &mut self.mode {
             if first_of_epoch {
-                t.new_game()?;
+                let redraw = t.new_game()?;
+                self.log.push(&redraw);
             }
             let (rows, cols) = t.game_size();
             if let Some(c) = self.leading() {
@@ -763,15 +784,23 @@ impl Client {
         }
     }
 
-    /// Asks the leader's agent to SIGKILL its game.
+    /// Asks the leader's agent to SIGKILL its game, once its spare holds a checkpoint (until
+    /// then, and while no game leads, the axe waits: killing a game whose spare holds nothing
+    /// would lose it).
     fn axe(&mut self) {
-        let Some(c) = self.leading() else {
-            tracing::info!("axe: no game leads now");
+        let synced = self.synced;
+        let Some(c) = self.leading().filter(|c| !c.axed && synced) else {
+            tracing::info!("axe: waits for a leader whose spare holds a checkpoint");
+            self.axe_pending = true;
             return;
         };
         let epoch = c.epoch;
-        if c.send(&ToAgent::Axe) {
+        let sent = c.send(&ToAgent::Axe);
+        if sent {
             c.axed = true;
+        }
+        self.axe_pending = false;
+        if sent {
             self.recovery = Some(Instant::now());
             self.events.note("axe", &[("epoch", Value::from(epoch))]);
         }
@@ -1022,10 +1051,13 @@ fn status_row(
     failovers: u64,
     last_rto_ms: Option<f64>,
     failing_over: bool,
+    axe_pending: bool,
 ) -> String {
     let mut fields = Vec::new();
     if failing_over {
         fields.push("FAILING OVER".to_owned());
+    } else if axe_pending {
+        fields.push("axe waits for the spare".to_owned());
     }
     fields.push(format!("{} axe", crate::statusrow::AXE_NAME));
     let rto = last_rto_ms.map_or_else(String::new, |ms| format!(" ({ms:.1}ms)"));
@@ -1033,4 +1065,189 @@ fn status_row(
     fields.push(format!("leader {}", node.unwrap_or("-")));
     fields.push(format!("epoch {epoch}"));
     fields.join("|")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::path::Path;
+
+    use hotspare_cluster::coordinator::NodeInfo;
+    use hotspare_cluster::proto::read_frame;
+
+    use super::*;
+
+    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A headless client (no etcd call is made by what these tests drive).
+    fn client(dir: &Path) -> Client {
+        let script = dir.join("script");
+        ok(std::fs::write(&script, b"jkl..q"));
+        let opts = ClientOptions {
+            etcd: "http://127.0.0.1:1".to_owned(),
+            session: "t".to_owned(),
+            key_file: dir.join("key"),
+            suspect: Duration::from_millis(150),
+            events: Some(dir.join("events")),
+            tetris_args: Vec::new(),
+            headless: Some(HeadlessOptions {
+                script,
+                pace: Duration::ZERO,
+            }),
+            axe_host_fd: None,
+            axe_after: Vec::new(),
+        };
+        let coord = Arc::new(ok(EtcdSession::new(
+            &opts.etcd,
+            &opts.session,
+            Duration::from_secs(1),
+        )));
+        let key = ok(AuthKey::new(vec![1u8; 32]));
+        let (tx, rx) = mpsc::channel();
+        let events = ok(EventLog::create(opts.events.as_deref()));
+        let feeder = ok(headless::Feeder::new(
+            opts.headless.as_ref().unwrap_or_else(|| panic!("headless")),
+            &[],
+        ));
+        Client::new(&opts, coord, key, tx, rx, events, Mode::Headless(feeder))
+    }
+
+    /// Gives `c` an open connection `id` for `epoch`; returns the agent's end.
+    fn attach(c: &mut Client, id: u64, epoch: Epoch, node: &str) -> TcpStream {
+        let l = ok(TcpListener::bind("127.0.0.1:0"));
+        let writer = ok(TcpStream::connect(ok(l.local_addr())));
+        let (agent, _) = ok(l.accept());
+        c.conn = Some(Conn {
+            id,
+            node: node.to_owned(),
+            epoch,
+            writer: Some(writer),
+            leading: false,
+            axed: false,
+            end_sent: false,
+            last_heard: Instant::now(),
+        });
+        agent
+    }
+
+    fn leader(name: &str, epoch: Epoch) -> LeaderChange {
+        LeaderChange::Elected(Leader {
+            node: NodeInfo {
+                name: name.to_owned(),
+                stream_addr: String::new(),
+                client_addr: "127.0.0.1:1".to_owned(),
+                state: NodeState::Primary { epoch },
+            },
+            epoch,
+        })
+    }
+
+    fn events(dir: &Path) -> Vec<Value> {
+        std::fs::read_to_string(dir.join("events"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    #[test]
+    fn frames_of_a_lower_epoch_are_refused_once_a_higher_one_is_known() {
+        let dir = ok(tempfile::tempdir());
+        let mut c = client(dir.path());
+        let _agent = attach(&mut c, 1, 5, "a");
+        ok(c.on_frame(
+            1,
+            ToClient::Leading {
+                epoch: 5,
+                node: "a".into(),
+                position: 0,
+            },
+        ));
+        ok(c.on_frame(
+            1,
+            ToClient::Output {
+                epoch: 5,
+                bytes: b"x".to_vec(),
+            },
+        ));
+        assert_eq!(c.output, b"x");
+        // etcd names a newer leader: epoch 5 is deposed, whatever its agent still says.
+        c.on_leader(leader("b", 7));
+        ok(c.on_frame(
+            1,
+            ToClient::Output {
+                epoch: 5,
+                bytes: b"y".to_vec(),
+            },
+        ));
+        ok(c.on_frame(
+            1,
+            ToClient::Ended {
+                epoch: 5,
+                finished: true,
+                output: b"{}\n".to_vec(),
+            },
+        ));
+        assert_eq!(c.output, b"x", "output of a deposed epoch was taken");
+        assert!(c.end.is_none(), "a deposed epoch ended the session");
+        let ev = events(dir.path());
+        let refused: Vec<&Value> = ev.iter().filter(|e| e["event"] == "refused").collect();
+        assert_eq!(refused.len(), 2, "{ev:?}");
+        assert!(refused.iter().all(|e| e["epoch"] == 5 && e["highest"] == 7));
+        let leaders: Vec<u64> = ev
+            .iter()
+            .filter(|e| e["event"] == "leader")
+            .filter_map(|e| e["epoch"].as_u64())
+            .collect();
+        assert_eq!(leaders, [5, 7]);
+    }
+
+    #[test]
+    fn a_new_leader_is_given_the_log_from_the_position_its_game_accounts_for() {
+        let dir = ok(tempfile::tempdir());
+        let mut c = client(dir.path());
+        // Six inputs were given to epoch 5's game, which died.
+        c.log.push(b"jkl..q");
+        c.log.gave(6);
+        c.on_leader(leader("b", 7));
+        let mut agent = attach(&mut c, 2, 7, "b");
+        // Its successor's state accounts for two of them.
+        ok(c.on_frame(
+            2,
+            ToClient::Leading {
+                epoch: 7,
+                node: "b".into(),
+                position: 2,
+            },
+        ));
+        ok(c.pump());
+        // Nothing before its spare holds a checkpoint.
+        assert_eq!(c.log.given(), 2);
+        ok(c.on_frame(
+            2,
+            ToClient::Heartbeat {
+                epoch: 7,
+                position: 2,
+                spare_synced: true,
+            },
+        ));
+        ok(c.pump());
+        let keys: ToAgent = ok(read_frame(&mut agent));
+        assert_eq!(
+            keys,
+            ToAgent::Keys {
+                offset: 2,
+                bytes: b"l..q".to_vec()
+            }
+        );
+        assert_eq!(c.log.given(), 6);
+        let first: Vec<Value> = events(dir.path())
+            .into_iter()
+            .filter(|e| e["event"] == "first_output")
+            .collect();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0]["epoch"], 7);
+    }
 }

@@ -24,6 +24,8 @@ use crate::{sys, vt};
 pub const HOST_AXE_KEY: u8 = 0x02;
 /// The byte ^C sends.
 const CTRL_C: u8 = 0x03;
+/// Enters the alternate screen and clears it.
+const ENTER_ALT_SCREEN: &[u8] = b"\x1b[?1049h\x1b[H\x1b[2J";
 
 /// What the user's keys ask for.
 #[derive(Debug, PartialEq, Eq)]
@@ -160,11 +162,17 @@ impl Terminal {
         Ok(())
     }
 
-    /// Another game takes the screen: the dead one's last frame may stop mid-sequence.
-    pub fn new_game(&mut self) -> anyhow::Result<()> {
+    /// Another game takes the screen: the dead one's last frame may stop mid-sequence. A game
+    /// reached after it started drew its first screen (and entered the alternate screen) for
+    /// nobody: the client enters the alternate screen itself and asks the game for a full
+    /// redraw (the key the game's ^L is, a key like any other in the log).
+    pub fn new_game(&mut self) -> anyhow::Result<Vec<u8>> {
         Self::write(self.tracker.cut())?;
+        if !self.tracker.alt_screen() {
+            self.forward(ENTER_ALT_SCREEN)?;
+        }
         self.row_dirty = true;
-        Ok(())
+        Ok(vec![tetris::rules::CTRL_L])
     }
 
     /// Draws the status row when the game's screen is up, between sequences, and the row may
