@@ -278,7 +278,6 @@ fn a_headless_game_on_two_agents_prints_what_tetris_headless_prints() {
         ended.len() == 1 && ended[0]["finished"] == true,
         "one ended event, finished: {ended:?}\n{logs}"
     );
-    eprintln!("{logs}");
     assert!(
         named(&ev, "refused").is_empty(),
         "refusals without a fault\n{logs}"

@@ -695,10 +695,10 @@ impl Client {
         let replayed = self.log.resume_at(position);
         tracing::info!(epoch, node, position, replayed, "the leader's game leads");
         if let Mode::Terminal(t) = &mut self.mode {
-            if first_of_epoch {
-                let redraw = t.new_game()?;
-                self.log.push(&redraw);
-            }
+            // A new game, or the same one reached again after a break: either way what it
+            // drew meanwhile was shown to nobody.
+            let redraw = t.new_game()?;
+            self.log.push(&redraw);
             let (rows, cols) = t.game_size();
             if let Some(c) = self.leading() {
                 c.send(&ToAgent::Resize { rows, cols });
