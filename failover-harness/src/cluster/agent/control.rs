@@ -357,10 +357,11 @@ impl Control {
                     json!({"epoch":epoch,"promoted":true,"after":old.epoch}),
                 );
                 self.phase = Phase::Primary { epoch, game };
-                self.after_win(keeper, epoch);
+                // The slot first: the old primary's agent, starting over, wants it.
                 if let Err(e) = self.coord.release_spare(slot) {
                     tracing::warn!(error = %e, "cannot give the spare slot up");
                 }
+                self.after_win(keeper, epoch);
             }
             Ok(Campaign::Lost(l)) => {
                 if l.epoch > old.epoch && l.node.name != self.me.name {
