@@ -122,6 +122,8 @@ impl Cluster {
         .arg(&self.key)
         .arg("--events")
         .arg(self.path(&format!("{name}.events")))
+        // A terminal game's high scores stay in the test's directory.
+        .env("TETRIS_SCORES", self.path("scores"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(ok(std::fs::File::create(
@@ -231,10 +233,10 @@ fn assert_epochs_grow(all: &[Value], logs: &str) {
     );
 }
 
-/// A script of `len` inputs drawn from `seed` that does not end the game early: moves,
-/// rotations and timer expiries, no drops (pieces land by the timer alone).
+/// A script of `len` inputs drawn from `seed` that does not end the game early: mostly moves
+/// and rotations, a timer expiry in ten (a piece lands every ~200 inputs), no drops.
 fn moves(seed: u64, len: usize) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"jkl......\n";
+    const ALPHABET: &[u8] = b"jjjkkklll.\n";
     let mut rng = tetris::rng::SplitMix64::new(seed);
     (0..len)
         .map(|_| ALPHABET[rng.below(ALPHABET.len() as u64) as usize])
@@ -579,8 +581,16 @@ fn the_client_on_a_terminal_shows_the_board_and_its_status_row_and_axes_the_lead
         "no game screen after the failover:\n{}",
         s.contents()
     );
-    // Quit: the terminal is the user's again.
+    // Quit, past the scores: the terminal is the user's again, as it was.
     ok(s.send(b"q"));
+    let prompt = s.wait_for_text(tetris::scores::SEE_SCORES_PROMPT, timeout);
+    assert!(prompt.is_ok(), "no scores prompt:\n{}", s.contents());
+    ok(s.send(b"\r"));
     let status = ok(s.wait_exit(timeout));
     assert!(status.success(), "{status:?}\n{}", c.logs());
+    assert_eq!(&ok(s.termios()), s.initial_termios());
+    assert!(
+        !s.screen().alternate_screen(),
+        "the alternate screen is left"
+    );
 }
