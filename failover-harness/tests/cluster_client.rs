@@ -603,11 +603,14 @@ fn the_client_on_a_terminal_shows_the_board_and_its_status_row_and_axes_the_lead
         s.contents(),
         c.logs()
     );
-    let first = row(&s);
-    let (node, _) = c
+    let (node, epoch) = c
         .leader()
         .unwrap_or_else(|| panic!("no leader\n{}", c.logs()));
-    assert!(first.contains(&format!("leader {node}")), "{first}");
+    let want = format!("leader {node}|epoch {epoch}");
+    let named = s.wait_for("the leader on the row", timeout, |s| {
+        screen_row(s).contains(&want)
+    });
+    assert!(named.is_ok(), "{want:?} not on the row: {:?}", row(&s));
     drop(axe_w);
     // The host-axe key names the leader's host on the pipe (`play --hosts` axes it).
     ok(s.send(b"\x02"));
