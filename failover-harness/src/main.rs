@@ -1,6 +1,7 @@
 //! `failover-harness`: see `failover-harness --help` and the crate documentation.
 
 mod cli;
+mod hosts_cli;
 
 use std::ffi::OsString;
 use std::io::Write as _;
@@ -99,6 +100,9 @@ fn play_command(args: &PlayArgs) -> anyhow::Result<ExitCode> {
     if let Some(code) = check_game_options(&tetris_args) {
         return Ok(code);
     }
+    if args.hosts {
+        return hosts_cli::play(tetris_args);
+    }
     let chaos = match args.chaos {
         Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
         Some(s) => anyhow::bail!("--chaos wants a positive number of seconds, not {s}"),
@@ -176,6 +180,9 @@ fn status_command(args: &StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bench_command(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.hosts {
+        return hosts_cli::bench(args);
+    }
     let result = bench::bench(&BenchOptions {
         trials: args.trials,
         mode: args.mode.mode(),

@@ -1,3 +1,8 @@
 //! Cluster mode's commands (see `docs/CLUSTER.md`): the per-host agent, the user's client,
 //! and the test rig of hosts in network namespaces. The coordination layer they share (etcd,
 //! epochs, fences, frames) is crate `hotspare-cluster`.
+
+pub mod bench_hosts;
+pub mod hosts;
+pub mod hosts_events;
+pub mod play_hosts;
