@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use failover_harness::cluster::bench_hosts::{
-    self, Fault, HeadlessGame, RECOVERY_WAIT, SETTLE_WAIT, Whole, agent_events,
-    fault_and_recover, long_script,
+    self, Fault, HeadlessGame, RECOVERY_WAIT, SETTLE_WAIT, Whole, agent_events, fault_and_recover,
+    long_script,
 };
 use failover_harness::cluster::hosts::{CLIENT_HOST, HostsOptions, HostsRig, wait_for};
 use failover_harness::cluster::hosts_events::{self, Outside};
@@ -136,7 +136,15 @@ fn nemesis(
                 tally.faults, whole.primary, whole.epoch, whole.spare
             );
             tally.faults += 1;
-            strike(rig, &mut game, kind, &whole, &mut rng, &mut outside, &mut tally);
+            strike(
+                rig,
+                &mut game,
+                kind,
+                &whole,
+                &mut rng,
+                &mut outside,
+                &mut tally,
+            );
             std::thread::sleep(Duration::from_millis(rng.below(300)));
         }
         let end = ok(game.finish(rig, Duration::from_secs(120)));
@@ -243,7 +251,10 @@ fn strike(
             let st = ok(rig.status());
             ok(rig.heal());
             let cut = if both { "|" } else { "->" };
-            eprintln!("  {from}{cut}{to} for {hold:?}: failover {moved}, epoch {}", st.epoch);
+            eprintln!(
+                "  {from}{cut}{to} for {hold:?}: failover {moved}, epoch {}",
+                st.epoch
+            );
             if moved || st.epoch != epoch {
                 tally.wrong_failovers.push(format!(
                     "{from}{cut}{to} alone for {hold:?} made a failover (epoch {epoch} -> {})",
@@ -328,9 +339,11 @@ fn the_rig_elects_a_new_etcd_leader_when_the_leader_member_is_axed_and_restarts_
     let mut rig = ok(HostsRig::new(opts));
     let first = ok(rig.etcd_leader());
     ok(rig.axe(&first));
-    let second = ok(wait_for("a new etcd leader", Duration::from_secs(10), || {
-        Ok(rig.etcd_leader().ok())
-    }));
+    let second = ok(wait_for(
+        "a new etcd leader",
+        Duration::from_secs(10),
+        || Ok(rig.etcd_leader().ok()),
+    ));
     assert_ne!(first, second, "the axed member still leads");
     ok(rig.heal());
     ok(rig.restart_dead());

@@ -386,7 +386,8 @@ pub fn bench_hosts(opts: &HostsBenchOptions) -> anyhow::Result<HostsBenchResult>
         let game_no = result.games;
         result.games += 1;
         let script = long_script(opts.seed ^ game_no, opts.inputs_per_game);
-        let mut game = HeadlessGame::start(&rig, "bench", opts.seed + game_no, &script, opts.pace_us)?;
+        let mut game =
+            HeadlessGame::start(&rig, "bench", opts.seed + game_no, &script, opts.pace_us)?;
         let mut outside = Vec::new();
         let done = |r: &HostsBenchResult| {
             r.rto_ms.len() + usize::try_from(r.unrecovered).unwrap_or(0) >= opts.trials as usize
@@ -472,9 +473,11 @@ pub fn fault_and_recover(
         }
     };
     let recovered = wait_for("a new epoch at the client", RECOVERY_WAIT, || {
-        Ok(hosts_events::first_output_above(&game.client_events(), epoch)
-            .map(Some)
-            .or_else(|| (!game.running()).then_some(None)))
+        Ok(
+            hosts_events::first_output_above(&game.client_events(), epoch)
+                .map(Some)
+                .or_else(|| (!game.running()).then_some(None)),
+        )
     })
     .ok()
     .flatten();
@@ -488,9 +491,10 @@ pub fn fault_and_recover(
             if let Some(pid) = stopped {
                 // Its agent kills it when deposed; give it that moment before continuing.
                 let _ = wait_for("the stopped game's end", Duration::from_secs(3), || {
-                    Ok((!std::path::Path::new(&format!("/proc/{pid}")).exists()
-                        || is_zombie(pid))
-                    .then_some(()))
+                    Ok(
+                        (!std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid))
+                            .then_some(()),
+                    )
                 });
                 let t = rig.cont(pid);
                 outside.push(Outside::Continued { pid, t_us: t });

@@ -123,7 +123,10 @@ enum Etcd {
     /// Kept for its Drop, which stops it.
     One { _server: EtcdProcess },
     /// The members and their `--initial-cluster`.
-    Three { members: Vec<Member>, cluster: String },
+    Three {
+        members: Vec<Member>,
+        cluster: String,
+    },
 }
 
 /// An agent host and its agent process.
@@ -573,7 +576,12 @@ impl HostsRig {
             cmd.args(["--name", &m.name])
                 .arg("--data-dir")
                 .arg(&data)
-                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
                 .args(["--listen-peer-urls", &peer])
                 .args(["--initial-advertise-peer-urls", &peer])
                 .args(["--initial-cluster", cluster])

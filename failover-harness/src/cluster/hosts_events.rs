@@ -187,6 +187,9 @@ pub fn violations(agents: &[Event], client: &[Event], outside: &[Outside]) -> Ve
     out
 }
 
+/// A node's current game: its pid, and once it leads, its epoch and when it began to.
+type NodeGame = (Option<u32>, Option<(u64, u64)>);
+
 /// Every game that led an epoch, with the intervals in which it ran.
 fn primary_games(agents: &[Event], outside: &[Outside]) -> Vec<PrimaryGame> {
     let mut by_node: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
@@ -197,8 +200,8 @@ fn primary_games(agents: &[Event], outside: &[Outside]) -> Vec<PrimaryGame> {
     for (node, mut events) in by_node {
         events.sort_by_key(|e| e.t_us);
         // The node's game now: its pid and, once it leads, its epoch and start.
-        let mut current: Option<(Option<u32>, Option<(u64, u64)>)> = None;
-        let mut close = |cur: Option<(Option<u32>, Option<(u64, u64)>)>, end: u64| {
+        let mut current: Option<NodeGame> = None;
+        let mut close = |cur: Option<NodeGame>, end: u64| {
             if let Some((pid, Some((epoch, from)))) = cur {
                 games.push((node.to_owned(), pid, epoch, from, end));
             }
@@ -300,13 +303,18 @@ mod tests {
 
     #[test]
     fn parses_the_contract_line() {
-        let e = parse(r#"{"t_us":12,"node":"a","event":"game_started","role":"spare","epoch":3,"pid":77}"#)
-            .unwrap_or_else(|| panic!("not parsed"));
+        let e = parse(
+            r#"{"t_us":12,"node":"a","event":"game_started","role":"spare","epoch":3,"pid":77}"#,
+        )
+        .unwrap_or_else(|| panic!("not parsed"));
         assert_eq!(e.t_us, 12);
         assert_eq!(e.node, "a");
         assert_eq!(e.pid, Some(77));
         assert_eq!(e.role.as_deref(), Some("spare"));
-        assert!(parse("{\"t_us\":1,\"ev").is_none(), "a torn line is no event");
+        assert!(
+            parse("{\"t_us\":1,\"ev").is_none(),
+            "a torn line is no event"
+        );
     }
 
     /// a leads 5, its game is killed at 100, b leads 9 at 110: clean.

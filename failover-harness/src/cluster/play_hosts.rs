@@ -52,7 +52,9 @@ pub fn play_hosts(opts: &PlayHostsOptions) -> anyhow::Result<ExitCode> {
     let (mut cmd, _events) = rig.client_command(&args)?;
     // Only the client keeps the write end; it dies with this process.
     sys::prepare_child(&mut cmd, axe_write.as_raw_fd(), false);
-    let child = cmd.spawn().context("starting the client in the client host")?;
+    let child = cmd
+        .spawn()
+        .context("starting the client in the client host")?;
     drop(axe_write);
     let mut client = ClientGuard(Some(child));
     let (tx, rx) = mpsc::channel::<String>();
