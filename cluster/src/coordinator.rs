@@ -6,6 +6,9 @@
 //!   create_revision is the epoch**, a fencing token that only grows: a new incarnation of the
 //!   key always gets a higher revision than any before it;
 //! - `nodes/<name>`: each agent's addresses, with its lease;
+//! - `spare`: the name of the node whose game is the spare, held with that agent's lease and
+//!   taken with a create-if-absent txn (one spare at a time, however many nodes stand by);
+//! - `history/<epoch>`: who led each epoch (kept: `status` counts failovers from it);
 //! - `suspect/<epoch>`: the client's word that it hears nothing from that epoch's primary (the
 //!   second witness of the fast path, see `docs/CLUSTER.md`).
 //!
@@ -90,6 +93,15 @@ pub enum Campaign {
     Lost(Leader),
 }
 
+/// What an attempt at the spare slot found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpareSlot {
+    /// We hold it; the slot key's create_revision (to release exactly this incarnation).
+    Taken(i64),
+    /// This node holds it.
+    Held(String),
+}
+
 /// A change of leadership seen by a watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaderChange {
@@ -136,6 +148,14 @@ pub trait Coordinator {
     fn record_leader(&self, epoch: Epoch, node: &str) -> Result<(), CoordError>;
     /// Every leader so far, oldest first: (epoch, node).
     fn history(&self) -> Result<Vec<(Epoch, String)>, CoordError>;
+    /// Takes the spare slot (`spare`) for node `name` if nobody holds it (one txn,
+    /// `create_revision(spare) == 0`, the key held with `lease`): exactly one node's game is
+    /// the session's spare at a time.
+    fn take_spare(&self, name: &str, lease: LeaseId) -> Result<SpareSlot, CoordError>;
+    /// Gives the spare slot up if it is still the incarnation `revision` took; whether it was.
+    fn release_spare(&self, revision: i64) -> Result<bool, CoordError>;
+    /// The node holding the spare slot, if any.
+    fn spare_holder(&self) -> Result<Option<String>, CoordError>;
 }
 
 /// One session's keys in one etcd cluster.
@@ -193,6 +213,29 @@ impl EtcdSession {
 }
 
 impl Coordinator for EtcdSession {
+    fn take_spare(&self, name: &str, lease: LeaseId) -> Result<SpareSlot, CoordError> {
+        match self
+            .client
+            .create(self.key("spare").as_bytes(), name.as_bytes(), Some(lease))?
+        {
+            Created::Won(rev) => Ok(SpareSlot::Taken(rev)),
+            Created::Held(kv) => Ok(SpareSlot::Held(
+                String::from_utf8_lossy(&kv.value).into_owned(),
+            )),
+        }
+    }
+
+    fn release_spare(&self, revision: i64) -> Result<bool, CoordError> {
+        Ok(self
+            .client
+            .delete_if_created(self.key("spare").as_bytes(), revision)?)
+    }
+
+    fn spare_holder(&self) -> Result<Option<String>, CoordError> {
+        let (kv, _) = self.client.get(self.key("spare").as_bytes())?;
+        Ok(kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+    }
+
     fn record_leader(&self, epoch: Epoch, node: &str) -> Result<(), CoordError> {
         // Zero-padded, so etcd's key order is the epochs' order.
         let key = self.key(&format!("history/{epoch:020}"));

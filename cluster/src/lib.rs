@@ -25,4 +25,6 @@ pub mod proto;
 pub mod server;
 pub mod status;
 
-pub use coordinator::{Campaign, Coordinator, Epoch, EtcdSession, Leader, LeaderChange, NodeInfo};
+pub use coordinator::{
+    Campaign, Coordinator, Epoch, EtcdSession, Leader, LeaderChange, NodeInfo, SpareSlot,
+};

@@ -216,6 +216,36 @@ impl Rig {
         })
     }
 
+    /// Runs `f` on a new thread inside host `name`'s network namespace, without waiting for
+    /// it (the caller keeps the rig, to inflict faults meanwhile); threads `f` starts are in
+    /// the namespace too.
+    pub fn spawn_in_host<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<Result<T, RigError>>, RigError> {
+        let ns = self.host(name)?.ns.clone();
+        let path = format!("/run/netns/{ns}");
+        let file = File::open(&path).map_err(|source| RigError::Enter {
+            ns: ns.clone(),
+            source,
+        })?;
+        std::thread::Builder::new()
+            .name(format!("in-{name}"))
+            .spawn(move || {
+                // setns with CLONE_NEWNET moves only this thread.
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| RigError::Enter {
+                    ns,
+                    source: e.into(),
+                })?;
+                Ok(f())
+            })
+            .map_err(|source| RigError::Enter {
+                ns: name.to_owned(),
+                source,
+            })
+    }
+
     /// Drops every packet from `from` on its arrival at `to` (a one-way partition).
     pub fn partition_one_way(&mut self, from: &str, to: &str) -> Result<(), RigError> {
         let src = self.host(from)?.ip.clone();

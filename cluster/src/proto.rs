@@ -48,6 +48,12 @@ pub enum ToAgent {
     Axe,
     /// A signal for the game (^C, ^Z...) by number.
     Signal(i32),
+    /// The key log ends at `offset` (a headless script's end): once the game has every byte
+    /// before it, its input is closed, and a headless game prints its result and ends.
+    EndInput {
+        /// The key log's length.
+        offset: u64,
+    },
 }
 
 /// From an agent to the client.

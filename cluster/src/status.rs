@@ -12,7 +12,8 @@ pub struct ClusterStatus {
     pub epoch: Epoch,
     /// The node holding the leader key now; `None` during a failover.
     pub primary: Option<String>,
-    /// A node whose spare holds a checkpoint, if any (else one that is a spare at all).
+    /// The holder of the spare slot, if its game holds a checkpoint (its agent published
+    /// `Spare { synced: true }`); else `None`.
     pub spare: Option<String>,
     /// Leaders after the first.
     pub failovers: u64,
@@ -24,12 +25,14 @@ impl ClusterStatus {
         let leader = coord.leader()?;
         let history = coord.history()?;
         let nodes = coord.nodes()?;
+        let holder = coord.spare_holder()?;
         let primary = leader.as_ref().map(|l| l.node.name.clone());
-        let spares = || nodes.iter().filter(|n| Some(&n.name) != primary.as_ref());
-        let spare = spares()
-            .find(|n| n.state == NodeState::Spare { synced: true })
-            .or_else(|| spares().find(|n| matches!(n.state, NodeState::Spare { .. })))
-            .map(|n| n.name.clone());
+        let spare = holder.filter(|h| {
+            Some(h) != primary.as_ref()
+                && nodes
+                    .iter()
+                    .any(|n| &n.name == h && n.state == NodeState::Spare { synced: true })
+        });
         let epoch = history
             .iter()
             .map(|(e, _)| *e)

@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use hotspare_cluster::coordinator::{
-    Campaign, Coordinator, EtcdSession, LeaderChange, NodeInfo, NodeState,
+    Campaign, Coordinator, EtcdSession, LeaderChange, NodeInfo, NodeState, SpareSlot,
 };
 use hotspare_cluster::etcd::{Client, Created, WatchEvent};
 use hotspare_cluster::server::{EtcdProcess, available_for_tests};
@@ -254,12 +254,16 @@ fn status_counts_failovers_from_the_history_and_names_a_synced_spare() {
     };
     ok(s.record_leader(e1, "a"));
     let lease_b = ok(s.grant(5));
+    let lease_c = ok(s.grant(5));
     let mut b = node("b");
     b.state = NodeState::Spare { synced: true };
     ok(s.register(&b, lease_b));
+    let Ok(SpareSlot::Taken(b_slot)) = s.take_spare("b", lease_b) else {
+        panic!("b could not take the free spare slot")
+    };
     let mut c = node("c");
-    c.state = NodeState::Spare { synced: false };
-    ok(s.register(&c, lease_b));
+    c.state = NodeState::Spare { synced: true };
+    ok(s.register(&c, lease_c));
     let st = ok(ClusterStatus::read(&s));
     assert_eq!(
         (
@@ -268,7 +272,8 @@ fn status_counts_failovers_from_the_history_and_names_a_synced_spare() {
             st.spare.as_deref(),
             st.failovers
         ),
-        (e1, Some("a"), Some("b"), 0)
+        (e1, Some("a"), Some("b"), 0),
+        "the spare is the slot's holder, not any synced node"
     );
     // a dies: during the failover nobody leads, the epoch stays the latest leader's.
     ok(s.revoke(lease_a));
@@ -277,7 +282,15 @@ fn status_counts_failovers_from_the_history_and_names_a_synced_spare() {
     let Campaign::Won(e2) = ok(s.campaign(&node("b"), lease_b)) else {
         panic!("lost")
     };
+    assert!(ok(s.release_spare(b_slot)));
     ok(s.record_leader(e2, "b"));
+    // c takes the slot, but its game holds no checkpoint yet: no spare.
+    c.state = NodeState::Spare { synced: false };
+    ok(s.register(&c, lease_c));
+    assert!(matches!(
+        s.take_spare("c", lease_c),
+        Ok(SpareSlot::Taken(_))
+    ));
     let st = ok(ClusterStatus::read(&s));
     assert_eq!(
         (
@@ -286,10 +299,47 @@ fn status_counts_failovers_from_the_history_and_names_a_synced_spare() {
             st.spare.as_deref(),
             st.failovers
         ),
-        (e2, Some("b"), Some("c"), 1)
+        (e2, Some("b"), None, 1)
+    );
+    c.state = NodeState::Spare { synced: true };
+    ok(s.register(&c, lease_c));
+    let st = ok(ClusterStatus::read(&s));
+    assert_eq!(
+        st.to_json(),
+        format!(r#"{{"epoch":{e2},"primary":"b","spare":"c","failovers":1}}"#)
     );
     assert_eq!(
         ok(s.history()),
         vec![(e1, "a".to_owned()), (e2, "b".to_owned())]
     );
+}
+
+#[test]
+fn the_spare_slot_has_one_holder_until_its_lease_ends_or_it_is_released() {
+    let Some((_dir, server)) = etcd() else { return };
+    let s = session(&server, "slot");
+    assert_eq!(ok(s.spare_holder()), None);
+    let lease_b = ok(s.grant(5));
+    let lease_c = ok(s.grant(5));
+    let Ok(SpareSlot::Taken(rev)) = s.take_spare("b", lease_b) else {
+        panic!("the free slot was not taken")
+    };
+    assert_eq!(
+        ok(s.take_spare("c", lease_c)),
+        SpareSlot::Held("b".to_owned())
+    );
+    assert_eq!(ok(s.spare_holder()).as_deref(), Some("b"));
+    // The slot's end with b's lease frees it for c; b's stale release cannot remove c's.
+    ok(s.revoke(lease_b));
+    let Ok(SpareSlot::Taken(rev_c)) = s.take_spare("c", lease_c) else {
+        panic!("the slot of a revoked lease stayed taken")
+    };
+    assert!(rev_c > rev);
+    assert!(
+        !ok(s.release_spare(rev)),
+        "a stale release removed a newer holder"
+    );
+    assert_eq!(ok(s.spare_holder()).as_deref(), Some("c"));
+    assert!(ok(s.release_spare(rev_c)));
+    assert_eq!(ok(s.spare_holder()), None);
 }

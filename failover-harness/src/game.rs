@@ -7,7 +7,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 
@@ -60,6 +60,9 @@ pub struct Setup {
     pub stats_ms: u64,
     /// The games' `TERM`, where no user's terminal is involved (else the caller's).
     pub term: Option<&'static str>,
+    /// More variables for every game, set last (a cluster agent's `HS_*` addresses, keys and
+    /// descriptors).
+    pub env: Vec<(String, OsString)>,
 }
 
 impl Setup {
@@ -73,6 +76,7 @@ impl Setup {
             mode,
             stats_ms,
             term: None,
+            env: Vec::new(),
         })
     }
 }
@@ -114,6 +118,20 @@ impl Game {
         name: &str,
         extra: &[OsString],
     ) -> anyhow::Result<Game> {
+        Self::spawn_keeping(setup, role, epoch, io, name, extra, &[])
+    }
+
+    /// [`Game::spawn`], the child also inheriting the (close-on-exec here) descriptors
+    /// `inherit` under their own numbers (a cluster spare's promote and silence pipes).
+    pub fn spawn_keeping(
+        setup: &Setup,
+        role: &Role,
+        epoch: u64,
+        io: Io,
+        name: &str,
+        extra: &[OsString],
+        inherit: &[RawFd],
+    ) -> anyhow::Result<Game> {
         let (status_read, status_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .context("cannot create a status pipe")?;
         // The game writes blocking: a full pipe only holds up its stats thread.
@@ -141,6 +159,11 @@ impl Game {
                 status_write.as_raw_fd().to_string(),
             )
             .env(tetris::status::STATS_MS_ENV, setup.stats_ms.to_string());
+        for (k, v) in &setup.env {
+            cmd.env(k, v);
+        }
+        let mut keep = vec![status_write.as_raw_fd()];
+        keep.extend_from_slice(inherit);
         let mut stderr_path = None;
         let mut pty = None;
         match io {
@@ -150,7 +173,7 @@ impl Game {
                     .with_context(|| format!("cannot create {}", path.display()))?;
                 cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(err);
                 stderr_path = Some(path);
-                sys::prepare_child(&mut cmd, status_write.as_raw_fd(), false);
+                sys::prepare_child(&mut cmd, keep, false);
             }
             Io::Pty(rows, cols) => {
                 let (master, slave) = open_pty(rows, cols)?;
@@ -161,7 +184,7 @@ impl Game {
                     slave.try_clone().context("cannot dup the pty slave")?,
                 ))
                 .stderr(Stdio::from(slave));
-                sys::prepare_child(&mut cmd, status_write.as_raw_fd(), true);
+                sys::prepare_child(&mut cmd, keep, true);
                 pty = Some(master);
             }
         }

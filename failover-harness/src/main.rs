@@ -14,7 +14,9 @@ use failover_harness::control;
 use failover_harness::play::{self, PlayOptions};
 use failover_harness::run::{self, RunOptions};
 
-use crate::cli::{BenchArgs, Cli, Command, PlayArgs, RunArgs, SessionArgs, StatusArgs};
+use crate::cli::{
+    AgentArgs, BenchArgs, Cli, ClientArgs, Command, PlayArgs, RunArgs, SessionArgs, StatusArgs,
+};
 
 /// Environment variable: a file for the harness's log (never the terminal).
 const LOG_ENV: &str = "FAILOVER_HARNESS_LOG";
@@ -44,6 +46,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Axe(args) => axe_command(&args),
         Command::Status(args) => status_command(&args),
         Command::BenchFailover(args) => bench_command(&args),
+        Command::Agent(args) => agent_command(&args),
+        Command::Client(args) => client_command(&args),
         Command::Game { .. } => Ok(ExitCode::FAILURE),
     }
 }
@@ -136,16 +140,59 @@ fn axe_command(args: &SessionArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn agent_command(args: &AgentArgs) -> anyhow::Result<ExitCode> {
+    use failover_harness::cluster::agent::{self, AgentOptions};
+    agent::run(&AgentOptions {
+        etcd: args.etcd.clone(),
+        session: args.session.clone(),
+        name: args.name.clone(),
+        listen: args.listen,
+        key_file: args.key_file.clone(),
+        suspect: std::time::Duration::from_millis(args.suspect_ms),
+        ttl_s: args.ttl_s,
+        events: args.events.clone(),
+        tetris: args.tetris.clone(),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cluster_status_command(etcd: &str, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    use failover_harness::cluster::status;
+    let session = args.session.as_deref().unwrap_or_default();
+    let s = status::read(etcd, session)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", s.to_json())?;
+    } else {
+        writeln!(out, "{}", status::human(session, &s))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn status_command(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    if let Some(etcd) = &args.etcd {
+        return cluster_status_command(etcd, args);
+    }
+    let session = SessionArgs {
+        session: args
+            .session
+            .as_deref()
+            .map(|s| {
+                s.parse::<u32>().with_context(|| {
+                    format!("--session {s:?}: a play session's pid (or use --etcd for a cluster)")
+                })
+            })
+            .transpose()?,
+    };
     if args.events {
-        let v = answer("events", &args.session)?;
+        let v = answer("events", &session)?;
         let mut out = std::io::stdout().lock();
         for line in v["events"].as_array().into_iter().flatten() {
             writeln!(out, "{}", line.as_str().unwrap_or_default())?;
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let v = answer("status", &args.session)?;
+    let v = answer("status", &session)?;
     let s: control::Status =
         serde_json::from_value(v).context("the session's status has another shape")?;
     let mut out = std::io::stdout().lock();
@@ -195,4 +242,37 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         write!(out, "{}", result.report())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn client_command(args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    use failover_harness::cluster::client::{self, ClientOptions, HeadlessOptions};
+    let tetris_args = args.tetris_args();
+    let mut check = tetris_args.clone();
+    if args.headless {
+        check.push("--headless".into());
+    }
+    if let Some(code) = check_game_options(&check) {
+        return Ok(code);
+    }
+    let tetris_args = tetris_args
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| anyhow::anyhow!("the game's argument {a:?} is not UTF-8"))
+        })
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    client::client(&ClientOptions {
+        etcd: args.etcd.clone(),
+        session: args.session.clone(),
+        key_file: args.key_file.clone(),
+        suspect: std::time::Duration::from_millis(args.suspect_ms),
+        events: args.events.clone(),
+        tetris_args,
+        headless: args.script.clone().map(|script| HeadlessOptions {
+            script,
+            pace: std::time::Duration::from_micros(args.pace_us),
+        }),
+        axe_host_fd: args.axe_host_fd,
+        axe_after: args.axe_after.clone(),
+    })
 }

@@ -27,11 +27,12 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Arranges for `command`'s child to keep descriptor `keep` open across `exec` (it is
-/// close-on-exec in the harness, so no other child inherits it) and, with `own_terminal`, to
+/// Arranges for `command`'s child to keep the descriptors `keep` open across `exec` (they
+/// are close-on-exec in the harness, so no other child inherits them) and, with
+/// `own_terminal`, to
 /// run in a new session whose controlling terminal is its stdin (a pty slave), so the
 /// terminal's signals and SIGWINCH reach it.
-pub fn prepare_child(command: &mut Command, keep: RawFd, own_terminal: bool) {
+pub fn prepare_child(command: &mut Command, keep: Vec<RawFd>, own_terminal: bool) {
     let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(libc::pid_t::MAX);
     let setup = move || -> io::Result<()> {
         // A game must not outlive the harness that logs its input: SIGKILL it when the
@@ -52,15 +53,17 @@ pub fn prepare_child(command: &mut Command, keep: RawFd, own_terminal: bool) {
             let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
             Errno::result(rc).map_err(io::Error::from)?;
         }
-        // SAFETY: F_SETFD with 0 only clears this descriptor's close-on-exec flag in the
-        // child (the parent's copy keeps it).
-        let rc = unsafe { libc::fcntl(keep, libc::F_SETFD, 0) };
-        Errno::result(rc).map_err(io::Error::from)?;
+        for &fd in &keep {
+            // SAFETY: F_SETFD with 0 only clears this descriptor's close-on-exec flag in the
+            // child (the parent's copy keeps it).
+            let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+            Errno::result(rc).map_err(io::Error::from)?;
+        }
         Ok(())
     };
     // SAFETY: the closure runs between fork and exec, where only async-signal-safe work is
-    // allowed: it makes five raw system calls, allocates nothing and takes no lock (an
-    // error from a raw OS error number allocates nothing either).
+    // allowed: it makes raw system calls, allocates nothing (it only reads the vector it
+    // owns) and takes no lock (an error from a raw OS error number allocates nothing either).
     unsafe {
         command.pre_exec(setup);
     }

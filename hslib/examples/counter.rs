@@ -235,6 +235,12 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
                 "the primary stopped on purpose; so does its spare"
             );
         }
+        Outcome::Dismissed { checkpoint } => {
+            tracing::info!(
+                ?checkpoint,
+                "the supervisor let this spare go without an order"
+            );
+        }
     }
     Ok(())
 }

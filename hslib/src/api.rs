@@ -11,8 +11,15 @@
 //!   purpose) the spare ends too. Otherwise the primary died: the spare is promoted: it copies
 //!   the last completed checkpoint into its regions at the same addresses, restores the
 //!   registered descriptors and signal handlers, opens the link as the new primary (new
-//!   epoch, the same listening address for the next spare) and calls the worker directly,
-//!   never `main()`.
+//!   epoch, listening where [`HotSpare::listen_addr`] / [`HotSpare::listen_name`] say, by
+//!   default the address it connected to) and calls the worker directly, never `main()`.
+//! - **cluster spare** (a spare given an order descriptor, [`HotSpare::promote_fd`],
+//!   `HS_PROMOTE_FD`): the same, except that it never takes over on its own. A stream that
+//!   ends (the primary died, an error, a deadline) leaves it holding its last whole
+//!   checkpoint, waiting; it takes over only on the order `promote <EPOCH>`, with exactly that
+//!   epoch, even while the stream is still open (it stops reading it). End of file on the
+//!   descriptor ends it with [`Outcome::Dismissed`]; a refused order is
+//!   [`HsError::PromoteRefused`]. See [`crate::orders`].
 //! - **resume**: rebuild the last complete checkpoint from a checkpoint log and continue from
 //!   it as a promoted spare would, appending to the same log.
 //!
@@ -26,8 +33,15 @@
 //! `HS_HEARTBEAT_MS` (a primary's idle stream gets a heartbeat this often; default 100),
 //! `HS_SUSPECT_MS` (a spare that hears nothing for this long reports it; default 300) and
 //! `HS_SILENCE_FD` (the descriptor a spare writes that report to: `{"silent_ms":N}`, then
-//! `{"heard":true}`; see [`crate::silence`]). A spare never takes over because its primary is
-//! silent: only when its stream ends. Every value is checked; a bad one is an [`HsError::Config`] naming the variable and value.
+//! `{"heard":true}`, and `{"holding":C,"epoch":E}` when it first holds a whole checkpoint of
+//! a session; see [`crate::silence`]). A spare never takes over because its primary is
+//! silent: only when its stream ends (or, with `HS_PROMOTE_FD=N`, on the order read from
+//! descriptor N). `HS_LISTEN_ADDR` (tcp) and `HS_LISTEN_NAME` (unix, a name in
+//! `HS_SOCKET_DIR`) say where a primary, fresh or promoted, listens for its spares when that
+//! is not the address a spare connects to (`HS_TCP_ADDR`, `HS_SOCKET_NAME`): a promoted game
+//! listens at its own address at once instead of waiting for its dead primary's to be
+//! released. Every value is checked; a bad one is an [`HsError::Config`] naming the variable
+//! and value.
 //!
 //! A failed [`Context::checkpoint`] loses nothing: the pages its scan reported are carried
 //! into the next checkpoint (and when the scan itself failed, the next checkpoint is full),
@@ -35,6 +49,7 @@
 
 use std::error::Error;
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -46,6 +61,7 @@ use crate::link::{self, AckWait, Link, LinkConfig, LinkError, LinkProbe, LinkSta
 use crate::meta::{
     Blobs, FdRegistry, Handler, LostConnection, MetaError, MetadataRef, RegionInfo, SignalRegistry,
 };
+use crate::orders::{Order, Orders};
 use crate::region::{Region, RegionError, RegionId, Slot};
 use crate::replica::{Committed, Replica, ReplicaConfig, ReplicaError};
 use crate::session::{self, SessionError};
@@ -72,6 +88,13 @@ pub const ENV_SOCKET_DIR: &str = "HS_SOCKET_DIR";
 pub const ENV_SOCKET_NAME: &str = "HS_SOCKET_NAME";
 /// Environment variable: the TCP address (listen as primary, connect as spare).
 pub const ENV_TCP_ADDR: &str = "HS_TCP_ADDR";
+/// Environment variable: where a primary (fresh or promoted) listens for spares over TCP,
+/// if not at `HS_TCP_ADDR`.
+pub const ENV_LISTEN_ADDR: &str = "HS_LISTEN_ADDR";
+/// Environment variable: the Unix socket name (in `HS_SOCKET_DIR`) a primary (fresh or
+/// promoted) listens at, if not `HS_SOCKET_NAME`.
+pub const ENV_LISTEN_NAME: &str = "HS_LISTEN_NAME";
+pub use crate::orders::ENV_PROMOTE_FD;
 /// Environment variable: the checkpoint log for the `file` transport.
 pub const ENV_LOG_FILE: &str = "HS_LOG_FILE";
 /// Environment variable: the epoch of a primary (a promoted spare uses one above every epoch
@@ -166,6 +189,16 @@ pub enum HsError {
         "the primary died before its first checkpoint reached this spare: nothing to take over"
     )]
     NothingToPromote,
+    /// As cluster spare: the supervisor's order on the promote descriptor was refused (not
+    /// an order, an epoch not above every epoch this spare saw, no whole checkpoint held, or
+    /// the descriptor could not be read). A game exits with status 3 for it.
+    #[error("promote order {order:?} refused: {why}")]
+    PromoteRefused {
+        /// The order as read.
+        order: String,
+        /// Why it was refused.
+        why: String,
+    },
     /// No worker was given.
     #[error("no worker was registered")]
     NoWorker,
@@ -217,6 +250,12 @@ pub enum Outcome<T = ()> {
     },
     /// As spare: the primary finished on purpose; nothing to take over.
     PrimaryFinished {
+        /// The last checkpoint replicated.
+        checkpoint: Option<u64>,
+    },
+    /// As cluster spare ([`HotSpare::promote_fd`]): the order descriptor reached its end
+    /// before any order, so the spare ended without taking over (a game exits 0, silently).
+    Dismissed {
         /// The last checkpoint replicated.
         checkpoint: Option<u64>,
     },
@@ -280,6 +319,12 @@ pub struct HotSpare<T = ()> {
     suspect: Duration,
     /// The descriptor a spare reports silences on.
     silence_fd: Option<RawFd>,
+    /// Where a primary listens over TCP, if not at the link's address.
+    listen_addr: Option<SocketAddr>,
+    /// The Unix socket name a primary listens at, if not the link's.
+    listen_name: Option<String>,
+    /// A cluster spare's order descriptor.
+    promote_fd: Option<RawFd>,
 }
 
 impl<T> std::fmt::Debug for HotSpare<T> {
@@ -321,6 +366,9 @@ impl HotSpare<()> {
             log_max_bytes: Some(link::DEFAULT_LOG_MAX_BYTES),
             suspect: silence::DEFAULT_SUSPECT,
             silence_fd: None,
+            listen_addr: None,
+            listen_name: None,
+            promote_fd: None,
         }
     }
 }
@@ -367,6 +415,9 @@ impl<T> HotSpare<T> {
             log_max_bytes: self.log_max_bytes,
             suspect: self.suspect,
             silence_fd: self.silence_fd,
+            listen_addr: self.listen_addr,
+            listen_name: self.listen_name,
+            promote_fd: self.promote_fd,
         }
     }
 
@@ -453,6 +504,28 @@ impl<T> HotSpare<T> {
         self
     }
 
+    /// Over TCP: where this process listens for spares as primary, fresh or promoted (default:
+    /// the link's address, the one a spare connects to).
+    pub fn listen_addr(mut self, addr: Option<SocketAddr>) -> Self {
+        self.listen_addr = addr;
+        self
+    }
+
+    /// Over a Unix socket: the name (in the link's directory) this process listens at as
+    /// primary, fresh or promoted (default: the link's name, the one a spare connects to).
+    /// One path component.
+    pub fn listen_name(mut self, name: Option<&str>) -> Self {
+        self.listen_name = name.map(str::to_owned);
+        self
+    }
+
+    /// As spare: take over only on the order `promote <EPOCH>` read from descriptor `fd`
+    /// (a cluster agent's), never because the stream ended; see [`crate::orders`].
+    pub fn promote_fd(mut self, fd: Option<RawFd>) -> Self {
+        self.promote_fd = fd;
+        self
+    }
+
     /// Forces a tracking backend instead of probing (and `HS_TRACKER`).
     pub fn tracker(mut self, backend: Backend) -> Self {
         self.tracker = Some(backend);
@@ -509,6 +582,9 @@ impl<T> HotSpare<T> {
         let log_max_bytes = var(link::ENV_LOG_MAX_BYTES);
         let suspect = var(silence::ENV_SUSPECT_MS);
         let silence_fd = var(silence::ENV_SILENCE_FD);
+        let listen_addr = var(ENV_LISTEN_ADDR);
+        let listen_name = var(ENV_LISTEN_NAME);
+        let promote_fd = var(ENV_PROMOTE_FD);
         utf8?;
         let millis = |name: &'static str, v: &str| {
             v.parse::<u64>()
@@ -536,20 +612,37 @@ impl<T> HotSpare<T> {
             })?;
             self.log_max_bytes = (bytes > 0).then_some(bytes);
         }
-        if let Some(v) = silence_fd {
+        let open_fd = |name: &'static str, v: &str| {
             let fd: RawFd = v
                 .parse()
                 .ok()
                 .filter(|&fd| fd >= 0)
-                .ok_or_else(|| bad(silence::ENV_SILENCE_FD, &v, "a descriptor number"))?;
-            crate::sys::fd::cloexec(fd).map_err(|e| {
-                bad(
-                    silence::ENV_SILENCE_FD,
-                    &v,
-                    &format!("the descriptor is not open ({e})"),
-                )
-            })?;
-            self.silence_fd = Some(fd);
+                .ok_or_else(|| bad(name, v, "a descriptor number"))?;
+            crate::sys::fd::cloexec(fd)
+                .map_err(|e| bad(name, v, &format!("the descriptor is not open ({e})")))?;
+            Ok::<_, HsError>(fd)
+        };
+        if let Some(v) = silence_fd {
+            self.silence_fd = Some(open_fd(silence::ENV_SILENCE_FD, &v)?);
+        }
+        if let Some(v) = promote_fd {
+            self.promote_fd = Some(open_fd(ENV_PROMOTE_FD, &v)?);
+        }
+        if let Some(a) = listen_addr {
+            self.listen_addr =
+                Some(a.parse().map_err(|e: std::net::AddrParseError| {
+                    bad(ENV_LISTEN_ADDR, &a, &e.to_string())
+                })?);
+        }
+        if let Some(v) = &listen_name {
+            if !plain_name(v) {
+                return Err(bad(
+                    ENV_LISTEN_NAME,
+                    v,
+                    "a socket name is one path component",
+                ));
+            }
+            self.listen_name = Some(v.clone());
         }
         // A key is bytes, not text.
         let key = get(transport::tcp::KEY_ENV)
@@ -568,15 +661,14 @@ impl<T> HotSpare<T> {
                 _ => return Err(bad(ENV_ROLE, &v, "use standalone, primary or spare")),
             };
         }
-        if let Some(v) = &socket_name {
-            let plain = !v.contains('/') && v != "." && v != "..";
-            if !plain {
-                return Err(bad(
-                    ENV_SOCKET_NAME,
-                    v,
-                    "a socket name is one path component",
-                ));
-            }
+        if let Some(v) = &socket_name
+            && !plain_name(v)
+        {
+            return Err(bad(
+                ENV_SOCKET_NAME,
+                v,
+                "a socket name is one path component",
+            ));
         }
         if let Some(v) = transport {
             self.link = match v.as_str() {
@@ -640,6 +732,7 @@ impl<T> HotSpare<T> {
             value: self.epoch.to_string(),
             why: why.to_owned(),
         })?;
+        self.listening()?;
         let regions = self
             .regions
             .iter()
@@ -689,6 +782,49 @@ impl<T> HotSpare<T> {
                 self.restored(regions, committed, epoch)
             }
         }
+    }
+
+    /// The link a primary opens: the configured one, at the listening address or name when
+    /// one is set. A listening address for another transport is a configuration error.
+    fn listening(&self) -> Result<LinkConfig, HsError> {
+        let mismatch = |what, value: String, transport| HsError::Config {
+            what,
+            value,
+            why: format!(
+                "it is for the {transport} transport, but the link is {:?}",
+                self.link
+            ),
+        };
+        if let Some(addr) = self.listen_addr
+            && !matches!(self.link, LinkConfig::Tcp { .. })
+        {
+            return Err(mismatch(ENV_LISTEN_ADDR, addr.to_string(), "tcp"));
+        }
+        if let Some(name) = &self.listen_name
+            && !matches!(self.link, LinkConfig::Unix { .. })
+        {
+            return Err(mismatch(ENV_LISTEN_NAME, name.clone(), "unix"));
+        }
+        if let Some(name) = &self.listen_name
+            && !plain_name(name)
+        {
+            return Err(HsError::Config {
+                what: ENV_LISTEN_NAME,
+                value: name.clone(),
+                why: "a socket name is one path component".to_owned(),
+            });
+        }
+        Ok(match (&self.link, self.listen_addr, &self.listen_name) {
+            (LinkConfig::Tcp { config, .. }, Some(addr), _) => LinkConfig::Tcp {
+                addr,
+                config: config.clone(),
+            },
+            (LinkConfig::Unix { dir, .. }, _, Some(name)) => LinkConfig::Unix {
+                dir: dir.clone(),
+                name: name.clone(),
+            },
+            (link, _, _) => link.clone(),
+        })
     }
 
     fn context(&mut self, regions: Vec<Region>) -> Result<Context, HsError> {
@@ -744,7 +880,7 @@ impl<T> HotSpare<T> {
             heartbeat: self.heartbeat,
             log_max_bytes: self.log_max_bytes,
         };
-        let link = Link::open(&self.link, params)?;
+        let link = Link::open(&self.listening()?, params)?;
         tracing::info!(link = link.describe(), epoch, role = ?self.role, "link open");
         // A fresh primary in sync mode waits for its first spare; a promoted or resumed one
         // goes on at once (the user is waiting) and its next spare catches up with a full
@@ -837,11 +973,20 @@ impl<T> HotSpare<T> {
         }
     }
 
-    fn connect_retrying(&self, wait: Duration) -> Result<Box<dyn Endpoint>, HsError> {
+    /// Connects to the primary, retrying for `wait`; a cluster spare stops trying once its
+    /// order (or the end of its order descriptor) arrived (`Ok(None)`).
+    fn connect_retrying(
+        &self,
+        wait: Duration,
+        orders: Option<&Orders>,
+    ) -> Result<Option<Box<dyn Endpoint>>, HsError> {
         let start = Instant::now();
         loop {
+            if orders.is_some_and(Orders::arrived) {
+                return Ok(None);
+            }
             match self.connect() {
-                Ok(ep) => return Ok(ep),
+                Ok(ep) => return Ok(Some(ep)),
                 Err(e @ HsError::Config { .. }) => return Err(e),
                 Err(e) if start.elapsed() >= wait => {
                     return Err(HsError::NoPrimary {
@@ -857,15 +1002,36 @@ impl<T> HotSpare<T> {
 
     fn spare(self, regions: Vec<Region>) -> Result<Outcome<T>, HsError> {
         let mut replica = Replica::new(ReplicaConfig::default());
-        let mut ep = self.connect_retrying(self.spare_wait)?;
+        let orders = match self.promote_fd {
+            Some(fd) => Some(Orders::start(fd).map_err(|e| HsError::Config {
+                what: ENV_PROMOTE_FD,
+                value: fd.to_string(),
+                why: format!("no thread to read the orders: {e}"),
+            })?),
+            None => None,
+        };
         let mut watch = SilenceWatch::new(self.suspect, self.silence_fd);
-        loop {
+        let mut next = self.connect_retrying(self.spare_wait, orders.as_ref())?;
+        while let Some(mut ep) = next.take() {
+            if let Some(o) = &orders {
+                let armed = o.watch_stream(&*ep).map_err(|e| HsError::Config {
+                    what: ENV_PROMOTE_FD,
+                    value: ep.describe(),
+                    why: format!("no second handle on the stream for the order to cut: {e}"),
+                })?;
+                if !armed {
+                    break;
+                }
+            }
             let served = session::serve_spare_watched(
                 &mut replica,
                 &mut ep,
                 HANDSHAKE_TIMEOUT,
                 Some(&mut watch),
             );
+            if let Some(o) = &orders {
+                o.unwatch();
+            }
             if replica.said_goodbye() {
                 return Ok(Outcome::PrimaryFinished {
                     checkpoint: replica.checkpoint(),
@@ -879,20 +1045,40 @@ impl<T> HotSpare<T> {
                 Err(_) => false,
             };
             tracing::info!(?served, primary_gone, checkpoint = ?replica.checkpoint(), "stream from the primary ended");
+            let _ = ep.shutdown();
+            // Our connection's descriptor must not hold a number the restore wants.
+            drop(ep);
+            if orders.as_ref().is_some_and(Orders::arrived) {
+                break;
+            }
             if !primary_gone {
                 // A refused stream: the primary lives; a new session brings a full checkpoint.
-                let _ = ep.shutdown();
                 match self.connect() {
-                    Ok(e) => {
-                        ep = e;
-                        continue;
-                    }
+                    Ok(e) => next = Some(e),
                     Err(e) => tracing::info!(error = %e, "the primary does not answer any more"),
                 }
             }
-            // Our connection's descriptor must not hold a number the restore wants.
-            drop(ep);
-            return self.promote(regions, replica);
+        }
+        match &orders {
+            None => self.promote(regions, replica),
+            // A cluster spare waits for its order, whatever became of the stream.
+            Some(o) => match o.wait() {
+                Order::Promote(epoch) => self.promote_to(regions, replica, epoch),
+                Order::Dismissed => {
+                    tracing::info!(checkpoint = ?replica.checkpoint(), "dismissed without an order");
+                    Ok(Outcome::Dismissed {
+                        checkpoint: replica.checkpoint(),
+                    })
+                }
+                Order::Junk(line) => Err(HsError::PromoteRefused {
+                    order: line,
+                    why: "not an order: the only order is `promote <EPOCH>`".to_owned(),
+                }),
+                Order::Failed(why) => Err(HsError::PromoteRefused {
+                    order: String::new(),
+                    why,
+                }),
+            },
         }
     }
 
@@ -904,6 +1090,45 @@ impl<T> HotSpare<T> {
             None => Err(HsError::NothingToPromote),
         }
     }
+
+    /// Promotes a cluster spare on its order: exactly `epoch`, which must be above every
+    /// epoch the spare saw, from the last whole checkpoint it holds.
+    fn promote_to(
+        self,
+        regions: Vec<Region>,
+        replica: Replica,
+        epoch: u64,
+    ) -> Result<Outcome<T>, HsError> {
+        let refused = |why: String| HsError::PromoteRefused {
+            order: format!("promote {epoch}"),
+            why,
+        };
+        if let Err(why) = check_epoch(epoch) {
+            return Err(refused(why.to_owned()));
+        }
+        let seen = replica.highest_epoch().unwrap_or(0);
+        if epoch <= seen {
+            return Err(refused(format!(
+                "epoch {epoch} is not above epoch {seen}, the highest this spare saw"
+            )));
+        }
+        let Some(committed) = replica.into_committed() else {
+            return Err(refused(
+                "this spare holds no whole checkpoint to take over from".to_owned(),
+            ));
+        };
+        tracing::info!(
+            epoch,
+            checkpoint = committed.checkpoint,
+            "promoted by order"
+        );
+        self.role(Role::Primary).restored(regions, committed, epoch)
+    }
+}
+
+/// Whether a socket name is one path component.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && name != "." && name != ".."
 }
 
 /// Why `epoch` cannot be a primary's: 0 is no epoch (a restored process takes the one above

@@ -13,6 +13,7 @@
 //! - [`session`]: opening a session (the hello handshake) with bounded waits.
 //! - [`replica`]: the spare's image, changed only by whole, validated checkpoints.
 //! - [`silence`]: the spare's watch on its primary's silence (heartbeats stopped).
+//! - [`orders`]: a cluster spare's orders (`promote <EPOCH>`) from its supervisor.
 //! - [`snapshot`]: a checkpoint taken by copying the dirty pages or by `fork()`.
 //! - [`link`]: the primary's sender, ack reader and spare acceptor threads.
 //! - [`api`]: [`HotSpare`] (regions, worker, roles, modes) and [`Context::checkpoint`].
@@ -25,6 +26,7 @@ pub mod fault;
 mod fault;
 pub mod link;
 pub mod meta;
+pub mod orders;
 pub mod region;
 pub mod replica;
 pub mod runs;

@@ -731,6 +731,17 @@ impl Replica {
         })
     }
 
+    /// [`serve`](Self::serve), with each ack sent by `send(stream, epoch, sequence, ack)`
+    /// (e.g. to note the first commit of a session as well). After a failed send no other
+    /// ack is sent, and the reading goes on.
+    pub fn serve_with<S: Read + Write>(
+        &mut self,
+        stream: &mut S,
+        send: impl FnMut(&mut S, u64, u64, &Ack) -> Result<(), WireError>,
+    ) -> StreamEnd {
+        self.run(stream, send)
+    }
+
     /// Rebuilds from a recorded stream (a checkpoint log): like [`serve`](Self::serve)
     /// without acks. A torn tail ends the replay at the last complete commit.
     pub fn replay(&mut self, log: &mut impl Read) -> StreamEnd {

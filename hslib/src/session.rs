@@ -3,6 +3,7 @@
 //! then receives checkpoints without a time limit (a primary may idle between checkpoints;
 //! it sends heartbeats meanwhile, and a watched spare notices their absence).
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use crate::replica::{Replica, ReplicaError, StreamEnd};
@@ -113,7 +114,8 @@ pub fn serve_spare<E: Endpoint>(
 /// [`serve_spare`], with the primary's silences watched by `watch` (if given): after the
 /// hello, reads wake up every [`SilenceWatch::tick`] instead of blocking without limit, and
 /// a silence of the watch's suspect time is reported. Silence never ends the session: only
-/// the stream's end does.
+/// the stream's end does. The session's first whole checkpoint is reported too (the
+/// `holding` line, see [`crate::silence`]).
 pub fn serve_spare_watched<E: Endpoint>(
     replica: &mut Replica,
     endpoint: &mut E,
@@ -171,5 +173,23 @@ pub fn serve_spare_watched<E: Endpoint>(
     endpoint
         .set_read_timeout(Some(watch.tick()))
         .map_err(timeout_err)?;
-    Ok(replica.serve(&mut Watched::new(endpoint, watch)))
+    // The first commit of a session (this one, or one a new hello opens on the same stream)
+    // is told on the watch's report descriptor: the spare holds a whole checkpoint.
+    let mut told = false;
+    Ok(replica.serve_with(
+        &mut Watched::new(endpoint, watch),
+        |w, epoch, sequence, ack| {
+            let sent = wire::write_ack(w, epoch, sequence, ack)
+                .and_then(|()| w.flush().map_err(WireError::Io));
+            match ack.acked {
+                Acked::Hello => told = false,
+                Acked::Commit if !told => {
+                    told = true;
+                    w.watch().holding(ack.checkpoint, epoch);
+                }
+                Acked::Commit => {}
+            }
+            sent
+        },
+    ))
 }

@@ -4,6 +4,10 @@
 //! on the report descriptor its supervisor gave it ([`ENV_SILENCE_FD`]): one line
 //! `{"silent_ms":N}`; when the stream speaks again, one line `{"heard":true}`. An idle primary
 //! sends heartbeats (every 100 ms by default), so silence means a stopped or cut-off primary.
+//! The same descriptor also gets `{"holding":C,"epoch":E}` each time the spare first holds a
+//! whole checkpoint in a new stream session (C its number, E the primary's epoch): from then on
+//! the spare can take over (a cluster agent campaigns only for a spare that said so). Every
+//! line is one JSON object on one line.
 //!
 //! Silence is only reported: a spare takes over when its stream *ends*, never because it is
 //! silent (a stopped primary must be killed by its supervisor first, or it would come back
@@ -69,6 +73,17 @@ impl SilenceWatch {
         }
     }
 
+    /// The spare holds checkpoint `checkpoint` of the session of epoch `epoch`, its first
+    /// whole one in that session: says so on the report descriptor.
+    pub fn holding(&mut self, checkpoint: u64, epoch: u64) {
+        tracing::info!(
+            checkpoint,
+            epoch,
+            "holding a whole checkpoint of the session"
+        );
+        self.write(format!("{{\"holding\":{checkpoint},\"epoch\":{epoch}}}\n").as_bytes());
+    }
+
     /// A read timed out: report the silence once it reaches the suspect time.
     fn quiet(&mut self) {
         let silent_for = self.last.elapsed();
@@ -103,6 +118,11 @@ impl<'a, S> Watched<'a, S> {
     /// `inner`, watched by `watch` (its read timeout should be [`SilenceWatch::tick`]).
     pub fn new(inner: &'a mut S, watch: &'a mut SilenceWatch) -> Self {
         Self { inner, watch }
+    }
+
+    /// The watch.
+    pub fn watch(&mut self) -> &mut SilenceWatch {
+        self.watch
     }
 }
 

@@ -82,6 +82,9 @@ fn child_role() {
             let out = std::env::var("HANG_GOODBYE").expect("a spare expecting a goodbye");
             std::fs::write(out, format!("{checkpoint:?}")).expect("write");
         }
+        Outcome::Dismissed { checkpoint } => {
+            panic!("dismissed at {checkpoint:?}, but no promote descriptor was given")
+        }
     }
 }
 
@@ -272,7 +275,13 @@ fn a_stopped_primarys_silence_is_reported_and_cleared() {
             .map_err(|e| e.to_string())
     });
     wait_for_file(&synced);
-    // Idle, heartbeating: no report over several suspect times.
+    // The spare says once that it holds the session's first whole checkpoint...
+    let line = lines.recv_timeout(PATIENCE).expect("the holding line");
+    assert!(
+        line.starts_with("{\"holding\":") && line.ends_with(",\"epoch\":1}"),
+        "not a holding line: {line:?}"
+    );
+    // ... and then, idle, heartbeating: no report over several suspect times.
     if let Ok(line) = lines.recv_timeout(suspect * 4) {
         panic!("a spare of an idle but live primary reported {line:?}");
     }

@@ -20,8 +20,13 @@ use crate::{play, scores, store};
 /// Environment variable: a file to append hslib's log to (it never goes to the terminal).
 pub const LOG_ENV: &str = "TETRIS_LOG";
 
+/// The exit status of a cluster spare that refused its promote order (hslib's
+/// [`HsError::PromoteRefused`]): its agent tells it from the game's own failures.
+pub const EXIT_PROMOTE_REFUSED: u8 = 3;
+
 /// Runs `tetris` with `args` (the program name first); errors are reported on stderr as
-/// `tetris: ...` and give a failure exit code.
+/// `tetris: ...` and give a failure exit code ([`EXIT_PROMOTE_REFUSED`] for a refused
+/// promote order, 1 otherwise).
 pub fn main_with_args<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
@@ -31,7 +36,14 @@ where
         Ok(code) => code,
         Err(e) => {
             eprintln!("tetris: {}", user_message(&e));
-            ExitCode::FAILURE
+            let refused = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref(), Some(HsError::PromoteRefused { .. })));
+            if refused {
+                ExitCode::from(EXIT_PROMOTE_REFUSED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -48,7 +48,9 @@ pub fn state_address() -> anyhow::Result<usize> {
 /// How a run of the binary ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ran {
-    /// This process was a spare and its primary ended the game on purpose: nothing to show.
+    /// This process was a spare and ended without playing: its primary ended the game on
+    /// purpose, or (a cluster spare) its agent closed the order descriptor without an order.
+    /// Nothing to show.
     SpareDone,
     /// The game was played here to its end (fresh, resumed or promoted).
     Played {
@@ -119,7 +121,8 @@ pub fn run(options: &Options) -> anyhow::Result<Ran> {
         hs = hs.role(Role::Resume(path.clone()));
     }
     let (results, restored, link) = match hs.run()? {
-        Outcome::PrimaryFinished { .. } => return Ok(Ran::SpareDone),
+        // A spare whose primary finished, or a cluster spare let go without an order.
+        Outcome::PrimaryFinished { .. } | Outcome::Dismissed { .. } => return Ok(Ran::SpareDone),
         Outcome::Finished {
             value,
             restored,

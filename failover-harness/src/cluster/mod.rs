@@ -2,7 +2,10 @@
 //! and the test rig of hosts in network namespaces. The coordination layer they share (etcd,
 //! epochs, fences, frames) is crate `hotspare-cluster`.
 
+pub mod agent;
 pub mod bench_hosts;
+pub mod client;
 pub mod hosts;
 pub mod hosts_events;
 pub mod play_hosts;
+pub mod status;

@@ -35,10 +35,16 @@ impl LocalLauncher {
     }
 }
 
-impl Launcher for LocalLauncher {
-    type Node = LocalNode;
-
-    fn launch(&mut self, role: &hslib::Role, epoch: u64, name: &str) -> anyhow::Result<LocalNode> {
+impl LocalLauncher {
+    /// [`Launcher::launch`], the game also inheriting the descriptors `inherit` (a cluster
+    /// spare's promote and silence pipes).
+    pub fn launch_keeping(
+        &mut self,
+        role: &hslib::Role,
+        epoch: u64,
+        name: &str,
+        inherit: &[std::os::fd::RawFd],
+    ) -> anyhow::Result<LocalNode> {
         let (extra, stats_path) = match self.io {
             Io::Pipes => {
                 let path = self.setup.link.path(&format!("{name}.stats"));
@@ -47,7 +53,7 @@ impl Launcher for LocalLauncher {
             }
             Io::Pty(..) => (Vec::new(), None),
         };
-        let game = Game::spawn(&self.setup, role, epoch, self.io, name, &extra)?;
+        let game = Game::spawn_keeping(&self.setup, role, epoch, self.io, name, &extra, inherit)?;
         Ok(LocalNode {
             name: name.to_owned(),
             game,
@@ -56,6 +62,19 @@ impl Launcher for LocalLauncher {
             in_game_mode: false,
             stats_path,
         })
+    }
+
+    /// The setup its games share.
+    pub fn setup_mut(&mut self) -> &mut Setup {
+        &mut self.setup
+    }
+}
+
+impl Launcher for LocalLauncher {
+    type Node = LocalNode;
+
+    fn launch(&mut self, role: &hslib::Role, epoch: u64, name: &str) -> anyhow::Result<LocalNode> {
+        self.launch_keeping(role, epoch, name, &[])
     }
 
     fn resumed_at(&self, resumed: &Resumed) -> u64 {

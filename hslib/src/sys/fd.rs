@@ -123,3 +123,18 @@ pub fn write_all_raw(fd: RawFd, mut buf: &[u8]) -> Result<(), Errno> {
     }
     Ok(())
 }
+
+/// Reads at most `buf.len()` bytes from descriptor number `fd` (one the process was given by
+/// number, such as a supervisor's order pipe), retrying after signals; 0 at end of file.
+pub fn read_raw(fd: RawFd, buf: &mut [u8]) -> Result<usize, Errno> {
+    loop {
+        // SAFETY: `buf` is a writable slice of `buf.len()` bytes; a number that is not open
+        // is answered with EBADF.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        match Errno::result(n) {
+            Ok(n) => return Ok(n as usize),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
