@@ -15,7 +15,8 @@
 //! - **primary**: its game dies: revoke the lease at once (the spare's watch fires) and start
 //!   over as a spare of the next leader; the lease fenced, or the leader key gone or another's:
 //!   SIGKILL the game at once, start over. A game that ended on purpose (a finished headless
-//!   game) keeps its lease: the session is over, and nobody takes over a finished game.
+//!   game) keeps its lease: the session is over, and nobody takes over a finished game; its
+//!   spare, told goodbye, ends too (exit status 0), and its agent starts no other.
 //!
 //! Watch events carry revisions: a change older than the leadership it would end (a deletion
 //! before our own key was created) is stale and ignored.
@@ -30,7 +31,7 @@ use hotspare_cluster::{Campaign, Coordinator, Epoch, EtcdSession, Leader, Leader
 use serde_json::json;
 
 use super::events::Events;
-use super::game::Mailbox;
+use super::wake::Mailbox;
 use super::{AgentOptions, GameConfig, Order, Report};
 
 /// The longest any one etcd call of the control thread may take.
@@ -77,6 +78,9 @@ enum Phase {
     Primary { epoch: Epoch, game: u64 },
     /// Its game led `epoch` and ended on purpose: the session is over.
     Finished { epoch: Epoch },
+    /// Its spare's primary finished the game: the session is over (the slot stays held, so
+    /// no other node starts a spare of a finished game).
+    Over,
 }
 
 /// The control thread.
@@ -139,11 +143,14 @@ impl Control {
             let next = self.incarnation(&keeper)?;
             match next {
                 Next::Revoke => {
+                    // On this thread's connection, warm from its last calls (the keeper's own
+                    // has been idle since the grant); the keeper stops after.
                     let lease = keeper.lease();
-                    match keeper.revoke() {
+                    match self.coord.revoke(lease) {
                         Ok(()) => self.events.emit("revoked", json!({"lease":lease.0})),
                         Err(e) => tracing::warn!(error = %e, "revoking the lease failed"),
                     }
+                    drop(keeper);
                 }
                 Next::Drop => drop(keeper),
             }
@@ -267,7 +274,7 @@ impl Control {
                 }
                 None
             }
-            Phase::Idle => None,
+            Phase::Idle | Phase::Over => None,
         }
     }
 
@@ -300,6 +307,20 @@ impl Control {
             }
             (Phase::Spare { game, silent, .. }, Report::Heard { game: g }) if *game == g => {
                 *silent = false;
+                None
+            }
+            (
+                Phase::Spare { game, .. },
+                Report::Exited {
+                    game: g,
+                    success: true,
+                    ..
+                },
+            ) if *game == g => {
+                // Its primary said goodbye: the game finished on purpose, nobody takes over.
+                tracing::info!("the primary finished the game: the session is over");
+                self.phase = Phase::Over;
+                self.publish(keeper, NodeState::Starting);
                 None
             }
             (

@@ -12,10 +12,13 @@
 //! Client connections are accepted and authenticated by a thread of their own, and each one's
 //! frames are read by a thread of its own ([`service`]), which hand them to the game loop.
 
+pub mod clients;
 pub mod control;
 pub mod events;
 pub mod game;
+pub mod orders;
 pub mod service;
+pub mod wake;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -159,7 +162,7 @@ pub fn run(opts: &AgentOptions) -> anyhow::Result<()> {
     let me = opts.node_info()?;
     let events = Events::open(opts.events.as_deref(), &opts.name)?;
     let (to_game, game_inbox) = mpsc::channel();
-    let waker = game::Waker::new()?;
+    let waker = wake::Waker::new()?;
     let (to_control, control_inbox) = mpsc::channel();
     let service = service::Service::start(opts.listen, &key, to_game.clone(), waker.clone())?;
     let game_loop = game::GameLoop::new(
@@ -180,7 +183,7 @@ pub fn run(opts: &AgentOptions) -> anyhow::Result<()> {
         me,
         control_inbox,
         to_control,
-        game::Mailbox::new(to_game, waker),
+        wake::Mailbox::new(to_game, waker),
         events,
     )?;
     tracing::info!(addr = %service.addr(), "serving clients");
