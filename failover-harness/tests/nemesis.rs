@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use failover_harness::cluster::bench_hosts::{
-    self, Fault, HeadlessGame, RECOVERY_WAIT, SETTLE_WAIT, Whole, agent_events, fault_and_recover,
-    long_script,
+    self, Fault, HeadlessGame, RECOVERY_WAIT, Recovery, SETTLE_WAIT, Whole, agent_events,
+    fault_and_recover, long_script,
 };
 use failover_harness::cluster::hosts::{CLIENT_HOST, HostsOptions, HostsRig, wait_for};
 use failover_harness::cluster::hosts_events::{self, Outside};
@@ -163,11 +163,11 @@ fn nemesis(
         tally.failovers += hosts_events::leaderships(&agent_events(rig))
             .len()
             .saturating_sub(1) as u64;
-        tally.violations.extend(hosts_events::violations(
-            &agent_events(rig),
-            &client,
-            &outside,
-        ));
+        let v = hosts_events::violations(&agent_events(rig), &client, &outside);
+        if !v.is_empty() {
+            eprintln!("game {g}: what the nemesis did: {outside:?}");
+        }
+        tally.violations.extend(v);
     }
     tally
 }
@@ -206,11 +206,11 @@ fn strike(
                 rig, game, fault, &primary, epoch, outside,
             ));
             match rto {
-                Some(ms) => eprintln!("  failover in {ms:.1} ms"),
-                None if game.running() => tally.unrecovered.push(format!(
+                Recovery::Took(ms) => eprintln!("  failover in {ms:.1} ms"),
+                Recovery::TimedOut => tally.unrecovered.push(format!(
                     "{kind:?} of {primary} (epoch {epoch}): no new epoch in {RECOVERY_WAIT:?}"
                 )),
-                None => {}
+                Recovery::GameEnded => eprintln!("  the game ended first"),
             }
         }
         Nemesis::PartitionEtcd => {

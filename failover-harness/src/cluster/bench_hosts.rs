@@ -402,8 +402,9 @@ pub fn bench_hosts(opts: &HostsBenchOptions) -> anyhow::Result<HostsBenchResult>
                 break;
             };
             match fault_and_recover(&mut rig, &mut game, opts.fault, &node, epoch, &mut outside)? {
-                Some(ms) => result.rto_ms.push(ms),
-                None => {
+                Recovery::Took(ms) => result.rto_ms.push(ms),
+                Recovery::GameEnded => {}
+                Recovery::TimedOut => {
                     result.unrecovered += 1;
                     result
                         .problems
@@ -438,9 +439,18 @@ pub fn bench_hosts(opts: &HostsBenchOptions) -> anyhow::Result<HostsBenchResult>
     Ok(result)
 }
 
-/// One fault on `node` (leading `epoch`) and the failover: the ms from the fault to the
-/// client's first output of a newer epoch; `None` if none came in [`RECOVERY_WAIT`] (or the
-/// client ended). The host or game is restored afterwards (heal and restart; SIGCONT once
+/// How a fault ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Recovery {
+    /// The client had output of a newer epoch this many ms after the fault.
+    Took(f64),
+    /// None within [`RECOVERY_WAIT`].
+    TimedOut,
+    /// The client ended first (its game was over).
+    GameEnded,
+}
+
+/// One fault on `node` (leading `epoch`) and the failover (see [`Recovery`]). The host or game is restored afterwards (heal and restart; SIGCONT once
 /// its agent had a moment to kill it). What was done from outside goes to `outside`.
 pub fn fault_and_recover(
     rig: &mut HostsRig,
@@ -449,7 +459,7 @@ pub fn fault_and_recover(
     node: &str,
     epoch: u64,
     outside: &mut Vec<Outside>,
-) -> anyhow::Result<Option<f64>> {
+) -> anyhow::Result<Recovery> {
     let mut stopped = None;
     let t0 = match fault {
         Fault::Kill => {
@@ -475,12 +485,11 @@ pub fn fault_and_recover(
     let recovered = wait_for("a new epoch at the client", RECOVERY_WAIT, || {
         Ok(
             hosts_events::first_output_above(&game.client_events(), epoch)
-                .map(Some)
-                .or_else(|| (!game.running()).then_some(None)),
+                .map(|(t, _)| Recovery::Took(t.saturating_sub(t0) as f64 / 1000.0))
+                .or_else(|| (!game.running()).then_some(Recovery::GameEnded)),
         )
     })
-    .ok()
-    .flatten();
+    .unwrap_or(Recovery::TimedOut);
     match fault {
         Fault::Kill => {}
         Fault::Axe => {
@@ -501,7 +510,7 @@ pub fn fault_and_recover(
             }
         }
     }
-    Ok(recovered.map(|(t, _)| t.saturating_sub(t0) as f64 / 1000.0))
+    Ok(recovered)
 }
 
 fn is_zombie(pid: u32) -> bool {

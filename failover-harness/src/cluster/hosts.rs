@@ -43,6 +43,8 @@ pub const ETCD_PEER_PORT: u16 = 2380;
 pub const CLIENT_HOST: &str = "client";
 /// The agent hosts' names (and their nodes' names), in order.
 pub const AGENT_HOSTS: [&str; 3] = ["a", "b", "c"];
+/// Set to `1` to keep the rig's directory (logs, events, scripts) after the rig ends.
+pub const KEEP_ENV: &str = "HOTSPARE_RIG_KEEP";
 /// How long one etcd call from the rig may take.
 const ETCD_CALL: Duration = Duration::from_millis(500);
 /// How long etcd gets to answer after it is started.
@@ -178,10 +180,15 @@ impl HostsRig {
         names.extend_from_slice(&AGENT_HOSTS[..opts.agents]);
         names.push(CLIENT_HOST);
         let rig = Rig::new(&names).context("building the rig's hosts")?;
+        let keep = std::env::var_os(KEEP_ENV).is_some_and(|v| v == "1");
         let dir = tempfile::Builder::new()
             .prefix("hotspare-hosts-")
+            .disable_cleanup(keep)
             .tempdir()
             .context("making the rig's directory")?;
+        if keep {
+            eprintln!("the rig's files are kept in {}", dir.path().display());
+        }
         let key_file = dir.path().join("key");
         write_key(&key_file)?;
         let host_ip = |name: &str| -> anyhow::Result<String> { Ok(rig.host(name)?.ip.clone()) };

@@ -209,6 +209,14 @@ fn primary_games(agents: &[Event], outside: &[Outside]) -> Vec<PrimaryGame> {
         for e in events {
             match e.event.as_str() {
                 "game_started" => {
+                    // A fresh primary's agent says `leading` just before it starts the game.
+                    if let Some((pid @ None, Some((epoch, _)))) = &mut current
+                        && e.role.as_deref() == Some("primary")
+                        && e.epoch == Some(*epoch)
+                    {
+                        *pid = e.pid;
+                        continue;
+                    }
                     close(current.take(), e.t_us);
                     current = Some((e.pid, None));
                 }
@@ -387,6 +395,22 @@ mod tests {
         assert_eq!(violations(&[], &client, &[]).len(), 2);
         assert_eq!(first_output_above(&client, 5), Some((4, 9)));
         assert_eq!(client_epoch(&client), 9);
+    }
+
+    #[test]
+    fn a_fresh_primary_announced_before_its_game_starts_is_that_game() {
+        let mut started = ev(2, "a", "game_started", Some(5), Some(10));
+        started.role = Some("primary".into());
+        let agents = vec![
+            ev(1, "a", "leading", Some(5), None),
+            started,
+            ev(3, "b", "game_started", Some(5), Some(20)),
+            ev(110, "b", "leading", Some(9), None),
+        ];
+        let killed = [Outside::Killed { pid: 10, t_us: 100 }];
+        assert!(violations(&agents, &[], &killed).is_empty());
+        let v = violations(&agents, &[], &[]);
+        assert_eq!(v.len(), 1, "the game that was never seen to end: {v:?}");
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub fn play_hosts(opts: &PlayHostsOptions) -> anyhow::Result<ExitCode> {
     ]);
     let (mut cmd, _events) = rig.client_command(&args)?;
     // Only the client keeps the write end; it dies with this process.
-    sys::prepare_child(&mut cmd, axe_write.as_raw_fd(), false);
+    sys::prepare_child(&mut cmd, vec![axe_write.as_raw_fd()], false);
     let child = cmd
         .spawn()
         .context("starting the client in the client host")?;
