@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use failover_harness::cluster::bench_hosts::Fault;
 use failover_harness::link::Transport;
 use hslib::Mode;
 
@@ -160,6 +161,11 @@ pub struct PlayArgs {
     /// fail over, when its spare holds a checkpoint; 0: never.
     #[arg(long, value_name = "MS", default_value_t = 1500)]
     pub hang_ms: u64,
+    /// Cluster mode on this machine (root): etcd, two agent hosts and a client host in
+    /// network namespaces; the client plays on this terminal, ^X axes the primary's game,
+    /// the host-axe key its whole host (healed and restarted after a moment).
+    #[arg(long)]
+    pub hosts: bool,
 }
 
 /// `play --help`'s explanation of the status row.
@@ -283,6 +289,21 @@ pub struct BenchArgs {
     /// How primary and spare reach each other.
     #[arg(long, value_enum, default_value = "unix")]
     pub transport: Transport,
+    /// Across hosts (root): builds the namespace rig (etcd, agent hosts, a client host) and
+    /// times the fault to the promoted game's first byte at the client. With --json:
+    /// {"fault":F,"trials":N,"p50_ms":F,"p99_ms":F,"max_ms":F,"lost_inputs":N,"split_brain":N,...}.
+    #[arg(long)]
+    pub hosts: bool,
+    /// With --hosts: what each trial does to the primary.
+    #[arg(long, value_enum, default_value = "kill", requires = "hosts")]
+    pub fault: Fault,
+    /// With --hosts: agent hosts, 2 or 3.
+    #[arg(long, default_value_t = 2, requires = "hosts", value_parser = clap::value_parser!(u8).range(2..=3))]
+    pub hosts_n: u8,
+    /// With --hosts: the agents' and client's --suspect-ms (a large value leaves an axe to
+    /// the lease's expiry).
+    #[arg(long, value_name = "MS", default_value_t = 150, requires = "hosts")]
+    pub suspect_ms: u64,
 }
 
 /// `client`'s options. As with tetris, an option given twice takes its last value.

@@ -1,6 +1,7 @@
 //! `failover-harness`: see `failover-harness --help` and the crate documentation.
 
 mod cli;
+mod hosts_cli;
 
 use std::ffi::OsString;
 use std::io::Write as _;
@@ -106,6 +107,9 @@ fn play_command(args: &PlayArgs) -> anyhow::Result<ExitCode> {
     let tetris_args = args.tetris_args();
     if let Some(code) = check_game_options(&tetris_args) {
         return Ok(code);
+    }
+    if args.hosts {
+        return hosts_cli::play(tetris_args);
     }
     let chaos = match args.chaos {
         Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
@@ -227,6 +231,9 @@ fn status_command(args: &StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bench_command(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.hosts {
+        return hosts_cli::bench(args);
+    }
     let result = bench::bench(&BenchOptions {
         trials: args.trials,
         mode: args.mode.mode(),

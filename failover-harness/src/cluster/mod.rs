@@ -3,5 +3,9 @@
 //! epochs, fences, frames) is crate `hotspare-cluster`.
 
 pub mod agent;
+pub mod bench_hosts;
 pub mod client;
+pub mod hosts;
+pub mod hosts_events;
+pub mod play_hosts;
 pub mod status;
