@@ -35,6 +35,9 @@ pub enum Command {
     /// Cluster mode, one per host: runs this host's game (primary or spare) as etcd decides,
     /// and serves the session's client (see docs/CLUSTER.md).
     Agent(AgentArgs),
+    /// Cluster mode: plays a session whose game runs on whichever host leads (see
+    /// docs/CLUSTER.md); headless with --headless --script FILE.
+    Client(ClientArgs),
     /// Runs a game process (`tetris ARGS`); the harness starts its games this way.
     #[command(hide = true)]
     Game {
@@ -274,4 +277,80 @@ pub struct BenchArgs {
     /// How primary and spare reach each other.
     #[arg(long, value_enum, default_value = "unix")]
     pub transport: Transport,
+}
+
+/// `client`'s options. As with tetris, an option given twice takes its last value.
+#[derive(Debug, Args)]
+#[command(args_override_self = true)]
+pub struct ClientArgs {
+    /// etcd's client endpoints, comma-separated (http://IP:PORT[,...]).
+    #[arg(long, value_name = "URL[,URL]")]
+    pub etcd: String,
+    /// The session's name (letters, digits, '-', '_', '.').
+    #[arg(long, value_name = "S")]
+    pub session: String,
+    /// The shared key's file (at least 32 bytes, not readable by group or others).
+    #[arg(long, value_name = "F")]
+    pub key_file: PathBuf,
+    /// Hearing nothing from the leader for MS milliseconds writes suspect/<epoch> (the
+    /// client's half of the fast path).
+    #[arg(long, value_name = "MS", default_value_t = 150)]
+    pub suspect_ms: u64,
+    /// Write the client's events (leader, first_output, refused, suspect, ended) to FILE as
+    /// JSON lines with CLOCK_MONOTONIC microseconds.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// The game's seed (default: from the OS).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// tetris -l: the level, 1 to 9.
+    #[arg(short = 'l', value_name = "L")]
+    pub level: Option<OsString>,
+    /// tetris -k: the command keys.
+    #[arg(short = 'k', value_name = "KEYS", allow_hyphen_values = true)]
+    pub keys: Option<OsString>,
+    /// tetris -p: show the next piece.
+    #[arg(short = 'p')]
+    pub preview: bool,
+    /// tetris -b: black and white.
+    #[arg(short = 'b')]
+    pub black_and_white: bool,
+    /// Play a script without a terminal and print what `tetris --headless` prints.
+    #[arg(long, requires = "script")]
+    pub headless: bool,
+    /// The headless inputs: one per byte, `.` the fall timer, newlines skipped.
+    #[arg(long, value_name = "FILE", requires = "headless")]
+    pub script: Option<PathBuf>,
+    /// Wait U microseconds between two inputs of the script.
+    #[arg(long, value_name = "U", default_value_t = 0, requires = "headless")]
+    pub pace_us: u64,
+    /// The host-axe key (^B) writes the leader's node name and a newline to this fd.
+    #[arg(long, value_name = "N", hide = true)]
+    pub axe_host_fd: Option<i32>,
+    /// Headless, for tests: axe the leader's game right after the Nth input was given.
+    #[arg(long, value_name = "N,...", value_delimiter = ',', hide = true)]
+    pub axe_after: Vec<u64>,
+}
+
+impl ClientArgs {
+    /// The `tetris` arguments these options make (`--headless` aside).
+    pub fn tetris_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        if let Some(s) = self.seed {
+            a.extend(["--seed".into(), s.to_string().into()]);
+        }
+        if let Some(l) = &self.level {
+            a.extend(["-l".into(), l.clone()]);
+        }
+        if let Some(k) = &self.keys {
+            a.extend(["-k".into(), k.clone()]);
+        }
+        if self.preview {
+            a.push("-p".into());
+        }
+        if self.black_and_white {
+            a.push("-b".into());
+        }
+        a
+    }
 }

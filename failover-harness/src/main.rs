@@ -13,7 +13,9 @@ use failover_harness::control;
 use failover_harness::play::{self, PlayOptions};
 use failover_harness::run::{self, RunOptions};
 
-use crate::cli::{AgentArgs, BenchArgs, Cli, Command, PlayArgs, RunArgs, SessionArgs, StatusArgs};
+use crate::cli::{
+    AgentArgs, BenchArgs, Cli, ClientArgs, Command, PlayArgs, RunArgs, SessionArgs, StatusArgs,
+};
 
 /// Environment variable: a file for the harness's log (never the terminal).
 const LOG_ENV: &str = "FAILOVER_HARNESS_LOG";
@@ -44,6 +46,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status_command(&args),
         Command::BenchFailover(args) => bench_command(&args),
         Command::Agent(args) => agent_command(&args),
+        Command::Client(args) => client_command(&args),
         Command::Game { .. } => Ok(ExitCode::FAILURE),
     }
 }
@@ -232,4 +235,37 @@ fn bench_command(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         write!(out, "{}", result.report())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn client_command(args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    use failover_harness::cluster::client::{self, ClientOptions, HeadlessOptions};
+    let tetris_args = args.tetris_args();
+    let mut check = tetris_args.clone();
+    if args.headless {
+        check.push("--headless".into());
+    }
+    if let Some(code) = check_game_options(&check) {
+        return Ok(code);
+    }
+    let tetris_args = tetris_args
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| anyhow::anyhow!("the game's argument {a:?} is not UTF-8"))
+        })
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    client::client(&ClientOptions {
+        etcd: args.etcd.clone(),
+        session: args.session.clone(),
+        key_file: args.key_file.clone(),
+        suspect: std::time::Duration::from_millis(args.suspect_ms),
+        events: args.events.clone(),
+        tetris_args,
+        headless: args.script.clone().map(|script| HeadlessOptions {
+            script,
+            pace: std::time::Duration::from_micros(args.pace_us),
+        }),
+        axe_host_fd: args.axe_host_fd,
+        axe_after: args.axe_after.clone(),
+    })
 }

@@ -14,17 +14,15 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::fs::File;
-use std::io::Read as _;
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use hslib::Mode;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::Signal;
 
+use crate::engine::input_log::Script;
 use crate::engine::local::LocalLauncher;
 use crate::engine::{Axe, End, Engine, Event, InputPolicy};
 use crate::game::{Io, Setup};
@@ -91,61 +89,6 @@ impl Outcome {
             self.failovers,
             rto.join(",")
         )
-    }
-}
-
-/// The script, read as the game goes.
-struct Script {
-    file: File,
-    path: PathBuf,
-    ended: bool,
-}
-
-impl Script {
-    fn open(path: &Path) -> anyhow::Result<Self> {
-        // A FIFO opens once its writer does (before, it would read as empty); then reads are
-        // non-blocking: a slow writer may keep the game waiting, never the engine.
-        let file =
-            File::open(path).with_context(|| format!("cannot read script {}", path.display()))?;
-        let flags = fcntl(&file, FcntlArg::F_GETFL)
-            .with_context(|| format!("cannot read script {}", path.display()))?;
-        fcntl(
-            &file,
-            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
-        )
-        .with_context(|| format!("cannot read script {} without blocking", path.display()))?;
-        Ok(Self {
-            file,
-            path: path.to_owned(),
-            ended: false,
-        })
-    }
-
-    /// Up to `max` inputs (`max` > 0): some, or none when none are there now or the script
-    /// has ended.
-    fn read(&mut self, max: usize) -> anyhow::Result<Vec<u8>> {
-        let mut buf = vec![0u8; max];
-        while !self.ended {
-            let n = match self.file.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot read script {}", self.path.display()));
-                }
-            };
-            if n == 0 {
-                self.ended = true;
-            }
-            buf.truncate(n);
-            buf.retain(|b| !matches!(b, b'\n' | b'\r'));
-            if !buf.is_empty() {
-                return Ok(buf);
-            }
-            buf.resize(max, 0);
-        }
-        Ok(Vec::new())
     }
 }
 
@@ -249,7 +192,7 @@ impl Runner {
             }
             // The script is waited on while more of it is wanted (a file is always ready).
             let wanted = self.wants_script();
-            let script = self.script.file.as_fd();
+            let script = self.script.fd();
             let mut extra = vec![self.signals.as_fd()];
             if wanted {
                 extra.push(script);
@@ -298,7 +241,8 @@ impl Runner {
                     continue;
                 }
             }
-            if self.script.ended && !self.input_ended && next_kill.is_none_or(|k| k > self.typed) {
+            if self.script.ended() && !self.input_ended && next_kill.is_none_or(|k| k > self.typed)
+            {
                 self.input_ended = true;
                 tracing::info!(inputs = self.typed, "the script has ended");
                 self.engine.end_input()?;
@@ -311,7 +255,7 @@ impl Runner {
     fn wants_script(&self) -> bool {
         let at_kill = self.kills.first() == Some(&self.typed);
         let backlog = self.typed.saturating_sub(self.engine.written() as u64);
-        !self.script.ended && !self.axe_waiting && !at_kill && backlog < AHEAD as u64
+        !self.script.ended() && !self.axe_waiting && !at_kill && backlog < AHEAD as u64
     }
 
     fn handle(&mut self, events: Vec<Event>) {
@@ -349,7 +293,7 @@ impl Runner {
             .with_context(|| format!("the game's result is not a JSON line: {text:?}"))?;
         let flag = |k: &str| line.get(k).and_then(serde_json::Value::as_bool) == Some(true);
         let consumed = line.get("inputs").and_then(serde_json::Value::as_u64);
-        let whole = self.script.ended && consumed == Some(self.typed);
+        let whole = self.script.ended() && consumed == Some(self.typed);
         let consumed_text = consumed.map_or_else(|| "?".to_owned(), |n| n.to_string());
         let unreached: Vec<u64> = self
             .kills
@@ -361,7 +305,7 @@ impl Runner {
         let beyond: Vec<u64> = unreached
             .iter()
             .copied()
-            .filter(|&k| self.script.ended && k > self.typed)
+            .filter(|&k| self.script.ended() && k > self.typed)
             .collect();
         // The game's line is still the uninterrupted game's: the run stands, with a warning.
         if !beyond.is_empty() {
@@ -386,7 +330,7 @@ impl Runner {
             );
         }
         if !(flag("game_over") || flag("quit") || whole) {
-            let of = if self.script.ended {
+            let of = if self.script.ended() {
                 format!("{}", self.typed)
             } else {
                 format!("more than {}", self.typed)

@@ -153,11 +153,18 @@ pub fn text(view: &View, cols: u16) -> String {
 
 /// The bytes that draw the row on row `rows` (1-based) and put the cursor and attributes back.
 pub fn draw(view: &View, rows: u16, cols: u16) -> Vec<u8> {
-    format!(
-        "\x1b7\x1b[{rows};1H\x1b[0;7m{}\x1b[0m\x1b8",
-        text(view, cols)
-    )
-    .into_bytes()
+    draw_text(&text(view, cols), rows, cols)
+}
+
+/// The bytes that draw `line` as the status row on row `rows` (1-based), cut to `cols - 1`
+/// characters and padded to them, and put the cursor and attributes back (the cluster
+/// client's row has other fields than [`text`]'s).
+pub fn draw_text(line: &str, rows: u16, cols: u16) -> Vec<u8> {
+    let width = usize::from(cols.saturating_sub(1));
+    let mut out: String = line.chars().take(width).collect();
+    let len = out.chars().count();
+    out.extend(std::iter::repeat_n(' ', width - len));
+    format!("\x1b7\x1b[{rows};1H\x1b[0;7m{out}\x1b[0m\x1b8").into_bytes()
 }
 
 #[cfg(test)]

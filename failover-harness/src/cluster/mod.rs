@@ -3,4 +3,5 @@
 //! epochs, fences, frames) is crate `hotspare-cluster`.
 
 pub mod agent;
+pub mod client;
 pub mod status;

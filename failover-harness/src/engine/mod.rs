@@ -36,6 +36,7 @@
 //! spare that dies at the same moment; a death with no spare that holds one loses the game,
 //! and the session says so ([`End::Lost`]).
 
+pub mod input_log;
 pub mod local;
 pub mod node;
 
@@ -47,6 +48,7 @@ use hslib::Role;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+pub use self::input_log::{InputLog, InputPolicy};
 pub use self::node::{Exit, Launcher, Node, Written};
 use crate::report::{Line, Resumed, Stats};
 
@@ -66,16 +68,6 @@ const SYNC_DEADLINE: Duration = Duration::from_secs(60);
 pub const DEFAULT_HANG_DEADLINE: Duration = Duration::from_millis(1500);
 /// Spares that may end in a row before one holds a checkpoint, before the session gives up.
 pub const MAX_LOST_SPARES: u32 = 10;
-
-/// When the primary is given input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InputPolicy {
-    /// As soon as it is typed (a person playing).
-    Immediate,
-    /// Only while the spare holds a checkpoint (scripted runs: a death then always finds a
-    /// spare that can take over).
-    AfterSync,
-}
 
 /// Something the caller has to act on.
 #[derive(Clone, Debug, PartialEq)]
@@ -251,9 +243,8 @@ pub struct Engine<L: Launcher> {
     corpses: Vec<L::Node>,
     phase: Phase,
     policy: InputPolicy,
-    log: Vec<u8>,
-    /// How much of the log the current primary has been given.
-    sent: usize,
+    /// The input log, and how much of it the current primary has been given.
+    log: InputLog,
     /// No more input comes: the primary's input ends once it has the whole log.
     input_ended: bool,
     epoch: u64,
@@ -308,8 +299,7 @@ impl<L: Launcher> Engine<L> {
             corpses: Vec::new(),
             phase: Phase::running(),
             policy,
-            log: Vec::new(),
-            sent: 0,
+            log: InputLog::new(),
             input_ended: false,
             epoch: 1,
             floor: 0,
@@ -361,12 +351,12 @@ impl<L: Launcher> Engine<L> {
 
     /// The input log: every byte typed, in order.
     pub fn log(&self) -> &[u8] {
-        &self.log
+        self.log.bytes()
     }
 
     /// How much of the log the current primary has been given.
     pub fn written(&self) -> usize {
-        self.sent
+        self.log.given()
     }
 
     /// The current primary's pid.
@@ -400,7 +390,7 @@ impl<L: Launcher> Engine<L> {
     /// Input: logged, and given to the primary as the policy allows (during a failover it
     /// waits in the log for the promoted spare).
     pub fn type_bytes(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.log.extend_from_slice(bytes);
+        self.log.push(bytes);
         self.flush_input()
     }
 
@@ -437,19 +427,21 @@ impl<L: Launcher> Engine<L> {
         if !matches!(self.phase, Phase::Running { .. }) || !self.primary.reading {
             return Ok(());
         }
-        let held = self.policy == InputPolicy::AfterSync && !self.synced;
-        if self.sent < self.log.len() && !held {
-            match self.primary.node.write_input(&self.log[self.sent..])? {
-                Written::Took(n) => self.sent += n,
+        if !self.log.pending().is_empty() && self.policy.allows(self.synced) {
+            match self.primary.node.write_input(self.log.pending())? {
+                Written::Took(n) => self.log.gave(n),
                 // Dying or finished: which one, its exit or its spare will tell.
                 Written::Closed => {
-                    tracing::info!(at = self.sent, "the primary no longer reads its input");
+                    tracing::info!(
+                        at = self.log.given(),
+                        "the primary no longer reads its input"
+                    );
                     self.primary.reading = false;
                 }
             }
         }
-        if self.input_ended && self.sent == self.log.len() && !self.primary.input_closed {
-            tracing::info!(inputs = self.sent, "the primary's input ends");
+        if self.input_ended && self.log.pending().is_empty() && !self.primary.input_closed {
+            tracing::info!(inputs = self.log.given(), "the primary's input ends");
             self.primary.node.close_input();
             self.primary.input_closed = true;
         }
@@ -502,8 +494,8 @@ impl<L: Launcher> Engine<L> {
         }
         let writing = matches!(self.phase, Phase::Running { .. })
             && self.primary.reading
-            && self.sent < self.log.len()
-            && (self.policy == InputPolicy::Immediate || self.synced);
+            && !self.log.pending().is_empty()
+            && self.policy.allows(self.synced);
         let ready_extra = {
             let mut fds: Vec<PollFd<'_>> = extra
                 .iter()
@@ -774,7 +766,7 @@ impl<L: Launcher> Engine<L> {
             },
             _ => return,
         };
-        let rto_ms = at.saturating_duration_since(since).as_secs_f64() * 1000.0;
+        let rto_ms = input_log::recovery_ms(since, at);
         self.last_rto_ms = Some(rto_ms);
         events.push(Event::Switched { rto_ms });
     }
@@ -844,11 +836,8 @@ impl<L: Launcher> Engine<L> {
         };
         self.sessions = 0;
         self.synced = false;
-        let from = usize::try_from(self.launcher.resumed_at(resumed))
-            .unwrap_or(usize::MAX)
-            .min(self.log.len());
-        self.sent = from;
-        let replayed = self.log.len() - from;
+        let replayed = self.log.resume_at(self.launcher.resumed_at(resumed));
+        let from = self.log.given();
         let after_ms = promotion.since.elapsed().as_secs_f64() * 1000.0;
         self.phase = Phase::Running {
             axed_at: None,
