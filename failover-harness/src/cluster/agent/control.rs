@@ -15,7 +15,8 @@
 //! - **primary**: its game dies: revoke the lease at once (the spare's watch fires) and start
 //!   over as a spare of the next leader; the lease fenced, or the leader key gone or another's:
 //!   SIGKILL the game at once, start over. A game that ended on purpose (a finished headless
-//!   game) keeps its lease: the session is over, and nobody takes over a finished game.
+//!   game) keeps its lease: the session is over, and nobody takes over a finished game; its
+//!   spare, told goodbye, ends too (exit status 0), and its agent starts no other.
 //!
 //! Watch events carry revisions: a change older than the leadership it would end (a deletion
 //! before our own key was created) is stale and ignored.
@@ -30,7 +31,7 @@ use hotspare_cluster::{Campaign, Coordinator, Epoch, EtcdSession, Leader, Leader
 use serde_json::json;
 
 use super::events::Events;
-use super::game::Mailbox;
+use super::wake::Mailbox;
 use super::{AgentOptions, GameConfig, Order, Report};
 
 /// The longest any one etcd call of the control thread may take.
@@ -77,6 +78,9 @@ enum Phase {
     Primary { epoch: Epoch, game: u64 },
     /// Its game led `epoch` and ended on purpose: the session is over.
     Finished { epoch: Epoch },
+    /// Its spare's primary finished the game: the session is over (the slot stays held, so
+    /// no other node starts a spare of a finished game).
+    Over,
 }
 
 /// The control thread.
@@ -139,11 +143,14 @@ impl Control {
             let next = self.incarnation(&keeper)?;
             match next {
                 Next::Revoke => {
+                    // On this thread's connection, warm from its last calls (the keeper's own
+                    // has been idle since the grant); the keeper stops after.
                     let lease = keeper.lease();
-                    match keeper.revoke() {
+                    match self.coord.revoke(lease) {
                         Ok(()) => self.events.emit("revoked", json!({"lease":lease.0})),
                         Err(e) => tracing::warn!(error = %e, "revoking the lease failed"),
                     }
+                    drop(keeper);
                 }
                 Next::Drop => drop(keeper),
             }
@@ -267,7 +274,7 @@ impl Control {
                 }
                 None
             }
-            Phase::Idle => None,
+            Phase::Idle | Phase::Over => None,
         }
     }
 
@@ -300,6 +307,20 @@ impl Control {
             }
             (Phase::Spare { game, silent, .. }, Report::Heard { game: g }) if *game == g => {
                 *silent = false;
+                None
+            }
+            (
+                Phase::Spare { game, .. },
+                Report::Exited {
+                    game: g,
+                    success: true,
+                    ..
+                },
+            ) if *game == g => {
+                // Its primary said goodbye: the game finished on purpose, nobody takes over.
+                tracing::info!("the primary finished the game: the session is over");
+                self.phase = Phase::Over;
+                self.publish(keeper, NodeState::Starting);
                 None
             }
             (
@@ -521,26 +542,54 @@ impl Control {
     }
 }
 
+/// How long the leader watch may stay quiet before the key is read to check it: a watch on a
+/// connection gone half-open, or on an etcd member cut off from its cluster, says nothing.
+pub const WATCH_CHECK: Duration = Duration::from_millis(500);
+
 /// The leader watch: every change of the leader key goes to the control thread; a watch that
-/// fails is made again (its first change is then the key as it is).
+/// fails is made again (its first change is then the key as it is). After [`WATCH_CHECK`]
+/// without a change, the key is read (a linearizable read, with a deadline): if it is not what
+/// the watch last said, or cannot be read, the watch is made again.
 pub fn watch_leader(coord: &EtcdSession, tx: &Sender<Msg>) {
     loop {
         match coord.watch_leader() {
-            Ok(mut w) => loop {
-                match w.next(Instant::now() + Duration::from_secs(1)) {
-                    Ok(changes) => {
-                        for c in changes {
-                            if tx.send(Msg::Leader(c)).is_err() {
-                                return;
+            Ok(mut w) => {
+                // The leader's epoch as the watch last said (None: vacant).
+                let mut said: Option<Option<Epoch>> = None;
+                loop {
+                    match w.next(Instant::now() + WATCH_CHECK) {
+                        Ok(changes) if changes.is_empty() => {
+                            let now = coord.leader().map(|l| l.map(|l| l.epoch));
+                            match now {
+                                Ok(e) if said.is_none_or(|s| s == e) => said = Some(e),
+                                Ok(e) => {
+                                    tracing::warn!(?said, now = ?e, "the leader watch missed a change; watching again");
+                                    break;
+                                }
+                                Err(err) => {
+                                    tracing::warn!(error = %err, "cannot check the leader watch; watching again");
+                                    break;
+                                }
                             }
                         }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the leader watch failed; watching again");
-                        break;
+                        Ok(changes) => {
+                            for c in changes {
+                                said = Some(match &c {
+                                    LeaderChange::Elected(l) => Some(l.epoch),
+                                    LeaderChange::Vacant { .. } => None,
+                                });
+                                if tx.send(Msg::Leader(c)).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the leader watch failed; watching again");
+                            break;
+                        }
                     }
                 }
-            },
+            }
             Err(e) => tracing::debug!(error = %e, "cannot watch the leader; retrying"),
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -12,10 +12,13 @@
 //! Client connections are accepted and authenticated by a thread of their own, and each one's
 //! frames are read by a thread of its own ([`service`]), which hand them to the game loop.
 
+pub mod clients;
 pub mod control;
 pub mod events;
 pub mod game;
+pub mod orders;
 pub mod service;
+pub mod wake;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -159,7 +162,7 @@ pub fn run(opts: &AgentOptions) -> anyhow::Result<()> {
     let me = opts.node_info()?;
     let events = Events::open(opts.events.as_deref(), &opts.name)?;
     let (to_game, game_inbox) = mpsc::channel();
-    let waker = game::Waker::new()?;
+    let waker = wake::Waker::new()?;
     let (to_control, control_inbox) = mpsc::channel();
     let service = service::Service::start(opts.listen, &key, to_game.clone(), waker.clone())?;
     let game_loop = game::GameLoop::new(
@@ -180,7 +183,7 @@ pub fn run(opts: &AgentOptions) -> anyhow::Result<()> {
         me,
         control_inbox,
         to_control,
-        game::Mailbox::new(to_game, waker),
+        wake::Mailbox::new(to_game, waker),
         events,
     )?;
     tracing::info!(addr = %service.addr(), "serving clients");
@@ -190,5 +193,53 @@ pub fn run(opts: &AgentOptions) -> anyhow::Result<()> {
         Ok(Ok(())) => outcome,
         Ok(Err(e)) => outcome.and(Err(e)),
         Err(_) => outcome.and(Err(anyhow::anyhow!("the agent's game loop panicked"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(listen: &str) -> AgentOptions {
+        AgentOptions {
+            etcd: "http://10.0.0.1:2379".to_owned(),
+            session: "s".to_owned(),
+            name: "a".to_owned(),
+            listen: listen.parse().unwrap_or_else(|e| panic!("{listen}: {e}")),
+            key_file: PathBuf::from("/nonexistent"),
+            suspect: Duration::from_millis(150),
+            ttl_s: 1,
+            events: None,
+            tetris: None,
+        }
+    }
+
+    #[test]
+    fn a_node_serves_clients_on_its_port_and_its_stream_on_the_next() {
+        let me = opts("10.0.0.2:7000")
+            .node_info()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (me.client_addr.as_str(), me.stream_addr.as_str()),
+            ("10.0.0.2:7000", "10.0.0.2:7001")
+        );
+        let err = opts("10.0.0.2:65535")
+            .node_info()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("no port above"), "{err}");
+    }
+
+    #[test]
+    fn the_config_the_client_writes_is_read_and_headless_defaults_to_false() {
+        let c: GameConfig = serde_json::from_str(r#"{"args":["--seed","7"],"headless":true}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.args, ["--seed", "7"]);
+        assert!(c.headless);
+        let c: GameConfig =
+            serde_json::from_str(r#"{"args":[]}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.headless);
+        assert!(serde_json::from_str::<GameConfig>(r#"{"headless":true}"#).is_err());
     }
 }

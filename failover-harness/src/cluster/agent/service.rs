@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use hotspare_cluster::proto::{self, ToAgent};
 use hslib::transport::tcp::{AuthKey, TcpConfig, TcpServer};
 
-use super::game::{Inbound, Waker};
+use super::wake::{Inbound, Waker};
 
 /// The listener's thread (it runs for the agent's life).
 #[derive(Debug)]
