@@ -1197,6 +1197,19 @@ mod tests {
     }
 
     #[test]
+    fn the_status_row_names_the_leader_the_epoch_and_the_last_recovery() {
+        assert_eq!(
+            status_row(Some("b"), 13, 2, Some(12.34), false, false),
+            "^X axe|failovers 2 (12.3ms)|leader b|epoch 13"
+        );
+        assert_eq!(
+            status_row(None, 13, 2, None, true, false),
+            "FAILING OVER|^X axe|failovers 2|leader -|epoch 13"
+        );
+        assert!(status_row(Some("a"), 5, 0, None, false, true).starts_with("axe waits"));
+    }
+
+    #[test]
     fn frames_of_a_lower_epoch_are_refused_once_a_higher_one_is_known() {
         let dir = ok(tempfile::tempdir());
         let mut c = client(dir.path());
