@@ -575,6 +575,62 @@ fn a_lone_primary_plays_a_headless_game_through_its_agent_to_the_exact_end() {
     c.start_agent("a");
     let script_bytes = script(13, 300);
     let want = uninterrupted(c.dir.path(), &script_bytes);
+    // Before the game: a hello from the future is not led; a key below what was given is
+    // skipped, a key past it (a gap) closes the connection.
+    let p = c.client_params();
+    let prefix: Vec<u8> = script_bytes
+        .iter()
+        .copied()
+        .filter(|b| *b != b'\n')
+        .take(3)
+        .collect();
+    let config = serde_json::json!({"args": ["--seed", "7", "-l", "2"], "headless": true});
+    ok(c.rig.in_host("client", move || {
+        let coord = ok(EtcdSession::new(
+            &p.url,
+            &p.session,
+            Duration::from_millis(500),
+        ));
+        ok(coord.config_or_init(config.to_string().as_bytes()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut conn, position) = connect_leader(&p, &coord, 0, deadline);
+        assert_eq!(position, 0);
+        let mut future = ok(hslib::transport::tcp::connect(
+            ok(ok(coord.leader())
+                .map(|l| l.node.client_addr)
+                .unwrap_or_default()
+                .parse()),
+            &TcpConfig::new(Some(ok(AuthKey::new(p.key.clone())))),
+        ));
+        let hello = ToAgent::Hello {
+            session: p.session.clone(),
+            epoch: conn.epoch + 1000,
+        };
+        ok(proto::write_frame(&mut future, &hello));
+        let answer: ToClient = ok(proto::read_frame(&mut future));
+        assert!(matches!(answer, ToClient::NotLeading { .. }), "{answer:?}");
+        // The first three inputs, the second one twice over.
+        for (offset, bytes) in [(0, &prefix[..2]), (1, &prefix[1..3])] {
+            let keys = ToAgent::Keys {
+                offset,
+                bytes: bytes.to_vec(),
+            };
+            ok(proto::write_frame(&mut conn.stream, &keys));
+        }
+        let gap = ToAgent::Keys {
+            offset: 10,
+            bytes: b"j".to_vec(),
+        };
+        ok(proto::write_frame(&mut conn.stream, &gap));
+        loop {
+            match conn.frames.recv_timeout(Duration::from_secs(5)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("a gap left the connection open"),
+            }
+        }
+    }));
+    // The game goes on from the position its agent gives: 3 inputs in.
     let played = play_with(&mut c, &script_bytes, &[], |_, _, _| {});
     assert_eq!(
         String::from_utf8_lossy(&played.output),

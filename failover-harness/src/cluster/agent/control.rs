@@ -542,26 +542,54 @@ impl Control {
     }
 }
 
+/// How long the leader watch may stay quiet before the key is read to check it: a watch on a
+/// connection gone half-open, or on an etcd member cut off from its cluster, says nothing.
+pub const WATCH_CHECK: Duration = Duration::from_millis(500);
+
 /// The leader watch: every change of the leader key goes to the control thread; a watch that
-/// fails is made again (its first change is then the key as it is).
+/// fails is made again (its first change is then the key as it is). After [`WATCH_CHECK`]
+/// without a change, the key is read (a linearizable read, with a deadline): if it is not what
+/// the watch last said, or cannot be read, the watch is made again.
 pub fn watch_leader(coord: &EtcdSession, tx: &Sender<Msg>) {
     loop {
         match coord.watch_leader() {
-            Ok(mut w) => loop {
-                match w.next(Instant::now() + Duration::from_secs(1)) {
-                    Ok(changes) => {
-                        for c in changes {
-                            if tx.send(Msg::Leader(c)).is_err() {
-                                return;
+            Ok(mut w) => {
+                // The leader's epoch as the watch last said (None: vacant).
+                let mut said: Option<Option<Epoch>> = None;
+                loop {
+                    match w.next(Instant::now() + WATCH_CHECK) {
+                        Ok(changes) if changes.is_empty() => {
+                            let now = coord.leader().map(|l| l.map(|l| l.epoch));
+                            match now {
+                                Ok(e) if said.is_none_or(|s| s == e) => said = Some(e),
+                                Ok(e) => {
+                                    tracing::warn!(?said, now = ?e, "the leader watch missed a change; watching again");
+                                    break;
+                                }
+                                Err(err) => {
+                                    tracing::warn!(error = %err, "cannot check the leader watch; watching again");
+                                    break;
+                                }
                             }
                         }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the leader watch failed; watching again");
-                        break;
+                        Ok(changes) => {
+                            for c in changes {
+                                said = Some(match &c {
+                                    LeaderChange::Elected(l) => Some(l.epoch),
+                                    LeaderChange::Vacant { .. } => None,
+                                });
+                                if tx.send(Msg::Leader(c)).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the leader watch failed; watching again");
+                            break;
+                        }
                     }
                 }
-            },
+            }
             Err(e) => tracing::debug!(error = %e, "cannot watch the leader; retrying"),
         }
         std::thread::sleep(Duration::from_millis(20));
