@@ -641,6 +641,15 @@ fn a_lone_primary_plays_a_headless_game_through_its_agent_to_the_exact_end() {
     let s = c.status();
     assert_eq!(s["primary"], "a", "{s}");
     assert_eq!(s["failovers"], 0, "{s}");
+    // Without --json, a line for people.
+    let mut cmd = ok(c.rig.exec("client", env!("CARGO_BIN_EXE_failover-harness")));
+    cmd.args(["status", "--etcd", &c.url, "--session", &c.session]);
+    let out = ok(cmd.output());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("session lone: primary a (epoch "),
+        "{text}"
+    );
 }
 
 #[test]
