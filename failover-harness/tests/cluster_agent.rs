@@ -846,6 +846,46 @@ fn of_three_agents_one_game_is_the_spare_at_a_time_through_failovers() {
     );
 }
 
+#[test]
+fn a_partition_between_primary_and_spare_alone_fails_nothing_over_and_the_spare_comes_back() {
+    if !prerequisites() {
+        return;
+    }
+    let mut c = Cluster::new(&["etcd", "a", "b", "client"], "split");
+    let e1 = new_session(&mut c, "a", "b");
+    ok(c.rig.partition("a", "b"));
+    // Past the lease's TTL three times over: the spare's agent starts its game again.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3600) {
+        let s = c.status();
+        assert_eq!(
+            (s["primary"].as_str(), s["epoch"].as_u64()),
+            (Some("a"), Some(e1)),
+            "{s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(c.rig.heal());
+    let s = c.wait_status("the spare synced again", Duration::from_secs(15), |s| {
+        s["spare"] == "b"
+    });
+    assert_eq!(
+        (
+            s["primary"].as_str(),
+            s["epoch"].as_u64(),
+            s["failovers"].as_u64()
+        ),
+        (Some("a"), Some(e1), Some(0)),
+        "{s}"
+    );
+    let restarted = c
+        .events("b")
+        .iter()
+        .filter(|e| e["event"] == "game_started" && e["role"] == "spare")
+        .count();
+    assert!(restarted >= 2, "b's spare was never started again");
+}
+
 /// Waits until `host`'s agent has written a `leading` event of an epoch above `epoch`.
 fn wait_leading(c: &Cluster, host: &str, epoch: u64) -> serde_json::Value {
     let start = Instant::now();
