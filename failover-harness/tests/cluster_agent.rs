@@ -701,7 +701,9 @@ fn sigkills_of_the_primarys_game_fail_over_between_agents_and_the_game_ends_exac
         assert_eq!(deaths.len(), kills / 2, "{host}: {ev:?}");
         for d in deaths {
             let e = d["epoch"].as_u64().unwrap_or(0);
-            let revoked = ev.iter().any(|x| x["event"] == "revoked" && t(x) >= t(d));
+            let revoked = ev
+                .iter()
+                .any(|x| x["event"] == "revoked" && x["epoch"].as_u64() == Some(e) && t(x) >= t(d));
             let spare = ev.iter().any(|x| {
                 x["event"] == "game_started"
                     && x["role"] == "spare"

@@ -147,8 +147,14 @@ impl Control {
                     // On this thread's connection, warm from its last calls (the keeper's own
                     // has been idle since the grant); the keeper stops after.
                     let lease = keeper.lease();
+                    let epoch = match self.phase {
+                        Phase::Primary { epoch, .. } | Phase::Finished { epoch } => Some(epoch),
+                        _ => None,
+                    };
                     match self.coord.revoke(lease) {
-                        Ok(()) => self.events.emit("revoked", json!({"lease":lease.0})),
+                        Ok(()) => self
+                            .events
+                            .emit("revoked", json!({"epoch":epoch,"lease":lease.0})),
                         Err(e) => tracing::warn!(error = %e, "revoking the lease failed"),
                     }
                     drop(keeper);
