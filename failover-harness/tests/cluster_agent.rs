@@ -641,6 +641,15 @@ fn a_lone_primary_plays_a_headless_game_through_its_agent_to_the_exact_end() {
     let s = c.status();
     assert_eq!(s["primary"], "a", "{s}");
     assert_eq!(s["failovers"], 0, "{s}");
+    // Without --json, a line for people.
+    let mut cmd = ok(c.rig.exec("client", env!("CARGO_BIN_EXE_failover-harness")));
+    cmd.args(["status", "--etcd", &c.url, "--session", &c.session]);
+    let out = ok(cmd.output());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("session lone: primary a (epoch "),
+        "{text}"
+    );
 }
 
 #[test]
@@ -692,7 +701,9 @@ fn sigkills_of_the_primarys_game_fail_over_between_agents_and_the_game_ends_exac
         assert_eq!(deaths.len(), kills / 2, "{host}: {ev:?}");
         for d in deaths {
             let e = d["epoch"].as_u64().unwrap_or(0);
-            let revoked = ev.iter().any(|x| x["event"] == "revoked" && t(x) >= t(d));
+            let revoked = ev
+                .iter()
+                .any(|x| x["event"] == "revoked" && x["epoch"].as_u64() == Some(e) && t(x) >= t(d));
             let spare = ev.iter().any(|x| {
                 x["event"] == "game_started"
                     && x["role"] == "spare"
@@ -835,6 +846,46 @@ fn of_three_agents_one_game_is_the_spare_at_a_time_through_failovers() {
         spares_started > kills,
         "{spares_started} spares for {kills} kills"
     );
+}
+
+#[test]
+fn a_partition_between_primary_and_spare_alone_fails_nothing_over_and_the_spare_comes_back() {
+    if !prerequisites() {
+        return;
+    }
+    let mut c = Cluster::new(&["etcd", "a", "b", "client"], "split");
+    let e1 = new_session(&mut c, "a", "b");
+    ok(c.rig.partition("a", "b"));
+    // Past the lease's TTL three times over: the spare's agent starts its game again.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3600) {
+        let s = c.status();
+        assert_eq!(
+            (s["primary"].as_str(), s["epoch"].as_u64()),
+            (Some("a"), Some(e1)),
+            "{s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(c.rig.heal());
+    let s = c.wait_status("the spare synced again", Duration::from_secs(15), |s| {
+        s["spare"] == "b"
+    });
+    assert_eq!(
+        (
+            s["primary"].as_str(),
+            s["epoch"].as_u64(),
+            s["failovers"].as_u64()
+        ),
+        (Some("a"), Some(e1), Some(0)),
+        "{s}"
+    );
+    let restarted = c
+        .events("b")
+        .iter()
+        .filter(|e| e["event"] == "game_started" && e["role"] == "spare")
+        .count();
+    assert!(restarted >= 2, "b's spare was never started again");
 }
 
 /// Waits until `host`'s agent has written a `leading` event of an epoch above `epoch`.

@@ -72,7 +72,8 @@ enum Phase {
         slot: i64,
         game: u64,
         holding: bool,
-        silent: bool,
+        /// Since when its game hears nothing from its primary (its `silent_ms` line).
+        silent_since: Option<Instant>,
     },
     /// Its game leads `epoch`.
     Primary { epoch: Epoch, game: u64 },
@@ -146,8 +147,14 @@ impl Control {
                     // On this thread's connection, warm from its last calls (the keeper's own
                     // has been idle since the grant); the keeper stops after.
                     let lease = keeper.lease();
+                    let epoch = match self.phase {
+                        Phase::Primary { epoch, .. } | Phase::Finished { epoch } => Some(epoch),
+                        _ => None,
+                    };
                     match self.coord.revoke(lease) {
-                        Ok(()) => self.events.emit("revoked", json!({"lease":lease.0})),
+                        Ok(()) => self
+                            .events
+                            .emit("revoked", json!({"epoch":epoch,"lease":lease.0})),
                         Err(e) => tracing::warn!(error = %e, "revoking the lease failed"),
                     }
                     drop(keeper);
@@ -300,13 +307,24 @@ impl Control {
                 }
                 None
             }
-            (Phase::Spare { game, silent, .. }, Report::Silent { game: g, ms }) if *game == g => {
+            (
+                Phase::Spare {
+                    game, silent_since, ..
+                },
+                Report::Silent { game: g, ms },
+            ) if *game == g => {
                 tracing::info!(ms, "the spare hears nothing from its primary");
-                *silent = true;
+                *silent_since =
+                    Some(Instant::now() - Duration::from_millis(ms).min(Duration::from_secs(60)));
                 None
             }
-            (Phase::Spare { game, silent, .. }, Report::Heard { game: g }) if *game == g => {
-                *silent = false;
+            (
+                Phase::Spare {
+                    game, silent_since, ..
+                },
+                Report::Heard { game: g },
+            ) if *game == g => {
+                *silent_since = None;
                 None
             }
             (
@@ -426,7 +444,7 @@ impl Control {
             slot,
             game,
             holding: false,
-            silent: false,
+            silent_since: None,
         };
         self.publish(keeper, NodeState::Spare { synced: false });
     }
@@ -445,8 +463,35 @@ impl Control {
             }
             Phase::Spare {
                 leader,
+                silent_since: Some(since),
+                ..
+            } if self
+                .leader
+                .as_ref()
+                .is_some_and(|l| l.epoch == leader.epoch)
+                && since.elapsed() >= self.resync_after() =>
+            {
+                // The primary still holds its lease, long after its stream went quiet: it lives
+                // but this spare lost it (a partition between them, healed or not). A spare
+                // that never hears it again is no spare: start one that connects anew.
+                let leader = leader.clone();
+                // Confirmed by a linearizable read, not only by the watch.
+                match self.coord.leader() {
+                    Ok(Some(l)) if l.epoch == leader.epoch => {
+                        tracing::warn!(
+                            epoch = leader.epoch,
+                            "the spare lost its primary's stream; starting another"
+                        );
+                        self.follow(keeper, &leader);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "cannot confirm the leader"),
+                }
+            }
+            Phase::Spare {
+                leader,
                 holding: true,
-                silent: true,
+                silent_since: Some(_),
                 ..
             } => {
                 if self.last_suspect_poll.elapsed() < SUSPECT_POLL {
@@ -470,6 +515,14 @@ impl Control {
             }
             _ => {}
         }
+    }
+
+    /// How long a spare's stream may stay silent while its primary keeps the lead before the
+    /// spare is started again: past three times the lease's TTL, a dead or cut-off primary has
+    /// lost the lead (its lease expired), so one that still leads is alive and only
+    /// unreachable from this spare.
+    fn resync_after(&self) -> Duration {
+        Duration::from_secs(u64::try_from(self.opts.ttl_s.max(1)).unwrap_or(1) * 3)
     }
 
     fn find_role(&mut self, keeper: &LeaseKeeper) -> Result<(), CoordError> {
@@ -514,7 +567,7 @@ impl Control {
                         slot,
                         game: 0,
                         holding: false,
-                        silent: false,
+                        silent_since: None,
                     };
                     self.follow(keeper, &l);
                 }
