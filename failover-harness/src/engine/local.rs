@@ -7,7 +7,8 @@
 //! 127.0.0.1), and a spare connects to the current primary's. So a promoted game listens at
 //! once, never waiting for its dead primary's listening socket to be released, and the spare
 //! started after a promotion connects to the promoted game. The current primary is the first
-//! game until a spare reports that it took over (its resumed line).
+//! game until a spare reports that it took over (its resumed line). A listening or connecting
+//! variable the caller put in [`Setup::env`] wins over the launcher's choice.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -79,12 +80,16 @@ pub struct LocalLauncher {
     setup: Setup,
     io: Io,
     primary_at: PrimaryPlace,
+    /// The caller's `setup.env`, given to every game; a listening or connecting variable in
+    /// it wins over the launcher's choice.
+    base_env: Vec<(&'static str, OsString)>,
 }
 
 impl LocalLauncher {
     /// Games for `setup`, each on its own `io`.
     pub fn new(setup: Setup, io: Io) -> Self {
         Self {
+            base_env: setup.env.clone(),
             setup,
             io,
             primary_at: PrimaryPlace::default(),
@@ -105,15 +110,22 @@ impl Launcher for LocalLauncher {
             Io::Pty(..) => (Vec::new(), None),
         };
         let place = Place::of(self.setup.link.transport(), name)?;
-        self.setup.env = vec![place.listen()];
+        let mut env = self.base_env.clone();
+        let mut add = |(k, v): (&'static str, OsString)| {
+            if !env.iter().any(|(given, _)| *given == k) {
+                env.push((k, v));
+            }
+        };
+        add(place.listen());
         match role {
             hslib::Role::Spare => {
                 if let Some(primary) = &*lock(&self.primary_at) {
-                    self.setup.env.push(primary.connect());
+                    add(primary.connect());
                 }
             }
             _ => *lock(&self.primary_at) = Some(place.clone()),
         }
+        self.setup.env = env;
         let game = Game::spawn(&self.setup, role, epoch, self.io, name, &extra)?;
         Ok(LocalNode {
             name: name.to_owned(),
