@@ -779,7 +779,7 @@ impl<T> HotSpare<T> {
                 if appends {
                     self.link = LinkConfig::File { path, append: true };
                 }
-                self.restored(regions, committed, epoch, None)
+                self.restored(regions, committed, epoch)
             }
         }
     }
@@ -922,14 +922,11 @@ impl<T> HotSpare<T> {
         })
     }
 
-    /// Continues from `committed` as the primary of `epoch`; `model`: the adaptive strategy's
-    /// model if it is calibrated already (a spare calibrates while it waits).
     fn restored(
         mut self,
         mut regions: Vec<Region>,
         committed: Committed,
         epoch: u64,
-        model: Option<CostModel>,
     ) -> Result<Outcome<T>, HsError> {
         if committed.metadata.worker.as_deref() != Some(self.name.as_str()) {
             return Err(HsError::WorkerName {
@@ -947,7 +944,6 @@ impl<T> HotSpare<T> {
         ctx.blobs = Blobs::from_map(committed.metadata.blobs.clone(), &Blobs::default())
             .map_err(MetaError::from)?;
         ctx.log_warning = self.log_warning.take();
-        ctx.model = model;
         ctx.restored = Some(Restored {
             checkpoint: committed.checkpoint,
             from_epoch: committed.epoch,
@@ -1014,56 +1010,10 @@ impl<T> HotSpare<T> {
             })?),
             None => None,
         };
-        // A spare has time on its hands: the adaptive strategy's model is calibrated on a
-        // thread meanwhile (forks and copies of its own regions, the same as a promoted
-        // game's), so that the promoted game does not calibrate at its first checkpoint with
-        // a spare, which its new spare would wait for.
-        let (next, model) = std::thread::scope(|s| {
-            let calibration = (self.strategy == Strategy::Adaptive).then(|| {
-                std::thread::Builder::new()
-                    .name("hs-calibrate".to_owned())
-                    .spawn_scoped(s, || calibrated(&regions))
-            });
-            let next = self.replicate(&mut replica, orders.as_ref());
-            let model = match calibration {
-                Some(Ok(h)) => h.join().ok(),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "no thread to calibrate on; the promoted game will");
-                    None
-                }
-                None => None,
-            };
-            (next, model)
-        });
-        let epoch = match next? {
-            Spared::Ended(outcome) => return Ok(outcome),
-            Spared::Promote => next_epoch(replica.highest_epoch(), self.epoch)?,
-            Spared::Ordered(epoch) => {
-                check_order(epoch, &replica)?;
-                tracing::info!(epoch, checkpoint = ?replica.checkpoint(), "promoted by order");
-                epoch
-            }
-        };
-        match replica.into_committed() {
-            Some(committed) => self
-                .role(Role::Primary)
-                .restored(regions, committed, epoch, model),
-            // Starting afresh would silently throw the primary's state away.
-            None => Err(HsError::NothingToPromote),
-        }
-    }
-
-    /// Connects to the primary and replicates until the stream ends (a local spare) or the
-    /// order comes (a cluster spare): what to do next.
-    fn replicate(
-        &self,
-        replica: &mut Replica,
-        orders: Option<&Orders>,
-    ) -> Result<Spared<T>, HsError> {
         let mut watch = SilenceWatch::new(self.suspect, self.silence_fd);
-        let mut next = self.connect_retrying(self.spare_wait, orders)?;
+        let mut next = self.connect_retrying(self.spare_wait, orders.as_ref())?;
         while let Some(mut ep) = next.take() {
-            if let Some(o) = orders {
+            if let Some(o) = &orders {
                 let armed = o.watch_stream(&*ep).map_err(|e| HsError::Config {
                     what: ENV_PROMOTE_FD,
                     value: ep.describe(),
@@ -1073,15 +1023,19 @@ impl<T> HotSpare<T> {
                     break;
                 }
             }
-            let served =
-                session::serve_spare_watched(replica, &mut ep, HANDSHAKE_TIMEOUT, Some(&mut watch));
-            if let Some(o) = orders {
+            let served = session::serve_spare_watched(
+                &mut replica,
+                &mut ep,
+                HANDSHAKE_TIMEOUT,
+                Some(&mut watch),
+            );
+            if let Some(o) = &orders {
                 o.unwatch();
             }
             if replica.said_goodbye() {
-                return Ok(Spared::Ended(Outcome::PrimaryFinished {
+                return Ok(Outcome::PrimaryFinished {
                     checkpoint: replica.checkpoint(),
-                }));
+                });
             }
             let primary_gone = match &served {
                 Ok(end) => end.error.as_ref().is_none_or(stream_broke),
@@ -1094,7 +1048,7 @@ impl<T> HotSpare<T> {
             let _ = ep.shutdown();
             // Our connection's descriptor must not hold a number the restore wants.
             drop(ep);
-            if orders.is_some_and(Orders::arrived) {
+            if orders.as_ref().is_some_and(Orders::arrived) {
                 break;
             }
             if !primary_gone {
@@ -1105,60 +1059,71 @@ impl<T> HotSpare<T> {
                 }
             }
         }
-        let Some(o) = orders else {
-            return Ok(Spared::Promote);
-        };
-        // A cluster spare waits for its order, whatever became of the stream.
-        match o.wait() {
-            Order::Promote(epoch) => Ok(Spared::Ordered(epoch)),
-            Order::Dismissed => {
-                tracing::info!(checkpoint = ?replica.checkpoint(), "dismissed without an order");
-                Ok(Spared::Ended(Outcome::Dismissed {
-                    checkpoint: replica.checkpoint(),
-                }))
-            }
-            Order::Junk(line) => Err(HsError::PromoteRefused {
-                order: line,
-                why: "not an order: the only order is `promote <EPOCH>`".to_owned(),
-            }),
-            Order::Failed(why) => Err(HsError::PromoteRefused {
-                order: String::new(),
-                why,
-            }),
+        match &orders {
+            None => self.promote(regions, replica),
+            // A cluster spare waits for its order, whatever became of the stream.
+            Some(o) => match o.wait() {
+                Order::Promote(epoch) => self.promote_to(regions, replica, epoch),
+                Order::Dismissed => {
+                    tracing::info!(checkpoint = ?replica.checkpoint(), "dismissed without an order");
+                    Ok(Outcome::Dismissed {
+                        checkpoint: replica.checkpoint(),
+                    })
+                }
+                Order::Junk(line) => Err(HsError::PromoteRefused {
+                    order: line,
+                    why: "not an order: the only order is `promote <EPOCH>`".to_owned(),
+                }),
+                Order::Failed(why) => Err(HsError::PromoteRefused {
+                    order: String::new(),
+                    why,
+                }),
+            },
         }
     }
-}
 
-/// What a spare does once it stops replicating.
-enum Spared<T> {
-    /// It ends so (its primary finished, or it was let go).
-    Ended(Outcome<T>),
-    /// Its stream ended (local): it takes over with the next epoch.
-    Promote,
-    /// It was ordered to take over with this epoch (cluster).
-    Ordered(u64),
-}
+    fn promote(self, regions: Vec<Region>, replica: Replica) -> Result<Outcome<T>, HsError> {
+        let epoch = next_epoch(replica.highest_epoch(), self.epoch)?;
+        match replica.into_committed() {
+            Some(committed) => self.role(Role::Primary).restored(regions, committed, epoch),
+            // Starting afresh would silently throw the primary's state away.
+            None => Err(HsError::NothingToPromote),
+        }
+    }
 
-/// Refuses a promote order for `epoch` to a spare holding `replica`: the epoch must be a
-/// primary's and above every epoch the spare saw, and the spare must hold a checkpoint.
-fn check_order(epoch: u64, replica: &Replica) -> Result<(), HsError> {
-    let refused = |why: String| HsError::PromoteRefused {
-        order: format!("promote {epoch}"),
-        why,
-    };
-    check_epoch(epoch).map_err(|why| refused(why.to_owned()))?;
-    let seen = replica.highest_epoch().unwrap_or(0);
-    if epoch <= seen {
-        return Err(refused(format!(
-            "epoch {epoch} is not above epoch {seen}, the highest this spare saw"
-        )));
+    /// Promotes a cluster spare on its order: exactly `epoch`, which must be above every
+    /// epoch the spare saw, from the last whole checkpoint it holds.
+    fn promote_to(
+        self,
+        regions: Vec<Region>,
+        replica: Replica,
+        epoch: u64,
+    ) -> Result<Outcome<T>, HsError> {
+        let refused = |why: String| HsError::PromoteRefused {
+            order: format!("promote {epoch}"),
+            why,
+        };
+        if let Err(why) = check_epoch(epoch) {
+            return Err(refused(why.to_owned()));
+        }
+        let seen = replica.highest_epoch().unwrap_or(0);
+        if epoch <= seen {
+            return Err(refused(format!(
+                "epoch {epoch} is not above epoch {seen}, the highest this spare saw"
+            )));
+        }
+        let Some(committed) = replica.into_committed() else {
+            return Err(refused(
+                "this spare holds no whole checkpoint to take over from".to_owned(),
+            ));
+        };
+        tracing::info!(
+            epoch,
+            checkpoint = committed.checkpoint,
+            "promoted by order"
+        );
+        self.role(Role::Primary).restored(regions, committed, epoch)
     }
-    if replica.committed().is_none() {
-        return Err(refused(
-            "this spare holds no whole checkpoint to take over from".to_owned(),
-        ));
-    }
-    Ok(())
 }
 
 /// Whether a socket name is one path component.
