@@ -108,8 +108,8 @@ fn the_harness_manual_documents_every_subcommand() {
         found += 1;
     }
     assert_eq!(
-        found, 8,
-        "play, run, axe, status, bench-failover, agent, client, game"
+        found, 9,
+        "play, run, axe, status, bench-failover, agent, client, game, floor-peer"
     );
 }
 

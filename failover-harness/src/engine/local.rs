@@ -7,7 +7,8 @@
 //! 127.0.0.1), and a spare connects to the current primary's. So a promoted game listens at
 //! once, never waiting for its dead primary's listening socket to be released, and the spare
 //! started after a promotion connects to the promoted game. The current primary is the first
-//! game until a spare reports that it took over (its resumed line).
+//! game until a spare reports that it took over (its resumed line). A listening or connecting
+//! variable the caller put in [`Setup::env`] wins over the launcher's choice.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
