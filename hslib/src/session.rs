@@ -166,10 +166,43 @@ pub fn serve_spare_watched<E: Endpoint>(
     }
     let Some(watch) = watch else {
         endpoint.set_read_timeout(None).map_err(timeout_err)?;
-        return Ok(replica.serve(endpoint));
+        return Ok(replica.serve(&mut Buffered::new(endpoint)));
     };
     endpoint
         .set_read_timeout(Some(watch.tick()))
         .map_err(timeout_err)?;
-    Ok(replica.serve(&mut Watched::new(endpoint, watch)))
+    Ok(replica.serve(&mut Buffered::new(Watched::new(endpoint, watch))))
+}
+
+/// The spare's end of a session after the hello: reads buffered (a checkpoint's frames,
+/// written by the primary with one `write`, come in with one `read` instead of two per
+/// frame), writes (the acks) straight through. The buffer only ever holds bytes of frames
+/// the replica is about to read, so nothing is lost when the session ends.
+struct Buffered<S: std::io::Read>(std::io::BufReader<S>);
+
+impl<S: std::io::Read> Buffered<S> {
+    fn new(inner: S) -> Self {
+        // A checkpoint of a few pages arrives whole; larger ones in 64 KiB reads.
+        Self(std::io::BufReader::with_capacity(64 << 10, inner))
+    }
+}
+
+impl<S: std::io::Read> std::io::Read for Buffered<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<S: std::io::Read + std::io::Write> std::io::Write for Buffered<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.get_mut().write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        self.0.get_mut().write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.get_mut().flush()
+    }
 }
