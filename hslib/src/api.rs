@@ -45,7 +45,8 @@ use crate::fault;
 use crate::fault::Step;
 use crate::link::{self, AckWait, Link, LinkConfig, LinkError, LinkProbe, LinkStats, StreamParams};
 use crate::meta::{
-    Blobs, FdRegistry, Handler, LostConnection, MetaError, MetadataRef, RegionInfo, SignalRegistry,
+    Blobs, FdKind, FdRegistry, Handler, LostConnection, MetaError, MetadataRef, RegionInfo,
+    SignalRegistry,
 };
 use crate::region::{Region, RegionError, RegionId, Slot};
 use crate::replica::{Committed, Replica, ReplicaConfig, ReplicaError};
@@ -784,6 +785,7 @@ impl<T> HotSpare<T> {
             link: None,
             runs: Vec::new(),
             meta: Vec::new(),
+            meta_fresh: false,
             restored: None,
             lost: Vec::new(),
             log_warning: None,
@@ -1036,7 +1038,10 @@ pub struct Context {
     mode: Mode,
     link: Option<Link>,
     runs: Vec<Run>,
+    /// The metadata as last encoded.
     meta: Vec<u8>,
+    /// Whether `meta` still says what a capture and encoding would say now.
+    meta_fresh: bool,
     restored: Option<Restored>,
     /// The connections the restore could only re-create as dead ones.
     lost: Vec<LostConnection>,
@@ -1151,16 +1156,19 @@ impl Context {
 
     /// The registered file descriptors (register what a promoted spare must have).
     pub fn fds(&mut self) -> &mut FdRegistry {
+        self.meta_fresh = false;
         &mut self.fds
     }
 
     /// The signal handler registry: `register` is `hs_sigreg`.
     pub fn signals(&mut self) -> &mut SignalRegistry {
+        self.meta_fresh = false;
         &mut self.signals
     }
 
     /// Application blobs, carried by every checkpoint.
     pub fn blobs(&mut self) -> &mut Blobs {
+        self.meta_fresh = false;
         &mut self.blobs
     }
 
@@ -1322,10 +1330,22 @@ impl Context {
         let Some(plan) = link.plan() else {
             return Ok(not_shipped);
         };
+        // The metadata is captured and encoded again only when it may have changed: the
+        // registries were handed out mutably since, or a registered file's offset is
+        // part of it (refreshed at every capture). Otherwise the last encoding stands.
+        let stale = !self.meta_fresh
+            || self
+                .fds
+                .records()
+                .iter()
+                .any(|r| matches!(r.kind, FdKind::File(_)));
+        self.meta_fresh = false;
         inject(Step::Capture)?;
-        self.fds.capture().map_err(MetaError::from)?;
-        let mut meta = std::mem::take(&mut self.meta);
-        let encoded = inject(Step::Encode).and_then(|()| {
+        if stale {
+            self.fds.capture().map_err(MetaError::from)?;
+        }
+        inject(Step::Encode)?;
+        if stale {
             MetadataRef {
                 worker: Some(&self.name),
                 regions: &self.table,
@@ -1333,13 +1353,9 @@ impl Context {
                 signals: self.signals.records(),
                 blobs: self.blobs.as_map(),
             }
-            .encode_into(&mut meta)
-            .map_err(HsError::from)
-        });
-        if let Err(e) = encoded {
-            self.meta = meta;
-            return Err(e);
+            .encode_into(&mut self.meta)?;
         }
+        self.meta_fresh = true;
         let full = plan.full || self.force_full;
         snapshot::plan(&self.regions, dirty, full, &mut self.runs);
         let pages = snapshot::page_count(&self.runs);
@@ -1363,10 +1379,9 @@ impl Context {
         let snap = match strategy {
             Strategy::Fork => {
                 let forked = inject(Step::Fork).and_then(|()| {
-                    snapshot::fork(&self.regions, full, &self.runs, &meta, plan.stream_fd)
+                    snapshot::fork(&self.regions, full, &self.runs, &self.meta, plan.stream_fd)
                         .map_err(HsError::Fork)
                 });
-                self.meta = meta;
                 Snapshot::Forked(forked?)
             }
             Strategy::Copy | Strategy::Adaptive => {
@@ -1374,19 +1389,13 @@ impl Context {
                     link.staging(snapshot::staging_bytes(&self.runs))
                         .map_err(HsError::from)
                 });
-                let (buffer, new) = match staging {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.meta = meta;
-                        return Err(e);
-                    }
-                };
+                let (buffer, new) = staging?;
                 // A new buffer costs page faults once, and a full copy reads cold pages: the
                 // model learns from steady-state incremental copies only.
                 steady = !new && !full;
-                let (mut runs, next_meta) = link.spare_vecs();
+                let (mut runs, mut meta) = link.spare_vecs();
                 runs.clone_from(&self.runs);
-                self.meta = next_meta;
+                meta.clone_from(&self.meta);
                 Snapshot::Copied(Copied::take(&self.regions, full, runs, buffer, meta))
             }
         };
