@@ -65,7 +65,9 @@ impl Link {
     /// Opens the link: the sink's session at once (null, file), or a listener whose spares
     /// each get a session (unix, tcp).
     ///
-    /// [`super::ENV_MAX_LAG`] (if set) bounds how far the stream may fall behind.
+    /// [`super::ENV_MAX_LAG`] (if set) bounds how far the stream may fall behind; in lazy
+    /// mode ([`Delivery::Polled`]) a time there must exceed the lazy bound
+    /// ([`LinkError::LagBelowLazy`]).
     pub fn open(config: &LinkConfig, params: StreamParams) -> Result<Self, LinkError> {
         let max_lag = MaxLag::from_env()?;
         let delivery = params.delivery;

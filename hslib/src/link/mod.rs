@@ -8,9 +8,18 @@
 //! must start with a full checkpoint, which the next snapshot will be.
 //!
 //! Files: `handle` (the [`Link`] a primary's context holds), `sender` (the thread that
-//! writes every frame), `acceptor` (spares' connections and handshakes), `acks` (the ack
-//! reader), `compact` (a checkpoint log kept within its size limit), `coalesce` (merging copy snapshots that wait for the sender; at most one waits,
-//! so a slow spare costs the regions' size, not a snapshot per checkpoint).
+//! writes every frame), `direct` (the open session under its lock, and sync mode's direct
+//! path: the application's thread writes a checkpoint with one `write` and reads its ack with
+//! one `read` when the sender is idle), `acceptor` (spares' connections and handshakes),
+//! `acks` (the ack reader, for async and lazy mode), `compact` (a checkpoint log kept within
+//! its size limit), `coalesce` (merging copy snapshots that wait for the sender; at most one
+//! waits, so a slow spare costs the regions' size, not a snapshot per checkpoint).
+//!
+//! How a checkpoint reaches the stream is the [`Delivery`] of [`StreamParams`]: woken (async
+//! mode: the sender is woken for it), direct (sync mode) or polled (lazy mode: published
+//! without a system call, the sender looks every [`ENV_MAX_LAG_US`]). [`ENV_MAX_LAG`] is a
+//! different bound, back-pressure: how far the stream may fall behind before a checkpoint
+//! waits for the sender.
 //!
 //! Hang detection: the sender puts a heartbeat frame on a spare's stream whenever it has
 //! been idle for [`StreamParams::heartbeat`] ([`DEFAULT_HEARTBEAT`], 100 ms, unless
