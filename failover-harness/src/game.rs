@@ -39,10 +39,7 @@ fn role_value(role: &Role) -> anyhow::Result<&'static str> {
 
 /// The `HS_MODE` value for `mode`.
 pub fn mode_value(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Async => "async",
-        Mode::Sync => "sync",
-    }
+    mode.name()
 }
 
 /// Everything the games of one session share.

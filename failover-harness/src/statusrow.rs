@@ -94,6 +94,8 @@ fn fields(view: &View) -> Vec<Field> {
         format!("lag {}", s.lag()),
         5,
     ));
+    // The game's steady-state stall: a full checkpoint (a new spare's first, after a start
+    // or a failover) is not a move, and the game leaves it out of both figures.
     let stall = format!("stall {}", micros(s.stall_last_us));
     out.push(field(stall.clone(), stall, 7));
     let p99 = format!("p99 {}", micros(s.stall_p99_us));

@@ -26,7 +26,8 @@
 //! The role and the link can come from the environment a supervisor sets
 //! ([`HotSpare::from_env`]): `HS_ROLE` (`standalone`, `primary`, `spare`), `HS_TRANSPORT`
 //! (`null`, `file`, `unix`, `tcp`), `HS_SOCKET_DIR` and `HS_SOCKET_NAME` (unix), `HS_TCP_ADDR`
-//! and `HS_KEY` (tcp), `HS_LOG_FILE` (file), `HS_EPOCH`, `HS_MODE` (`async`, `sync`),
+//! and `HS_KEY` (tcp), `HS_LOG_FILE` (file), `HS_EPOCH`, `HS_MODE` (`async`, `sync`, `lazy`; see [`Mode`]), `HS_MAX_LAG_US` (lazy mode's
+//! bound, microseconds, default 1000; refused with another mode),
 //! `HS_STRATEGY` (`copy`, `fork`, `adaptive`), `HS_TRACKER` (`uffd`, `mprotect`, `full`),
 //! and the hang detection's times in milliseconds: `HS_ACK_DEADLINE_MS` (sync mode: how long
 //! a checkpoint waits for the spare's ack before the spare is dropped; default 1000),
@@ -59,7 +60,8 @@ use crate::fault;
 use crate::fault::Step;
 use crate::link::{self, AckWait, Link, LinkConfig, LinkError, LinkProbe, LinkStats, StreamParams};
 use crate::meta::{
-    Blobs, FdRegistry, Handler, LostConnection, MetaError, MetadataRef, RegionInfo, SignalRegistry,
+    Blobs, FdKind, FdRegistry, Handler, LostConnection, MetaError, MetadataRef, RegionInfo,
+    SignalRegistry,
 };
 use crate::orders::{Order, Orders};
 use crate::region::{Region, RegionError, RegionId, Slot};
@@ -118,13 +120,50 @@ pub enum Role {
     Resume(PathBuf),
 }
 
-/// When [`Context::checkpoint`] returns.
+/// When [`Context::checkpoint`] returns, and how the checkpoint gets to the spare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Once the snapshot is taken (the link ships it while the worker goes on).
+    /// Once the snapshot is taken: it is handed to the link's sender thread, which is woken
+    /// for it (one `futex` wake, none while the sender is busy anyway) and ships it while
+    /// the worker goes on.
     Async,
-    /// Once the spare acked the checkpoint: nothing committed is ever lost.
+    /// Once the spare acked the checkpoint: nothing committed is ever lost. When the sender
+    /// is idle the worker's own thread writes the checkpoint (one `write`) and reads the ack
+    /// (one `read`); no thread is woken on the way out or back.
     Sync,
+    /// Once the snapshot is copied and published: no system call at all. The sender looks
+    /// for a published checkpoint every `max_lag` ([`HotSpare::lazy`], `HS_MAX_LAG_US`,
+    /// default 1000 us) and ships the newest, so the spare is at most that far (plus one
+    /// write) behind; a failover loses at most the moves of that window, which a supervisor
+    /// that logs its inputs replays.
+    Lazy {
+        /// How long a checkpoint may wait before the sender ships it.
+        max_lag: Duration,
+    },
+}
+
+impl Mode {
+    /// Lazy mode with the default bound ([`link::DEFAULT_MAX_LAG_US`]).
+    pub const LAZY: Mode = Mode::Lazy {
+        max_lag: Duration::from_micros(link::DEFAULT_MAX_LAG_US),
+    };
+
+    /// The mode's name, as `HS_MODE` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Async => "async",
+            Mode::Sync => "sync",
+            Mode::Lazy { .. } => "lazy",
+        }
+    }
+
+    fn delivery(self) -> link::Delivery {
+        match self {
+            Mode::Async => link::Delivery::Woken,
+            Mode::Sync => link::Delivery::Direct,
+            Mode::Lazy { max_lag } => link::Delivery::Polled(max_lag),
+        }
+    }
 }
 
 impl std::str::FromStr for Mode {
@@ -133,9 +172,19 @@ impl std::str::FromStr for Mode {
         match s {
             "async" => Ok(Mode::Async),
             "sync" => Ok(Mode::Sync),
-            other => Err(format!("{other:?} names no mode; use async or sync")),
+            "lazy" => Ok(Mode::LAZY),
+            other => Err(format!("{other:?} names no mode; use async, sync or lazy")),
         }
     }
+}
+
+/// Parses an `HS_MAX_LAG_US` value: microseconds, 1 to 10 000 000.
+pub fn parse_max_lag_us(v: &str) -> Result<Duration, String> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|us| (1..=10_000_000).contains(us))
+        .map(Duration::from_micros)
+        .ok_or_else(|| "a number of microseconds from 1 to 10000000".to_owned())
 }
 
 /// What went wrong in the library.
@@ -445,6 +494,13 @@ impl<T> HotSpare<T> {
         self
     }
 
+    /// Lazy mode ([`Mode::Lazy`]): `checkpoint()` only copies and publishes; the sender ships
+    /// the newest checkpoint at most `max_lag` after it was taken (plus one write).
+    pub fn lazy(mut self, max_lag: Duration) -> Self {
+        self.mode = Mode::Lazy { max_lag };
+        self
+    }
+
     /// The role.
     pub fn role(mut self, role: Role) -> Self {
         self.role = role;
@@ -575,6 +631,7 @@ impl<T> HotSpare<T> {
         let tcp_addr = var(ENV_TCP_ADDR);
         let epoch = var(ENV_EPOCH);
         let mode = var(ENV_MODE);
+        let max_lag_us = var(link::ENV_MAX_LAG_US);
         let strategy = var(ENV_STRATEGY);
         let tracker = var(track::ENV_OVERRIDE);
         let ack_deadline = var(link::ENV_ACK_DEADLINE_MS);
@@ -716,6 +773,19 @@ impl<T> HotSpare<T> {
         if let Some(v) = mode {
             self.mode = v.parse().map_err(|e: String| bad(ENV_MODE, &v, &e))?;
         }
+        if let Some(v) = max_lag_us {
+            let max_lag = parse_max_lag_us(&v).map_err(|e| bad(link::ENV_MAX_LAG_US, &v, &e))?;
+            match self.mode {
+                Mode::Lazy { .. } => self.mode = Mode::Lazy { max_lag },
+                other => {
+                    return Err(bad(
+                        link::ENV_MAX_LAG_US,
+                        &v,
+                        &format!("it is lazy mode's bound, and the mode is {}", other.name()),
+                    ));
+                }
+            }
+        }
         if let Some(v) = strategy {
             self.strategy = v.parse().map_err(|e: String| bad(ENV_STRATEGY, &v, &e))?;
         }
@@ -851,6 +921,7 @@ impl<T> HotSpare<T> {
             link: None,
             runs: Vec::new(),
             meta: Vec::new(),
+            meta_fresh: false,
             restored: None,
             lost: Vec::new(),
             log_warning: None,
@@ -879,6 +950,7 @@ impl<T> HotSpare<T> {
             sync_sink: self.mode == Mode::Sync,
             heartbeat: self.heartbeat,
             log_max_bytes: self.log_max_bytes,
+            delivery: self.mode.delivery(),
         };
         let link = Link::open(&self.listening()?, params)?;
         tracing::info!(link = link.describe(), epoch, role = ?self.role, "link open");
@@ -1191,7 +1263,10 @@ pub struct Context {
     mode: Mode,
     link: Option<Link>,
     runs: Vec<Run>,
+    /// The metadata as last encoded.
     meta: Vec<u8>,
+    /// Whether `meta` still says what a capture and encoding would say now.
+    meta_fresh: bool,
     restored: Option<Restored>,
     /// The connections the restore could only re-create as dead ones.
     lost: Vec<LostConnection>,
@@ -1306,16 +1381,19 @@ impl Context {
 
     /// The registered file descriptors (register what a promoted spare must have).
     pub fn fds(&mut self) -> &mut FdRegistry {
+        self.meta_fresh = false;
         &mut self.fds
     }
 
     /// The signal handler registry: `register` is `hs_sigreg`.
     pub fn signals(&mut self) -> &mut SignalRegistry {
+        self.meta_fresh = false;
         &mut self.signals
     }
 
     /// Application blobs, carried by every checkpoint.
     pub fn blobs(&mut self) -> &mut Blobs {
+        self.meta_fresh = false;
         &mut self.blobs
     }
 
@@ -1477,10 +1555,22 @@ impl Context {
         let Some(plan) = link.plan() else {
             return Ok(not_shipped);
         };
+        // The metadata is captured and encoded again only when it may have changed: the
+        // registries were handed out mutably since, or a registered file's offset is
+        // part of it (refreshed at every capture). Otherwise the last encoding stands.
+        let stale = !self.meta_fresh
+            || self
+                .fds
+                .records()
+                .iter()
+                .any(|r| matches!(r.kind, FdKind::File(_)));
+        self.meta_fresh = false;
         inject(Step::Capture)?;
-        self.fds.capture().map_err(MetaError::from)?;
-        let mut meta = std::mem::take(&mut self.meta);
-        let encoded = inject(Step::Encode).and_then(|()| {
+        if stale {
+            self.fds.capture().map_err(MetaError::from)?;
+        }
+        inject(Step::Encode)?;
+        if stale {
             MetadataRef {
                 worker: Some(&self.name),
                 regions: &self.table,
@@ -1488,13 +1578,9 @@ impl Context {
                 signals: self.signals.records(),
                 blobs: self.blobs.as_map(),
             }
-            .encode_into(&mut meta)
-            .map_err(HsError::from)
-        });
-        if let Err(e) = encoded {
-            self.meta = meta;
-            return Err(e);
+            .encode_into(&mut self.meta)?;
         }
+        self.meta_fresh = true;
         let full = plan.full || self.force_full;
         snapshot::plan(&self.regions, dirty, full, &mut self.runs);
         let pages = snapshot::page_count(&self.runs);
@@ -1518,10 +1604,9 @@ impl Context {
         let snap = match strategy {
             Strategy::Fork => {
                 let forked = inject(Step::Fork).and_then(|()| {
-                    snapshot::fork(&self.regions, full, &self.runs, &meta, plan.stream_fd)
+                    snapshot::fork(&self.regions, full, &self.runs, &self.meta, plan.stream_fd)
                         .map_err(HsError::Fork)
                 });
-                self.meta = meta;
                 Snapshot::Forked(forked?)
             }
             Strategy::Copy | Strategy::Adaptive => {
@@ -1529,19 +1614,13 @@ impl Context {
                     link.staging(snapshot::staging_bytes(&self.runs))
                         .map_err(HsError::from)
                 });
-                let (buffer, new) = match staging {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.meta = meta;
-                        return Err(e);
-                    }
-                };
+                let (buffer, new) = staging?;
                 // A new buffer costs page faults once, and a full copy reads cold pages: the
                 // model learns from steady-state incremental copies only.
                 steady = !new && !full;
-                let (mut runs, next_meta) = link.spare_vecs();
+                let (mut runs, mut meta) = link.spare_vecs();
                 runs.clone_from(&self.runs);
-                self.meta = next_meta;
+                meta.clone_from(&self.meta);
                 Snapshot::Copied(Copied::take(&self.regions, full, runs, buffer, meta))
             }
         };
@@ -1554,12 +1633,17 @@ impl Context {
             snapshot::abandon(snap);
             return Err(e);
         }
-        let id = link.submit(plan.generation, full, snap)?;
-        self.force_full = false;
         let waited = match self.mode {
-            Mode::Sync => link.wait_acked(id, plan.generation, self.ack_deadline)?,
-            Mode::Async => AckWait::NotAcked,
+            Mode::Sync => {
+                link.submit_sync(plan.generation, full, snap, self.ack_deadline)?
+                    .1
+            }
+            Mode::Async | Mode::Lazy { .. } => {
+                link.submit(plan.generation, full, snap)?;
+                AckWait::NotAcked
+            }
         };
+        self.force_full = false;
         Ok(Checkpoint {
             pages,
             full,

@@ -585,7 +585,7 @@ impl Replica {
 
     fn stage(&mut self, crc: u32, len: usize) {
         self.staged.frames += 1;
-        self.staged.bodies_crc = crc32c::crc32c_combine(self.staged.bodies_crc, crc, len);
+        self.staged.bodies_crc = wire::crc32c_combine(self.staged.bodies_crc, crc, len);
     }
 
     fn hello(&mut self, epoch: u64, sequence: u64, hello: &Hello) -> Result<Ack, ReplicaError> {

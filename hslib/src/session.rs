@@ -168,7 +168,7 @@ pub fn serve_spare_watched<E: Endpoint>(
     }
     let Some(watch) = watch else {
         endpoint.set_read_timeout(None).map_err(timeout_err)?;
-        return Ok(replica.serve(endpoint));
+        return Ok(replica.serve(&mut Buffered::new(endpoint)));
     };
     endpoint
         .set_read_timeout(Some(watch.tick()))
@@ -177,7 +177,7 @@ pub fn serve_spare_watched<E: Endpoint>(
     // is told on the watch's report descriptor: the spare holds a whole checkpoint.
     let mut told = false;
     Ok(replica.serve_with(
-        &mut Watched::new(endpoint, watch),
+        &mut Buffered::new(Watched::new(endpoint, watch)),
         |w, epoch, sequence, ack| {
             let sent = wire::write_ack(w, epoch, sequence, ack)
                 .and_then(|()| w.flush().map_err(WireError::Io));
@@ -185,11 +185,49 @@ pub fn serve_spare_watched<E: Endpoint>(
                 Acked::Hello => told = false,
                 Acked::Commit if !told => {
                     told = true;
-                    w.watch().holding(ack.checkpoint, epoch);
+                    w.get_mut().watch().holding(ack.checkpoint, epoch);
                 }
                 Acked::Commit => {}
             }
             sent
         },
     ))
+}
+
+/// The spare's end of a session after the hello: reads buffered (a checkpoint's frames,
+/// written by the primary with one `write`, come in with one `read` instead of two per
+/// frame), writes (the acks) straight through. The buffer only ever holds bytes of frames
+/// the replica is about to read, so nothing is lost when the session ends.
+struct Buffered<S: std::io::Read>(std::io::BufReader<S>);
+
+impl<S: std::io::Read> Buffered<S> {
+    fn new(inner: S) -> Self {
+        // A checkpoint of a few pages arrives whole; larger ones in 64 KiB reads.
+        Self(std::io::BufReader::with_capacity(64 << 10, inner))
+    }
+
+    /// The stream under the buffer.
+    fn get_mut(&mut self) -> &mut S {
+        self.0.get_mut()
+    }
+}
+
+impl<S: std::io::Read> std::io::Read for Buffered<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<S: std::io::Read + std::io::Write> std::io::Write for Buffered<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.get_mut().write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        self.0.get_mut().write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.get_mut().flush()
+    }
 }

@@ -203,6 +203,7 @@ fn an_idle_stream_carries_heartbeats() {
         sync_sink: false,
         heartbeat: Some(Duration::from_millis(20)),
         log_max_bytes: None,
+        delivery: hslib::link::Delivery::Woken,
     };
     let link = Link::open(&unix_link(&sock, "hb"), params).expect("link");
     let mut ep = hslib::transport::unix::connect(&sock, "hb").expect("connect");

@@ -23,6 +23,7 @@ fn params() -> StreamParams {
         sync_sink: false,
         heartbeat: None,
         log_max_bytes: None,
+        delivery: hslib::link::Delivery::Woken,
     }
 }
 

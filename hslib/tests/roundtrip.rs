@@ -161,6 +161,22 @@ fn worker(ctx: &mut Context) -> WorkerResult {
     for i in 1..=steps {
         step(ctx, i)?;
     }
+    if std::env::var_os("RT_SETTLE").is_some() {
+        // Lazy mode: the spare converges to the last checkpoint on the sender's schedule,
+        // with no call from the worker; the test kills the primary only once it has.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = ctx.link_stats();
+            if s.synced && s.pending == 0 && s.acked == s.last_written {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the spare never caught up: {s:?}"
+            );
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
     std::fs::write(&out, summary(ctx)?)?;
     if std::env::var_os("RT_HANG").is_some() {
         loop {
@@ -337,6 +353,22 @@ fn copy_round_trip_with_mprotect() {
 #[test]
 fn copy_round_trip_with_full() {
     round_trip("copy", "full");
+}
+
+/// Lazy mode: the checkpoints go out on the sender's schedule (within 2 ms); once the spare
+/// has converged, a killed primary's spare resumes with exactly its last checkpoint.
+#[test]
+fn lazy_copy_round_trip_with_uffd() {
+    round_trip_with(
+        "copy",
+        "uffd",
+        &[
+            ("HS_MODE", "lazy"),
+            ("HS_MAX_LAG_US", "2000"),
+            ("RT_WAIT_SPARE", "1"),
+            ("RT_SETTLE", "1"),
+        ],
+    );
 }
 
 #[test]

@@ -12,8 +12,10 @@
 //!   `{"stats":{"epoch":E,"checkpoints":C,"inputs":N,"tty_bytes":T,"stall_last_us":F,`
 //!   `"stall_p99_us":F,"last_written":W,"acked":A,"sessions":S,"live":B,"synced":B}}`. `checkpoints`
 //!   continues from the restored checkpoint's number; `inputs` and `tty_bytes` are the state's
-//!   at the last checkpoint; the stalls are the time spent inside `checkpoint()` (the p99 of
-//!   this process's checkpoints, to within 1/8 of an octave); `last_written`, `acked`,
+//!   at the last checkpoint; the stalls are the time spent inside `checkpoint()` in the
+//!   steady state (the p99 of this process's checkpoints, to within 1/8 of an octave; full
+//!   checkpoints, the first a new spare gets after a start or a failover, are not moves and
+//!   are left out); `last_written`, `acked`,
 //!   `sessions`, `live` and `synced` are the link's ([`hslib::LinkStats`]): the spare lags
 //!   `last_written - acked` checkpoints behind, each spare that connects opens a new session,
 //!   and the spare of the open session holds a checkpoint once `synced`. While a
@@ -178,11 +180,15 @@ impl Published {
     }
 
     /// One checkpoint taken in `stall`, after which the state had consumed `inputs` and
-    /// accounted for `tty_bytes`.
-    pub fn record(&self, stall: Duration, inputs: u64, tty_bytes: u64) {
-        let ns = u64::try_from(stall.as_nanos()).unwrap_or(u64::MAX);
-        self.histogram[bucket(ns)].fetch_add(1, Ordering::Relaxed);
-        self.last_stall_ns.store(ns, Ordering::Relaxed);
+    /// accounted for `tty_bytes`. A `full` checkpoint (the first a new spare gets, after a
+    /// start or a failover) is counted but its stall is not: it is not a move's, and the
+    /// stall figures are the steady state's.
+    pub fn record(&self, stall: Duration, full: bool, inputs: u64, tty_bytes: u64) {
+        if !full {
+            let ns = u64::try_from(stall.as_nanos()).unwrap_or(u64::MAX);
+            self.histogram[bucket(ns)].fetch_add(1, Ordering::Relaxed);
+            self.last_stall_ns.store(ns, Ordering::Relaxed);
+        }
         self.inputs.store(inputs, Ordering::Relaxed);
         self.tty_bytes.store(tty_bytes, Ordering::Relaxed);
         self.checkpoints.fetch_add(1, Ordering::Release);
@@ -421,15 +427,26 @@ mod tests {
     fn p99_is_the_bucket_of_the_99th_percentile() {
         let p = Published::new(5);
         for _ in 0..990 {
-            p.record(Duration::from_nanos(2000), 1, 2);
+            p.record(Duration::from_nanos(2000), false, 1, 2);
         }
         for _ in 0..10 {
-            p.record(Duration::from_millis(3), 3, 4);
+            p.record(Duration::from_millis(3), false, 3, 4);
         }
         assert_eq!(bucket(p.p99_ns()), bucket(2000));
-        p.record(Duration::from_millis(3), 3, 4);
+        p.record(Duration::from_millis(3), false, 3, 4);
         assert_eq!(bucket(p.p99_ns()), bucket(3_000_000));
         assert_eq!(p.checkpoints.load(Ordering::Relaxed), 1006);
+    }
+
+    #[test]
+    fn a_full_checkpoint_counts_but_its_stall_is_not_the_steady_states() {
+        let p = Published::new(0);
+        p.record(Duration::from_micros(2), false, 1, 1);
+        p.record(Duration::from_millis(40), true, 2, 2);
+        assert_eq!(p.last_stall_ns.load(Ordering::Relaxed), 2000);
+        assert_eq!(bucket(p.p99_ns()), bucket(2000));
+        assert_eq!(p.checkpoints.load(Ordering::Relaxed), 2);
+        assert_eq!(p.inputs.load(Ordering::Relaxed), 2);
     }
 
     #[test]

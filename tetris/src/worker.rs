@@ -248,13 +248,13 @@ impl Store for Checkpointed<'_> {
         let start = Instant::now();
         let taken = self.ctx.checkpoint();
         let stall = start.elapsed();
-        taken.context("taking a checkpoint failed")?;
+        let taken = taken.context("taking a checkpoint failed")?;
         if let Some(stalls) = self.stalls.as_deref_mut() {
             stalls.record(stall);
         }
         if let Some(published) = self.published {
             let state = self.ctx.get(STATE_REGION, self.slot)?;
-            published.record(stall, state.inputs, state.tty_bytes);
+            published.record(stall, taken.full, state.inputs, state.tty_bytes);
         }
         Ok(())
     }

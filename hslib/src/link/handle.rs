@@ -9,10 +9,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::coalesce::{self, Queued};
+use super::direct::{self, AckRead};
 use super::sender::SenderThread;
 use super::{
-    Job, LinkConfig, LinkError, LinkProbe, LinkStats, MaxLag, Plan, Progress, Shared, Shipped,
-    StreamParams, Wanted, acceptor, lock_child, spawn,
+    Delivery, Job, LinkConfig, LinkError, LinkProbe, LinkStats, MaxLag, Plan, Progress, Shared,
+    Shipped, StreamParams, Wanted, acceptor, lock_child, spawn,
 };
 use crate::replica::ReplicaConfig;
 use crate::snapshot::{Copied, Snapshot};
@@ -52,6 +53,9 @@ pub struct Link {
     /// checkpoints.
     log_limit: Option<(std::path::PathBuf, u64)>,
     plans: u64,
+    delivery: Delivery,
+    /// Sync mode's direct path: a whole checkpoint's frames, gathered for one `write`.
+    gathered: Vec<u8>,
 }
 
 /// How often (in checkpoints) the link looks at its log's size.
@@ -61,9 +65,21 @@ impl Link {
     /// Opens the link: the sink's session at once (null, file), or a listener whose spares
     /// each get a session (unix, tcp).
     ///
-    /// [`super::ENV_MAX_LAG`] (if set) bounds how far the stream may fall behind.
+    /// [`super::ENV_MAX_LAG`] (if set) bounds how far the stream may fall behind; in lazy
+    /// mode ([`Delivery::Polled`]) a time there must exceed the lazy bound
+    /// ([`LinkError::LagBelowLazy`]).
     pub fn open(config: &LinkConfig, params: StreamParams) -> Result<Self, LinkError> {
         let max_lag = MaxLag::from_env()?;
+        let delivery = params.delivery;
+        if let (Some(MaxLag::Time(t)), Delivery::Polled(every)) = (max_lag, delivery)
+            && t <= every
+        {
+            let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            return Err(LinkError::LagBelowLazy {
+                max_lag_us: us(t),
+                lazy_us: us(every),
+            });
+        }
         let (jobs, rx) = mpsc::channel();
         let (give_back, recycle) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -123,6 +139,8 @@ impl Link {
             max_lag,
             log_limit,
             plans: 0,
+            delivery,
+            gathered: Vec::new(),
         })
     }
 
@@ -285,6 +303,118 @@ impl Link {
         }
     }
 
+    /// Sync mode: ships a snapshot taken for `generation` and waits for the spare's ack (at
+    /// most `deadline`, see [`Link::wait_acked`]). When the sender has nothing ahead of it
+    /// (the usual case: every sync checkpoint waited for the one before) a copy snapshot
+    /// takes the direct path: this thread writes the whole checkpoint with one `write` and
+    /// reads its ack with one `read`, no thread woken on the way out or back. Otherwise it
+    /// goes through the sender like any snapshot. Returns the job id and what became of it.
+    pub fn submit_sync(
+        &mut self,
+        generation: u64,
+        full: bool,
+        snapshot: Snapshot,
+        deadline: Option<Duration>,
+    ) -> Result<(u64, AckWait), LinkError> {
+        let snapshot = match snapshot {
+            Snapshot::Copied(c) if self.delivery == Delivery::Direct => {
+                match self.try_direct(generation, full, c, deadline)? {
+                    Ok(done) => return Ok(done),
+                    Err(c) => Snapshot::Copied(c),
+                }
+            }
+            other => other,
+        };
+        let id = self.submit(generation, full, snapshot)?;
+        Ok((id, self.wait_acked(id, generation, deadline)?))
+    }
+
+    /// The direct path of [`Link::submit_sync`]; gives the snapshot back when the sender is
+    /// not idle or the session is not the one it was taken for.
+    fn try_direct(
+        &mut self,
+        generation: u64,
+        full: bool,
+        copied: Copied,
+        deadline: Option<Duration>,
+    ) -> Result<Result<(u64, AckWait), Copied>, LinkError> {
+        // Cheap looks first, without the session's lock (a fork child's turn holds it).
+        if self.fork_in_flight() || self.shared.queued().is_some() {
+            return Ok(Err(copied));
+        }
+        let shared = Arc::clone(&self.shared);
+        let mut session = shared.session();
+        let idle = {
+            let p = shared.lock();
+            // Every job submitted is done, none is in the sender's hands.
+            p.done_job == self.next_job
+                && !self.fork_in_flight()
+                && shared.live.load(Ordering::Acquire)
+        };
+        let usable = session
+            .open
+            .as_ref()
+            .is_some_and(|o| o.generation == generation && o.direct.is_some());
+        let slot = &mut *session;
+        let Some(open) = slot.open.as_mut().filter(|_| idle && usable) else {
+            return Ok(Err(copied));
+        };
+        self.next_job += 1;
+        let id = self.next_job;
+        shared.submitted.store(id, Ordering::Release);
+        if full {
+            self.full_generation = generation;
+        }
+        let written = open.write_gathered(&copied, &mut self.gathered);
+        self.give_back(copied);
+        let (cp, bytes) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "writing a checkpoint failed; the session is over");
+                direct::close(&shared, &mut slot.open, false);
+                let mut p = shared.lock();
+                p.done_job = id;
+                p.done = Some(Shipped::Dropped);
+                drop(p);
+                return Ok(Ok((id, AckWait::NotAcked)));
+            }
+        };
+        slot.next_checkpoint = cp + 1;
+        direct::count_written(&shared, cp, bytes, full, false, Some(id));
+        let read = open.read_ack(cp, deadline);
+        Ok(Ok((id, self.acked(session, cp, generation, read)?)))
+    }
+
+    /// Books what reading the ack of checkpoint `cp` came to, holding the session's lock.
+    fn acked(
+        &self,
+        mut session: MutexGuard<'_, super::Session>,
+        cp: u64,
+        generation: u64,
+        read: AckRead,
+    ) -> Result<AckWait, LinkError> {
+        match read {
+            AckRead::Acked => {
+                let mut p = self.shared.lock();
+                p.acked = p.acked.max(cp);
+                drop(p);
+                drop(session);
+                // No notify (it is a system call even with no one waiting): only this
+                // thread, the link's owner, ever waits for the counters.
+                Ok(AckWait::Acked)
+            }
+            AckRead::Late => {
+                drop(session);
+                self.drop_spare(generation)
+            }
+            AckRead::Broken(e) => {
+                tracing::info!(generation, error = %e, "the spare's ack stream ended");
+                direct::close(&self.shared, &mut session.open, false);
+                Ok(AckWait::NotAcked)
+            }
+        }
+    }
+
     /// Bounds how far the stream may fall behind: past it, [`Link::submit`] waits for the
     /// sender. `None`: never waits.
     pub fn set_max_lag(&mut self, max: Option<MaxLag>) {
@@ -334,7 +464,10 @@ impl Link {
                 checkpoints: 1,
             });
             drop(slot);
-            self.send(Job::Queued)?;
+            // Lazy mode: published; the sender looks on its own schedule (no system call).
+            if !matches!(self.delivery, Delivery::Polled(_)) {
+                self.send(Job::Queued)?;
+            }
             return Ok(id);
         };
         // Its `Job::Queued` is still ahead in the channel: the sender takes what is here.
@@ -429,6 +562,26 @@ impl Link {
         let Some(Shipped::Written(cp)) = p.done.filter(|_| p.done_job == id) else {
             return Ok(AckWait::NotAcked);
         };
+        if p.acked < cp {
+            drop(p);
+            // Sync mode: no thread reads the acks; this one does.
+            let mut session = self.shared.session();
+            if let Some(open) = session
+                .open
+                .as_mut()
+                .filter(|o| o.generation == generation && o.direct.is_some())
+            {
+                let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+                if left.is_some_and(|d| d.is_zero()) {
+                    drop(session);
+                    return self.drop_spare(generation);
+                }
+                let read = open.read_ack(cp, left);
+                return self.acked(session, cp, generation, read);
+            }
+            drop(session);
+            p = self.shared.lock();
+        }
         while p.acked < cp {
             if !self.live() {
                 return Ok(AckWait::NotAcked);

@@ -8,9 +8,18 @@
 //! must start with a full checkpoint, which the next snapshot will be.
 //!
 //! Files: `handle` (the [`Link`] a primary's context holds), `sender` (the thread that
-//! writes every frame), `acceptor` (spares' connections and handshakes), `acks` (the ack
-//! reader), `compact` (a checkpoint log kept within its size limit), `coalesce` (merging copy snapshots that wait for the sender; at most one waits,
-//! so a slow spare costs the regions' size, not a snapshot per checkpoint).
+//! writes every frame), `direct` (the open session under its lock, and sync mode's direct
+//! path: the application's thread writes a checkpoint with one `write` and reads its ack with
+//! one `read` when the sender is idle), `acceptor` (spares' connections and handshakes),
+//! `acks` (the ack reader, for async and lazy mode), `compact` (a checkpoint log kept within
+//! its size limit), `coalesce` (merging copy snapshots that wait for the sender; at most one
+//! waits, so a slow spare costs the regions' size, not a snapshot per checkpoint).
+//!
+//! How a checkpoint reaches the stream is the [`Delivery`] of [`StreamParams`]: woken (async
+//! mode: the sender is woken for it), direct (sync mode) or polled (lazy mode: published
+//! without a system call, the sender looks every [`ENV_MAX_LAG_US`]). [`ENV_MAX_LAG`] is a
+//! different bound, back-pressure: how far the stream may fall behind before a checkpoint
+//! waits for the sender.
 //!
 //! Hang detection: the sender puts a heartbeat frame on a spare's stream whenever it has
 //! been idle for [`StreamParams::heartbeat`] ([`DEFAULT_HEARTBEAT`], 100 ms, unless
@@ -24,6 +33,7 @@ mod acceptor;
 mod acks;
 mod coalesce;
 mod compact;
+mod direct;
 mod handle;
 mod sender;
 
@@ -119,6 +129,28 @@ struct Shared {
     queued: Mutex<Option<coalesce::Queued>>,
     /// Jobs submitted so far (the last job's id).
     submitted: AtomicU64,
+    /// The open session's writer: the sender thread writes every frame through it, and a
+    /// sync checkpoint that finds the sender idle is written through it by the
+    /// application's own thread ([`direct`]); one at a time, so frames never interleave.
+    session: SessionSlot,
+}
+
+/// The open session (if any) and the number the next session's first checkpoint gets,
+/// under one lock: whoever holds it owns the stream.
+#[derive(Default)]
+struct SessionSlot(Mutex<Session>);
+
+#[derive(Default)]
+struct Session {
+    open: Option<direct::Open>,
+    /// The number the next checkpoint written gets (in this session or the next).
+    next_checkpoint: u64,
+}
+
+impl std::fmt::Debug for SessionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionSlot")
+    }
 }
 
 /// "A spare connected and holds nothing of this primary yet": a flag and a pipe that is
@@ -179,6 +211,14 @@ impl Wanted {
 }
 
 impl Shared {
+    /// The session slot. Lock order: the session before `progress` and `queued`.
+    fn session(&self) -> MutexGuard<'_, Session> {
+        self.session
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn queued(&self) -> MutexGuard<'_, Option<coalesce::Queued>> {
         self.queued
             .lock()
@@ -316,7 +356,34 @@ pub struct StreamParams {
     /// new log holding the latest checkpoint as a full one and puts it in the old one's place
     /// once that checkpoint is whole (`None`: never). Only for [`LinkConfig::File`].
     pub log_max_bytes: Option<u64>,
+    /// How checkpoints reach the stream.
+    pub delivery: Delivery,
 }
+
+/// How a checkpoint gets from `checkpoint()` onto the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// Async mode: the snapshot is handed to the sender thread, which is woken for it
+    /// (unless it is busy anyway, or an older snapshot still waits: then it is merged).
+    #[default]
+    Woken,
+    /// Sync mode: the application's thread writes the checkpoint to the spare's socket
+    /// itself (one `write`) and reads the ack itself (one `read`) whenever the sender has
+    /// nothing ahead of it; otherwise the sender writes it and the application's thread
+    /// reads the ack. No ack reader thread runs.
+    Direct,
+    /// Lazy mode: the snapshot is published in the sender's slot without a system call; the
+    /// sender looks at the slot every so often (at most this long after a checkpoint was
+    /// taken, plus the time to write the one before) and ships what it finds.
+    Polled(std::time::Duration),
+}
+
+/// The environment variable for lazy mode's bound ([`Delivery::Polled`]) in microseconds:
+/// how long a checkpoint may wait before the sender ships it (default
+/// [`DEFAULT_MAX_LAG_US`]).
+pub const ENV_MAX_LAG_US: &str = "HS_MAX_LAG_US";
+/// Lazy mode's default bound: 1 ms.
+pub const DEFAULT_MAX_LAG_US: u64 = 1000;
 
 /// The environment variable that sets [`StreamParams::log_max_bytes`] (0: never compact).
 pub const ENV_LOG_MAX_BYTES: &str = "HS_LOG_MAX_BYTES";
@@ -331,13 +398,16 @@ pub const ENV_ACK_DEADLINE_MS: &str = "HS_ACK_DEADLINE_MS";
 /// How long a sync checkpoint waits for its spare's ack before the spare is dropped.
 pub const DEFAULT_ACK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The environment variable that bounds how far the stream may fall behind the
-/// application ([`MaxLag`]); unset, `checkpoint()` never waits for the sender in async mode.
+/// The environment variable for the back-pressure bound ([`MaxLag`]): how far the stream
+/// may fall behind the application before `checkpoint()` *waits* for the sender; unset,
+/// `checkpoint()` never waits for the sender in async and lazy mode. (Not to be confused
+/// with [`ENV_MAX_LAG_US`], lazy mode's shipping delay: that one never makes
+/// `checkpoint()` wait; in lazy mode a time given here must exceed it.)
 pub const ENV_MAX_LAG: &str = "HS_MAX_LAG";
 
-/// How far the stream may fall behind before a checkpoint waits for the sender: `N`
-/// checkpoints taken and not yet on the stream, or `Nus`, the oldest checkpoint waiting for
-/// the sender at most `N` microseconds old.
+/// Back-pressure: how far the stream may fall behind before a checkpoint waits for the
+/// sender: `N` checkpoints taken and not yet on the stream, or `Nus`, the oldest checkpoint
+/// waiting for the sender at most `N` microseconds old.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaxLag {
     /// At most this many checkpoints not yet on the stream (at least 1).
@@ -396,6 +466,17 @@ pub enum LinkError {
     MaxLag {
         /// The value found.
         value: String,
+    },
+    /// In lazy mode, an [`ENV_MAX_LAG`] time that does not exceed the lazy bound: every
+    /// checkpoint would wait for the sender's next look.
+    #[error(
+        "{ENV_MAX_LAG}={max_lag_us}us makes checkpoints wait for lazy mode's sender, which ships within {ENV_MAX_LAG_US}={lazy_us}: give {ENV_MAX_LAG} above it (or a count)"
+    )]
+    LagBelowLazy {
+        /// The back-pressure bound, microseconds.
+        max_lag_us: u64,
+        /// Lazy mode's bound, microseconds.
+        lazy_us: u64,
     },
     /// The transport could not be set up.
     #[error(transparent)]

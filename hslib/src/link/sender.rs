@@ -11,26 +11,18 @@ use std::time::{Duration, Instant};
 use super::acceptor::Handshaken;
 use super::acks::read_acks;
 use super::compact::Compaction;
-use super::{Job, LinkError, Shared, Shipped, StreamParams, lock_child, spawn};
+use super::direct::{self, DirectAcks, Open};
+use super::{Delivery, Job, LinkError, Shared, Shipped, StreamParams, lock_child, spawn};
 use crate::snapshot::{Copied, ForkedChild, Go, Snapshot};
 use crate::sys::process::{self, ChildEnd};
 use crate::transport::Endpoint;
 use crate::wire::{AckReader, CheckpointWriter};
-
-/// The session the sender writes to.
-struct Open {
-    writer: CheckpointWriter<Box<dyn Endpoint>>,
-    generation: u64,
-    acks: bool,
-}
 
 /// The sender thread's state.
 pub(super) struct SenderThread {
     shared: Arc<Shared>,
     params: StreamParams,
     give_back: Sender<Copied>,
-    open: Option<Open>,
-    next_checkpoint: u64,
     generation: u64,
     devnull: File,
     /// When the open session's last frame was written.
@@ -41,6 +33,8 @@ pub(super) struct SenderThread {
     parked: Vec<CheckpointWriter<Box<dyn Endpoint>>>,
     /// A checkpoint log kept within its size limit.
     compaction: Option<Compaction>,
+    /// Lazy mode: when the sender looks at the published slot next, and how often.
+    poll: Option<(Instant, Duration)>,
 }
 
 impl SenderThread {
@@ -49,7 +43,11 @@ impl SenderThread {
         params: StreamParams,
         give_back: Sender<Copied>,
     ) -> Result<Self, LinkError> {
-        let next_checkpoint = params.first_checkpoint.max(1);
+        shared.session().next_checkpoint = params.first_checkpoint.max(1);
+        let poll = match params.delivery {
+            Delivery::Polled(every) => Some((Instant::now() + every, every)),
+            Delivery::Woken | Delivery::Direct => None,
+        };
         // Opened before any fork, so a fork child of a null link has somewhere to write.
         let devnull = File::options()
             .write(true)
@@ -59,13 +57,12 @@ impl SenderThread {
             shared,
             params,
             give_back,
-            open: None,
-            next_checkpoint,
             generation: 0,
             devnull,
             last_sent: Instant::now(),
             parked: Vec::new(),
             compaction: None,
+            poll,
         })
     }
 
@@ -74,18 +71,31 @@ impl SenderThread {
             tracing::debug!(error = %e, "SCHED_BATCH for the sender refused");
         }
         loop {
-            let job = match self.heartbeat_due() {
+            let due = match (self.heartbeat_due(), self.poll_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let job = match due {
                 None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(wait) => jobs.recv_timeout(wait),
             };
             let job = match job {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
+                    self.poll_published();
                     self.heartbeat();
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.ship_published();
+                    break;
+                }
             };
+            // Lazy mode: what was published before this job goes first, as a job sent for
+            // it would have.
+            if self.poll.is_some() {
+                self.ship_published();
+            }
             match job {
                 Job::DropSpare(generation) => self.drop_spare(generation),
                 Job::Spare(spare) => self.connect_spare(spare),
@@ -94,14 +104,7 @@ impl SenderThread {
                     generation,
                     snapshot,
                 } => self.ship_job(id, generation, snapshot, 1),
-                Job::Queued => {
-                    let queued = self.shared.queued().take();
-                    // Gone already: shipped ahead of a fork snapshot.
-                    if let Some(q) = queued {
-                        let snapshot = Snapshot::Copied(q.copied);
-                        self.ship_job(q.last_id, q.generation, snapshot, q.checkpoints);
-                    }
-                }
+                Job::Queued => self.ship_published(),
                 Job::Compact => self.start_compaction(),
                 Job::Goodbye => break,
             }
@@ -115,11 +118,47 @@ impl SenderThread {
         }
     }
 
+    /// Ships the copy snapshot waiting in the slot, if any (gone already: shipped ahead of
+    /// a fork snapshot, or nothing was published).
+    fn ship_published(&mut self) {
+        let queued = self.shared.queued().take();
+        if let Some(q) = queued {
+            let snapshot = Snapshot::Copied(q.copied);
+            self.ship_job(q.last_id, q.generation, snapshot, q.checkpoints);
+            self.last_sent = Instant::now();
+        }
+    }
+
+    /// Lazy mode: how long until the sender looks at the slot again.
+    fn poll_due(&self) -> Option<Duration> {
+        self.poll
+            .map(|(next, _)| next.saturating_duration_since(Instant::now()))
+    }
+
+    /// Lazy mode: ships what was published if it is time to look.
+    fn poll_published(&mut self) {
+        let Some((next, every)) = self.poll else {
+            return;
+        };
+        let now = Instant::now();
+        if now < next {
+            return;
+        }
+        self.ship_published();
+        // A fixed schedule: a look that came late does not push the next one back, but
+        // looks missed (the sender was busy) are not made up for in a burst.
+        let mut next = next + every;
+        if next <= now {
+            next = now + every;
+        }
+        self.poll = Some((next, every));
+    }
+
     /// How long until the open session is due a heartbeat; `None` when it gets none (no
     /// session, a sink, heartbeats off).
     fn heartbeat_due(&self) -> Option<Duration> {
         let every = self.params.heartbeat?;
-        self.open.as_ref().filter(|o| o.acks)?;
+        self.shared.session().open.as_ref().filter(|o| o.acks)?;
         Some(every.saturating_sub(self.last_sent.elapsed()))
     }
 
@@ -137,13 +176,15 @@ impl SenderThread {
             self.last_sent = Instant::now();
             return;
         }
-        let Some(open) = self.open.as_mut().filter(|o| o.acks) else {
+        let mut session = self.shared.session();
+        let Some(open) = session.open.as_mut().filter(|o| o.acks) else {
             return;
         };
         if let Err(e) = open.writer.heartbeat() {
             tracing::info!(error = %e, "sending a heartbeat failed; the session is over");
-            self.close(false);
+            direct::close(&self.shared, &mut session.open, false);
         }
+        drop(session);
         self.last_sent = Instant::now();
     }
 
@@ -151,16 +192,18 @@ impl SenderThread {
     /// goodbye, so that the spare, if it wakes up, exits instead of taking over. The goodbye
     /// is written without blocking: a stopped spare must not stop the sender.
     fn drop_spare(&mut self, generation: u64) {
-        if self
+        let mut session = self.shared.session();
+        if session
             .open
             .as_ref()
             .is_none_or(|o| o.generation != generation)
         {
             return;
         }
-        let Some(mut open) = self.open.take() else {
+        let Some(mut open) = session.open.take() else {
             return;
         };
+        drop(session);
         let nonblocking = open.writer.get_ref().as_fd().map(|fd| {
             nix::fcntl::fcntl(
                 fd,
@@ -206,27 +249,7 @@ impl SenderThread {
 
     /// Ends the open session; with `goodbye`, first tells the spare not to take over.
     fn close(&mut self, goodbye: bool) {
-        if let Some(mut open) = self.open.take() {
-            if goodbye
-                && self.shared.live.load(Ordering::Acquire)
-                && let Err(e) = open.writer.goodbye()
-            {
-                tracing::warn!(error = %e, "sending the goodbye failed");
-            }
-            // Shut the socket down, not just this descriptor: the ack reader holds a
-            // duplicate, and the spare must see the stream end. After a goodbye only our
-            // sending side: the spare's last acks still arrive, and its reads see the
-            // goodbye before the end.
-            let _ = if goodbye {
-                open.writer.get_ref().shutdown_write()
-            } else {
-                open.writer.get_ref().shutdown()
-            };
-            let p = self.shared.lock();
-            self.shared.live.store(false, Ordering::Release);
-            drop(p);
-            self.shared.changed.notify_all();
-        }
+        direct::close(&self.shared, &mut self.shared.session().open, goodbye);
     }
 
     /// Keeps the checkpoint log at `path` (the sink) within `max` bytes.
@@ -236,10 +259,11 @@ impl SenderThread {
 
     /// After a full checkpoint written to a log: a compacted log takes the old one's place.
     fn compact(&mut self, full: bool) {
+        let session = self.shared.session();
         if let (true, Some(c), Some(open)) = (
             full,
             self.compaction.as_mut(),
-            self.open.as_ref().filter(|o| !o.acks),
+            session.open.as_ref().filter(|o| !o.acks),
         ) {
             c.finish(open.generation, open.writer.get_ref().as_ref());
         }
@@ -250,9 +274,8 @@ impl SenderThread {
     /// and the next one, full, to the new).
     fn start_compaction(&mut self) {
         if let Some(mut c) = self.compaction.take() {
-            if self.open.as_ref().is_some_and(|o| !o.acks)
-                && let Some(log) = c.due()
-            {
+            let sink = self.shared.session().open.as_ref().is_some_and(|o| !o.acks);
+            if sink && let Some(log) = c.due() {
                 // No goodbye: the old log ends at its last checkpoint, as a resumable log.
                 self.close(false);
                 self.open_sink(Box::new(log));
@@ -274,7 +297,8 @@ impl SenderThread {
 
     fn open_sink(&mut self, ep: Box<dyn Endpoint>) {
         let peer = ep.describe();
-        let mut writer = CheckpointWriter::new(ep, self.params.epoch, self.next_checkpoint);
+        let next_checkpoint = self.shared.session().next_checkpoint;
+        let mut writer = CheckpointWriter::new(ep, self.params.epoch, next_checkpoint);
         if let Err(e) = writer.hello(&self.params.hello) {
             tracing::warn!(peer, error = %e, "writing the hello failed");
             return;
@@ -296,7 +320,7 @@ impl SenderThread {
         } = spare;
         // The hello carries no checkpoint number: the session's first one is decided now.
         let mut state = writer.state();
-        state.next_checkpoint = self.next_checkpoint;
+        state.next_checkpoint = self.shared.session().next_checkpoint;
         writer.set_state(state);
         self.adopt(writer, Some((ack_stream, acks)), peer);
     }
@@ -310,33 +334,42 @@ impl SenderThread {
         let acks = reader.is_some();
         self.generation += 1;
         let generation = self.generation;
+        let mut direct = None;
         if let Some((clone, acks)) = reader {
-            let shared = Arc::clone(&self.shared);
-            let started = spawn("hs-acks", move || {
-                read_acks(clone, acks, &shared, generation)
-            });
-            if let Err(e) = started {
-                tracing::warn!(peer, error = %e, "starting the ack reader failed");
-                return;
+            if self.params.delivery == Delivery::Direct {
+                // Sync mode: whoever waits for an ack reads it; no thread in between.
+                direct = Some(DirectAcks::new(clone, acks));
+            } else {
+                let shared = Arc::clone(&self.shared);
+                let started = spawn("hs-acks", move || {
+                    read_acks(clone, acks, &shared, generation)
+                });
+                if let Err(e) = started {
+                    tracing::warn!(peer, error = %e, "starting the ack reader failed");
+                    return;
+                }
             }
         }
         tracing::info!(peer, generation, "session opened");
-        self.open = Some(Open {
+        let fd = writer
+            .get_ref()
+            .as_fd()
+            .map(process::raw)
+            .unwrap_or_else(|| process::raw(self.devnull.as_fd()));
+        let mut session = self.shared.session();
+        session.open = Some(Open {
             writer,
             generation,
             acks,
+            direct,
         });
-        let fd = self
-            .open
-            .as_ref()
-            .and_then(|o| o.writer.get_ref().as_fd().map(process::raw))
-            .unwrap_or_else(|| process::raw(self.devnull.as_fd()));
         let mut p = self.shared.lock();
         p.session_full = None;
         self.shared.stream_fd.store(fd, Ordering::Release);
         self.shared.generation.store(generation, Ordering::Release);
         self.shared.live.store(true, Ordering::Release);
         drop(p);
+        drop(session);
         self.shared.changed.notify_all();
         self.shared.wanted.raise();
     }
@@ -345,6 +378,8 @@ impl SenderThread {
     fn ship(&mut self, generation: u64, snapshot: Snapshot, checkpoints: u64) -> Shipped {
         let usable = self.shared.live.load(Ordering::Acquire)
             && self
+                .shared
+                .session()
                 .open
                 .as_ref()
                 .is_some_and(|o| o.generation == generation);
@@ -377,17 +412,8 @@ impl SenderThread {
         };
         match result {
             Some((cp, bytes)) => {
-                let mut p = self.shared.lock();
-                p.written += 1;
-                p.bytes += bytes;
-                p.last_written = cp;
-                if full {
-                    p.session_full = Some(cp);
-                }
-                if self.open.as_ref().is_some_and(|o| !o.acks) {
-                    p.acked = cp;
-                }
-                drop(p);
+                let sink = self.shared.session().open.as_ref().is_some_and(|o| !o.acks);
+                direct::count_written(&self.shared, cp, bytes, full, sink, None);
                 self.compact(full);
                 Shipped::Written(cp)
             }
@@ -396,7 +422,9 @@ impl SenderThread {
     }
 
     fn write_copy(&mut self, c: &Copied, checkpoints: u64) -> Option<(u64, u64)> {
-        let open = self.open.as_mut()?;
+        let mut guard = self.shared.session();
+        let session = &mut *guard;
+        let open = session.open.as_mut()?;
         // A snapshot with others merged into it takes the number of the last of them:
         // numbers keep counting the application's checkpoints (they need only increase).
         let mut state = open.writer.state();
@@ -404,21 +432,20 @@ impl SenderThread {
         open.writer.set_state(state);
         match c.write(&mut open.writer) {
             Ok(cp) => {
-                self.next_checkpoint = cp + 1;
-                self.sync_sink();
+                session.next_checkpoint = cp + 1;
+                self.sync_sink(open);
                 Some((cp, c.data.len() as u64))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "writing a checkpoint failed; the session is over");
-                self.close(false);
+                direct::close(&self.shared, &mut session.open, false);
                 None
             }
         }
     }
 
-    fn sync_sink(&mut self) {
-        if let Some(open) = &self.open
-            && !open.acks
+    fn sync_sink(&self, open: &Open) {
+        if !open.acks
             && self.params.sync_sink
             && let Err(e) = open.writer.get_ref().sync()
         {
@@ -427,7 +454,9 @@ impl SenderThread {
     }
 
     fn run_child(&mut self, child: ForkedChild) -> Option<(u64, u64)> {
-        let open = self.open.as_mut()?;
+        let mut guard = self.shared.session();
+        let session = &mut *guard;
+        let open = session.open.as_mut()?;
         let state = open.writer.state();
         let go = Go {
             epoch: state.epoch,
@@ -441,7 +470,7 @@ impl SenderThread {
             tracing::warn!(error = %e, "handing a fork child its turn failed; the session is over");
             drop(child.go);
             reap(child.pid);
-            self.close(false);
+            direct::close(&self.shared, &mut session.open, false);
             return None;
         }
         drop(child.go);
@@ -449,16 +478,15 @@ impl SenderThread {
             Ok(ChildEnd::Exited(crate::snapshot::CHILD_DONE)) => {
                 let mut s = state;
                 s.skip_checkpoint(child.frames);
-                let open = self.open.as_mut()?;
                 open.writer.set_state(s);
-                self.next_checkpoint = go.checkpoint + 1;
-                self.sync_sink();
+                self.sync_sink(open);
+                session.next_checkpoint = go.checkpoint + 1;
                 Some((go.checkpoint, child.pages * crate::sys::PAGE_SIZE as u64))
             }
             other => {
                 // The child may have left a partial frame: nothing after it can be read.
                 tracing::warn!(?other, "a fork child failed to write its checkpoint");
-                self.close(false);
+                direct::close(&self.shared, &mut session.open, false);
                 None
             }
         }

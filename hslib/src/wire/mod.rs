@@ -2,6 +2,7 @@
 //! kind, epoch, sequence, length, body crc32c, header crc32c), raw page payloads, postcard
 //! metadata, and one commit record per checkpoint. `hslib/PROTOCOL.md` is the specification.
 
+mod crc;
 mod header;
 mod meta;
 mod writer;
@@ -9,6 +10,7 @@ mod writer;
 use std::io::{self, IoSlice, Read, Write};
 
 pub use crate::meta::{Metadata, RegionInfo};
+pub use crc::combine as crc32c_combine;
 pub use header::{
     ACK_LEN, Ack, Acked, COMMIT_LEN, Commit, FrameHeader, HEADER_LEN, MAGIC, PAGE_SUBHEADER_LEN,
     PageHeader, RawHeader,

@@ -176,7 +176,7 @@ impl<W: Write> CheckpointWriter<W> {
         if let Some(open) = &mut self.state.open {
             open.frames += 1;
             open.pages += pages;
-            open.bodies_crc = crc32c::crc32c_combine(open.bodies_crc, crc, len);
+            open.bodies_crc = super::crc32c_combine(open.bodies_crc, crc, len);
             open.metadata |= metadata;
         }
     }

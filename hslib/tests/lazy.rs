@@ -1,0 +1,215 @@
+//! Lazy mode (`HS_MODE=lazy`, [`HotSpare::lazy`]): `checkpoint()` only copies and
+//! publishes; the sender ships the newest checkpoint on its own schedule, so the spare
+//! converges to the last checkpoint without the application doing anything more. Also the
+//! settings: `HS_MODE=lazy`, `HS_MAX_LAG_US` (lazy mode's bound, refused with another mode
+//! or out of range) and `HS_MAX_LAG` (the back-pressure bound: in lazy mode a time must
+//! exceed the lazy bound).
+//!
+//! The kill-and-resume round trip in lazy mode is in `roundtrip.rs`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hslib::replica::Replica;
+use hslib::{Backend, HotSpare, HsError, LinkConfig, Mode, Outcome, RegionId, Role};
+
+const REGION: RegionId = RegionId(77);
+
+/// Held by the tests that open a link: `Link::open` reads `HS_MAX_LAG`, which one of them
+/// sets.
+static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn env_lock() -> std::sync::MutexGuard<'static, ()> {
+    ENV.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+const PAGES: usize = 3;
+
+fn vars(list: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+    let owned: Vec<(String, OsString)> = list
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), OsString::from(v)))
+        .collect();
+    move |name| {
+        owned
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+fn mode_of(list: &[(&str, &str)]) -> Result<String, HsError> {
+    HotSpare::new("lazy-env")
+        .from_vars(vars(list))
+        .map(|hs| format!("{hs:?}"))
+}
+
+#[test]
+fn hs_mode_lazy_takes_its_bound_from_hs_max_lag_us_and_refuses_bad_ones() {
+    let dbg = mode_of(&[("HS_MODE", "lazy")]).unwrap_or_else(|e| panic!("lazy: {e}"));
+    assert!(
+        dbg.contains("Lazy { max_lag: 1ms }"),
+        "the default bound is 1000 us: {dbg}"
+    );
+    let dbg = mode_of(&[("HS_MODE", "lazy"), ("HS_MAX_LAG_US", "250")])
+        .unwrap_or_else(|e| panic!("lazy 250: {e}"));
+    assert!(dbg.contains("Lazy { max_lag: 250µs }"), "{dbg}");
+    for (list, what) in [
+        (vec![("HS_MODE", "lazy"), ("HS_MAX_LAG_US", "0")], "zero"),
+        (
+            vec![("HS_MODE", "lazy"), ("HS_MAX_LAG_US", "1ms")],
+            "a unit",
+        ),
+        (
+            vec![("HS_MODE", "lazy"), ("HS_MAX_LAG_US", "10000001")],
+            "above 10 s",
+        ),
+        (
+            vec![("HS_MODE", "async"), ("HS_MAX_LAG_US", "500")],
+            "with async mode",
+        ),
+        (vec![("HS_MAX_LAG_US", "500")], "with the default mode"),
+        (vec![("HS_MODE", "slow")], "an unknown mode"),
+    ] {
+        let e = mode_of(&list).expect_err(what);
+        let text = e.to_string();
+        assert!(
+            text.contains("HS_MAX_LAG_US") || text.contains("HS_MODE"),
+            "{what}: {text}"
+        );
+    }
+}
+
+fn socket_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let sock = dir.path().join("sock");
+    (dir, sock)
+}
+
+/// A spare in a thread of this process: connects (retrying while the primary starts) and
+/// replicates until the stream ends; returns the replica.
+fn spare(dir: PathBuf, name: &'static str) -> std::thread::JoinHandle<Replica> {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut ep = loop {
+            match hslib::transport::unix::connect(&dir, name) {
+                Ok(ep) => break ep,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("the spare never reached the primary: {e}"),
+            }
+        };
+        let mut replica = Replica::default();
+        let _ =
+            hslib::session::serve_spare(&mut replica, &mut ep, hslib::transport::HANDSHAKE_TIMEOUT);
+        replica
+    })
+}
+
+#[test]
+fn a_lazy_checkpoint_reaches_the_spare_without_the_application_doing_more() {
+    let _env = env_lock();
+    let (_keep, dir) = socket_dir();
+    let lag = Duration::from_millis(300);
+    let spare = spare(dir.clone(), "lazy");
+    let outcome = HotSpare::new("lazy")
+        .region(REGION, PAGES * 4096)
+        .tracker(Backend::Full)
+        .role(Role::Primary)
+        .link(LinkConfig::Unix {
+            dir,
+            name: "lazy".to_owned(),
+        })
+        .lazy(lag)
+        .worker(move |ctx| {
+            // Until the spare holds a checkpoint of ours.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !ctx.link_stats().synced {
+                if Instant::now() > deadline {
+                    return Err("the spare never synced".into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                ctx.checkpoint()?;
+            }
+            let before = ctx.link_stats();
+            ctx.region_mut(REGION)?.as_bytes_mut().fill(0xA5);
+            ctx.checkpoint()?;
+            ctx.region_mut(REGION)?.as_bytes_mut()[4096..].fill(0x5A);
+            ctx.checkpoint()?;
+            let published = ctx.link_stats();
+            let taken = Instant::now();
+            // Nothing more from the application: the sender ships on its own schedule.
+            let shipped = loop {
+                let s = ctx.link_stats();
+                if s.pending == 0 && s.acked == s.last_written && s.acked > before.acked {
+                    break taken.elapsed();
+                }
+                if taken.elapsed() > Duration::from_secs(20) {
+                    return Err(format!("the spare never caught up: {s:?}").into());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            };
+            Ok((
+                before,
+                published,
+                shipped,
+                ctx.region(REGION)?.as_bytes().to_vec(),
+            ))
+        })
+        .run()
+        .unwrap_or_else(|e| panic!("the primary: {e}"));
+    let Outcome::Finished { value, .. } = outcome else {
+        panic!("the primary did not finish: {outcome:?}");
+    };
+    let (before, published, shipped, image) = value;
+    // The second checkpoint found the first still waiting (checkpoint() woke no one; the
+    // sender looks every 300 ms) and was merged into it.
+    assert!(
+        published.pending >= 1 && published.coalesced > before.coalesced,
+        "before {before:?}, published {published:?}"
+    );
+    println!("converged {shipped:?} after the last checkpoint (bound {lag:?})");
+    let replica = spare
+        .join()
+        .unwrap_or_else(|_| panic!("the spare panicked"));
+    let got = replica
+        .image()
+        .and_then(|i| i.region(REGION.0))
+        .unwrap_or_else(|| panic!("the spare holds no image of the region"));
+    assert_eq!(
+        got,
+        &image[..],
+        "the spare's image is the last checkpoint's"
+    );
+}
+
+#[test]
+fn a_back_pressure_time_within_the_lazy_bound_is_refused() {
+    let _env = env_lock();
+    let (_keep, dir) = socket_dir();
+    // SAFETY: the other test that reads the environment (through `Link::open`) waits for
+    // the lock held here.
+    unsafe { std::env::set_var("HS_MAX_LAG", "500us") };
+    let run = HotSpare::new("lazy-bp")
+        .region(REGION, 4096)
+        .tracker(Backend::Full)
+        .role(Role::Primary)
+        .link(LinkConfig::Unix {
+            dir,
+            name: "bp".to_owned(),
+        })
+        .mode(Mode::LAZY)
+        .worker(|_| Ok(()))
+        .run();
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("HS_MAX_LAG") };
+    let e = run.expect_err("HS_MAX_LAG=500us under a 1000 us lazy bound");
+    let text = e.to_string();
+    assert!(
+        text.contains("HS_MAX_LAG=500us") && text.contains("HS_MAX_LAG_US=1000"),
+        "{text}"
+    );
+}
