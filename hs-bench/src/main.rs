@@ -90,15 +90,19 @@ enum Series {
     CopyFull,
     CopyIncremental,
     Adaptive,
+    Cbw,
+    CbwMprotect,
     MemcpyLimit,
 }
 
-const SERIES: [Series; 6] = [
+const SERIES: [Series; 8] = [
     Series::ForkFull,
     Series::ForkIncremental,
     Series::CopyFull,
     Series::CopyIncremental,
     Series::Adaptive,
+    Series::Cbw,
+    Series::CbwMprotect,
     Series::MemcpyLimit,
 ];
 
@@ -110,6 +114,8 @@ impl Series {
             Series::CopyFull => "copy-full",
             Series::CopyIncremental => "copy-incremental",
             Series::Adaptive => "adaptive",
+            Series::Cbw => "cbw",
+            Series::CbwMprotect => "cbw-mprotect",
             Series::MemcpyLimit => "memcpy-limit",
         }
     }
@@ -123,6 +129,8 @@ impl Series {
             Series::CopyFull => Some((Strategy::Copy, Mode::Sync, Backend::Full)),
             Series::CopyIncremental => Some((Strategy::Copy, Mode::Async, Backend::Uffd)),
             Series::Adaptive => Some((Strategy::Adaptive, Mode::Async, Backend::Uffd)),
+            Series::Cbw => Some((Strategy::Cbw, Mode::Async, Backend::Uffd)),
+            Series::CbwMprotect => Some((Strategy::Cbw, Mode::Async, Backend::Mprotect)),
             Series::MemcpyLimit => None,
         }
     }

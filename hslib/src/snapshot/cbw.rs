@@ -1,0 +1,196 @@
+//! The `cbw` (copy-before-write) snapshot: at the checkpoint the dirty pages are only made
+//! read-only and marked pending; the link's sender thread copies them into the staging
+//! buffer as it ships the checkpoint, and a write by the application that reaches a pending
+//! page first copies it (in the SIGSEGV handler) before the write goes through. The image is
+//! consistent: every page shipped holds its contents at the checkpoint.
+//!
+//! Protection: under the `mprotect` tracker every page is read-only after the scan anyway,
+//! and its fault handler copies a pending page before recording the write (one protection
+//! serves both). Under `uffd` (whose async write-protection resolves writes in the kernel,
+//! without telling anybody) and `full`, this module adds an `mprotect(PROT_READ)`: over each
+//! dirty run when there are few, over the whole region otherwise (one call; a write to a page
+//! of it that is not pending faults once and is let through), and the settling thread makes
+//! the ranges writable again once every page is copied.
+//!
+//! The application settles what is left (copies the pages the sender has not reached) before
+//! its next checkpoint, before the kernel writes into a region for it
+//! ([`crate::Context::prepare_kernel_write`]), before a discard and before its regions are
+//! unmapped.
+
+use std::sync::Arc;
+
+use super::{Copied, Run, staging_bytes};
+use crate::region::Region;
+use crate::sys::PAGE_SIZE;
+use crate::sys::cow::{self, Area, Pending};
+use crate::sys::mman::{self, StagingBuffer};
+use crate::sys::segv;
+
+/// Up to this many dirty runs in a region are protected one by one; above, the whole region
+/// is protected with one call (each run's `mprotect` splits the mapping: ~1 us apiece).
+pub const PER_RUN_LIMIT: usize = 4;
+
+/// Process-wide counters of copy-before-write snapshots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CbwStats {
+    /// Pages a write by the application reached before they were copied: the fault handler
+    /// copied them (the cost moved onto the application's writes).
+    pub fault_copies: u64,
+    /// Pages copied by the thread settling a snapshot (the sender, or the application before
+    /// its next checkpoint).
+    pub settle_copies: u64,
+}
+
+/// The counters so far, process-wide.
+pub fn stats() -> CbwStats {
+    let s = cow::stats();
+    CbwStats {
+        fault_copies: s.fault_copies,
+        settle_copies: s.settle_copies,
+    }
+}
+
+/// A context's copy-before-write state: an area per region that a `cbw` snapshot covered,
+/// and the snapshot whose pages may still be pending.
+#[derive(Debug, Default)]
+pub struct CbwState {
+    areas: Vec<Arc<Area>>,
+    inflight: Option<Arc<Pending>>,
+}
+
+impl CbwState {
+    /// No areas, nothing pending.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Copies every page of the last `cbw` snapshot still pending and lifts the protection
+    /// it added. Call before the regions change other than by the application's own writes.
+    pub fn settle(&mut self) {
+        if let Some(p) = self.inflight.take()
+            && let Err(e) = p.settle()
+        {
+            // The pages stay read-only; the fault handler lets each write through.
+            tracing::warn!(error = %e, "making a cbw snapshot's pages writable again failed");
+        }
+    }
+
+    /// Settles and takes every area out of the fault handler's sight (before the regions
+    /// are unmapped).
+    pub fn retire(&mut self) {
+        self.settle();
+        for a in self.areas.drain(..) {
+            a.retire();
+        }
+    }
+
+    /// Whether a snapshot's pages may still be pending.
+    pub fn in_flight(&self) -> bool {
+        self.inflight.as_ref().is_some_and(|p| !p.is_settled())
+    }
+
+    fn area(&mut self, region: &Region) -> Result<Arc<Area>, nix::errno::Errno> {
+        if let Some(a) = self
+            .areas
+            .iter()
+            .find(|a| a.base() == region.base() && a.len() == region.len())
+        {
+            return Ok(Arc::clone(a));
+        }
+        let a = Arc::new(Area::new(region.base(), region.len())?);
+        self.areas.push(Arc::clone(&a));
+        Ok(a)
+    }
+
+    /// Takes a copy-before-write snapshot of `runs` of `regions` into `data` (sized for them
+    /// by the caller, see [`staging_bytes`]): marks the pages pending and read-only, copies
+    /// nothing. `tracker_protects`: the tracker left every page read-only (the `mprotect`
+    /// backend), so no protection is added. Whatever fails on the way (no area slot, an
+    /// `mprotect`) makes it copy the pages now, like [`Copied::take`]: slower, never wrong.
+    pub fn take(
+        &mut self,
+        regions: &[Region],
+        full: bool,
+        runs: Vec<Run>,
+        mut data: StagingBuffer,
+        metadata: Vec<u8>,
+        tracker_protects: bool,
+    ) -> Copied {
+        self.settle();
+        data.clear();
+        let bytes = staging_bytes(&runs);
+        if bytes == 0 || segv::install().is_err() {
+            return Copied::take(regions, full, runs, data, metadata);
+        }
+        // The areas first (the only step that can fail before anything is armed).
+        let mut armed: Vec<(Arc<Area>, Vec<(usize, usize)>)> = Vec::new();
+        for run in &runs {
+            if armed.last().is_some_and(|(a, _)| a.base() == regions[run.index].base()) {
+                continue;
+            }
+            match self.area(&regions[run.index]) {
+                Ok(a) => armed.push((a, Vec::new())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no cbw area for a region; copying now");
+                    return Copied::take(regions, full, runs, data, metadata);
+                }
+            }
+        }
+        let staging = data.addr();
+        for (a, _) in &armed {
+            a.prepare(staging, !tracker_protects);
+        }
+        let mut dest = 0u32;
+        let mut at = 0;
+        for run in &runs {
+            while armed[at].0.base() != regions[run.index].base() {
+                at += 1;
+            }
+            let (area, pending) = &mut armed[at];
+            let first = run.first_page as usize;
+            for page in first..first + run.pages {
+                area.arm(page, dest);
+                dest += 1;
+            }
+            pending.push((first, run.pages));
+        }
+        let mut protected = Vec::new();
+        let mut failed = None;
+        if !tracker_protects {
+            for (area, pending) in &armed {
+                if pending.len() <= PER_RUN_LIMIT {
+                    protected.extend(
+                        pending
+                            .iter()
+                            .map(|&(p, n)| (area.base() + p * PAGE_SIZE, n * PAGE_SIZE)),
+                    );
+                } else {
+                    protected.push((area.base(), area.len()));
+                }
+            }
+            for (i, &(addr, len)) in protected.iter().enumerate() {
+                if let Err(e) = mman::protect_read(addr, len) {
+                    failed = Some((e, addr, len));
+                    protected.truncate(i);
+                    break;
+                }
+            }
+        }
+        let pending = Arc::new(Pending::new(armed, protected));
+        if let Some((e, addr, len)) = failed {
+            tracing::warn!(error = %e, addr, len, "mprotect(PROT_READ) for a cbw snapshot failed; copying now");
+            self.inflight = Some(Arc::clone(&pending));
+            data.fill_later(bytes, pending);
+            self.settle();
+        } else {
+            self.inflight = Some(Arc::clone(&pending));
+            data.fill_later(bytes, pending);
+        }
+        Copied {
+            full,
+            runs,
+            data,
+            metadata,
+        }
+    }
+}
