@@ -144,8 +144,7 @@ impl Area {
     pub fn prepare(&self, staging: usize, own_protection: bool) {
         let slot = &TABLE[self.slot];
         slot.staging.store(staging, Ordering::Relaxed);
-        slot.own_protection
-            .store(own_protection, Ordering::Relaxed);
+        slot.own_protection.store(own_protection, Ordering::Relaxed);
     }
 
     /// Marks `page` pending, to be copied to place `dest` (in pages) of the staging buffer.
@@ -261,7 +260,7 @@ pub(crate) fn on_fault(addr: usize) -> Hit {
         let page = (addr - start) / PAGE_SIZE;
         // SAFETY: a live slot's word array has one word per page of `[start, end)` and stays
         // allocated while the slot is live (`Area`'s contract); `page` is inside it.
-        let word = unsafe { &*words.add(page) };
+        let word = unsafe { &*words.wrapping_add(page) };
         if settle_word(slot, word, start, page) {
             FAULT_COPIES.fetch_add(1, Ordering::Relaxed);
         }
@@ -284,7 +283,7 @@ pub(crate) fn settle_all_at(addr: usize) -> Option<(usize, usize)> {
         let words = slot.words.load(Ordering::Relaxed);
         for page in 0..(end - start) / PAGE_SIZE {
             // SAFETY: as in `on_fault`.
-            let word = unsafe { &*words.add(page) };
+            let word = unsafe { &*words.wrapping_add(page) };
             if settle_word(slot, word, start, page) {
                 FAULT_COPIES.fetch_add(1, Ordering::Relaxed);
             }
@@ -294,6 +293,9 @@ pub(crate) fn settle_all_at(addr: usize) -> Option<(usize, usize)> {
     None
 }
 
+/// An area and its pending runs (first page, page count).
+pub type ArmedArea = (Arc<Area>, Vec<(usize, usize)>);
+
 /// The pending pages of one `cbw` snapshot: settled (every page copied, the protection this
 /// module added removed) exactly once, by whichever thread gets there first; every reader of
 /// the staging buffer settles first, and so does the application before it checkpoints
@@ -301,7 +303,7 @@ pub(crate) fn settle_all_at(addr: usize) -> Option<(usize, usize)> {
 #[derive(Debug)]
 pub struct Pending {
     /// Per area: the area and its pending runs (first page, count).
-    areas: Vec<(Arc<Area>, Vec<(usize, usize)>)>,
+    areas: Vec<ArmedArea>,
     /// The ranges this module made read-only, to make writable again once settled.
     protected: Vec<(usize, usize)>,
     /// Set (under the lock) once settled.
@@ -312,7 +314,7 @@ pub struct Pending {
 impl Pending {
     /// A pending set over `areas` (each with its pending runs, already armed), whose pages
     /// in `protected` this module made read-only.
-    pub fn new(areas: Vec<(Arc<Area>, Vec<(usize, usize)>)>, protected: Vec<(usize, usize)>) -> Self {
+    pub fn new(areas: Vec<ArmedArea>, protected: Vec<(usize, usize)>) -> Self {
         Self {
             areas,
             protected,
