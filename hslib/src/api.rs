@@ -995,6 +995,7 @@ fn calibrated(regions: &[Region]) -> CostModel {
             tracing::info!(
                 copy_ns_per_byte = m.copy_ns_per_byte,
                 fork_us = m.fork_ns / 1e3,
+                cbw_us = m.cbw_ns / 1e3,
                 crossover_bytes = m.crossover_bytes(),
                 "adaptive strategy calibrated"
             );

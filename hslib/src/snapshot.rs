@@ -163,7 +163,7 @@ impl CostModel {
         })
         .map_err(std::io::Error::from)?;
         let total: usize = regions.iter().map(Region::len).sum();
-        let scratch = StagingBuffer::with_capacity(total.clamp(PAGE_SIZE, 256 << 20))
+        let scratch = StagingBuffer::with_small_pages(total.clamp(PAGE_SIZE, 256 << 20))
             .map_err(std::io::Error::from)?;
         let cbw = median5(|| {
             let t = std::time::Instant::now();

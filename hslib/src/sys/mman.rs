@@ -174,8 +174,21 @@ impl StagingBuffer {
     /// An empty buffer with room for at least `cap` bytes (rounded up to pages), its pages
     /// touched so that filling it costs no page faults.
     pub fn with_capacity(cap: usize) -> Result<Self, Errno> {
+        Self::with_capacity_advised(cap, None)
+    }
+
+    /// Like [`StagingBuffer::with_capacity`], but never backed by huge pages (its page table
+    /// then looks like a tracked region's: for timing protection changes).
+    pub fn with_small_pages(cap: usize) -> Result<Self, Errno> {
+        Self::with_capacity_advised(cap, Some(Advice::NoHugePage))
+    }
+
+    fn with_capacity_advised(cap: usize, advice: Option<Advice>) -> Result<Self, Errno> {
         let cap = cap.max(1).div_ceil(super::PAGE_SIZE) * super::PAGE_SIZE;
         let addr = map_anywhere(cap)?;
+        if let Some(a) = advice {
+            advise(addr, cap, a)?;
+        }
         let buf = Self {
             addr,
             cap,
