@@ -88,6 +88,10 @@ impl std::str::FromStr for Strategy {
 /// - cbw: a constant too (its stall is write-protecting the dirty runs, or the whole region
 ///   when they are many), from timed `mprotect(PROT_READ)`s of a populated scratch mapping as
 ///   large as the regions, then the median of the last eight cbw snapshots actually taken.
+///   Until one is taken, the calibrated figure is scaled by how much slower the copies made
+///   turned out than the copy calibration (both are timed warm, back to back; checkpoints
+///   between idle stretches run with cold caches, 2-4x slower on the project's machine): a
+///   measured copy is compared with a cbw estimate measured the same way.
 ///   Its other cost, a fault and a page copy for each write that reaches a page before the
 ///   sender has copied it, falls on the application's later writes and is not in the model.
 ///
@@ -105,6 +109,8 @@ pub struct CostModel {
     pub fork_ns: f64,
     /// Cost of a cbw snapshot's stall, in nanoseconds (infinite: never chosen).
     pub cbw_ns: f64,
+    /// The copy cost per byte the calibration measured (before any observation).
+    copy_calibrated_ns_per_byte: f64,
     /// Checkpoints since each strategy (copy, fork, cbw) was last measured.
     since: [u32; 3],
     /// The last observations (copy: ns per byte; fork, cbw: ns), newest at `next % WINDOW`.
@@ -189,9 +195,11 @@ impl CostModel {
             Ok(spent)
         })
         .map_err(std::io::Error::from)?;
+        let copy_ns_per_byte = copy.as_nanos() as f64 / sample.max(1) as f64;
         Ok(Self {
             copy_fixed_ns: 1_000.0,
-            copy_ns_per_byte: copy.as_nanos() as f64 / sample.max(1) as f64,
+            copy_ns_per_byte,
+            copy_calibrated_ns_per_byte: copy_ns_per_byte,
             fork_ns: fork.as_nanos() as f64,
             cbw_ns: cbw.as_nanos() as f64,
             since: [0; 3],
@@ -212,6 +220,7 @@ impl CostModel {
             copy_ns_per_byte,
             fork_ns,
             cbw_ns: f64::INFINITY,
+            copy_calibrated_ns_per_byte: copy_ns_per_byte,
             since: [0; 3],
             seen: [Window::EMPTY; 3],
         }
@@ -231,7 +240,7 @@ impl CostModel {
         let costs = [
             (Strategy::Copy, self.copy_cost(bytes)),
             (Strategy::Fork, self.fork_ns),
-            (Strategy::Cbw, self.cbw_ns),
+            (Strategy::Cbw, self.cbw_cost()),
         ];
         let (cheapest, cost) = costs
             .iter()
@@ -247,6 +256,16 @@ impl CostModel {
             }
         }
         cheapest
+    }
+
+    /// The predicted stall of a cbw snapshot, in nanoseconds: the last ones measured, or
+    /// before any was, the calibration scaled by how the copies measured compare with theirs.
+    pub fn cbw_cost(&self) -> f64 {
+        if self.seen[2].count > 0 || self.copy_calibrated_ns_per_byte <= 0.0 {
+            return self.cbw_ns;
+        }
+        let slower = self.copy_ns_per_byte / self.copy_calibrated_ns_per_byte;
+        self.cbw_ns * slower.max(1.0)
     }
 
     /// The dirty bytes above which fork is cheaper.
