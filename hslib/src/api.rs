@@ -20,7 +20,7 @@
 //! ([`HotSpare::from_env`]): `HS_ROLE` (`standalone`, `primary`, `spare`), `HS_TRANSPORT`
 //! (`null`, `file`, `unix`, `tcp`), `HS_SOCKET_DIR` and `HS_SOCKET_NAME` (unix), `HS_TCP_ADDR`
 //! and `HS_KEY` (tcp), `HS_LOG_FILE` (file), `HS_EPOCH`, `HS_MODE` (`async`, `sync`),
-//! `HS_STRATEGY` (`copy`, `fork`, `adaptive`), `HS_TRACKER` (`uffd`, `mprotect`, `full`),
+//! `HS_STRATEGY` (`copy`, `fork`, `cbw`, `adaptive`), `HS_TRACKER` (`uffd`, `mprotect`, `full`),
 //! and the hang detection's times in milliseconds: `HS_ACK_DEADLINE_MS` (sync mode: how long
 //! a checkpoint waits for the spare's ack before the spare is dropped; default 1000),
 //! `HS_HEARTBEAT_MS` (a primary's idle stream gets a heartbeat this often; default 100),
