@@ -5,7 +5,8 @@
 //! a `UFFDIO_WRITEPROTECT` per run (what a sync-userfaultfd variant would pay instead), and
 //! the floor they are compared with: copying the dirty pages into a warm buffer.
 //!
-//! `cargo run --release -p hslib --example cbw_breakdown`
+//! `cargo run --release -p hslib --example cbw_breakdown` (`CBW_BREAKDOWN_MIB=64` for a
+//! 64 MiB region).
 
 use std::time::Instant;
 
@@ -26,7 +27,12 @@ fn protect(addr: usize, len: usize, prot: libc::c_int) -> std::io::Result<()> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let size = 4 << 20;
+    // `CBW_BREAKDOWN_MIB` sets another region size.
+    let mib: usize = match std::env::var("CBW_BREAKDOWN_MIB") {
+        Ok(v) => v.parse()?,
+        Err(_) => 4,
+    };
+    let size = mib << 20;
     let pages = size / PAGE;
     let mut r = Region::map(RegionId(77), size)?;
     r.as_bytes_mut().fill(1);
@@ -116,7 +122,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         })?;
     }
-    println!("4 MiB region, {runs_seen} dirty runs of 4 pages (10%), 300 rounds, back to back:");
+    println!(
+        "{mib} MiB region, {runs_seen} dirty runs of 4 pages (10%), 300 rounds, back to back:"
+    );
     for (n, mut v) in names.iter().zip(times) {
         v.sort_unstable();
         let q = |f: f64| v[((v.len() - 1) as f64 * f) as usize] as f64 / 1e3;

@@ -8,9 +8,9 @@
 //! and its fault handler copies a pending page before recording the write (one protection
 //! serves both). Under `uffd` (whose async write-protection resolves writes in the kernel,
 //! without telling anybody) and `full`, this module adds an `mprotect(PROT_READ)`: over each
-//! dirty run when there are few, over the whole region otherwise (one call; a write to a page
-//! of it that is not pending faults once and is let through), and the settling thread makes
-//! the ranges writable again once every page is copied.
+//! dirty run, or over the whole region (one call; a write to a page of it that is not pending
+//! faults once and is let through), whichever the last ones timed predict cheaper, and the
+//! settling thread makes the ranges writable again once every page is copied.
 //!
 //! The application settles what is left (copies the pages the sender has not reached) before
 //! its next checkpoint, before the kernel writes into a region for it
@@ -26,12 +26,52 @@ use crate::sys::cow::{self, Area, ArmedArea, Pending};
 use crate::sys::mman::{self, StagingBuffer};
 use crate::sys::segv;
 
-/// A region's dirty runs are protected one by one while there is at most one run per this
-/// many pages of the region; with more, the whole region is protected with one call. Measured
-/// on the project's machine (4 MiB region, uffd tracker, back to back): an `mprotect` of one
-/// run costs ~1.7 us (it splits the mapping, and the unprotect merges it again), one over
-/// the region ~25 ns per page (every page-table entry is rewritten): even at ~60 pages per run.
-pub const PAGES_PER_RUN: usize = 64;
+/// The first estimates of what protecting costs (see [`Protection`]), measured on the
+/// project's machine with a 4 MiB region under the uffd tracker, back to back: an `mprotect`
+/// of one dirty run ~1.9 us (it splits the mapping), one over the whole region ~25 ns per page
+/// (every page-table entry is rewritten). At 64 MiB the whole-region call cost ~250 ns per
+/// page (4 ms) and per run ~4 us: hence estimates that learn.
+const FIRST_NS_PER_RUN: f64 = 1_900.0;
+const FIRST_NS_PER_PAGE: f64 = 25.0;
+
+/// How a region's pending pages are protected: one `mprotect` per dirty run, or one over the
+/// whole region, whichever is predicted cheaper from the last ones timed (the estimate of
+/// the way taken moves halfway to each new measurement).
+#[derive(Debug, Clone, Copy)]
+struct Protection {
+    ns_per_run: f64,
+    ns_per_page: f64,
+}
+
+impl Default for Protection {
+    fn default() -> Self {
+        Self {
+            ns_per_run: FIRST_NS_PER_RUN,
+            ns_per_page: FIRST_NS_PER_PAGE,
+        }
+    }
+}
+
+impl Protection {
+    /// Whether `runs` runs of a region of `pages` pages are protected one by one.
+    fn per_run(&self, runs: usize, pages: usize) -> bool {
+        runs as f64 * self.ns_per_run <= pages as f64 * self.ns_per_page
+    }
+
+    /// Learns from a protection of `runs` runs one by one (`per_run`) or of a whole region of
+    /// `pages` pages that took `spent`.
+    fn observe(&mut self, per_run: bool, runs: usize, pages: usize, spent: std::time::Duration) {
+        let ns = spent.as_nanos() as f64;
+        let (estimate, n) = if per_run {
+            (&mut self.ns_per_run, runs)
+        } else {
+            (&mut self.ns_per_page, pages)
+        };
+        if n > 0 {
+            *estimate = 0.5 * *estimate + 0.5 * ns / n as f64;
+        }
+    }
+}
 
 /// Process-wide counters of copy-before-write snapshots.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,6 +99,7 @@ pub fn stats() -> CbwStats {
 pub struct CbwState {
     areas: Vec<Arc<Area>>,
     inflight: Option<Arc<Pending>>,
+    protection: Protection,
 }
 
 impl CbwState {
@@ -163,8 +204,11 @@ impl CbwState {
         let mut protected = Vec::new();
         let mut failed = None;
         if !tracker_protects {
-            for (area, pending) in &armed {
-                if pending.len() * PAGES_PER_RUN <= area.len() / PAGE_SIZE {
+            'areas: for (area, pending) in &armed {
+                let pages = area.len() / PAGE_SIZE;
+                let per_run = self.protection.per_run(pending.len(), pages);
+                let from = protected.len();
+                if per_run {
                     protected.extend(
                         pending
                             .iter()
@@ -173,13 +217,17 @@ impl CbwState {
                 } else {
                     protected.push((area.base(), area.len()));
                 }
-            }
-            for (i, &(addr, len)) in protected.iter().enumerate() {
-                if let Err(e) = mman::protect_read(addr, len) {
-                    failed = Some((e, addr, len));
-                    protected.truncate(i);
-                    break;
+                let t = std::time::Instant::now();
+                for i in from..protected.len() {
+                    let (addr, len) = protected[i];
+                    if let Err(e) = mman::protect_read(addr, len) {
+                        failed = Some((e, addr, len));
+                        protected.truncate(i);
+                        break 'areas;
+                    }
                 }
+                self.protection
+                    .observe(per_run, pending.len(), pages, t.elapsed());
             }
         }
         let pending = Arc::new(Pending::new(armed, protected));
@@ -198,5 +246,27 @@ impl CbwState {
             data,
             metadata,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Protection;
+    use std::time::Duration;
+
+    #[test]
+    fn protection_goes_per_run_once_whole_region_calls_turn_out_slow() {
+        let mut p = Protection::default();
+        // 4 MiB, 26 runs: the whole region (1024 x 25 ns) beats 26 x 1.9 us.
+        assert!(!p.per_run(26, 1024));
+        // 64 MiB, 356 runs: first the whole region (410 us predicted vs 676 us)...
+        assert!(!p.per_run(356, 16384));
+        // ... which takes 4 ms twice: per run it is.
+        p.observe(false, 356, 16384, Duration::from_millis(4));
+        p.observe(false, 356, 16384, Duration::from_millis(4));
+        assert!(p.per_run(356, 16384), "{p:?}");
+        // Per run measured at 4 us a run (1.4 ms) stays cheaper than 4 ms.
+        p.observe(true, 356, 16384, Duration::from_micros(1424));
+        assert!(p.per_run(356, 16384), "{p:?}");
     }
 }
