@@ -35,8 +35,9 @@ const FIRST_NS_PER_RUN: f64 = 1_900.0;
 const FIRST_NS_PER_PAGE: f64 = 25.0;
 
 /// How a region's pending pages are protected: one `mprotect` per dirty run, or one over the
-/// whole region, whichever is predicted cheaper from the last ones timed (the estimate of
-/// the way taken moves halfway to each new measurement).
+/// whole region, whichever is predicted cheaper from the last ones timed. Model: every page
+/// protected costs `ns_per_page`, and each call beyond that `ns_per_run` (the split of the
+/// mapping); the estimate a measurement informs moves halfway to it.
 #[derive(Debug, Clone, Copy)]
 struct Protection {
     ns_per_run: f64,
@@ -53,22 +54,27 @@ impl Default for Protection {
 }
 
 impl Protection {
-    /// Whether `runs` runs of a region of `pages` pages are protected one by one.
-    fn per_run(&self, runs: usize, pages: usize) -> bool {
-        runs as f64 * self.ns_per_run <= pages as f64 * self.ns_per_page
+    /// Whether `runs` runs holding `dirty` pages of a region of `pages` pages are protected
+    /// one by one.
+    fn per_run(&self, runs: usize, dirty: usize, pages: usize) -> bool {
+        runs as f64 * self.ns_per_run + dirty as f64 * self.ns_per_page
+            <= pages as f64 * self.ns_per_page
     }
 
-    /// Learns from a protection of `runs` runs one by one (`per_run`) or of a whole region of
-    /// `pages` pages that took `spent`.
-    fn observe(&mut self, per_run: bool, runs: usize, pages: usize, spent: std::time::Duration) {
+    /// Learns from a protection that took `spent`: of `runs` runs holding `dirty` pages one by
+    /// one (`per_run`), or of a whole region of `pages` pages.
+    fn observe(
+        &mut self,
+        per_run: bool,
+        (runs, dirty, pages): (usize, usize, usize),
+        spent: std::time::Duration,
+    ) {
         let ns = spent.as_nanos() as f64;
-        let (estimate, n) = if per_run {
-            (&mut self.ns_per_run, runs)
-        } else {
-            (&mut self.ns_per_page, pages)
-        };
-        if n > 0 {
-            *estimate = 0.5 * *estimate + 0.5 * ns / n as f64;
+        if per_run && runs > 0 {
+            let per = ((ns - dirty as f64 * self.ns_per_page) / runs as f64).max(0.0);
+            self.ns_per_run = 0.5 * self.ns_per_run + 0.5 * per;
+        } else if !per_run && pages > 0 {
+            self.ns_per_page = 0.5 * self.ns_per_page + 0.5 * ns / pages as f64;
         }
     }
 }
@@ -206,7 +212,8 @@ impl CbwState {
         if !tracker_protects {
             'areas: for (area, pending) in &armed {
                 let pages = area.len() / PAGE_SIZE;
-                let per_run = self.protection.per_run(pending.len(), pages);
+                let dirty = pending.iter().map(|&(_, n)| n).sum();
+                let per_run = self.protection.per_run(pending.len(), dirty, pages);
                 let from = protected.len();
                 if per_run {
                     protected.extend(
@@ -227,7 +234,7 @@ impl CbwState {
                     }
                 }
                 self.protection
-                    .observe(per_run, pending.len(), pages, t.elapsed());
+                    .observe(per_run, (pending.len(), dirty, pages), t.elapsed());
             }
         }
         let pending = Arc::new(Pending::new(armed, protected));
@@ -257,16 +264,18 @@ mod tests {
     #[test]
     fn protection_goes_per_run_once_whole_region_calls_turn_out_slow() {
         let mut p = Protection::default();
-        // 4 MiB, 26 runs: the whole region (1024 x 25 ns) beats 26 x 1.9 us.
-        assert!(!p.per_run(26, 1024));
-        // 64 MiB, 356 runs: first the whole region (410 us predicted vs 676 us)...
-        assert!(!p.per_run(356, 16384));
+        // 4 MiB, 26 runs of 4 pages: the whole region (1024 x 25 ns) beats 26 x 1.9 us.
+        assert!(!p.per_run(26, 104, 1024));
+        // 1%: 3 runs of 4 pages are protected one by one.
+        assert!(p.per_run(3, 12, 1024));
+        // A full checkpoint (one run, the whole region, 26 us) does not make runs look dear.
+        p.observe(true, (1, 1024, 1024), Duration::from_micros(26));
+        assert!(p.per_run(3, 12, 1024), "{p:?}");
+        // 64 MiB, 356 runs: first the whole region (410 us predicted vs 712 us)...
+        assert!(!p.per_run(356, 1424, 16384));
         // ... which takes 4 ms twice: per run it is.
-        p.observe(false, 356, 16384, Duration::from_millis(4));
-        p.observe(false, 356, 16384, Duration::from_millis(4));
-        assert!(p.per_run(356, 16384), "{p:?}");
-        // Per run measured at 4 us a run (1.4 ms) stays cheaper than 4 ms.
-        p.observe(true, 356, 16384, Duration::from_micros(1424));
-        assert!(p.per_run(356, 16384), "{p:?}");
+        p.observe(false, (356, 1424, 16384), Duration::from_millis(4));
+        p.observe(false, (356, 1424, 16384), Duration::from_millis(4));
+        assert!(p.per_run(356, 1424, 16384), "{p:?}");
     }
 }
