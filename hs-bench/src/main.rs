@@ -1,12 +1,17 @@
 //! `hs-bench`: the paper's performance chapter on this machine.
 //!
+//! `hs-bench cbw-writes [--json]` measures what the `cbw` strategy moves onto the
+//! application: the time to write every page of the dirty set right after `checkpoint()`
+//! returns (the worst case), against the same writes after a `copy` checkpoint.
+//!
 //! `hs-bench paper [--json] [--out DIR] [--quick]` runs
 //! (a) stall vs registered size, 64 KiB to 64 MiB, 10% of pages dirtied between checkpoints
 //!     in sets of four contiguous pages, and
 //! (b) stall vs dirty share, 1 to 95%, at 4 MiB,
 //! for each strategy: `fork-full` (plain fork, every page shipped), `fork-incremental` (the
 //! paper's cptfork), `copy-full` (a synchronous copy of everything to a pipe: the paper's
-//! baseline), `copy-incremental`, `adaptive`, and `memcpy-limit` (copying just the dirty
+//! baseline), `copy-incremental`, `adaptive`, `cbw` (copy-before-write, uffd tracker),
+//! `cbw-mprotect` (the same over the mprotect tracker), and `memcpy-limit` (copying just the dirty
 //! bytes: the floor). The stall is the time inside `checkpoint()`; everything shipped is
 //! drained by a reader on the other end of a socket pair, as the paper's pipe was.
 
@@ -90,6 +95,25 @@ enum Command {
         #[arg(long, default_value = "us")]
         unit: String,
     },
+    /// What cbw moves onto the application: every page of the dirty set written right
+    /// after `checkpoint()` returns, timed, against the same after a copy checkpoint.
+    CbwWrites {
+        /// One JSON object per strategy on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Region size, KiB.
+        #[arg(long, value_name = "KIB", default_value_t = 4096)]
+        region_kib: usize,
+        /// Share of the region's pages dirty, percent.
+        #[arg(long, value_name = "PCT", default_value_t = 10)]
+        dirty_pct: u32,
+        /// Checkpoints per strategy.
+        #[arg(long, default_value_t = 200)]
+        checkpoints: usize,
+        /// Microseconds the application idles between checkpoints.
+        #[arg(long, value_name = "US", default_value_t = 1000)]
+        gap_us: u64,
+    },
     /// A peer process of `floors` (internal).
     #[command(hide = true)]
     FloorPeer {
@@ -106,15 +130,19 @@ enum Series {
     CopyFull,
     CopyIncremental,
     Adaptive,
+    Cbw,
+    CbwMprotect,
     MemcpyLimit,
 }
 
-const SERIES: [Series; 6] = [
+const SERIES: [Series; 8] = [
     Series::ForkFull,
     Series::ForkIncremental,
     Series::CopyFull,
     Series::CopyIncremental,
     Series::Adaptive,
+    Series::Cbw,
+    Series::CbwMprotect,
     Series::MemcpyLimit,
 ];
 
@@ -126,6 +154,8 @@ impl Series {
             Series::CopyFull => "copy-full",
             Series::CopyIncremental => "copy-incremental",
             Series::Adaptive => "adaptive",
+            Series::Cbw => "cbw",
+            Series::CbwMprotect => "cbw-mprotect",
             Series::MemcpyLimit => "memcpy-limit",
         }
     }
@@ -139,6 +169,8 @@ impl Series {
             Series::CopyFull => Some((Strategy::Copy, Mode::Sync, Backend::Full)),
             Series::CopyIncremental => Some((Strategy::Copy, Mode::Async, Backend::Uffd)),
             Series::Adaptive => Some((Strategy::Adaptive, Mode::Async, Backend::Uffd)),
+            Series::Cbw => Some((Strategy::Cbw, Mode::Async, Backend::Uffd)),
+            Series::CbwMprotect => Some((Strategy::Cbw, Mode::Async, Backend::Mprotect)),
             Series::MemcpyLimit => None,
         }
     }
@@ -214,6 +246,53 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 std::fs::read_to_string(&input).map_err(|e| format!("{}: {e}", input.display()))?;
             let bars = bars::parse(&text).map_err(|e| format!("{}: {e}", input.display()))?;
             return bars::draw(&out, &bars, &title, &unit);
+        }
+        Command::CbwWrites {
+            json,
+            region_kib,
+            dirty_pct,
+            checkpoints,
+            gap_us,
+        } => {
+            let load = Load {
+                size: region_kib.saturating_mul(1024).max(16 * PAGE),
+                pct: dirty_pct,
+                n: checkpoints,
+                gap: Duration::from_micros(gap_us),
+                seed: 0x9e37_79b9_7f4a_7c15,
+            };
+            let copy = rewrites(Strategy::Copy, &load)?;
+            let cbw = rewrites(Strategy::Cbw, &load)?;
+            let mut stdout = std::io::stdout().lock();
+            for r in [&copy, &cbw] {
+                if json {
+                    writeln!(stdout, "{}", serde_json::to_string(r)?)?;
+                } else {
+                    writeln!(
+                        stdout,
+                        "{:<5} {:>6} KiB {:>3}%  stall p50 {:>7.1} us  rewrite p50 {:>7.1} us p99 {:>7.1} us  fault copies/checkpoint {:>6.1}  pages/checkpoint {:>5}",
+                        r.strategy,
+                        r.region_bytes / 1024,
+                        r.dirty_pct,
+                        r.stall_us_p50,
+                        r.rewrite_us_p50,
+                        r.rewrite_us_p99,
+                        r.fault_copies_per_checkpoint,
+                        r.pages_per_checkpoint
+                    )?;
+                }
+            }
+            let extra = cbw.rewrite_us_p50 - copy.rewrite_us_p50;
+            if !json && cbw.fault_copies_per_checkpoint > 0.0 {
+                writeln!(
+                    stdout,
+                    "cbw moves {extra:.1} us (p50) onto the rewrite: {:.2} us per faulting write; \
+                     stall saved {:.1} us",
+                    extra / cbw.fault_copies_per_checkpoint,
+                    copy.stall_us_p50 - cbw.stall_us_p50
+                )?;
+            }
+            return Ok(());
         }
     };
     let gap = Duration::from_micros(gap_us);
@@ -504,6 +583,83 @@ fn through_hslib(
                 Ok((stalls, shipped))
             },
         )
+        .run()?;
+    match outcome {
+        hslib::Outcome::Finished { value, .. } => Ok(value),
+        other => Err(format!("a standalone run ended as {other:?}").into()),
+    }
+}
+
+/// What one strategy costs the application around a checkpoint when it rewrites the dirty
+/// set at once.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Rewrites {
+    strategy: &'static str,
+    region_bytes: u64,
+    dirty_pct: u32,
+    pages_per_checkpoint: usize,
+    stall_us_p50: f64,
+    rewrite_us_p50: f64,
+    rewrite_us_p99: f64,
+    /// Pages the fault handler copied (a write reached them before the sender), per
+    /// checkpoint.
+    fault_copies_per_checkpoint: f64,
+}
+
+/// Checkpoints `load.n` times with `strategy` (async, uffd tracker, drained link), each time
+/// writing every page of the dirty set again right after `checkpoint()` returns.
+fn rewrites(strategy: Strategy, load: &Load) -> Result<Rewrites, Box<dyn std::error::Error>> {
+    let Load {
+        size,
+        pct,
+        n,
+        gap,
+        seed,
+    } = *load;
+    let outcome = HotSpare::new("hs-bench")
+        .region(REGION, size)
+        .strategy(strategy)
+        .mode(Mode::Async)
+        .tracker(Backend::Uffd)
+        .role(Role::Standalone)
+        .link(LinkConfig::Drain)
+        .init(move |ctx: &mut Context| -> WorkerResult {
+            ctx.region_mut(REGION)?.as_bytes_mut().fill(1);
+            Ok(())
+        })
+        .worker(move |ctx: &mut Context| -> WorkerResult<Rewrites> {
+            ctx.flush()?;
+            let mut rng = seed;
+            let (mut stalls, mut writes) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let before = hslib::snapshot::cbw::stats().fault_copies;
+            let mut pages = 0;
+            for i in 0..n {
+                let sets = dirty_sets(size / PAGE, pct, &mut rng);
+                pages = sets.len() * 4;
+                touch(ctx.region_mut(REGION)?.as_bytes_mut(), &sets, i as u8);
+                let t = Instant::now();
+                ctx.checkpoint()?;
+                stalls.push(t.elapsed());
+                let t = Instant::now();
+                touch(ctx.region_mut(REGION)?.as_bytes_mut(), &sets, !(i as u8));
+                writes.push(t.elapsed());
+                ctx.flush()?;
+                idle(gap);
+            }
+            let faults = hslib::snapshot::cbw::stats().fault_copies - before;
+            stalls.sort_unstable();
+            writes.sort_unstable();
+            Ok(Rewrites {
+                strategy: strategy.name(),
+                region_bytes: size as u64,
+                dirty_pct: pct,
+                pages_per_checkpoint: pages,
+                stall_us_p50: percentile(&stalls, 0.5),
+                rewrite_us_p50: percentile(&writes, 0.5),
+                rewrite_us_p99: percentile(&writes, 0.99),
+                fault_copies_per_checkpoint: faults as f64 / n.max(1) as f64,
+            })
+        })
         .run()?;
     match outcome {
         hslib::Outcome::Finished { value, .. } => Ok(value),

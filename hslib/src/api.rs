@@ -28,7 +28,7 @@
 //! (`null`, `file`, `unix`, `tcp`), `HS_SOCKET_DIR` and `HS_SOCKET_NAME` (unix), `HS_TCP_ADDR`
 //! and `HS_KEY` (tcp), `HS_LOG_FILE` (file), `HS_EPOCH`, `HS_MODE` (`async`, `sync`, `lazy`; see [`Mode`]), `HS_MAX_LAG_US` (lazy mode's
 //! bound, microseconds, default 1000; refused with another mode),
-//! `HS_STRATEGY` (`copy`, `fork`, `adaptive`), `HS_TRACKER` (`uffd`, `mprotect`, `full`),
+//! `HS_STRATEGY` (`copy`, `fork`, `cbw`, `adaptive`), `HS_TRACKER` (`uffd`, `mprotect`, `full`),
 //! and the hang detection's times in milliseconds: `HS_ACK_DEADLINE_MS` (sync mode: how long
 //! a checkpoint waits for the spare's ack before the spare is dropped; default 1000),
 //! `HS_HEARTBEAT_MS` (a primary's idle stream gets a heartbeat this often; default 100),
@@ -68,6 +68,7 @@ use crate::region::{Region, RegionError, RegionId, Slot};
 use crate::replica::{Committed, Replica, ReplicaConfig, ReplicaError};
 use crate::session::{self, SessionError};
 use crate::silence::{self, SilenceWatch};
+use crate::snapshot::cbw::CbwState;
 use crate::snapshot::{self, Copied, CostModel, Run, Snapshot, Strategy};
 use crate::sys::PAGE_SIZE;
 use crate::track::{self, Backend, DirtyPages, TrackError, Tracker};
@@ -930,6 +931,7 @@ impl<T> HotSpare<T> {
             model: None,
             pending: None,
             force_full: false,
+            cbw: CbwState::new(),
             ack_deadline: None,
         })
     }
@@ -1281,6 +1283,8 @@ pub struct Context {
     force_full: bool,
     /// Sync mode: how long a checkpoint waits for its ack.
     ack_deadline: Option<Duration>,
+    /// The `cbw` strategy's areas and the snapshot whose pages may still be pending.
+    cbw: CbwState,
 }
 
 /// The adaptive strategy's model for this process, or a fallback that always copies when
@@ -1291,6 +1295,7 @@ fn calibrated(regions: &[Region]) -> CostModel {
             tracing::info!(
                 copy_ns_per_byte = m.copy_ns_per_byte,
                 fork_us = m.fork_ns / 1e3,
+                cbw_us = m.cbw_ns / 1e3,
                 crossover_bytes = m.crossover_bytes(),
                 "adaptive strategy calibrated"
             );
@@ -1305,6 +1310,9 @@ fn calibrated(regions: &[Region]) -> CostModel {
 
 impl Drop for Context {
     fn drop(&mut self) {
+        // No page of a cbw snapshot may be pending, nor an area seen by the fault handler,
+        // once the regions are gone.
+        self.cbw.retire();
         // The tracker lets go of each region before the region is unmapped (the mprotect
         // backend would otherwise keep claiming an address range nothing is mapped at).
         for r in &self.regions {
@@ -1410,6 +1418,7 @@ impl Context {
             .iter_mut()
             .find(|r| r.id() == id)
             .ok_or(HsError::NoRegion(id))?;
+        self.cbw.settle();
         Ok(self.tracker.discard(region, offset, len)?)
     }
 
@@ -1421,6 +1430,8 @@ impl Context {
         offset: usize,
         len: usize,
     ) -> Result<(), HsError> {
+        // A cbw snapshot's pages are read-only until copied: the kernel would fail with EFAULT.
+        self.cbw.settle();
         Ok(self.tracker.prepare_kernel_write(id, offset, len)?)
     }
 
@@ -1516,6 +1527,9 @@ impl Context {
     /// checkpoint (the next one is full if the scan itself failed), so the worker may handle
     /// the error and checkpoint again.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, HsError> {
+        // The last cbw snapshot's pages not copied yet are copied now (normally the sender
+        // has done it): the scan starts a new interval and may protect them anew.
+        self.cbw.settle();
         let scanned = self.tracker.collect_dirty().map_err(HsError::from);
         let dirty = match scanned.and_then(|d| inject(Step::Scan).map(|()| d)) {
             Ok(d) => d,
@@ -1609,7 +1623,7 @@ impl Context {
                 });
                 Snapshot::Forked(forked?)
             }
-            Strategy::Copy | Strategy::Adaptive => {
+            Strategy::Copy | Strategy::Cbw | Strategy::Adaptive => {
                 let staging = inject(Step::Staging).and_then(|()| {
                     link.staging(snapshot::staging_bytes(&self.runs))
                         .map_err(HsError::from)
@@ -1621,7 +1635,13 @@ impl Context {
                 let (mut runs, mut meta) = link.spare_vecs();
                 runs.clone_from(&self.runs);
                 meta.clone_from(&self.meta);
-                Snapshot::Copied(Copied::take(&self.regions, full, runs, buffer, meta))
+                Snapshot::Copied(if strategy == Strategy::Cbw {
+                    let tracker_protects = self.tracker.backend() == Backend::Mprotect;
+                    self.cbw
+                        .take(&self.regions, full, runs, buffer, meta, tracker_protects)
+                } else {
+                    Copied::take(&self.regions, full, runs, buffer, meta)
+                })
             }
         };
         if let Some(model) = &mut self.model

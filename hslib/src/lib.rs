@@ -2,7 +2,8 @@
 //!
 //! Layers, bottom up (see the project's DESIGN.md):
 //! - `sys` (private to the crate): the only place with raw system calls and ioctls
-//!   (userfaultfd, `PAGEMAP_SCAN`, `mmap`/`mprotect`, fork, the SIGSEGV handler).
+//!   (userfaultfd, `PAGEMAP_SCAN`, `mmap`/`mprotect`, fork, the SIGSEGV handler and the
+//!   copy-before-write pages it copies).
 //! - [`region`]: checkpoint memory at addresses every process of the binary can map, with
 //!   typed placement of plain-old-data values.
 //! - [`track`]: which pages were written since the last checkpoint (uffd, mprotect, full).
@@ -14,7 +15,8 @@
 //! - [`replica`]: the spare's image, changed only by whole, validated checkpoints.
 //! - [`silence`]: the spare's watch on its primary's silence (heartbeats stopped).
 //! - [`orders`]: a cluster spare's orders (`promote <EPOCH>`) from its supervisor.
-//! - [`snapshot`]: a checkpoint taken by copying the dirty pages or by `fork()`.
+//! - [`snapshot`]: a checkpoint taken by copying the dirty pages, by `fork()`, or by
+//!   copy-before-write (`cbw`: the pages are copied later, before anything overwrites them).
 //! - [`link`]: the primary's sender, ack reader and spare acceptor threads.
 //! - [`api`]: [`HotSpare`] (regions, worker, roles, modes) and [`Context::checkpoint`].
 

@@ -8,16 +8,23 @@
 //!   the stream's descriptor and the writer's state), writes the checkpoint with bare
 //!   `write(2)` and exits. The caller never waits for the child.
 //!
-//! Both produce a [`Snapshot`] for the link, which puts snapshots on the stream one at a time,
-//! in order, so frames never interleave.
+//! - **cbw** (copy-before-write, [`cbw`]): the dirty pages are made read-only and marked
+//!   pending, nothing is copied; the sender thread copies them as it ships them, and a write
+//!   by the application to a page not copied yet copies it first (in the fault handler).
+//!
+//! All produce a [`Snapshot`] for the link, which puts snapshots on the stream one at a time,
+//! in order, so frames never interleave (a cbw snapshot is a copy snapshot whose staging
+//! buffer fills in before it is read).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::unistd::Pid;
 
+pub mod cbw;
+
 use crate::region::Region;
 use crate::sys::PAGE_SIZE;
-use crate::sys::mman::StagingBuffer;
+use crate::sys::mman::{self, StagingBuffer};
 use crate::sys::process::{self, Forked};
 use crate::track::DirtyPages;
 use crate::transport::FdWriter;
@@ -30,8 +37,11 @@ pub enum Strategy {
     Copy,
     /// `fork()`; the child ships the dirty pages from its copy-on-write view.
     Fork,
-    /// Copy or fork, whichever the [`CostModel`] says is cheaper for this checkpoint's dirty
-    /// bytes (known before either cost is paid).
+    /// Copy-before-write: make the dirty pages read-only; the sender thread copies and ships
+    /// them, and a write to a page not copied yet copies it first ([`cbw`]).
+    Cbw,
+    /// Copy, fork or cbw, whichever the [`CostModel`] says is cheapest for this checkpoint's
+    /// dirty bytes (known before any cost is paid).
     Adaptive,
 }
 
@@ -41,6 +51,7 @@ impl Strategy {
         match self {
             Strategy::Copy => "copy",
             Strategy::Fork => "fork",
+            Strategy::Cbw => "cbw",
             Strategy::Adaptive => "adaptive",
         }
     }
@@ -58,9 +69,10 @@ impl std::str::FromStr for Strategy {
         match s {
             "copy" => Ok(Strategy::Copy),
             "fork" => Ok(Strategy::Fork),
+            "cbw" => Ok(Strategy::Cbw),
             "adaptive" => Ok(Strategy::Adaptive),
             other => Err(format!(
-                "{other:?} names no strategy; use copy, fork or adaptive"
+                "{other:?} names no strategy; use copy, fork, cbw or adaptive"
             )),
         }
     }
@@ -72,7 +84,16 @@ impl std::str::FromStr for Strategy {
 ///   the last eight copies actually made;
 /// - fork: a constant for the process as it is (page tables to copy grow with its memory, not
 ///   with the dirty share), from timed forks of a child that exits at once, then the median of
-///   the last eight forks actually made.
+///   the last eight forks actually made;
+/// - cbw: a constant too (its stall is write-protecting the dirty runs, or the whole region
+///   when they are many), from timed `mprotect(PROT_READ)`s of a populated scratch mapping as
+///   large as the regions, then the median of the last eight cbw snapshots actually taken.
+///   Until one is taken, the calibrated figure is scaled by how much slower the copies made
+///   turned out than the copy calibration (both are timed warm, back to back; checkpoints
+///   between idle stretches run with cold caches, 2-4x slower on the project's machine): a
+///   measured copy is compared with a cbw estimate measured the same way.
+///   Its other cost, a fault and a page copy for each write that reaches a page before the
+///   sender has copied it, falls on the application's later writes and is not in the model.
 ///
 /// Medians, not averages: one copy that the scheduler preempted must not flip the choice.
 ///
@@ -86,10 +107,14 @@ pub struct CostModel {
     pub copy_ns_per_byte: f64,
     /// Cost of a fork snapshot, in nanoseconds.
     pub fork_ns: f64,
-    /// Checkpoints since each strategy (copy, fork) was last measured.
-    since: [u32; 2],
-    /// The last observations (copy: ns per byte; fork: ns), newest at `next % WINDOW`.
-    seen: [Window; 2],
+    /// Cost of a cbw snapshot's stall, in nanoseconds (infinite: never chosen).
+    pub cbw_ns: f64,
+    /// The copy cost per byte the calibration measured (before any observation).
+    copy_calibrated_ns_per_byte: f64,
+    /// Checkpoints since each strategy (copy, fork, cbw) was last measured.
+    since: [u32; 3],
+    /// The last observations (copy: ns per byte; fork, cbw: ns), newest at `next % WINDOW`.
+    seen: [Window; 3],
 }
 
 /// Observations a median is taken over.
@@ -143,6 +168,17 @@ impl CostModel {
             Ok(t.elapsed())
         })
         .map_err(std::io::Error::from)?;
+        let total: usize = regions.iter().map(Region::len).sum();
+        let scratch = StagingBuffer::with_small_pages(total.clamp(PAGE_SIZE, 256 << 20))
+            .map_err(std::io::Error::from)?;
+        let cbw = median5(|| {
+            let t = std::time::Instant::now();
+            mman::protect_read(scratch.addr(), scratch.capacity())?;
+            let spent = t.elapsed();
+            mman::protect_read_write(scratch.addr(), scratch.capacity())?;
+            Ok(spent)
+        })
+        .map_err(std::io::Error::from)?;
         let fork = median5(|| {
             let t = std::time::Instant::now();
             let (go_read, go_write) = process::pipe()?;
@@ -159,12 +195,15 @@ impl CostModel {
             Ok(spent)
         })
         .map_err(std::io::Error::from)?;
+        let copy_ns_per_byte = copy.as_nanos() as f64 / sample.max(1) as f64;
         Ok(Self {
             copy_fixed_ns: 1_000.0,
-            copy_ns_per_byte: copy.as_nanos() as f64 / sample.max(1) as f64,
+            copy_ns_per_byte,
+            copy_calibrated_ns_per_byte: copy_ns_per_byte,
             fork_ns: fork.as_nanos() as f64,
-            since: [0; 2],
-            seen: [Window::EMPTY; 2],
+            cbw_ns: cbw.as_nanos() as f64,
+            since: [0; 3],
+            seen: [Window::EMPTY; 3],
         })
     }
 
@@ -173,44 +212,60 @@ impl CostModel {
         self.copy_fixed_ns + bytes as f64 * self.copy_ns_per_byte
     }
 
-    /// A model with these costs (fixed and per byte for copies, fixed for forks).
+    /// A model with these costs (fixed and per byte for copies, fixed for forks), never
+    /// choosing cbw (see [`CostModel::with_cbw`]).
     pub fn new(copy_fixed_ns: f64, copy_ns_per_byte: f64, fork_ns: f64) -> Self {
         Self {
             copy_fixed_ns,
             copy_ns_per_byte,
             fork_ns,
-            since: [0; 2],
-            seen: [Window::EMPTY; 2],
+            cbw_ns: f64::INFINITY,
+            copy_calibrated_ns_per_byte: copy_ns_per_byte,
+            since: [0; 3],
+            seen: [Window::EMPTY; 3],
         }
     }
 
-    /// The cheaper strategy for a checkpoint of `bytes` dirty bytes by the model; except
-    /// that a strategy predicted within 1.5x of the other and not measured for 64
-    /// checkpoints (8 while it has fewer than four measurements) is taken once, so a stale
-    /// estimate gets corrected (the model learns only from the snapshots it takes).
+    /// The model with a cbw snapshot costing `cbw_ns`.
+    pub fn with_cbw(mut self, cbw_ns: f64) -> Self {
+        self.cbw_ns = cbw_ns;
+        self
+    }
+
+    /// The cheapest strategy for a checkpoint of `bytes` dirty bytes by the model (copy on a
+    /// tie, then fork); except that a strategy predicted within 1.5x of it and not measured
+    /// for 64 checkpoints (8 while it has fewer than four measurements) is taken once, so a
+    /// stale estimate gets corrected (the model learns only from the snapshots it takes).
     pub fn choose(&mut self, bytes: u64) -> Strategy {
-        let (copy, fork) = (self.copy_cost(bytes), self.fork_ns);
-        let cheaper = if copy <= fork {
-            Strategy::Copy
-        } else {
-            Strategy::Fork
-        };
-        let (other, other_cost, cost) = match cheaper {
-            Strategy::Copy => (Strategy::Fork, fork, copy),
-            _ => (Strategy::Copy, copy, fork),
-        };
+        let costs = [
+            (Strategy::Copy, self.copy_cost(bytes)),
+            (Strategy::Fork, self.fork_ns),
+            (Strategy::Cbw, self.cbw_cost()),
+        ];
+        let (cheapest, cost) = costs
+            .iter()
+            .copied()
+            .fold(costs[0], |best, c| if c.1 < best.1 { c } else { best });
         // Re-measure a close alternative every 64 checkpoints; every 8 while it has fewer
         // than four measurements (its estimate is little more than the calibration's).
-        let every = if self.seen[index(other)].count < 4 {
-            8
-        } else {
-            64
-        };
-        if self.since[index(other)] >= every && other_cost <= 1.5 * cost {
-            other
-        } else {
-            cheaper
+        for (other, other_cost) in costs {
+            let i = index(other);
+            let every = if self.seen[i].count < 4 { 8 } else { 64 };
+            if other != cheapest && self.since[i] >= every && other_cost <= 1.5 * cost {
+                return other;
+            }
         }
+        cheapest
+    }
+
+    /// The predicted stall of a cbw snapshot, in nanoseconds: the last ones measured, or
+    /// before any was, the calibration scaled by how the copies measured compare with theirs.
+    pub fn cbw_cost(&self) -> f64 {
+        if self.seen[2].count > 0 || self.copy_calibrated_ns_per_byte <= 0.0 {
+            return self.cbw_ns;
+        }
+        let slower = self.copy_ns_per_byte / self.copy_calibrated_ns_per_byte;
+        self.cbw_ns * slower.max(1.0)
     }
 
     /// The dirty bytes above which fork is cheaper.
@@ -227,6 +282,7 @@ impl CostModel {
         self.since[index(strategy)] = 0;
         match strategy {
             Strategy::Fork => self.fork_ns = self.seen[1].push(ns),
+            Strategy::Cbw => self.cbw_ns = self.seen[2].push(ns),
             Strategy::Copy if bytes >= 64 * PAGE_SIZE as u64 => {
                 let per_byte = (ns - self.copy_fixed_ns).max(0.0) / bytes as f64;
                 self.copy_ns_per_byte = self.seen[0].push(per_byte);
@@ -237,7 +293,11 @@ impl CostModel {
 }
 
 fn index(s: Strategy) -> usize {
-    usize::from(s == Strategy::Fork)
+    match s {
+        Strategy::Fork => 1,
+        Strategy::Cbw => 2,
+        Strategy::Copy | Strategy::Adaptive => 0,
+    }
 }
 
 fn median5(

@@ -80,6 +80,32 @@ fn calibration_measures_this_process() {
         "{m:?}"
     );
     assert!(m.fork_ns > 0.0 && m.fork_ns.is_finite(), "{m:?}");
+    assert!(m.cbw_ns > 0.0 && m.cbw_ns.is_finite(), "{m:?}");
+}
+
+#[test]
+fn cbw_is_chosen_where_it_measures_cheapest_and_dropped_when_it_stops_being() {
+    // Copies 1 ns/byte, forks 1 s, a cbw stall 50 us: cbw above 50 kB, copy below.
+    let mut m = CostModel::new(0.0, 1.0, 1e9).with_cbw(50_000.0);
+    assert_eq!(m.choose(10_000), Strategy::Copy);
+    assert_eq!(m.choose(100_000), Strategy::Cbw);
+    // Its stalls turn out at 200 us: copying 100 kB (100 us) is cheaper.
+    for _ in 0..4 {
+        m.observe(Strategy::Cbw, 100_000, Duration::from_micros(200));
+    }
+    assert_eq!(m.choose(100_000), Strategy::Copy, "{m:?}");
+    // Before any cbw is measured, its calibrated cost is scaled by how much slower the
+    // copies measured than their calibration: 50 us calibrated, copies 3x slower than
+    // calibrated, so 150 us, against 100 kB copied at 1 ns/byte (100 us): copy (unscaled,
+    // 50 us would have looked cheaper).
+    let mut cold = CostModel::new(0.0, 1.0 / 3.0, 1e9).with_cbw(50_000.0);
+    for _ in 0..4 {
+        cold.observe(Strategy::Copy, 100_000, Duration::from_micros(100));
+    }
+    assert_eq!(cold.choose(100_000), Strategy::Copy, "{cold:?}");
+    // A model without a cbw cost never chooses it.
+    let mut plain = CostModel::new(0.0, 1.0, 1e9);
+    assert_eq!(plain.choose(1 << 20), Strategy::Copy);
 }
 
 #[test]

@@ -151,6 +151,30 @@ fn a_failed_copy_checkpoint_loses_no_page_with_full() {
 }
 
 #[test]
+fn a_failed_cbw_checkpoint_loses_no_page_with_uffd() {
+    assert_eq!(
+        failed_checkpoints(Strategy::Cbw, Backend::Uffd),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_failed_cbw_checkpoint_loses_no_page_with_mprotect() {
+    assert_eq!(
+        failed_checkpoints(Strategy::Cbw, Backend::Mprotect),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_failed_cbw_checkpoint_loses_no_page_with_full() {
+    assert_eq!(
+        failed_checkpoints(Strategy::Cbw, Backend::Full),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
 fn a_failed_fork_checkpoint_loses_no_page_with_uffd() {
     assert_eq!(
         failed_checkpoints(Strategy::Fork, Backend::Uffd),

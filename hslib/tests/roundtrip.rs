@@ -372,6 +372,21 @@ fn lazy_copy_round_trip_with_uffd() {
 }
 
 #[test]
+fn cbw_round_trip_with_uffd() {
+    round_trip("cbw", "uffd");
+}
+
+#[test]
+fn cbw_round_trip_with_mprotect() {
+    round_trip("cbw", "mprotect");
+}
+
+#[test]
+fn cbw_round_trip_with_full() {
+    round_trip("cbw", "full");
+}
+
+#[test]
 fn fork_round_trip_with_uffd() {
     round_trip("fork", "uffd");
 }

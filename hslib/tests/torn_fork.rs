@@ -243,3 +243,8 @@ fn every_fork_checkpoint_reaches_the_spare_exactly() {
 fn every_copy_checkpoint_reaches_the_spare_exactly() {
     every_checkpoint_reaches_the_spare_exactly(Strategy::Copy);
 }
+
+#[test]
+fn every_cbw_checkpoint_reaches_the_spare_exactly() {
+    every_checkpoint_reaches_the_spare_exactly(Strategy::Cbw);
+}

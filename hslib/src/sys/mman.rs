@@ -161,6 +161,9 @@ pub struct StagingBuffer {
     addr: usize,
     cap: usize,
     len: usize,
+    /// A `cbw` snapshot's pages still to be copied in: settled before the bytes are read,
+    /// the buffer is emptied or unmapped.
+    pending: Option<std::sync::Arc<super::cow::Pending>>,
 }
 
 // SAFETY: the buffer owns its mapping exclusively; moving it to another thread moves that
@@ -171,9 +174,27 @@ impl StagingBuffer {
     /// An empty buffer with room for at least `cap` bytes (rounded up to pages), its pages
     /// touched so that filling it costs no page faults.
     pub fn with_capacity(cap: usize) -> Result<Self, Errno> {
+        Self::with_capacity_advised(cap, None)
+    }
+
+    /// Like [`StagingBuffer::with_capacity`], but never backed by huge pages (its page table
+    /// then looks like a tracked region's: for timing protection changes).
+    pub fn with_small_pages(cap: usize) -> Result<Self, Errno> {
+        Self::with_capacity_advised(cap, Some(Advice::NoHugePage))
+    }
+
+    fn with_capacity_advised(cap: usize, advice: Option<Advice>) -> Result<Self, Errno> {
         let cap = cap.max(1).div_ceil(super::PAGE_SIZE) * super::PAGE_SIZE;
         let addr = map_anywhere(cap)?;
-        let buf = Self { addr, cap, len: 0 };
+        if let Some(a) = advice {
+            advise(addr, cap, a)?;
+        }
+        let buf = Self {
+            addr,
+            cap,
+            len: 0,
+            pending: None,
+        };
         advise(addr, cap, Advice::DontFork)?;
         for page in (addr..addr + cap).step_by(super::PAGE_SIZE) {
             // SAFETY: `page` lies in the read-write mapping this buffer owns.
@@ -189,7 +210,38 @@ impl StagingBuffer {
 
     /// Empties the buffer (keeping its memory).
     pub fn clear(&mut self) {
+        self.settle();
+        self.pending = None;
         self.len = 0;
+    }
+
+    /// Where the buffer's bytes start: copy-before-write snapshots copy pages to
+    /// `addr() + i * PAGE_SIZE` (see [`StagingBuffer::fill_later`]).
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    /// Makes the buffer `len` bytes long (from empty), bytes that `pending`'s pages are
+    /// copied into, page by page, before any of them is read: [`StagingBuffer::as_slice`]
+    /// settles `pending` first. Panics past the capacity, which callers size beforehand.
+    pub fn fill_later(&mut self, len: usize, pending: std::sync::Arc<super::cow::Pending>) {
+        assert!(
+            self.len == 0 && len <= self.cap,
+            "staging buffer: {len} bytes to fill later into {} of {} used",
+            self.len,
+            self.cap
+        );
+        self.len = len;
+        self.pending = Some(pending);
+    }
+
+    /// Copies in whatever pages of a copy-before-write snapshot are still pending.
+    fn settle(&self) {
+        if let Some(p) = &self.pending {
+            // Once it returns every page is copied; a failure only leaves pages read-only,
+            // which the fault handler deals with.
+            let _ = p.settle();
+        }
     }
 
     /// Appends `bytes`; panics past the capacity, which callers size beforehand.
@@ -214,10 +266,12 @@ impl StagingBuffer {
         self.len += bytes.len();
     }
 
-    /// The bytes written so far.
+    /// The bytes written so far (a copy-before-write snapshot's pages copied in first).
     pub fn as_slice(&self) -> &[u8] {
+        self.settle();
         // SAFETY: the first `len` bytes of the owned mapping were written by
-        // `extend_from_slice` (or zeroed by `with_capacity`).
+        // `extend_from_slice`, or by the settled copy-before-write snapshot (or zeroed by
+        // `with_capacity`); nothing writes to them any more.
         unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
     }
 
@@ -234,6 +288,8 @@ impl StagingBuffer {
 
 impl Drop for StagingBuffer {
     fn drop(&mut self) {
+        // No copy may land in the mapping once it is gone.
+        self.settle();
         // SAFETY: the buffer owns the mapping and no slice of it outlives `&self`.
         let _ = unsafe { unmap(self.addr, self.cap) };
     }

@@ -3,6 +3,7 @@
 //! Everything above this module works with safe wrappers; every `unsafe` block here says why
 //! it is sound.
 
+pub mod cow;
 pub mod fd;
 pub mod mman;
 pub mod pagemap;

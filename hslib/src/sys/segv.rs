@@ -6,6 +6,10 @@
 //! atomic in static memory or a bitmap allocated before the region went live: no locks, no
 //! allocation, only the `mprotect` and `sigaction` system calls. Faults outside every region
 //! go to the handler that was installed before ours (or to the default action).
+//!
+//! The same handler serves the `cbw` snapshot strategy ([`super::cow`]): a write to a page
+//! whose checkpoint-time contents are not copied yet copies them first, then goes on as
+//! above (or, when the page was protected for the snapshot alone, is let through).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -162,6 +166,8 @@ fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) 
     let siginfo = unsafe { &*info };
     // SAFETY: for SIGSEGV the kernel fills in si_addr.
     let addr = unsafe { siginfo.si_addr() } as usize;
+    // A page of a `cbw` snapshot not copied yet is copied before the write goes through.
+    let cow = super::cow::on_fault(addr);
     for slot in &TABLE {
         let start = slot.start.load(Ordering::Acquire);
         let end = slot.end.load(Ordering::Relaxed);
@@ -182,6 +188,8 @@ fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) 
         // Unprotecting one page can fail with ENOMEM once the region is split into too many
         // mappings (vm.max_map_count). Count every page as written and unprotect the whole
         // region, which merges it back into one mapping: over-reporting, never missing.
+        // Its pages pending copy-before-write are copied first.
+        let _ = super::cow::settle_all_at(addr);
         for w in bits {
             w.store(u64::MAX, Ordering::Release);
         }
@@ -189,6 +197,21 @@ fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) 
             return;
         }
         break;
+    }
+    if cow == (super::cow::Hit::Settled { unprotect: true }) {
+        // A page the `cbw` snapshot protected and no tracker claims: its copy is made, the
+        // write may go through.
+        let page_addr = addr & !(PAGE_SIZE - 1);
+        if super::mman::protect_read_write(page_addr, PAGE_SIZE).is_ok() {
+            return;
+        }
+        // Too many mappings (see above): copy every pending page of the region, then
+        // unprotect it whole.
+        if let Some((start, len)) = super::cow::settle_all_at(addr)
+            && super::mman::protect_read_write(start, len).is_ok()
+        {
+            return;
+        }
     }
     chain(sig, info, ctx);
 }
