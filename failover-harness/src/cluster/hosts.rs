@@ -140,7 +140,7 @@ pub struct AgentHost {
     pub ip: String,
     /// The agent, while it runs.
     child: Option<Child>,
-    /// The events file of each agent started on it, oldest first.
+    /// The events file of each agent started on it in the current session, oldest first.
     pub events: Vec<PathBuf>,
     /// When it was axed (CLOCK_MONOTONIC us), each time.
     pub axed_at: Vec<u64>,
@@ -296,6 +296,11 @@ impl HostsRig {
         }
         self.sessions += 1;
         self.session = format!("g{}", self.sessions);
+        // Each session's events are checked on their own (the files stay in the directory).
+        for a in &mut self.agents {
+            a.events.clear();
+            a.axed_at.clear();
+        }
         for i in 0..self.agents.len() {
             self.start_agent(i)?;
         }
