@@ -408,11 +408,19 @@ impl HostsRig {
         self.with_etcd(|s| Ok(ClusterStatus::read(s)?))
     }
 
-    /// The leader, and the node (another one) whose spare holds a checkpoint, if any.
+    /// The leader, and the node (another one) whose spare holds a checkpoint, if any (none
+    /// while the client suspects the leader).
     pub fn leader_and_synced_spare(&self) -> anyhow::Result<(Option<Leader>, Option<String>)> {
         self.with_etcd(|s| {
             let leader = s.leader()?;
             let nodes = s.nodes()?;
+            // A primary the client still suspects is not whole: the client has not heard it
+            // since a fault (a cut's retransmissions may take a while after the heal).
+            if let Some(l) = &leader
+                && s.suspected(l.epoch)?
+            {
+                return Ok((leader, None));
+            }
             let spare = leader.as_ref().and_then(|l| {
                 nodes
                     .iter()
