@@ -575,6 +575,62 @@ fn a_lone_primary_plays_a_headless_game_through_its_agent_to_the_exact_end() {
     c.start_agent("a");
     let script_bytes = script(13, 300);
     let want = uninterrupted(c.dir.path(), &script_bytes);
+    // Before the game: a hello from the future is not led; a key below what was given is
+    // skipped, a key past it (a gap) closes the connection.
+    let p = c.client_params();
+    let prefix: Vec<u8> = script_bytes
+        .iter()
+        .copied()
+        .filter(|b| *b != b'\n')
+        .take(3)
+        .collect();
+    let config = serde_json::json!({"args": ["--seed", "7", "-l", "2"], "headless": true});
+    ok(c.rig.in_host("client", move || {
+        let coord = ok(EtcdSession::new(
+            &p.url,
+            &p.session,
+            Duration::from_millis(500),
+        ));
+        ok(coord.config_or_init(config.to_string().as_bytes()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut conn, position) = connect_leader(&p, &coord, 0, deadline);
+        assert_eq!(position, 0);
+        let mut future = ok(hslib::transport::tcp::connect(
+            ok(ok(coord.leader())
+                .map(|l| l.node.client_addr)
+                .unwrap_or_default()
+                .parse()),
+            &TcpConfig::new(Some(ok(AuthKey::new(p.key.clone())))),
+        ));
+        let hello = ToAgent::Hello {
+            session: p.session.clone(),
+            epoch: conn.epoch + 1000,
+        };
+        ok(proto::write_frame(&mut future, &hello));
+        let answer: ToClient = ok(proto::read_frame(&mut future));
+        assert!(matches!(answer, ToClient::NotLeading { .. }), "{answer:?}");
+        // The first three inputs, the second one twice over.
+        for (offset, bytes) in [(0, &prefix[..2]), (1, &prefix[1..3])] {
+            let keys = ToAgent::Keys {
+                offset,
+                bytes: bytes.to_vec(),
+            };
+            ok(proto::write_frame(&mut conn.stream, &keys));
+        }
+        let gap = ToAgent::Keys {
+            offset: 10,
+            bytes: b"j".to_vec(),
+        };
+        ok(proto::write_frame(&mut conn.stream, &gap));
+        loop {
+            match conn.frames.recv_timeout(Duration::from_secs(5)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("a gap left the connection open"),
+            }
+        }
+    }));
+    // The game goes on from the position its agent gives: 3 inputs in.
     let played = play_with(&mut c, &script_bytes, &[], |_, _, _| {});
     assert_eq!(
         String::from_utf8_lossy(&played.output),
@@ -585,6 +641,15 @@ fn a_lone_primary_plays_a_headless_game_through_its_agent_to_the_exact_end() {
     let s = c.status();
     assert_eq!(s["primary"], "a", "{s}");
     assert_eq!(s["failovers"], 0, "{s}");
+    // Without --json, a line for people.
+    let mut cmd = ok(c.rig.exec("client", env!("CARGO_BIN_EXE_failover-harness")));
+    cmd.args(["status", "--etcd", &c.url, "--session", &c.session]);
+    let out = ok(cmd.output());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("session lone: primary a (epoch "),
+        "{text}"
+    );
 }
 
 #[test]
@@ -636,7 +701,9 @@ fn sigkills_of_the_primarys_game_fail_over_between_agents_and_the_game_ends_exac
         assert_eq!(deaths.len(), kills / 2, "{host}: {ev:?}");
         for d in deaths {
             let e = d["epoch"].as_u64().unwrap_or(0);
-            let revoked = ev.iter().any(|x| x["event"] == "revoked" && t(x) >= t(d));
+            let revoked = ev
+                .iter()
+                .any(|x| x["event"] == "revoked" && x["epoch"].as_u64() == Some(e) && t(x) >= t(d));
             let spare = ev.iter().any(|x| {
                 x["event"] == "game_started"
                     && x["role"] == "spare"
@@ -779,6 +846,46 @@ fn of_three_agents_one_game_is_the_spare_at_a_time_through_failovers() {
         spares_started > kills,
         "{spares_started} spares for {kills} kills"
     );
+}
+
+#[test]
+fn a_partition_between_primary_and_spare_alone_fails_nothing_over_and_the_spare_comes_back() {
+    if !prerequisites() {
+        return;
+    }
+    let mut c = Cluster::new(&["etcd", "a", "b", "client"], "split");
+    let e1 = new_session(&mut c, "a", "b");
+    ok(c.rig.partition("a", "b"));
+    // Past the lease's TTL three times over: the spare's agent starts its game again.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3600) {
+        let s = c.status();
+        assert_eq!(
+            (s["primary"].as_str(), s["epoch"].as_u64()),
+            (Some("a"), Some(e1)),
+            "{s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(c.rig.heal());
+    let s = c.wait_status("the spare synced again", Duration::from_secs(15), |s| {
+        s["spare"] == "b"
+    });
+    assert_eq!(
+        (
+            s["primary"].as_str(),
+            s["epoch"].as_u64(),
+            s["failovers"].as_u64()
+        ),
+        (Some("a"), Some(e1), Some(0)),
+        "{s}"
+    );
+    let restarted = c
+        .events("b")
+        .iter()
+        .filter(|e| e["event"] == "game_started" && e["role"] == "spare")
+        .count();
+    assert!(restarted >= 2, "b's spare was never started again");
 }
 
 /// Waits until `host`'s agent has written a `leading` event of an epoch above `epoch`.

@@ -107,7 +107,10 @@ fn the_harness_manual_documents_every_subcommand() {
         assert!(manual.contains(&format!(".It Cm {kebab}")), "{kebab}");
         found += 1;
     }
-    assert_eq!(found, 6, "play, run, axe, status, bench-failover, game");
+    assert_eq!(
+        found, 8,
+        "play, run, axe, status, bench-failover, agent, client, game"
+    );
 }
 
 #[test]

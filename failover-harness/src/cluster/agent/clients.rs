@@ -33,6 +33,14 @@ pub struct Client {
 }
 
 impl GameLoop {
+    /// Closes client `id`'s connection (both halves: its reader thread holds the other) and
+    /// forgets it.
+    fn drop_client(&mut self, id: u64) {
+        if let Some(c) = self.clients.remove(&id) {
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     pub(super) fn frame(&mut self, id: u64, msg: ToAgent) {
         match msg {
             ToAgent::Hello { session, epoch } => {
@@ -40,7 +48,7 @@ impl GameLoop {
                     tracing::warn!(id, session, "a client of another session");
                     let known = self.known_epoch;
                     self.send_to(id, &ToClient::NotLeading { epoch: known });
-                    self.clients.remove(&id);
+                    self.drop_client(id);
                     return;
                 }
                 if let Some(c) = self.clients.get_mut(&id) {
@@ -112,7 +120,7 @@ impl GameLoop {
                 accepted = cur.accepted,
                 "a client's keys leave a gap; closing it"
             );
-            self.clients.remove(&id);
+            self.drop_client(id);
             return;
         }
         let skip = usize::try_from(cur.accepted - offset).unwrap_or(usize::MAX);
@@ -188,8 +196,7 @@ impl GameLoop {
         };
         if let Err(e) = proto::write_frame(&mut c.stream, msg) {
             tracing::debug!(id, error = %e, "a client cannot be written to; dropped");
-            let _ = c.stream.shutdown(std::net::Shutdown::Both);
-            self.clients.remove(&id);
+            self.drop_client(id);
         }
     }
 

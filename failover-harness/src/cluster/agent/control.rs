@@ -72,7 +72,8 @@ enum Phase {
         slot: i64,
         game: u64,
         holding: bool,
-        silent: bool,
+        /// Since when its game hears nothing from its primary (its `silent_ms` line).
+        silent_since: Option<Instant>,
     },
     /// Its game leads `epoch`.
     Primary { epoch: Epoch, game: u64 },
@@ -146,8 +147,14 @@ impl Control {
                     // On this thread's connection, warm from its last calls (the keeper's own
                     // has been idle since the grant); the keeper stops after.
                     let lease = keeper.lease();
+                    let epoch = match self.phase {
+                        Phase::Primary { epoch, .. } | Phase::Finished { epoch } => Some(epoch),
+                        _ => None,
+                    };
                     match self.coord.revoke(lease) {
-                        Ok(()) => self.events.emit("revoked", json!({"lease":lease.0})),
+                        Ok(()) => self
+                            .events
+                            .emit("revoked", json!({"epoch":epoch,"lease":lease.0})),
                         Err(e) => tracing::warn!(error = %e, "revoking the lease failed"),
                     }
                     drop(keeper);
@@ -306,13 +313,24 @@ impl Control {
                 }
                 None
             }
-            (Phase::Spare { game, silent, .. }, Report::Silent { game: g, ms }) if *game == g => {
+            (
+                Phase::Spare {
+                    game, silent_since, ..
+                },
+                Report::Silent { game: g, ms },
+            ) if *game == g => {
                 tracing::info!(ms, "the spare hears nothing from its primary");
-                *silent = true;
+                *silent_since =
+                    Some(Instant::now() - Duration::from_millis(ms).min(Duration::from_secs(60)));
                 None
             }
-            (Phase::Spare { game, silent, .. }, Report::Heard { game: g }) if *game == g => {
-                *silent = false;
+            (
+                Phase::Spare {
+                    game, silent_since, ..
+                },
+                Report::Heard { game: g },
+            ) if *game == g => {
+                *silent_since = None;
                 None
             }
             (
@@ -432,7 +450,7 @@ impl Control {
             slot,
             game,
             holding: false,
-            silent: false,
+            silent_since: None,
         };
         self.publish(keeper, NodeState::Spare { synced: false });
     }
@@ -451,8 +469,35 @@ impl Control {
             }
             Phase::Spare {
                 leader,
+                silent_since: Some(since),
+                ..
+            } if self
+                .leader
+                .as_ref()
+                .is_some_and(|l| l.epoch == leader.epoch)
+                && since.elapsed() >= self.resync_after() =>
+            {
+                // The primary still holds its lease, long after its stream went quiet: it lives
+                // but this spare lost it (a partition between them, healed or not). A spare
+                // that never hears it again is no spare: start one that connects anew.
+                let leader = leader.clone();
+                // Confirmed by a linearizable read, not only by the watch.
+                match self.coord.leader() {
+                    Ok(Some(l)) if l.epoch == leader.epoch => {
+                        tracing::warn!(
+                            epoch = leader.epoch,
+                            "the spare lost its primary's stream; starting another"
+                        );
+                        self.follow(keeper, &leader);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "cannot confirm the leader"),
+                }
+            }
+            Phase::Spare {
+                leader,
                 holding: true,
-                silent: true,
+                silent_since: Some(_),
                 ..
             } => {
                 if self.last_suspect_poll.elapsed() < SUSPECT_POLL {
@@ -476,6 +521,14 @@ impl Control {
             }
             _ => {}
         }
+    }
+
+    /// How long a spare's stream may stay silent while its primary keeps the lead before the
+    /// spare is started again: past three times the lease's TTL, a dead or cut-off primary has
+    /// lost the lead (its lease expired), so one that still leads is alive and only
+    /// unreachable from this spare.
+    fn resync_after(&self) -> Duration {
+        Duration::from_secs(u64::try_from(self.opts.ttl_s.max(1)).unwrap_or(1) * 3)
     }
 
     fn find_role(&mut self, keeper: &LeaseKeeper) -> Result<(), CoordError> {
@@ -520,7 +573,7 @@ impl Control {
                         slot,
                         game: 0,
                         holding: false,
-                        silent: false,
+                        silent_since: None,
                     };
                     self.follow(keeper, &l);
                 }
@@ -548,26 +601,54 @@ impl Control {
     }
 }
 
+/// How long the leader watch may stay quiet before the key is read to check it: a watch on a
+/// connection gone half-open, or on an etcd member cut off from its cluster, says nothing.
+pub const WATCH_CHECK: Duration = Duration::from_millis(500);
+
 /// The leader watch: every change of the leader key goes to the control thread; a watch that
-/// fails is made again (its first change is then the key as it is).
+/// fails is made again (its first change is then the key as it is). After [`WATCH_CHECK`]
+/// without a change, the key is read (a linearizable read, with a deadline): if it is not what
+/// the watch last said, or cannot be read, the watch is made again.
 pub fn watch_leader(coord: &EtcdSession, tx: &Sender<Msg>) {
     loop {
         match coord.watch_leader() {
-            Ok(mut w) => loop {
-                match w.next(Instant::now() + Duration::from_secs(1)) {
-                    Ok(changes) => {
-                        for c in changes {
-                            if tx.send(Msg::Leader(c)).is_err() {
-                                return;
+            Ok(mut w) => {
+                // The leader's epoch as the watch last said (None: vacant).
+                let mut said: Option<Option<Epoch>> = None;
+                loop {
+                    match w.next(Instant::now() + WATCH_CHECK) {
+                        Ok(changes) if changes.is_empty() => {
+                            let now = coord.leader().map(|l| l.map(|l| l.epoch));
+                            match now {
+                                Ok(e) if said.is_none_or(|s| s == e) => said = Some(e),
+                                Ok(e) => {
+                                    tracing::warn!(?said, now = ?e, "the leader watch missed a change; watching again");
+                                    break;
+                                }
+                                Err(err) => {
+                                    tracing::warn!(error = %err, "cannot check the leader watch; watching again");
+                                    break;
+                                }
                             }
                         }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the leader watch failed; watching again");
-                        break;
+                        Ok(changes) => {
+                            for c in changes {
+                                said = Some(match &c {
+                                    LeaderChange::Elected(l) => Some(l.epoch),
+                                    LeaderChange::Vacant { .. } => None,
+                                });
+                                if tx.send(Msg::Leader(c)).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the leader watch failed; watching again");
+                            break;
+                        }
                     }
                 }
-            },
+            }
             Err(e) => tracing::debug!(error = %e, "cannot watch the leader; retrying"),
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -30,7 +30,7 @@ use super::clients::{CLIENT_WRITE_DEADLINE, Client, HEARTBEAT};
 use super::control::Msg;
 use super::events::Events;
 use super::wake::{Inbound, Waker};
-use super::{AgentOptions, GameConfig, Report};
+use super::{AgentOptions, GameConfig, Order, Report};
 use crate::engine::local::{LocalLauncher, LocalNode};
 use crate::engine::node::{Launcher as _, Node as _, Written};
 use crate::report::Line;
@@ -248,7 +248,27 @@ impl GameLoop {
 
     fn inbound(&mut self, msg: Inbound) -> anyhow::Result<()> {
         match msg {
-            Inbound::Order(o) => self.order(o),
+            Inbound::Order(o) => {
+                let game = match &o {
+                    Order::StartPrimary { game, .. } | Order::StartSpare { game, .. } => {
+                        Some(*game)
+                    }
+                    Order::Promote { .. } | Order::Kill => None,
+                };
+                if let Err(e) = self.order(o) {
+                    // A game that could not start is one that died at once: the control
+                    // thread goes on as after any death.
+                    tracing::warn!(error = %format!("{e:#}"), "an order failed");
+                    if let Some(game) = game {
+                        self.report(Report::Exited {
+                            game,
+                            success: false,
+                            status: format!("could not start: {e:#}"),
+                        });
+                    }
+                }
+                Ok(())
+            }
             Inbound::Connected { id, stream } => {
                 // A client that cannot take a frame within the deadline is dropped.
                 let _ = stream.set_write_timeout(Some(CLIENT_WRITE_DEADLINE));

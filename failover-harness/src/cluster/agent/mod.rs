@@ -195,3 +195,51 @@ pub fn run(opts: &AgentOptions) -> anyhow::Result<()> {
         Err(_) => outcome.and(Err(anyhow::anyhow!("the agent's game loop panicked"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(listen: &str) -> AgentOptions {
+        AgentOptions {
+            etcd: "http://10.0.0.1:2379".to_owned(),
+            session: "s".to_owned(),
+            name: "a".to_owned(),
+            listen: listen.parse().unwrap_or_else(|e| panic!("{listen}: {e}")),
+            key_file: PathBuf::from("/nonexistent"),
+            suspect: Duration::from_millis(150),
+            ttl_s: 1,
+            events: None,
+            tetris: None,
+        }
+    }
+
+    #[test]
+    fn a_node_serves_clients_on_its_port_and_its_stream_on_the_next() {
+        let me = opts("10.0.0.2:7000")
+            .node_info()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (me.client_addr.as_str(), me.stream_addr.as_str()),
+            ("10.0.0.2:7000", "10.0.0.2:7001")
+        );
+        let err = opts("10.0.0.2:65535")
+            .node_info()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("no port above"), "{err}");
+    }
+
+    #[test]
+    fn the_config_the_client_writes_is_read_and_headless_defaults_to_false() {
+        let c: GameConfig = serde_json::from_str(r#"{"args":["--seed","7"],"headless":true}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.args, ["--seed", "7"]);
+        assert!(c.headless);
+        let c: GameConfig =
+            serde_json::from_str(r#"{"args":[]}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.headless);
+        assert!(serde_json::from_str::<GameConfig>(r#"{"headless":true}"#).is_err());
+    }
+}
