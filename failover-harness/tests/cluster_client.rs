@@ -1,9 +1,10 @@
 //! `failover-harness client` end to end, against real agents: a rig of hosts in network
 //! namespaces (etcd on one, an agent on each of two more, the client on a fourth), the real
 //! binaries throughout. A headless game with no fault, with SIGKILLs of the leader's game
-//! (the client's hidden axe, and a kill from inside the host), and with a stale primary (its
-//! host frozen, leadership moved, then thawed) each prints exactly what `tetris --headless`
-//! prints for the same arguments, and the client's events show the epochs only growing. The
+//! (the client's hidden axe, and a kill from inside the host), with a stale primary (its
+//! host frozen, leadership moved, then thawed), and with the leader's host axed, each prints
+//! exactly what `tetris --headless` prints for the same arguments, and the client's events
+//! show the epochs only growing. The
 //! client on a terminal shows the board and its status row (leader, epoch), and its axe key
 //! fails the game over.
 //!
@@ -564,6 +565,56 @@ fn a_frozen_primary_host_loses_the_lead_and_the_result_is_still_exact() {
     for r in named(&ev, "refused") {
         assert!(r["epoch"].as_u64() < r["highest"].as_u64(), "{r}\n{logs}");
     }
+}
+
+#[test]
+fn an_axed_leader_host_fails_over_and_the_result_is_exact() {
+    if !prerequisites() {
+        return;
+    }
+    let mut c = Cluster::start();
+    let (s, want) = game(&c, 37, 600);
+    let mut client = spawn_client(&c, &s, &["--pace-us", "2000"]);
+    let (node, epoch) = wait_synced_spare(&c, 0);
+    // Cut the leader's host off from every peer, then kill everything in it.
+    ok(c.rig.axe(&node));
+    let axed = Instant::now();
+    // Another node leads; the game waits for a spare (a client gives input only while one
+    // holds a checkpoint): the axed host comes back, healed, with a new agent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (new_node, new_epoch) = loop {
+        if let Some((n, e)) = c.leader()
+            && e > epoch
+        {
+            break (n, e);
+        }
+        assert!(Instant::now() < deadline, "nobody took over\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took_over = axed.elapsed();
+    ok(c.rig.heal());
+    c.start_agent(&node);
+    let (status, stdout, stderr) = finish(&c, &mut client);
+    let logs = c.logs();
+    assert!(status.success(), "client failed: {stderr}\n{logs}");
+    assert_eq!(
+        String::from_utf8_lossy(&stdout),
+        String::from_utf8_lossy(&want),
+        "\n{logs}"
+    );
+    let ev = events(&c.path("client.events"));
+    assert_epochs_grow(&ev, &logs);
+    let later: Vec<&Value> = named(&ev, "leader")
+        .into_iter()
+        .filter(|e| e["epoch"].as_u64() > Some(epoch))
+        .collect();
+    assert!(
+        later.first().is_some_and(|e| e["node"] != node.as_str()),
+        "no other node led after {node}'s host was axed\n{logs}"
+    );
+    eprintln!(
+        "{node}'s host axed (epoch {epoch}); {new_node} led epoch {new_epoch} {took_over:?} later"
+    );
 }
 
 #[test]

@@ -65,6 +65,8 @@ const LEADERLESS_LIMIT: Duration = Duration::from_secs(60);
 const RETRY: Duration = Duration::from_millis(3);
 /// The wait before connecting again after a connection error (not an answer).
 const RETRY_AFTER_ERROR: Duration = Duration::from_millis(20);
+/// How long a headless game may wait for a spare before the client says so on stderr.
+const UNPROTECTED_WARNING: Duration = Duration::from_secs(10);
 /// The longest the loop sleeps.
 const TICK: Duration = Duration::from_millis(10);
 /// A headless client gives no new input to a leader it has not heard from this long (the
@@ -314,6 +316,10 @@ struct Client {
     failovers: u64,
     /// The axe key was pressed; the axe waits for a spare that holds a checkpoint.
     axe_pending: bool,
+    /// Since when the leader's spare holds no checkpoint (headless input waits meanwhile).
+    unsynced_since: Option<Instant>,
+    /// That wait was reported on stderr.
+    unsynced_warned: bool,
     end: Option<End>,
     mode: Mode,
 }
@@ -357,6 +363,8 @@ impl Client {
             output: Vec::new(),
             failovers: 0,
             axe_pending: false,
+            unsynced_since: None,
+            unsynced_warned: false,
             end: None,
             mode,
         }
@@ -421,6 +429,7 @@ impl Client {
     /// What is due now: a connection, keys, a suspicion, a loss check.
     fn step(&mut self) -> anyhow::Result<()> {
         self.connect_if_needed();
+        self.warn_unprotected();
         if self.axe_pending && self.synced && self.leading().is_some_and(|c| !c.axed) {
             self.axe();
         }
@@ -648,6 +657,11 @@ impl Client {
             } => {
                 self.heard(epoch);
                 self.synced = spare_synced;
+                if spare_synced {
+                    self.unsynced_since = None;
+                } else {
+                    self.unsynced_since.get_or_insert_with(Instant::now);
+                }
                 tracing::trace!(epoch, position, spare_synced, "heartbeat");
             }
             ToClient::Ended {
@@ -699,6 +713,8 @@ impl Client {
         }
         self.ever_led = true;
         self.synced = false;
+        self.unsynced_since = Some(Instant::now());
+        self.unsynced_warned = false;
         let replayed = self.log.resume_at(position);
         tracing::info!(epoch, node, position, replayed, "the leader's game leads");
         if let Mode::Terminal(t) = &mut self.mode {
@@ -898,6 +914,34 @@ impl Client {
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start the suspicion's thread");
         }
+    }
+
+    /// Says once on stderr when a headless game has waited long for a spare (its input is
+    /// given only while one holds a checkpoint: with no host left to run one, it waits until
+    /// one comes back).
+    fn warn_unprotected(&mut self) {
+        if self.unsynced_warned || !matches!(self.mode, Mode::Headless(_)) {
+            return;
+        }
+        let Some(since) = self.unsynced_since else {
+            return;
+        };
+        if since.elapsed() < UNPROTECTED_WARNING {
+            return;
+        }
+        self.unsynced_warned = true;
+        let node = self
+            .conn
+            .as_ref()
+            .filter(|c| c.leading)
+            .map_or_else(|| "-".to_owned(), |c| c.node.clone());
+        eprintln!(
+            "failover-harness: the leader ({node}, epoch {}) has had no spare holding a \
+             checkpoint for {:.0?}; the script's inputs wait for one (start an agent on another \
+             host)",
+            self.fence.highest(),
+            since.elapsed()
+        );
     }
 
     /// Writes `suspect/<epoch>` when the leader has been silent too long.
@@ -1198,6 +1242,19 @@ mod tests {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    #[test]
+    fn the_status_row_names_the_leader_the_epoch_and_the_last_recovery() {
+        assert_eq!(
+            status_row(Some("b"), 13, 2, Some(12.34), false, false),
+            "^X axe|failovers 2 (12.3ms)|leader b|epoch 13"
+        );
+        assert_eq!(
+            status_row(None, 13, 2, None, true, false),
+            "FAILING OVER|^X axe|failovers 2|leader -|epoch 13"
+        );
+        assert!(status_row(Some("a"), 5, 0, None, false, true).starts_with("axe waits"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! ([`vt::Tracker`]), and the status row ([`statusrow::draw_text`]) on the last line. Keys: the
 //! axe key (^X) asks the leader's agent to SIGKILL its game; with `--axe-host-fd N` the
 //! host-axe key (^B) writes the leader's node name and `\n` to fd N (`play --hosts` axes
-//! that host); ^C is sent to the game as SIGINT; everything else is the game's, logged.
+//! that host); ^C is sent to the game as SIGINT; ^Z is dropped (the game would stop itself on
+//! its host, with nobody there to continue it); everything else is the game's, logged.
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
@@ -24,6 +25,9 @@ use crate::{sys, vt};
 pub const HOST_AXE_KEY: u8 = 0x02;
 /// The byte ^C sends.
 const CTRL_C: u8 = 0x03;
+/// The byte ^Z sends: not passed on (the game, on another host, would stop itself there with
+/// nobody to continue it).
+const CTRL_Z: u8 = 0x1a;
 /// Enters the alternate screen and clears it.
 const ENTER_ALT_SCREEN: &[u8] = b"\x1b[?1049h\x1b[H\x1b[2J";
 
@@ -200,7 +204,8 @@ impl Terminal {
     /// The user's keys, split into the game's and the client's.
     pub fn keys(&mut self, bytes: &[u8], leader: Option<&str>) -> Vec<Action> {
         let host_axe = self.axe_host.is_some();
-        let special = |b: u8| b == AXE_KEY || b == CTRL_C || (host_axe && b == HOST_AXE_KEY);
+        let special =
+            |b: u8| b == AXE_KEY || b == CTRL_C || b == CTRL_Z || (host_axe && b == HOST_AXE_KEY);
         let mut out = Vec::new();
         for chunk in bytes.split_inclusive(|&b| special(b)) {
             let (keys, last) = match chunk.split_last() {
@@ -214,6 +219,7 @@ impl Terminal {
                 Some(AXE_KEY) => out.push(Action::Axe),
                 Some(CTRL_C) => out.push(Action::Interrupt),
                 Some(HOST_AXE_KEY) => self.axe_host(leader),
+                Some(CTRL_Z) => tracing::info!("^Z: not passed on to a game on another host"),
                 _ => {}
             }
         }
