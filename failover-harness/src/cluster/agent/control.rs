@@ -292,7 +292,7 @@ impl Control {
                     game,
                     holding,
                     leader,
-                    silent,
+                    silent_since,
                     ..
                 },
                 Report::Holding { game: g, .. },
@@ -301,7 +301,7 @@ impl Control {
                 // again (a new session after a cut says `holding`, not `heard`; a silence
                 // left standing would make a later suspicion by the client alone, or a cut
                 // of the spare alone, enough to depose a primary the client hears).
-                *silent = false;
+                *silent_since = None;
                 if !*holding {
                     *holding = true;
                     let vacant = self.leader.as_ref().is_none_or(|l| l.epoch != leader.epoch);
