@@ -62,6 +62,9 @@ fn seed(test: &str) -> u64 {
     seed
 }
 
+/// The pause after a healed cut before the next fault (see its use).
+const AFTER_HEAL: Duration = Duration::from_millis(1500);
+
 /// The faults the nemesis draws from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Nemesis {
@@ -220,6 +223,7 @@ fn strike(
             // The lease (1 s) expires, the primary fences itself, the spare takes over.
             let moved = failover_within(game, epoch, Duration::from_secs(4));
             ok(rig.heal());
+            std::thread::sleep(AFTER_HEAL);
             eprintln!("  primary|etcd: failover {moved}");
             if !moved && game.running() {
                 tally.unrecovered.push(format!(
@@ -250,6 +254,10 @@ fn strike(
             let moved = failover_within(game, epoch, hold);
             let st = ok(rig.status());
             ok(rig.heal());
+            // A healed link speaks again only at TCP's next retransmission (backed off
+            // during the cut): until then a witness is still silent, and the next fault would
+            // meet it. The same cut alone must fail nothing over, and that is what is checked.
+            std::thread::sleep(AFTER_HEAL);
             let cut = if both { "|" } else { "->" };
             eprintln!(
                 "  {from}{cut}{to} for {hold:?}: failover {moved}, epoch {}",

@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 use tetris::rng::SplitMix64;
 
 use crate::bench::percentile;
-use crate::cluster::hosts::{HostsOptions, HostsRig, wait_for};
+use crate::cluster::hosts::{AGENT_HOSTS, CLIENT_HOST, HostsOptions, HostsRig, wait_for};
 use crate::cluster::hosts_events::{self, Event, Outside};
 
 /// What a trial does to the primary.
@@ -88,6 +88,9 @@ pub struct HostsBenchResult {
     pub unrecovered: u64,
     /// What went wrong, one line each (violations, failed games).
     pub problems: Vec<String>,
+    /// The floor measured in the same run: the median TCP round trip of one byte from an
+    /// agent host to the client host and back, ms.
+    pub floor_rtt_ms: f64,
 }
 
 impl HostsBenchResult {
@@ -97,7 +100,7 @@ impl HostsBenchResult {
         format!(
             "{{\"fault\":\"{}\",\"trials\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\
              \"lost_inputs\":{},\"split_brain\":{},\"games\":{},\"failed_games\":{},\
-             \"unrecovered\":{}}}",
+             \"unrecovered\":{},\"floor_rtt_ms\":{:.4},\"x_floor\":{:.1}}}",
             self.fault,
             self.rto_ms.len(),
             percentile(&self.rto_ms, 50.0),
@@ -107,8 +110,19 @@ impl HostsBenchResult {
             self.split_brain,
             self.games,
             self.failed_games,
-            self.unrecovered
+            self.unrecovered,
+            self.floor_rtt_ms,
+            self.x_floor()
         )
+    }
+
+    /// The p50 as a multiple of the floor (0 without a floor).
+    pub fn x_floor(&self) -> f64 {
+        if self.floor_rtt_ms > 0.0 {
+            percentile(&self.rto_ms, 50.0) / self.floor_rtt_ms
+        } else {
+            0.0
+        }
     }
 
     /// A few lines for people.
@@ -116,7 +130,8 @@ impl HostsBenchResult {
         let mut s = format!(
             "{} {} failovers over {} games: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
              (fault to the promoted game's first byte at the client)\n\
-             lost or doubled inputs {}, split brains {}, unrecovered {}, failed games {}\n",
+             lost or doubled inputs {}, split brains {}, unrecovered {}, failed games {}\n\
+             floor (TCP round trip agent host -> client host): {:.3} ms; p50 = {:.0} x floor\n",
             self.rto_ms.len(),
             self.fault,
             self.games,
@@ -126,7 +141,9 @@ impl HostsBenchResult {
             self.lost_inputs,
             self.split_brain,
             self.unrecovered,
-            self.failed_games
+            self.failed_games,
+            self.floor_rtt_ms,
+            self.x_floor()
         );
         for p in &self.problems {
             s.push_str(p);
@@ -377,6 +394,7 @@ pub fn bench_hosts(opts: &HostsBenchOptions) -> anyhow::Result<HostsBenchResult>
     let mut rng = SplitMix64::new(opts.seed);
     let mut result = HostsBenchResult {
         fault: opts.fault.name(),
+        floor_rtt_ms: rig.rtt_floor_ms(CLIENT_HOST, AGENT_HOSTS[0], 200)?,
         ..HostsBenchResult::default()
     };
     while result.rto_ms.len() + usize::try_from(result.unrecovered).unwrap_or(0)

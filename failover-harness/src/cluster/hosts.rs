@@ -140,7 +140,7 @@ pub struct AgentHost {
     pub ip: String,
     /// The agent, while it runs.
     child: Option<Child>,
-    /// The events file of each agent started on it, oldest first.
+    /// The events file of each agent started on it in the current session, oldest first.
     pub events: Vec<PathBuf>,
     /// When it was axed (CLOCK_MONOTONIC us), each time.
     pub axed_at: Vec<u64>,
@@ -296,6 +296,11 @@ impl HostsRig {
         }
         self.sessions += 1;
         self.session = format!("g{}", self.sessions);
+        // Each session's events are checked on their own (the files stay in the directory).
+        for a in &mut self.agents {
+            a.events.clear();
+            a.axed_at.clear();
+        }
         for i in 0..self.agents.len() {
             self.start_agent(i)?;
         }
@@ -403,11 +408,19 @@ impl HostsRig {
         self.with_etcd(|s| Ok(ClusterStatus::read(s)?))
     }
 
-    /// The leader, and the node (another one) whose spare holds a checkpoint, if any.
+    /// The leader, and the node (another one) whose spare holds a checkpoint, if any (none
+    /// while the client suspects the leader).
     pub fn leader_and_synced_spare(&self) -> anyhow::Result<(Option<Leader>, Option<String>)> {
         self.with_etcd(|s| {
             let leader = s.leader()?;
             let nodes = s.nodes()?;
+            // A primary the client still suspects is not whole: the client has not heard it
+            // since a fault (a cut's retransmissions may take a while after the heal).
+            if let Some(l) = &leader
+                && s.suspected(l.epoch)?
+            {
+                return Ok((leader, None));
+            }
             let spare = leader.as_ref().and_then(|l| {
                 nodes
                     .iter()
@@ -616,6 +629,46 @@ impl HostsRig {
                 .with_context(|| format!("its log: {}", self.dir.path().display()))?;
         }
         Ok(())
+    }
+
+    /// The floor of any failover across hosts, measured now: the median round trip of one
+    /// byte over TCP from host `from` to host `to` and back (`samples` of them), in ms.
+    pub fn rtt_floor_ms(&self, from: &str, to: &str, samples: usize) -> anyhow::Result<f64> {
+        use std::io::{Read as _, Write as _};
+        let to_ip = self.rig.host(to)?.ip.clone();
+        let listener = self
+            .rig
+            .in_host(to, || std::net::TcpListener::bind(format!("{to_ip}:0")))?
+            .context("binding the floor's echo socket")?;
+        let addr = listener.local_addr().context("the echo socket's address")?;
+        // The socket belongs to host `to`; a plain thread may serve it.
+        let echo = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            let mut b = [0u8; 1];
+            while s.read(&mut b)? == 1 {
+                s.write_all(&b)?;
+            }
+            Ok(())
+        });
+        let rtts = self.rig.in_host(from, || -> anyhow::Result<Vec<f64>> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .with_context(|| format!("connecting to the echo at {addr}"))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut b = [0u8; 1];
+            let mut v = Vec::with_capacity(samples);
+            for _ in 0..samples {
+                let t = Instant::now();
+                s.write_all(b"x")?;
+                s.read_exact(&mut b)?;
+                v.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok(v)
+        })??;
+        // The echo ends when the connection closes (dropped above).
+        let _ = echo.join();
+        Ok(crate::bench::percentile(&rtts, 50.0))
     }
 
     /// `tetris --headless ARGS --script SCRIPT` run to its end (the uninterrupted game): its

@@ -10,7 +10,7 @@ use hotspare_cluster::proto::{self, ToAgent, ToClient};
 use nix::errno::Errno;
 use serde_json::json;
 
-use super::game::{GameLoop, Role};
+use super::game::{GAME_SILENT, GameLoop, Role};
 use crate::engine::node::{Launcher as _, Node as _};
 use anyhow::Context as _;
 
@@ -223,6 +223,10 @@ impl GameLoop {
         };
         if !cur.leads() {
             self.last_beat = Instant::now();
+            return;
+        }
+        if cur.last_line.elapsed() > GAME_SILENT {
+            // A stopped or hung game: the agent must not speak for it.
             return;
         }
         let beat = ToClient::Heartbeat {

@@ -292,10 +292,16 @@ impl Control {
                     game,
                     holding,
                     leader,
+                    silent_since,
                     ..
                 },
                 Report::Holding { game: g, .. },
             ) if *game == g => {
+                // A stream session's first whole checkpoint: the spare hears its primary
+                // again (a new session after a cut says `holding`, not `heard`; a silence
+                // left standing would make a later suspicion by the client alone, or a cut
+                // of the spare alone, enough to depose a primary the client hears).
+                *silent_since = None;
                 if !*holding {
                     *holding = true;
                     let vacant = self.leader.as_ref().is_none_or(|l| l.epoch != leader.epoch);

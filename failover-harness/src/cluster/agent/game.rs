@@ -80,7 +80,14 @@ pub(super) struct Current {
     pub(super) spare_synced: bool,
     /// The end of its output, for `Ended`.
     pub(super) tail: Vec<u8>,
+    /// When it last wrote a status line (a running game writes one at least every 250 ms):
+    /// no heartbeat speaks for a game silent longer than [`GAME_SILENT`] (stopped, hung), so
+    /// the client's half of the fast path can see it.
+    pub(super) last_line: Instant,
 }
+
+/// A game silent this long on its status pipe gets no heartbeats from its agent.
+pub(super) const GAME_SILENT: Duration = Duration::from_millis(400);
 
 impl Role {
     /// As the events name it: `primary` (also while restoring) or `spare`.
@@ -299,6 +306,9 @@ impl GameLoop {
         // Output first: a game's last words come before its exit.
         let output = cur.node.read_output()?;
         let lines = cur.node.read_status()?;
+        if !lines.is_empty() {
+            cur.last_line = Instant::now();
+        }
         let silence = cur
             .silence
             .as_mut()

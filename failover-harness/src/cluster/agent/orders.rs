@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::AsRawFd;
+use std::time::Instant;
 
 use anyhow::Context as _;
 use hotspare_cluster::proto::ToClient;
@@ -85,6 +86,7 @@ impl GameLoop {
                     accounted: 0,
                     spare_synced: false,
                     tail: Vec::new(),
+                    last_line: Instant::now(),
                 });
                 self.answer_waiting();
                 Ok(())
@@ -151,6 +153,7 @@ impl GameLoop {
                     accounted: 0,
                     spare_synced: false,
                     tail: Vec::new(),
+                    last_line: Instant::now(),
                 });
                 Ok(())
             }

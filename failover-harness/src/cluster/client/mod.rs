@@ -69,6 +69,9 @@ const RETRY_AFTER_ERROR: Duration = Duration::from_millis(20);
 const UNPROTECTED_WARNING: Duration = Duration::from_secs(10);
 /// The longest the loop sleeps.
 const TICK: Duration = Duration::from_millis(10);
+/// A headless client gives no new input to a leader it has not heard from this long (the
+/// agent's heartbeats come every 25 ms).
+const HOLD_WHEN_SILENT: Duration = Duration::from_millis(60);
 
 /// What `client` was asked for.
 #[derive(Clone, Debug)]
@@ -302,6 +305,9 @@ struct Client {
     first_output_epoch: Epoch,
     /// The highest epoch suspected.
     suspected: Epoch,
+    /// Bumped when a suspicion is withdrawn (the suspected leader spoke again): a suspicion
+    /// still being written after that is dropped, so the key never outlives the silence.
+    suspicion_gen: Arc<std::sync::Mutex<u64>>,
     /// When the last loss check was asked for.
     lost_check: Option<Instant>,
     check_in_flight: bool,
@@ -351,6 +357,7 @@ impl Client {
             last_rto_ms: None,
             first_output_epoch: 0,
             suspected: 0,
+            suspicion_gen: Arc::new(std::sync::Mutex::new(0)),
             lost_check: None,
             check_in_flight: false,
             output: Vec::new(),
@@ -729,6 +736,9 @@ impl Client {
     /// A frame from the leading game of `epoch`: the end of a recovery if it is its first.
     fn heard(&mut self, epoch: Epoch) {
         let now = Instant::now();
+        if epoch == self.suspected && epoch > 0 {
+            self.withdraw_suspicion(epoch);
+        }
         if let Some(c) = self.conn.as_mut() {
             c.last_heard = now;
         }
@@ -845,6 +855,12 @@ impl Client {
                 if !InputPolicy::AfterSync.allows(synced) {
                     return Ok(());
                 }
+                // A leader silent past a few heartbeats may be cut off: new inputs wait, so
+                // that they do not fill the socket's buffer and block this loop in a write
+                // (which would delay the suspicion past --suspect-ms).
+                if conn.last_heard.elapsed() > HOLD_WHEN_SILENT {
+                    return Ok(());
+                }
                 // What an earlier leader was given and this one has not accounted for first.
                 if !self.log.pending().is_empty() {
                     give(conn, &mut self.log);
@@ -874,6 +890,30 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// The suspected leader of `epoch` speaks again: `suspect/<epoch>` is deleted, or a
+    /// later silence of the spare alone (a primary|spare partition) would find it and depose
+    /// a primary this client hears (the fast path needs two witnesses at the same time).
+    fn withdraw_suspicion(&mut self, epoch: Epoch) {
+        self.suspected = epoch - 1;
+        self.events
+            .note("unsuspect", &[("epoch", Value::from(epoch))]);
+        let coord = self.coord.clone();
+        let generation = self.suspicion_gen.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hs-client-unsuspect".to_owned())
+            .spawn(move || {
+                let mut g = generation.lock().unwrap_or_else(|p| p.into_inner());
+                *g += 1;
+                let key = coord.key(&format!("suspect/{epoch}"));
+                if let Err(e) = coord.client().delete(key.as_bytes()) {
+                    tracing::warn!(epoch, error = %e, "cannot withdraw a suspicion");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the suspicion's thread");
+        }
     }
 
     /// Says once on stderr when a headless game has waited long for a spare (its input is
@@ -923,6 +963,8 @@ impl Client {
         self.suspected = epoch;
         let coord = self.coord.clone();
         let tx = self.tx.clone();
+        let generation = self.suspicion_gen.clone();
+        let at_gen = *generation.lock().unwrap_or_else(|p| p.into_inner());
         let silent_ms = now.saturating_duration_since(heard).as_millis();
         tracing::info!(epoch, silent_ms, "the leader is silent: suspected");
         self.events.note(
@@ -938,9 +980,15 @@ impl Client {
         let spawned = std::thread::Builder::new()
             .name("hs-client-suspect".to_owned())
             .spawn(move || {
+                let g = generation.lock().unwrap_or_else(|p| p.into_inner());
+                if *g != at_gen {
+                    // Withdrawn before it was written.
+                    return;
+                }
                 let r = coord
                     .grant(SUSPECT_TTL_S)
                     .and_then(|lease| coord.suspect(epoch, Some(lease)));
+                drop(g);
                 let reply = match r {
                     Ok(()) => EtcdReply::Suspected(epoch),
                     Err(e) => EtcdReply::SuspectFailed(epoch, e.to_string()),
