@@ -156,8 +156,8 @@ run can be repeated with --seed.
 Every change of the game is checkpointed (hslib): to nowhere by default, to a log with
 --checkpoint-file, to a spare process when the HS_* environment of a supervisor says so
 (HS_ROLE=standalone|primary|spare, HS_TRANSPORT=null|file|unix|tcp, HS_SOCKET_DIR,
-HS_SOCKET_NAME, HS_MODE=async|sync|lazy, HS_STRATEGY=copy|fork, ...). A spare draws nothing until
-its primary dies; then it takes over with the primary's last checkpoint.
+HS_SOCKET_NAME, HS_MODE=async|sync|lazy, HS_STRATEGY=copy|fork|cbw|adaptive, ...). A spare
+draws nothing until its primary dies; then it takes over with the primary's last checkpoint.
 --resume PATH continues the game from the last complete checkpoint of the log PATH, appending
 to it; the game's seed, level and keys then come from the checkpoint; a game that has ended
 is not resumed. A log grows by about 4 KiB per checkpoint until it passes
