@@ -156,6 +156,11 @@ pub trait Coordinator {
     fn release_spare(&self, revision: i64) -> Result<bool, CoordError>;
     /// The node holding the spare slot, if any.
     fn spare_holder(&self) -> Result<Option<String>, CoordError>;
+    /// Records that `epoch`'s game ended on purpose (`finished`, kept after the lease): the
+    /// session is over, and a spare that ends cleanly afterwards was told goodbye for it.
+    fn record_finished(&self, epoch: Epoch) -> Result<(), CoordError>;
+    /// The epoch whose game ended on purpose, if one did.
+    fn finished(&self) -> Result<Option<Epoch>, CoordError>;
 }
 
 /// One session's keys in one etcd cluster.
@@ -241,6 +246,27 @@ impl Coordinator for EtcdSession {
         let key = self.key(&format!("history/{epoch:020}"));
         self.client.put(key.as_bytes(), node.as_bytes(), None)?;
         Ok(())
+    }
+
+    fn record_finished(&self, epoch: Epoch) -> Result<(), CoordError> {
+        let key = self.key("finished");
+        self.client
+            .put(key.as_bytes(), epoch.to_string().as_bytes(), None)?;
+        Ok(())
+    }
+
+    fn finished(&self) -> Result<Option<Epoch>, CoordError> {
+        let key = self.key("finished");
+        let (kv, _) = self.client.get(key.as_bytes())?;
+        kv.map(|kv| {
+            String::from_utf8_lossy(&kv.value)
+                .parse::<Epoch>()
+                .map_err(|e| CoordError::BadRecord {
+                    key: key.clone(),
+                    why: format!("not an epoch: {e}"),
+                })
+        })
+        .transpose()
     }
 
     fn history(&self) -> Result<Vec<(Epoch, String)>, CoordError> {

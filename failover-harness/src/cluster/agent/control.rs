@@ -40,6 +40,8 @@ pub const CALL_DEADLINE: Duration = Duration::from_millis(500);
 const TICK: Duration = Duration::from_millis(10);
 /// How often an idle node retries for a role (the watch wakes it sooner).
 const RETRY: Duration = Duration::from_millis(100);
+/// How long a spare's agent waits for the `finished` record after its game ended cleanly.
+const FINISHED_WAIT: Duration = Duration::from_secs(1);
 /// How often a silent spare asks whether the client suspects its primary.
 const SUSPECT_POLL: Duration = Duration::from_millis(10);
 
@@ -340,7 +342,7 @@ impl Control {
                     success: true,
                     ..
                 },
-            ) if *game == g => {
+            ) if *game == g && primary_finished(&self.coord) => {
                 // Its primary said goodbye: the game finished on purpose, nobody takes over.
                 tracing::info!("the primary finished the game: the session is over");
                 self.phase = Phase::Over;
@@ -370,6 +372,11 @@ impl Control {
                 let epoch = *epoch;
                 if success {
                     tracing::info!(epoch, "the game ended on purpose: the session is over");
+                    // Its spare, told goodbye, ends cleanly too: this record tells its agent
+                    // that the session is over (a spare ends cleanly for other reasons too).
+                    if let Err(e) = self.coord.record_finished(epoch) {
+                        tracing::warn!(error = %e, epoch, "cannot record the finished game");
+                    }
                     self.phase = Phase::Finished { epoch };
                     return None;
                 }
@@ -604,6 +611,27 @@ impl Control {
 /// How long the leader watch may stay quiet before the key is read to check it: a watch on a
 /// connection gone half-open, or on an etcd member cut off from its cluster, says nothing.
 pub const WATCH_CHECK: Duration = Duration::from_millis(500);
+
+/// Whether the leader's game ended on purpose (its agent's `finished` record, which may
+/// follow the spare's goodbye by a few milliseconds). A spare whose game ended cleanly
+/// without it (a goodbye to a replaced connection, a dismissal) starts another.
+fn primary_finished(coord: &EtcdSession) -> bool {
+    let deadline = Instant::now() + FINISHED_WAIT;
+    loop {
+        match coord.finished() {
+            Ok(Some(_)) => return true,
+            Ok(None) if Instant::now() >= deadline => return false,
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read whether the game finished");
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
 
 /// The leader watch: every change of the leader key goes to the control thread; a watch that
 /// fails is made again (its first change is then the key as it is). After [`WATCH_CHECK`]
