@@ -25,29 +25,12 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Guard, harness, reference, script};
+use common::{Guard, cluster_prerequisites as prerequisites, harness, ok, reference, script};
 use hotspare_cluster::coordinator::{Coordinator, EtcdSession};
 use hotspare_cluster::netns::Rig;
 use hotspare_cluster::proto::{self, ToAgent, ToClient};
 use hotspare_cluster::server::{EtcdProcess, READY_WAIT};
 use hslib::transport::tcp::{AuthKey, TcpConfig};
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn prerequisites() -> bool {
-    for check in [
-        hotspare_cluster::netns::available_for_tests,
-        hotspare_cluster::server::available_for_tests,
-    ] {
-        if let Err(why) = check() {
-            eprintln!("skipped: {why}");
-            return false;
-        }
-    }
-    true
-}
 
 /// The port agents serve clients on (their games' streams: the next one).
 const AGENT_PORT: u16 = 7000;

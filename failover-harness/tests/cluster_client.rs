@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Guard, file, output, reference};
+use common::{Guard, cluster_prerequisites as prerequisites, file, ok, output, reference};
 use hotspare_cluster::coordinator::{Coordinator, EtcdSession};
 use hotspare_cluster::netns::Rig;
 use hotspare_cluster::server::{EtcdProcess, READY_WAIT};
@@ -26,23 +26,6 @@ use hotspare_tests::Session;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn prerequisites() -> bool {
-    for check in [
-        hotspare_cluster::netns::available_for_tests,
-        hotspare_cluster::server::available_for_tests,
-    ] {
-        if let Err(why) = check() {
-            eprintln!("skipped: {why}");
-            return false;
-        }
-    }
-    true
-}
 
 const BIN: &str = env!("CARGO_BIN_EXE_failover-harness");
 const SESSION: &str = "game";

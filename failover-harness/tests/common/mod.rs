@@ -166,3 +166,24 @@ pub fn children(harness: u32) -> Vec<u32> {
     });
     all
 }
+
+/// A `Result`'s value, or the test's panic with the error.
+pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Whether the cluster tests can run here (root for network namespaces, an etcd binary);
+/// if not, says why (and the tests skip, unless `.ci/run`'s variables make that a failure
+/// inside the checks themselves).
+pub fn cluster_prerequisites() -> bool {
+    for check in [
+        hotspare_cluster::netns::available_for_tests,
+        hotspare_cluster::server::available_for_tests,
+    ] {
+        if let Err(why) = check() {
+            eprintln!("skipped: {why}");
+            return false;
+        }
+    }
+    true
+}

@@ -40,8 +40,6 @@ pub const CALL_DEADLINE: Duration = Duration::from_millis(500);
 const TICK: Duration = Duration::from_millis(10);
 /// How often an idle node retries for a role (the watch wakes it sooner).
 const RETRY: Duration = Duration::from_millis(100);
-/// How long a spare's agent waits for the `finished` record after its game ended cleanly.
-const FINISHED_WAIT: Duration = Duration::from_secs(1);
 /// How often a silent spare asks whether the client suspects its primary.
 const SUSPECT_POLL: Duration = Duration::from_millis(10);
 
@@ -335,14 +333,9 @@ impl Control {
                 *silent_since = None;
                 None
             }
-            (
-                Phase::Spare { game, .. },
-                Report::Exited {
-                    game: g,
-                    success: true,
-                    ..
-                },
-            ) if *game == g && primary_finished(&self.coord) => {
+            (Phase::Spare { game, .. }, Report::Exited { game: g, .. })
+                if *game == g && primary_finished(&self.coord) =>
+            {
                 // Its primary said goodbye: the game finished on purpose, nobody takes over.
                 tracing::info!("the primary finished the game: the session is over");
                 self.phase = Phase::Over;
@@ -612,23 +605,16 @@ impl Control {
 /// connection gone half-open, or on an etcd member cut off from its cluster, says nothing.
 pub const WATCH_CHECK: Duration = Duration::from_millis(500);
 
-/// Whether the leader's game ended on purpose (its agent's `finished` record, which may
-/// follow the spare's goodbye by a few milliseconds). A spare whose game ended cleanly
-/// without it (a goodbye to a replaced connection, a dismissal) starts another.
+/// Whether the leader's game ended on purpose (its agent's `finished` record). A spare whose
+/// game ended, cleanly or not, without it (a goodbye to a replaced connection, a dismissal, a
+/// failed connection) starts another; one whose primary finished ends its session. One read,
+/// never a wait: the control thread must go on at once.
 fn primary_finished(coord: &EtcdSession) -> bool {
-    let deadline = Instant::now() + FINISHED_WAIT;
-    loop {
-        match coord.finished() {
-            Ok(Some(_)) => return true,
-            Ok(None) if Instant::now() >= deadline => return false,
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read whether the game finished");
-                if Instant::now() >= deadline {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+    match coord.finished() {
+        Ok(found) => found.is_some(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read whether the game finished");
+            false
         }
     }
 }
