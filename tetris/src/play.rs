@@ -113,11 +113,14 @@ impl Frontend for TtyFrontend<'_> {
 ///
 /// Nothing is printed: the caller prints the too-small message or the scores.
 ///
-/// `wanted` is hslib's checkpoint-wanted descriptor: while it is readable the loop takes a
+/// `signals` are the game's handlers, installed by the caller before the game announces
+/// itself (a promoted spare's resumed line), so a ^C passed on at once is the game's to act
+/// on. `wanted` is hslib's checkpoint-wanted descriptor: while it is readable the loop takes a
 /// checkpoint (a spare connected while the game waited for a key).
 pub fn play<St: Store>(
     store: &mut St,
     colour: bool,
+    signals: &Signals,
     wanted: Option<BorrowedFd<'_>>,
 ) -> anyhow::Result<Ending> {
     terminal::install_panic_hook();
@@ -131,11 +134,10 @@ pub fn play<St: Store>(
     };
     let stdin = std::io::stdin();
     let tty = stdin.as_fd();
-    let signals = Signals::install()?;
     let mode = GameMode::enter(tty)?;
     let terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     let mut frontend = TtyFrontend { terminal, mode };
-    let mut input = TerminalInput::with_wanted(tty, &signals, keys, tty_bytes, wanted);
+    let mut input = TerminalInput::with_wanted(tty, signals, keys, tty_bytes, wanted);
     let ending = game_loop(
         store,
         colour,

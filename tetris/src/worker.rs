@@ -23,6 +23,7 @@ use hslib::{
 
 use crate::options::Options;
 use crate::play::{self, Ending};
+use crate::signals::Signals;
 use crate::state::{GameState, LAYOUT_VERSION};
 use crate::stats::Stalls;
 use crate::status::{Published, Reporter};
@@ -166,6 +167,10 @@ fn worker(ctx: &mut Context, plan: &Plan) -> anyhow::Result<Results> {
         // Said before the game takes the terminal (a game on a screen shows it after).
         eprintln!("tetris: warning: {warning}");
     }
+    // The handlers go in before a promoted game says it resumed: its supervisor may pass on
+    // the user's ^C the moment it reads that line, and SIGINT's default action would kill
+    // the game instead of ending it (exit 0, the terminal restored). None: headless.
+    let signals = (!plan.headless).then(Signals::install).transpose()?;
     if let Some(r) = &restored {
         let tty_bytes = (!plan.headless).then_some(start.tty_bytes);
         status::report_resumed(r, start.inputs, tty_bytes)?;
@@ -189,7 +194,14 @@ fn worker(ctx: &mut Context, plan: &Plan) -> anyhow::Result<Results> {
         stalls: plan.record_stalls.then_some(&mut stalls),
         published: reporter.is_some().then_some(&*published),
     };
-    let ending = if plan.headless {
+    let ending = if let Some(signals) = &signals {
+        Some(play::play(
+            &mut store,
+            plan.colour,
+            signals,
+            wanted.as_ref().map(AsFd::as_fd),
+        )?)
+    } else {
         let (mut script, is_file) = headless::open_script(plan.script.as_deref())?;
         // A file is read from its start again: pass over what the restored game consumed.
         // A stream (stdin) goes on where it is; whoever feeds it replays what is missing.
@@ -215,12 +227,6 @@ fn worker(ctx: &mut Context, plan: &Plan) -> anyhow::Result<Results> {
             .and_then(|()| out.flush())
             .context("cannot write the result to stdout")?;
         None
-    } else {
-        Some(play::play(
-            &mut store,
-            plan.colour,
-            wanted.as_ref().map(AsFd::as_fd),
-        )?)
     };
     let end = *store.state()?;
     drop(reporter);
