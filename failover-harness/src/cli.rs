@@ -163,8 +163,15 @@ pub struct PlayArgs {
     pub hang_ms: u64,
     /// Cluster mode on this machine (root): etcd, two agent hosts and a client host in
     /// network namespaces; the client plays on this terminal, ^X axes the primary's game,
-    /// the host-axe key its whole host (healed and restarted after a moment).
-    #[arg(long)]
+    /// the host-axe key its whole host (healed and restarted after a moment). The game's
+    /// options apply; the single-machine ones (mode, transport, chaos, scores file, events,
+    /// hang deadline) do not, and are refused with it.
+    #[arg(
+        long,
+        conflicts_with_all = [
+            "async_mode", "sync_mode", "transport", "chaos", "scores_file", "events", "hang_ms",
+        ]
+    )]
     pub hosts: bool,
 }
 

@@ -601,7 +601,7 @@ fn an_axed_leader_host_fails_over_and_the_result_is_exact() {
 }
 
 #[test]
-fn the_client_on_a_terminal_shows_the_board_and_its_status_row_and_axes_the_leader() {
+fn the_client_on_a_terminal_shows_the_board_and_its_status_row_and_axes_the_leader_and_its_host() {
     if !prerequisites() {
         return;
     }
@@ -641,10 +641,10 @@ fn the_client_on_a_terminal_shows_the_board_and_its_status_row_and_axes_the_lead
         .leader()
         .unwrap_or_else(|| panic!("no leader\n{}", c.logs()));
     let want = format!("leader {node}|epoch {epoch}");
-    let named = s.wait_for("the leader on the row", timeout, |s| {
+    let on_row = s.wait_for("the leader on the row", timeout, |s| {
         screen_row(s).contains(&want)
     });
-    assert!(named.is_ok(), "{want:?} not on the row: {:?}", row(&s));
+    assert!(on_row.is_ok(), "{want:?} not on the row: {:?}", row(&s));
     drop(axe_w);
     // The host-axe key names the leader's host on the pipe (`play --hosts` axes it).
     ok(s.send(b"\x02"));
@@ -659,6 +659,18 @@ fn the_client_on_a_terminal_shows_the_board_and_its_status_row_and_axes_the_lead
         }
     }
     assert_eq!(String::from_utf8_lossy(&named_host), format!("{node}\n"));
+    // ...and the recovery time of a host axe runs from the key (the client hears nothing
+    // when a cut-off host dies): its event names the host and the epoch.
+    let mut all = events(&c.path("client.events"));
+    while named(&all, "axe-host").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        all = events(&c.path("client.events"));
+    }
+    let axed = named(&all, "axe-host");
+    assert!(
+        axed.len() == 1 && axed[0]["node"] == node.as_str() && axed[0]["epoch"] == epoch,
+        "host-axe events: {axed:?}"
+    );
     // The axe key: another node's game takes over, the row says so.
     ok(s.send(b"\x18"));
     let moved = s.wait_for("a failover on the row", timeout, |s| {

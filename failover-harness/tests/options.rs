@@ -1,6 +1,7 @@
 //! The harness's command lines: game options are checked by tetris's own parser before any
 //! game starts (its message, once); an option given twice takes its last value, as in
-//! tetris; no trials are refused; a kill point past the script's end is warned about.
+//! tetris; no trials are refused; a kill point past the script's end is warned about; `play
+//! --hosts` refuses the single-machine options it cannot honour.
 
 mod common;
 
@@ -96,4 +97,26 @@ fn no_trials_are_refused_and_a_kill_point_past_the_script_is_warned_about() {
         out.stderr
     );
     assert!(!out.stderr.contains("--kill-after 3"), "{}", out.stderr);
+}
+
+#[test]
+fn play_hosts_refuses_the_single_machine_options_it_cannot_honour() {
+    for (option, value) in [
+        ("--scores-file", Some("/tmp/scores")),
+        ("--sync", None),
+        ("--async", None),
+        ("--transport", Some("tcp")),
+        ("--chaos", Some("1")),
+        ("--events", Some("/tmp/events")),
+        ("--hang-ms", Some("100")),
+    ] {
+        let mut args = vec!["play", "--hosts", option];
+        args.extend(value);
+        let (ok, said) = stderr_of(&args);
+        assert!(!ok, "play --hosts {option} was taken");
+        assert!(
+            said.contains(option) && said.contains("--hosts") && said.contains("cannot be used"),
+            "play --hosts {option}: {said}"
+        );
+    }
 }

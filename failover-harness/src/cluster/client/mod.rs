@@ -316,6 +316,8 @@ struct Client {
     failovers: u64,
     /// The axe key was pressed; the axe waits for a spare that holds a checkpoint.
     axe_pending: bool,
+    /// The host-axe key waits the same way (`play --hosts`).
+    host_axe_pending: bool,
     /// Since when the leader's spare holds no checkpoint (headless input waits meanwhile).
     unsynced_since: Option<Instant>,
     /// That wait was reported on stderr.
@@ -363,6 +365,7 @@ impl Client {
             output: Vec::new(),
             failovers: 0,
             axe_pending: false,
+            host_axe_pending: false,
             unsynced_since: None,
             unsynced_warned: false,
             end: None,
@@ -433,6 +436,9 @@ impl Client {
         if self.axe_pending && self.synced && self.leading().is_some_and(|c| !c.axed) {
             self.axe();
         }
+        if self.host_axe_pending && self.synced && self.leading().is_some_and(|c| !c.axed) {
+            self.axe_host();
+        }
         self.pump()?;
         self.check_suspicion();
         self.check_lost();
@@ -446,7 +452,7 @@ impl Client {
                 self.failovers,
                 self.last_rto_ms,
                 self.recovery.is_some() || !self.conn.as_ref().is_some_and(|c| c.leading),
-                self.axe_pending,
+                self.axe_pending || self.host_axe_pending,
             );
             t.status(&row)?;
         }
@@ -789,16 +795,12 @@ impl Client {
         let Mode::Terminal(t) = &mut self.mode else {
             return;
         };
-        let leader_node = self
-            .conn
-            .as_ref()
-            .filter(|c| c.leading)
-            .map(|c| c.node.clone());
-        let actions = t.keys(bytes, leader_node.as_deref());
+        let actions = t.keys(bytes);
         for a in actions {
             match a {
                 terminal::Action::Keys(k) => self.log.push(&k),
                 terminal::Action::Axe => self.axe(),
+                terminal::Action::AxeHost => self.axe_host(),
                 terminal::Action::Interrupt => {
                     if let Some(c) = self.leading() {
                         c.send(&ToAgent::Signal(libc::SIGINT));
@@ -829,6 +831,32 @@ impl Client {
         if sent {
             self.recovery = Some(Instant::now());
             self.events.note("axe", &[("epoch", Value::from(epoch))]);
+        }
+    }
+
+    /// Asks `play --hosts` to axe the leader's whole host, once its spare holds a checkpoint
+    /// (as the axe key waits); the recovery time runs from here, since nothing the client
+    /// hears tells when a silent host died.
+    fn axe_host(&mut self) {
+        let synced = self.synced;
+        let Some(c) = self.leading().filter(|c| !c.axed && synced) else {
+            tracing::info!("host axe: waits for a leader whose spare holds a checkpoint");
+            self.host_axe_pending = true;
+            return;
+        };
+        let (node, epoch) = (c.node.clone(), c.epoch);
+        self.host_axe_pending = false;
+        let Mode::Terminal(t) = &mut self.mode else {
+            return;
+        };
+        // Keys still go to the axed host's game until the failover: the log replays what
+        // it did not account for.
+        if t.axe_host(&node) {
+            self.recovery = Some(Instant::now());
+            self.events.note(
+                "axe-host",
+                &[("epoch", Value::from(epoch)), ("node", Value::from(node))],
+            );
         }
     }
 

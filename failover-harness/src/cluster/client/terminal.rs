@@ -40,6 +40,8 @@ pub enum Action {
     Axe,
     /// ^C.
     Interrupt,
+    /// The host-axe key (only with `--axe-host-fd`).
+    AxeHost,
 }
 
 /// The user's terminal while the client holds it.
@@ -202,7 +204,7 @@ impl Terminal {
     }
 
     /// The user's keys, split into the game's and the client's.
-    pub fn keys(&mut self, bytes: &[u8], leader: Option<&str>) -> Vec<Action> {
+    pub fn keys(&mut self, bytes: &[u8]) -> Vec<Action> {
         let host_axe = self.axe_host.is_some();
         let special =
             |b: u8| b == AXE_KEY || b == CTRL_C || b == CTRL_Z || (host_axe && b == HOST_AXE_KEY);
@@ -218,7 +220,7 @@ impl Terminal {
             match last {
                 Some(AXE_KEY) => out.push(Action::Axe),
                 Some(CTRL_C) => out.push(Action::Interrupt),
-                Some(HOST_AXE_KEY) => self.axe_host(leader),
+                Some(HOST_AXE_KEY) => out.push(Action::AxeHost),
                 Some(CTRL_Z) => tracing::info!("^Z: not passed on to a game on another host"),
                 _ => {}
             }
@@ -226,16 +228,17 @@ impl Terminal {
         out
     }
 
-    /// Asks whoever holds `--axe-host-fd` to axe the leader's host.
-    fn axe_host(&mut self, leader: Option<&str>) {
-        let (Some(file), Some(node)) = (&mut self.axe_host, leader) else {
-            tracing::info!("host axe: no leader known");
-            return;
+    /// Asks whoever holds `--axe-host-fd` to axe `node`'s host; false if it cannot be asked.
+    pub fn axe_host(&mut self, node: &str) -> bool {
+        let Some(file) = &mut self.axe_host else {
+            return false;
         };
         if let Err(e) = file.write_all(format!("{node}\n").as_bytes()) {
             tracing::warn!(error = %e, "cannot write to --axe-host-fd: the host axe is off");
             self.axe_host = None;
+            return false;
         }
+        true
     }
 
     /// Gives the terminal back.
