@@ -33,7 +33,8 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("failover-harness: {e:#}");
+            // The chain once: a cause its context already quotes is not said twice.
+            eprintln!("failover-harness: {}", tetris::cli::user_message(&e));
             ExitCode::FAILURE
         }
     }

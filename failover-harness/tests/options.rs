@@ -120,3 +120,27 @@ fn play_hosts_refuses_the_single_machine_options_it_cannot_honour() {
         );
     }
 }
+
+#[test]
+fn an_error_names_its_cause_once() {
+    // A key file that is not there: the key file's error quotes the OS error, which is also
+    // its source; the message says it once.
+    let (ok, said) = stderr_of(&[
+        "agent",
+        "--etcd",
+        "http://127.0.0.1:1",
+        "--session",
+        "s",
+        "--name",
+        "a",
+        "--listen",
+        "127.0.0.1:7000",
+        "--key-file",
+        "/nonexistent/key",
+    ]);
+    assert!(!ok, "{said}");
+    assert_eq!(
+        said.trim_end(),
+        "failover-harness: key file /nonexistent/key: No such file or directory"
+    );
+}
