@@ -7,6 +7,7 @@
 //! loss of any one member.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -104,7 +105,29 @@ pub struct Client {
     endpoints: Vec<Endpoint>,
     /// The connection in use and the index of its endpoint.
     conn: Mutex<Option<(usize, Conn)>>,
+    /// The endpoint tried first when no connection is kept: the last that answered, or the
+    /// one after the last that did not (a member cut off from its cluster accepts
+    /// connections and watches but answers nothing that needs a quorum).
+    preferred: AtomicUsize,
     timeout: Duration,
+}
+
+/// Whether a call on `path` may be sent again to another member after it timed out there,
+/// when it may have been applied: reads, lease renewals and revocations may (revoking a
+/// lease that is gone is no error), and a grant (a lease granted twice leaves one unused,
+/// which expires); a txn, a put or a delete is not sent twice (its outcome would be
+/// misread).
+fn may_resend(path: &str) -> bool {
+    matches!(
+        path,
+        "/v3/kv/range" | "/v3/lease/keepalive" | "/v3/lease/revoke" | "/v3/lease/grant"
+    )
+}
+
+/// Whether etcd refused a call because the member cannot serve it now (no leader, a
+/// timed-out proposal: gRPC Unavailable, HTTP 503): another member may.
+fn member_unavailable(status: u16) -> bool {
+    status == 503
 }
 
 impl Client {
@@ -124,6 +147,7 @@ impl Client {
         Ok(Self {
             endpoints,
             conn: Mutex::new(None),
+            preferred: AtomicUsize::new(0),
             timeout,
         })
     }
@@ -316,7 +340,7 @@ impl Client {
             .lock()
             .ok()
             .and_then(|c| c.as_ref().map(|(i, _)| *i))
-            .unwrap_or(0);
+            .unwrap_or_else(|| self.preferred.load(Ordering::Relaxed) % self.endpoints.len());
         let n = self.endpoints.len();
         (0..n).map(move |k| &self.endpoints[(first + k) % n])
     }
@@ -343,15 +367,27 @@ impl Client {
             .conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let start = guard.as_ref().map_or(0, |(i, _)| *i);
         let n = self.endpoints.len();
+        let start = guard
+            .as_ref()
+            .map_or_else(|| self.preferred.load(Ordering::Relaxed) % n, |(i, _)| *i);
+        let resend = may_resend(path);
         let mut last = None;
+        let mut refused = None;
         // The kept connection may have gone stale: each endpoint gets a fresh try too.
         for k in 0..=n {
             let i = (start + k) % n;
+            // A call that may go to another member gives each its share of the time left,
+            // so one that cannot answer does not use it all.
+            let attempt_deadline = if resend && k + 1 < n {
+                let left = deadline.saturating_duration_since(Instant::now());
+                Instant::now() + left / u32::try_from(n - k).unwrap_or(u32::MAX)
+            } else {
+                deadline
+            };
             let conn = match guard.take() {
                 Some((j, conn)) if j == i => conn,
-                _ => match Conn::connect(&self.endpoints[i], deadline) {
+                _ => match Conn::connect(&self.endpoints[i], attempt_deadline) {
                     Ok(c) => c,
                     Err(e) => {
                         last = Some(e);
@@ -360,20 +396,41 @@ impl Client {
                 },
             };
             let mut conn = conn;
-            match conn.post(path, &body, deadline) {
+            match conn.post(path, &body, attempt_deadline) {
+                Ok((status, reply)) if member_unavailable(status) => {
+                    tracing::debug!(endpoint = %self.endpoints[i], status, path, "etcd member unavailable");
+                    self.preferred.store((i + 1) % n, Ordering::Relaxed);
+                    refused = Some((status, reply));
+                    if !resend || Instant::now() >= deadline {
+                        break;
+                    }
+                }
                 Ok((status, reply)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
                     *guard = Some((i, conn));
                     return decode(path, status, &reply);
                 }
                 Err(e) if e.is_connection() => {
                     tracing::debug!(endpoint = %self.endpoints[i], error = %e, path, "etcd call failed");
+                    let timed_out = matches!(e, HttpError::Timeout { .. });
                     last = Some(e);
+                    if timed_out {
+                        // Sent, perhaps applied, and no answer: the next call tries another
+                        // member; this one goes elsewhere only if it may be sent twice.
+                        self.preferred.store((i + 1) % n, Ordering::Relaxed);
+                        if !resend {
+                            break;
+                        }
+                    }
                     if Instant::now() >= deadline {
                         break;
                     }
                 }
                 Err(e) => return Err(self.unreachable(path, Some(e))),
             }
+        }
+        if let Some((status, reply)) = refused {
+            return decode(path, status, &reply);
         }
         Err(self.unreachable(path, last))
     }

@@ -7,6 +7,7 @@
 //! - [`coordinator`]: a session's leadership: the leader key, its create_revision as the epoch
 //!   (the fencing token), campaigns, the config, nodes and suspicions.
 //! - [`fence`]: the client's epoch fence (only the highest epoch seen is heard).
+//! - [`follow`]: following the leader key (a watch checked by a read when quiet).
 //! - [`keyfile`]: the shared key file (`--key-file`), refused if others can read it.
 //! - [`proto`]: the client-agent messages and their frames.
 //! - [`server`]: a private etcd process for tests and demos.
@@ -17,6 +18,7 @@
 pub mod coordinator;
 pub mod etcd;
 pub mod fence;
+pub mod follow;
 pub mod http;
 pub mod keyfile;
 pub mod lease;

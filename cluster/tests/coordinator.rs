@@ -1,6 +1,8 @@
 //! The coordinator against a real etcd (Debian's etcd-server 3.4) on loopback: campaigns are
 //! exclusive, epochs only grow, a lease's end frees the leader key, a stale leader cannot
-//! remove a newer one, and a watch reports every change in order.
+//! remove a newer one, a watch reports every change in order, and a member that does not
+//! answer is passed over (reads go on to the next; a write is not sent twice, the next call
+//! goes elsewhere).
 //!
 //! Skipped with the reason printed when `etcd` is not installed, unless
 //! `HOTSPARE_REQUIRE_ETCD=1` (CI), which makes that a failure.
@@ -342,4 +344,46 @@ fn the_spare_slot_has_one_holder_until_its_lease_ends_or_it_is_released() {
     assert_eq!(ok(s.spare_holder()).as_deref(), Some("c"));
     assert!(ok(s.release_spare(rev_c)));
     assert_eq!(ok(s.spare_holder()), None);
+}
+
+/// A member that takes connections and requests and never answers (as one cut off from its
+/// cluster does for anything that needs a quorum): a listener nobody reads from.
+fn silent_member() -> (std::net::TcpListener, String) {
+    let l = ok(std::net::TcpListener::bind("127.0.0.1:0"));
+    let url = format!("http://{}", ok(l.local_addr()));
+    (l, url)
+}
+
+#[test]
+fn a_read_goes_on_to_the_next_member_when_the_first_does_not_answer() {
+    let Some((_dir, server)) = etcd() else { return };
+    let (_silent, silent) = silent_member();
+    let writer = ok(Client::new(server.url(), Duration::from_secs(2)));
+    ok(writer.put(b"k", b"v", None));
+    let c = ok(Client::new(
+        &format!("{silent},{}", server.url()),
+        Duration::from_millis(600),
+    ));
+    let (kv, _) = ok(c.get(b"k"));
+    assert_eq!(kv.map(|kv| kv.value), Some(b"v".to_vec()));
+}
+
+#[test]
+fn a_write_is_not_sent_twice_but_the_next_call_goes_to_another_member() {
+    let Some((_dir, server)) = etcd() else { return };
+    let (_silent, silent) = silent_member();
+    let c = ok(Client::new(
+        &format!("{silent},{}", server.url()),
+        Duration::from_millis(300),
+    ));
+    // Sent to the silent member, perhaps applied there: an error, not a second send.
+    assert!(c.put(b"k", b"1", None).is_err(), "a write was sent twice");
+    let reader = ok(Client::new(server.url(), Duration::from_secs(2)));
+    assert_eq!(ok(reader.get(b"k")).0, None, "the write reached etcd");
+    // The next write goes to the member that may answer.
+    ok(c.put(b"k", b"2", None));
+    assert_eq!(
+        ok(reader.get(b"k")).0.map(|kv| kv.value),
+        Some(b"2".to_vec())
+    );
 }

@@ -21,11 +21,13 @@
 //! Watch events carry revisions: a change older than the leadership it would end (a deletion
 //! before our own key was created) is stale and ignored.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hotspare_cluster::coordinator::{CoordError, NodeState, SpareSlot};
+use hotspare_cluster::follow::{Followed, follow_leader};
 use hotspare_cluster::lease::{LeaseKeeper, LeaseState};
 use hotspare_cluster::{Campaign, Coordinator, Epoch, EtcdSession, Leader, LeaderChange, NodeInfo};
 use serde_json::json;
@@ -99,6 +101,9 @@ pub struct Control {
     next_game: u64,
     phase: Phase,
     last_try: Option<Instant>,
+    /// A spare's campaign failed (etcd did not answer): tried again every [`RETRY`] while no
+    /// leader is known, since no change of the leader key may come to prompt it.
+    campaign_owed: bool,
     last_suspect_poll: Instant,
 }
 
@@ -127,6 +132,7 @@ impl Control {
             next_game: 1,
             phase: Phase::Idle,
             last_try: None,
+            campaign_owed: false,
             last_suspect_poll: Instant::now(),
         })
     }
@@ -392,7 +398,9 @@ impl Control {
             return;
         };
         let (slot, game, old) = (*slot, *game, leader.clone());
-        match self.coord.campaign(&self.me, keeper.lease()) {
+        let result = self.coord.campaign(&self.me, keeper.lease());
+        self.campaign_owed = result.is_err();
+        match result {
             Ok(Campaign::Won(epoch)) => {
                 if let Err(e) = self.game.send(Order::Promote { epoch }) {
                     tracing::warn!(error = %e, "cannot order the promotion");
@@ -458,6 +466,14 @@ impl Control {
     /// What the node does when nothing arrived: look for a role, or the fast path.
     fn step(&mut self, keeper: &LeaseKeeper) {
         match &self.phase {
+            Phase::Spare { holding: true, .. }
+                if self.campaign_owed
+                    && self.leader.is_none()
+                    && self.last_try.is_none_or(|t| t.elapsed() >= RETRY) =>
+            {
+                self.last_try = Some(Instant::now());
+                self.campaign_as_spare(keeper);
+            }
             Phase::Idle => {
                 if self.last_try.is_some_and(|t| t.elapsed() < RETRY) {
                     return;
@@ -601,10 +617,6 @@ impl Control {
     }
 }
 
-/// How long the leader watch may stay quiet before the key is read to check it: a watch on a
-/// connection gone half-open, or on an etcd member cut off from its cluster, says nothing.
-pub const WATCH_CHECK: Duration = Duration::from_millis(500);
-
 /// Whether the leader's game ended on purpose (its agent's `finished` record). A spare whose
 /// game ended, cleanly or not, without it (a goodbye to a replaced connection, a dismissal, a
 /// failed connection) starts another; one whose primary finished ends its session. One read,
@@ -619,52 +631,16 @@ fn primary_finished(coord: &EtcdSession) -> bool {
     }
 }
 
-/// The leader watch: every change of the leader key goes to the control thread; a watch that
-/// fails is made again (its first change is then the key as it is). After [`WATCH_CHECK`]
-/// without a change, the key is read (a linearizable read, with a deadline): if it is not what
-/// the watch last said, or cannot be read, the watch is made again.
+/// The leader watch: every change of the leader key goes to the control thread (see
+/// [`follow_leader`]: a quiet watch is checked by a read, and made again when it missed a
+/// change or failed).
 pub fn watch_leader(coord: &EtcdSession, tx: &Sender<Msg>) {
-    loop {
-        match coord.watch_leader() {
-            Ok(mut w) => {
-                // The leader's epoch as the watch last said (None: vacant).
-                let mut said: Option<Option<Epoch>> = None;
-                loop {
-                    match w.next(Instant::now() + WATCH_CHECK) {
-                        Ok(changes) if changes.is_empty() => {
-                            let now = coord.leader().map(|l| l.map(|l| l.epoch));
-                            match now {
-                                Ok(e) if said.is_none_or(|s| s == e) => said = Some(e),
-                                Ok(e) => {
-                                    tracing::warn!(?said, now = ?e, "the leader watch missed a change; watching again");
-                                    break;
-                                }
-                                Err(err) => {
-                                    tracing::warn!(error = %err, "cannot check the leader watch; watching again");
-                                    break;
-                                }
-                            }
-                        }
-                        Ok(changes) => {
-                            for c in changes {
-                                said = Some(match &c {
-                                    LeaderChange::Elected(l) => Some(l.epoch),
-                                    LeaderChange::Vacant { .. } => None,
-                                });
-                                if tx.send(Msg::Leader(c)).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "the leader watch failed; watching again");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot watch the leader; retrying"),
+    let never = AtomicBool::new(false);
+    follow_leader(coord, &never, |f| match f {
+        Followed::Change(c) => tx.send(Msg::Leader(c)).is_ok(),
+        Followed::Rewatch(why) => {
+            tracing::warn!(why, "watching the leader again");
+            true
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
 }

@@ -7,7 +7,7 @@
 //! - the **control thread** ([`control`]): the session's lifecycle in etcd (lease, register,
 //!   campaign, spare slot, fast path, revoke), every call with a deadline; it orders the game
 //!   loop about ([`Order`]) and hears from it ([`Report`]);
-//! - the **leader watch** ([`control::watch_leader`]): etcd's changes of the leader key.
+//! - the **leader watch** ([`control::watch_leader`], on `hotspare_cluster::follow`): etcd's changes of the leader key.
 //!
 //! Client connections are accepted and authenticated by a thread of their own, and each one's
 //! frames are read by a thread of its own ([`service`]), which hand them to the game loop.

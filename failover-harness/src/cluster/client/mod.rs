@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use hotspare_cluster::coordinator::{Coordinator, EtcdSession, NodeState};
 use hotspare_cluster::fence::{Fence, Verdict};
+use hotspare_cluster::follow::{Followed, follow_leader};
 use hotspare_cluster::proto::{ToAgent, ToClient};
 use hotspare_cluster::{Epoch, Leader, LeaderChange};
 use hslib::transport::AuthKey;
@@ -183,7 +184,8 @@ fn agree_config(coord: &EtcdSession, proposed: &Config) -> anyhow::Result<Config
     Ok(config)
 }
 
-/// Follows the leader key on a thread; a failed watch is set up again.
+/// Follows the leader key on a thread (see [`follow_leader`]: a quiet watch is checked by a
+/// read, and made again when it missed a change or failed).
 fn spawn_watch(
     coord: Arc<EtcdSession>,
     tx: Sender<Msg>,
@@ -192,35 +194,13 @@ fn spawn_watch(
     std::thread::Builder::new()
         .name("hs-client-watch".to_owned())
         .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let mut watch = match coord.watch_leader() {
-                    Ok(w) => w,
-                    Err(e) => {
-                        if tx.send(Msg::WatchFailed(e.to_string())).is_err() {
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
+            follow_leader(&*coord, &stop, |f| {
+                let msg = match f {
+                    Followed::Change(c) => Msg::Leader(c),
+                    Followed::Rewatch(why) => Msg::WatchFailed(why),
                 };
-                while !stop.load(Ordering::Relaxed) {
-                    match watch.next(Instant::now() + Duration::from_millis(200)) {
-                        Ok(changes) => {
-                            for c in changes {
-                                if tx.send(Msg::Leader(c)).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            if tx.send(Msg::WatchFailed(e.to_string())).is_err() {
-                                return;
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
+                tx.send(msg).is_ok()
+            });
         })
         .context("cannot start the leader watch's thread")?;
     Ok(())
