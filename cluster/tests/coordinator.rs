@@ -343,3 +343,102 @@ fn the_spare_slot_has_one_holder_until_its_lease_ends_or_it_is_released() {
     assert!(ok(s.release_spare(rev_c)));
     assert_eq!(ok(s.spare_holder()), None);
 }
+
+/// A member that hangs as an axed host does: a connection to it opens (the listener's
+/// backlog) but no request is ever answered, and nothing is reset.
+fn hung_member() -> (std::net::TcpListener, String) {
+    let l = ok(std::net::TcpListener::bind("127.0.0.1:0"));
+    let url = format!("http://{}", ok(l.local_addr()));
+    (l, url)
+}
+
+/// A TCP relay to `target` that goes silent when `frozen` is set, as a member whose host is
+/// cut off: what was open stays open, bytes go nowhere, nothing is reset.
+fn freezable_relay(target: &str) -> (String, Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read as _, Write as _};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let l = ok(std::net::TcpListener::bind("127.0.0.1:0"));
+    let url = format!("http://{}", ok(l.local_addr()));
+    let target = target.trim_start_matches("http://").to_owned();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let f = frozen.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(down) = conn else { return };
+            let Ok(up) = std::net::TcpStream::connect(&target) else {
+                return;
+            };
+            for (mut from, mut to) in [(ok(down.try_clone()), ok(up.try_clone())), (up, down)] {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            return;
+                        }
+                        if !f.load(Ordering::Relaxed) && to.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (url, frozen)
+}
+
+#[test]
+fn every_call_reaches_the_next_member_within_its_deadline_while_the_first_one_hangs() {
+    let Some((_dir, server)) = etcd() else { return };
+    let (_hung, hung) = hung_member();
+    let deadline = Duration::from_millis(300);
+    let c = ok(Client::new(&format!("{hung},{}", server.url()), deadline));
+    // A fresh client's first call: its first endpoint hangs.
+    let t = Instant::now();
+    let (_, rev) = ok(c.get(b"k"));
+    assert!(t.elapsed() < deadline * 2, "took {:?}", t.elapsed());
+    for i in 0..5u8 {
+        ok(c.put(b"k", &[b'0' + i], None));
+        assert_eq!(ok(c.get(b"k")).0.map(|kv| kv.value), Some(vec![b'0' + i]));
+    }
+    assert!(matches!(ok(c.create(b"k", b"w", None)), Created::Held(_)));
+    let (lease, _) = ok(c.grant(5));
+    assert!(ok(c.keepalive(lease)).is_some());
+    // A fresh client's watch, too.
+    let w = ok(Client::new(&format!("{hung},{}", server.url()), deadline));
+    let mut watch = ok(w.watch(b"k", false, rev));
+    assert!(!ok(watch.next(Instant::now() + Duration::from_secs(5))).is_empty());
+}
+
+#[test]
+fn a_lease_is_never_fenced_when_the_member_its_keepalives_go_to_is_cut_off() {
+    use hotspare_cluster::lease::LeaseKeeper;
+    use std::sync::atomic::Ordering;
+    let Some((_dir, server)) = etcd() else { return };
+    // The first endpoint reaches etcd until it is cut off (the axed member of a cluster of
+    // three: the others still answer).
+    let (relay, frozen) = freezable_relay(server.url());
+    let urls = format!("{relay},{}", server.url());
+    let keeper = ok(LeaseKeeper::start(
+        &urls,
+        "cut",
+        1,
+        Duration::from_millis(300),
+    ));
+    assert!(!keeper.wait_fenced(Duration::from_millis(600)));
+    frozen.store(true, Ordering::Relaxed);
+    assert!(
+        !keeper.wait_fenced(Duration::from_secs(3)),
+        "fenced while another member answered"
+    );
+    // And a new session's calls reach the member that answers: its first read finds it (a
+    // txn is never sent twice, so it would wait out its deadline on the member it was sent
+    // to; the endpoint a read found is where it goes).
+    let s = EtcdSession::new(&urls, "cut", Duration::from_millis(500))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok(s.leader()), None);
+    let Campaign::Won(_) = ok(s.campaign(&node("a"), keeper.lease())) else {
+        panic!("lost")
+    };
+    assert!(ok(s.keepalive(keeper.lease())));
+}
