@@ -100,6 +100,9 @@ pub struct Control {
     phase: Phase,
     last_try: Option<Instant>,
     last_suspect_poll: Instant,
+    /// The session has had a primary (a leader seen, or a history read): it never becomes
+    /// new again, so a vacant leader key costs an idle node no etcd call.
+    had_leader: bool,
 }
 
 impl Control {
@@ -128,6 +131,7 @@ impl Control {
             phase: Phase::Idle,
             last_try: None,
             last_suspect_poll: Instant::now(),
+            had_leader: false,
         })
     }
 
@@ -250,6 +254,7 @@ impl Control {
                     return None;
                 }
                 self.leader = Some(l.clone());
+                self.had_leader = true;
             }
         }
         self.last_try = None;
@@ -537,7 +542,9 @@ impl Control {
         };
         match self.leader.clone() {
             None => {
-                if !self.coord.history()?.is_empty() {
+                // Known once, and then no etcd call while a failover is under way.
+                self.had_leader = self.had_leader || !self.coord.history()?.is_empty();
+                if self.had_leader {
                     // A session that had a primary: only a spare holding a checkpoint may go
                     // on with it; this node holds none.
                     return Ok(());
@@ -565,6 +572,11 @@ impl Control {
                 // Our previous incarnation's key, on its way out.
             }
             Some(l) => {
+                // A read while another holds the slot (an idle node asks every RETRY): the
+                // txn is a write etcd syncs to disk, on the path of the next failover's own.
+                if self.coord.spare_holder()?.is_some() {
+                    return Ok(());
+                }
                 if let SpareSlot::Taken(slot) =
                     self.coord.take_spare(&self.me.name, keeper.lease())?
                 {
