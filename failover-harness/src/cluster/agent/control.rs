@@ -100,9 +100,6 @@ pub struct Control {
     phase: Phase,
     last_try: Option<Instant>,
     last_suspect_poll: Instant,
-    /// The session has had a primary (a leader seen, or a history read): it never becomes
-    /// new again, so a vacant leader key costs an idle node no etcd call.
-    had_leader: bool,
 }
 
 impl Control {
@@ -131,7 +128,6 @@ impl Control {
             phase: Phase::Idle,
             last_try: None,
             last_suspect_poll: Instant::now(),
-            had_leader: false,
         })
     }
 
@@ -254,7 +250,6 @@ impl Control {
                     return None;
                 }
                 self.leader = Some(l.clone());
-                self.had_leader = true;
             }
         }
         self.last_try = None;
@@ -542,9 +537,7 @@ impl Control {
         };
         match self.leader.clone() {
             None => {
-                // Known once, and then no etcd call while a failover is under way.
-                self.had_leader = self.had_leader || !self.coord.history()?.is_empty();
-                if self.had_leader {
+                if !self.coord.history()?.is_empty() {
                     // A session that had a primary: only a spare holding a checkpoint may go
                     // on with it; this node holds none.
                     return Ok(());
@@ -572,11 +565,6 @@ impl Control {
                 // Our previous incarnation's key, on its way out.
             }
             Some(l) => {
-                // A read while another holds the slot (an idle node asks every RETRY): the
-                // txn is a write etcd syncs to disk, on the path of the next failover's own.
-                if self.coord.spare_holder()?.is_some() {
-                    return Ok(());
-                }
                 if let SpareSlot::Taken(slot) =
                     self.coord.take_spare(&self.me.name, keeper.lease())?
                 {
