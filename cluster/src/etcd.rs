@@ -5,9 +5,17 @@
 //! strings, and fields holding zero, false or nothing are left out. Every call has a deadline;
 //! a connection error moves on to the next endpoint, so a three-member cluster survives the
 //! loss of any one member.
+//!
+//! A member cut off from the network (its host axed, a partition) neither answers nor resets
+//! a connection: an attempt on it only ends at its deadline. So calls start at the endpoint
+//! that answered last (after a failure, at the next one, never back at the first by default),
+//! a connection attempt gets only its share of the time left among the endpoints not tried
+//! yet, and so does a request that is safe to send twice (a read, a keepalive, a grant, a
+//! put, a revoke): one member that hangs leaves the call time to reach another. A request
+//! that is not (a txn, a delete: its reply says what it did) waits out its deadline on one
+//! member, as sending it again elsewhere could apply it twice.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -99,35 +107,33 @@ pub enum WatchEvent {
     },
 }
 
+/// Whether a request may be sent again to another member after one that did not answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    /// Sending it twice leaves etcd as sending it once (a read, a keepalive, a put, a revoke;
+    /// a second grant makes a lease that nobody keeps and that expires): each member gets a
+    /// share of the deadline.
+    Safe,
+    /// Its reply tells what it did (a txn, a delete): it waits out the deadline on the member
+    /// it was sent to.
+    Once,
+}
+
+/// Where the next call goes first.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The endpoint that answered last, or the one after the last that failed.
+    preferred: usize,
+    /// A connection to `preferred`, kept between calls.
+    conn: Option<Conn>,
+}
+
 /// A client for one etcd cluster.
 #[derive(Debug)]
 pub struct Client {
     endpoints: Vec<Endpoint>,
-    /// The connection in use and the index of its endpoint.
-    conn: Mutex<Option<(usize, Conn)>>,
-    /// The endpoint tried first when no connection is kept: the last that answered, or the
-    /// one after the last that did not (a member cut off from its cluster accepts
-    /// connections and watches but answers nothing that needs a quorum).
-    preferred: AtomicUsize,
+    kept: Mutex<Kept>,
     timeout: Duration,
-}
-
-/// Whether a call on `path` may be sent again to another member after it timed out there,
-/// when it may have been applied: reads, lease renewals and revocations may (revoking a
-/// lease that is gone is no error), and a grant (a lease granted twice leaves one unused,
-/// which expires); a txn, a put or a delete is not sent twice (its outcome would be
-/// misread).
-fn may_resend(path: &str) -> bool {
-    matches!(
-        path,
-        "/v3/kv/range" | "/v3/lease/keepalive" | "/v3/lease/revoke" | "/v3/lease/grant"
-    )
-}
-
-/// Whether etcd refused a call because the member cannot serve it now (no leader, a
-/// timed-out proposal: gRPC Unavailable, HTTP 503): another member may.
-fn member_unavailable(status: u16) -> bool {
-    status == 503
 }
 
 impl Client {
@@ -146,8 +152,7 @@ impl Client {
         }
         Ok(Self {
             endpoints,
-            conn: Mutex::new(None),
-            preferred: AtomicUsize::new(0),
+            kept: Mutex::new(Kept::default()),
             timeout,
         })
     }
@@ -166,7 +171,11 @@ impl Client {
             #[serde(rename = "TTL", default, deserialize_with = "int")]
             ttl: i64,
         }
-        let r: R = self.call("/v3/lease/grant", &json!({ "TTL": ttl.to_string() }))?;
+        let r: R = self.call(
+            "/v3/lease/grant",
+            &json!({ "TTL": ttl.to_string() }),
+            Resend::Safe,
+        )?;
         Ok((LeaseId(r.id), r.ttl))
     }
 
@@ -182,13 +191,21 @@ impl Client {
             ttl: i64,
         }
         // The gateway answers a keepalive as a stream of one message.
-        let r: R = self.call("/v3/lease/keepalive", &json!({ "ID": lease.0.to_string() }))?;
+        let r: R = self.call(
+            "/v3/lease/keepalive",
+            &json!({ "ID": lease.0.to_string() }),
+            Resend::Safe,
+        )?;
         Ok(r.result.map(|i| i.ttl).filter(|&ttl| ttl > 0))
     }
 
     /// Revokes a lease, deleting its keys at once; revoking a lease that is gone is no error.
     pub fn revoke(&self, lease: LeaseId) -> Result<(), EtcdError> {
-        match self.call::<Value>("/v3/lease/revoke", &json!({ "ID": lease.0.to_string() })) {
+        match self.call::<Value>(
+            "/v3/lease/revoke",
+            &json!({ "ID": lease.0.to_string() }),
+            Resend::Safe,
+        ) {
             Ok(_) => Ok(()),
             // NotFound: expired or revoked already.
             Err(EtcdError::Refused { code: 5, .. }) => Ok(()),
@@ -198,7 +215,11 @@ impl Client {
 
     /// The key's current value, and the store's revision.
     pub fn get(&self, key: &[u8]) -> Result<(Option<Kv>, i64), EtcdError> {
-        let r: RangeResponse = self.call("/v3/kv/range", &json!({ "key": B64.encode(key) }))?;
+        let r: RangeResponse = self.call(
+            "/v3/kv/range",
+            &json!({ "key": B64.encode(key) }),
+            Resend::Safe,
+        )?;
         let rev = r.header.revision;
         let kv = r.kvs.into_iter().next().map(Kv::try_from).transpose()?;
         Ok((kv, rev))
@@ -209,6 +230,7 @@ impl Client {
         let r: RangeResponse = self.call(
             "/v3/kv/range",
             &json!({ "key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix)) }),
+            Resend::Safe,
         )?;
         let rev = r.header.revision;
         let kvs = r
@@ -225,7 +247,7 @@ impl Client {
         if let Some(l) = lease {
             req["lease"] = json!(l.0.to_string());
         }
-        let r: WithHeader = self.call("/v3/kv/put", &req)?;
+        let r: WithHeader = self.call("/v3/kv/put", &req, Resend::Safe)?;
         Ok(r.header.revision)
     }
 
@@ -236,7 +258,11 @@ impl Client {
             #[serde(default, deserialize_with = "int")]
             deleted: i64,
         }
-        let r: R = self.call("/v3/kv/deleterange", &json!({ "key": B64.encode(key) }))?;
+        let r: R = self.call(
+            "/v3/kv/deleterange",
+            &json!({ "key": B64.encode(key) }),
+            Resend::Once,
+        )?;
         Ok(r.deleted > 0)
     }
 
@@ -259,6 +285,7 @@ impl Client {
                 "success": [{ "request_put": put }],
                 "failure": [{ "request_range": { "key": k } }],
             }),
+            Resend::Once,
         )?;
         if r.succeeded {
             // The put's revision is the key's create_revision.
@@ -291,6 +318,7 @@ impl Client {
                               "create_revision": create_revision.to_string() }],
                 "success": [{ "request_delete_range": { "key": k } }],
             }),
+            Resend::Once,
         )?;
         Ok(r.succeeded)
     }
@@ -308,10 +336,17 @@ impl Client {
             }
         })?;
         let deadline = Instant::now() + self.timeout;
+        let start = self.lock().preferred;
+        let n = self.endpoints.len();
         let mut last = None;
-        for endpoint in self.order() {
-            let attempt = Conn::connect(endpoint, deadline)
-                .and_then(|c| c.post_stream("/v3/watch", &body, deadline));
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some(until) = share(deadline, n - k) else {
+                break;
+            };
+            let endpoint = &self.endpoints[i];
+            let attempt = Conn::connect(endpoint, until)
+                .and_then(|c| c.post_stream("/v3/watch", &body, until));
             match attempt {
                 Ok(stream) => {
                     let mut w = Watch {
@@ -319,30 +354,47 @@ impl Client {
                         created: false,
                     };
                     // The first message confirms the watch.
-                    w.next(deadline)?;
+                    w.next(until)?;
                     if !w.created {
                         return Err(EtcdError::Decode {
                             path: "/v3/watch".to_owned(),
                             why: "the watch was not confirmed".to_owned(),
                         });
                     }
+                    self.answered(i, None);
                     return Ok(w);
                 }
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    tracing::debug!(%endpoint, error = %e, "etcd watch failed");
+                    self.failed(&mut self.lock(), i);
+                    last = Some(e);
+                }
             }
         }
         Err(self.unreachable("/v3/watch", last))
     }
 
-    fn order(&self) -> impl Iterator<Item = &Endpoint> {
-        let first = self
-            .conn
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept
             .lock()
-            .ok()
-            .and_then(|c| c.as_ref().map(|(i, _)| *i))
-            .unwrap_or_else(|| self.preferred.load(Ordering::Relaxed) % self.endpoints.len());
-        let n = self.endpoints.len();
-        (0..n).map(move |k| &self.endpoints[(first + k) % n])
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Endpoint `i` answered: calls go there first (on `conn`, if given).
+    fn answered(&self, i: usize, conn: Option<Conn>) {
+        let mut kept = self.lock();
+        if kept.preferred != i || conn.is_some() {
+            kept.conn = conn;
+        }
+        kept.preferred = i;
+    }
+
+    /// Endpoint `i` failed: calls go to the next one first (its connection, if kept, is gone).
+    fn failed(&self, kept: &mut Kept, i: usize) {
+        if kept.preferred == i {
+            kept.conn = None;
+            kept.preferred = (i + 1) % self.endpoints.len();
+        }
     }
 
     fn unreachable(&self, path: &str, last: Option<HttpError>) -> EtcdError {
@@ -356,84 +408,76 @@ impl Client {
         }
     }
 
-    /// One unary call: on the kept connection, else on each endpoint in turn.
-    fn call<T: DeserializeOwned>(&self, path: &str, req: &Value) -> Result<T, EtcdError> {
+    /// One unary call: on the preferred endpoint's kept connection, else on each endpoint in
+    /// turn from the preferred one (see the module's notes on members that hang).
+    fn call<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Value,
+        resend: Resend,
+    ) -> Result<T, EtcdError> {
         let body = serde_json::to_vec(req).map_err(|e| EtcdError::Decode {
             path: path.to_owned(),
             why: e.to_string(),
         })?;
         let deadline = Instant::now() + self.timeout;
-        let mut guard = self
-            .conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut kept = self.lock();
+        let start = kept.preferred;
         let n = self.endpoints.len();
-        let start = guard
-            .as_ref()
-            .map_or_else(|| self.preferred.load(Ordering::Relaxed) % n, |(i, _)| *i);
-        let resend = may_resend(path);
         let mut last = None;
-        let mut refused = None;
-        // The kept connection may have gone stale: each endpoint gets a fresh try too.
+        // The kept connection may have gone stale while its member is fine: the preferred
+        // endpoint gets a fresh try at the end too.
         for k in 0..=n {
             let i = (start + k) % n;
-            // A call that may go to another member gives each its share of the time left,
-            // so one that cannot answer does not use it all.
-            let attempt_deadline = if resend && k + 1 < n {
-                let left = deadline.saturating_duration_since(Instant::now());
-                Instant::now() + left / u32::try_from(n - k).unwrap_or(u32::MAX)
-            } else {
-                deadline
+            // Its share of the time left among the endpoints not tried yet.
+            let Some(until) = share(deadline, n.saturating_sub(k).max(1)) else {
+                break;
             };
-            let conn = match guard.take() {
-                Some((j, conn)) if j == i => conn,
-                _ => match Conn::connect(&self.endpoints[i], attempt_deadline) {
+            let endpoint = &self.endpoints[i];
+            let conn = match kept.conn.take() {
+                Some(conn) if k == 0 => conn,
+                _ => match Conn::connect(endpoint, until) {
                     Ok(c) => c,
                     Err(e) => {
+                        tracing::debug!(%endpoint, error = %e, path, "etcd connection failed");
+                        self.failed(&mut kept, i);
                         last = Some(e);
                         continue;
                     }
                 },
             };
             let mut conn = conn;
-            match conn.post(path, &body, attempt_deadline) {
-                Ok((status, reply)) if member_unavailable(status) => {
-                    tracing::debug!(endpoint = %self.endpoints[i], status, path, "etcd member unavailable");
-                    self.preferred.store((i + 1) % n, Ordering::Relaxed);
-                    refused = Some((status, reply));
-                    if !resend || Instant::now() >= deadline {
-                        break;
-                    }
-                }
+            let post_until = match resend {
+                Resend::Safe => until,
+                Resend::Once => deadline,
+            };
+            match conn.post(path, &body, post_until) {
                 Ok((status, reply)) => {
-                    self.preferred.store(i, Ordering::Relaxed);
-                    *guard = Some((i, conn));
+                    kept.preferred = i;
+                    kept.conn = Some(conn);
                     return decode(path, status, &reply);
                 }
                 Err(e) if e.is_connection() => {
-                    tracing::debug!(endpoint = %self.endpoints[i], error = %e, path, "etcd call failed");
-                    let timed_out = matches!(e, HttpError::Timeout { .. });
+                    tracing::debug!(%endpoint, error = %e, path, "etcd call failed");
+                    self.failed(&mut kept, i);
                     last = Some(e);
-                    if timed_out {
-                        // Sent, perhaps applied, and no answer: the next call tries another
-                        // member; this one goes elsewhere only if it may be sent twice.
-                        self.preferred.store((i + 1) % n, Ordering::Relaxed);
-                        if !resend {
-                            break;
-                        }
-                    }
-                    if Instant::now() >= deadline {
-                        break;
-                    }
                 }
                 Err(e) => return Err(self.unreachable(path, Some(e))),
             }
         }
-        if let Some((status, reply)) = refused {
-            return decode(path, status, &reply);
-        }
         Err(self.unreachable(path, last))
     }
+}
+
+/// The deadline of one attempt among `tries` left before `deadline`: an equal share of the
+/// time left (a member that hangs costs the call only its share); `None` once it has passed.
+fn share(deadline: Instant, tries: usize) -> Option<Instant> {
+    let left = deadline.checked_duration_since(Instant::now())?;
+    if left.is_zero() {
+        return None;
+    }
+    let tries = u32::try_from(tries.max(1)).unwrap_or(u32::MAX);
+    Some(Instant::now() + left / tries)
 }
 
 /// A watch stream.

@@ -1,8 +1,8 @@
 //! The coordinator against a real etcd (Debian's etcd-server 3.4) on loopback: campaigns are
 //! exclusive, epochs only grow, a lease's end frees the leader key, a stale leader cannot
 //! remove a newer one, a watch reports every change in order, and a member that does not
-//! answer is passed over (reads go on to the next; a write is not sent twice, the next call
-//! goes elsewhere).
+//! answer is passed over (what may be sent twice goes on to the next; a txn is not sent
+//! twice, and the next call goes elsewhere).
 //!
 //! Skipped with the reason printed when `etcd` is not installed, unless
 //! `HOTSPARE_REQUIRE_ETCD=1` (CI), which makes that a failure.
@@ -346,42 +346,119 @@ fn the_spare_slot_has_one_holder_until_its_lease_ends_or_it_is_released() {
     assert_eq!(ok(s.spare_holder()), None);
 }
 
-/// A member that takes connections and requests and never answers (as one cut off from its
-/// cluster does for anything that needs a quorum): a listener nobody reads from.
-fn silent_member() -> (std::net::TcpListener, String) {
+/// A member that hangs as an axed host does: a connection to it opens (the listener's
+/// backlog) but no request is ever answered, and nothing is reset.
+fn hung_member() -> (std::net::TcpListener, String) {
     let l = ok(std::net::TcpListener::bind("127.0.0.1:0"));
     let url = format!("http://{}", ok(l.local_addr()));
     (l, url)
 }
 
-#[test]
-fn a_read_goes_on_to_the_next_member_when_the_first_does_not_answer() {
-    let Some((_dir, server)) = etcd() else { return };
-    let (_silent, silent) = silent_member();
-    let writer = ok(Client::new(server.url(), Duration::from_secs(2)));
-    ok(writer.put(b"k", b"v", None));
-    let c = ok(Client::new(
-        &format!("{silent},{}", server.url()),
-        Duration::from_millis(600),
-    ));
-    let (kv, _) = ok(c.get(b"k"));
-    assert_eq!(kv.map(|kv| kv.value), Some(b"v".to_vec()));
+/// A TCP relay to `target` that goes silent when `frozen` is set, as a member whose host is
+/// cut off: what was open stays open, bytes go nowhere, nothing is reset.
+fn freezable_relay(target: &str) -> (String, Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read as _, Write as _};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let l = ok(std::net::TcpListener::bind("127.0.0.1:0"));
+    let url = format!("http://{}", ok(l.local_addr()));
+    let target = target.trim_start_matches("http://").to_owned();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let f = frozen.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(down) = conn else { return };
+            let Ok(up) = std::net::TcpStream::connect(&target) else {
+                return;
+            };
+            for (mut from, mut to) in [(ok(down.try_clone()), ok(up.try_clone())), (up, down)] {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            return;
+                        }
+                        if !f.load(Ordering::Relaxed) && to.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (url, frozen)
 }
 
 #[test]
-fn a_write_is_not_sent_twice_but_the_next_call_goes_to_another_member() {
+fn every_call_reaches_the_next_member_within_its_deadline_while_the_first_one_hangs() {
     let Some((_dir, server)) = etcd() else { return };
-    let (_silent, silent) = silent_member();
-    let c = ok(Client::new(
-        &format!("{silent},{}", server.url()),
+    let (_hung, hung) = hung_member();
+    let deadline = Duration::from_millis(300);
+    let c = ok(Client::new(&format!("{hung},{}", server.url()), deadline));
+    // A fresh client's first call: its first endpoint hangs.
+    let t = Instant::now();
+    let (_, rev) = ok(c.get(b"k"));
+    assert!(t.elapsed() < deadline * 2, "took {:?}", t.elapsed());
+    for i in 0..5u8 {
+        ok(c.put(b"k", &[b'0' + i], None));
+        assert_eq!(ok(c.get(b"k")).0.map(|kv| kv.value), Some(vec![b'0' + i]));
+    }
+    assert!(matches!(ok(c.create(b"k", b"w", None)), Created::Held(_)));
+    let (lease, _) = ok(c.grant(5));
+    assert!(ok(c.keepalive(lease)).is_some());
+    // A fresh client's watch, too.
+    let w = ok(Client::new(&format!("{hung},{}", server.url()), deadline));
+    let mut watch = ok(w.watch(b"k", false, rev));
+    assert!(!ok(watch.next(Instant::now() + Duration::from_secs(5))).is_empty());
+}
+
+#[test]
+fn a_lease_is_never_fenced_when_the_member_its_keepalives_go_to_is_cut_off() {
+    use hotspare_cluster::lease::LeaseKeeper;
+    use std::sync::atomic::Ordering;
+    let Some((_dir, server)) = etcd() else { return };
+    // The first endpoint reaches etcd until it is cut off (the axed member of a cluster of
+    // three: the others still answer).
+    let (relay, frozen) = freezable_relay(server.url());
+    let urls = format!("{relay},{}", server.url());
+    let keeper = ok(LeaseKeeper::start(
+        &urls,
+        "cut",
+        1,
         Duration::from_millis(300),
     ));
-    // Sent to the silent member, perhaps applied there: an error, not a second send.
-    assert!(c.put(b"k", b"1", None).is_err(), "a write was sent twice");
+    assert!(!keeper.wait_fenced(Duration::from_millis(600)));
+    frozen.store(true, Ordering::Relaxed);
+    assert!(
+        !keeper.wait_fenced(Duration::from_secs(3)),
+        "fenced while another member answered"
+    );
+    // And a new session's calls reach the member that answers: its first read finds it (a
+    // txn is never sent twice, so it would wait out its deadline on the member it was sent
+    // to; the endpoint a read found is where it goes).
+    let s = EtcdSession::new(&urls, "cut", Duration::from_millis(500))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok(s.leader()), None);
+    let Campaign::Won(_) = ok(s.campaign(&node("a"), keeper.lease())) else {
+        panic!("lost")
+    };
+    assert!(ok(s.keepalive(keeper.lease())));
+}
+
+#[test]
+fn a_txn_is_not_sent_twice_and_the_next_call_goes_to_another_member() {
+    let Some((_dir, server)) = etcd() else { return };
+    let (_hung, hung) = hung_member();
+    let c = ok(Client::new(
+        &format!("{hung},{}", server.url()),
+        Duration::from_millis(300),
+    ));
+    // Sent to the hung member, perhaps applied there: an error, not a second send.
+    assert!(c.create(b"k", b"1", None).is_err(), "a txn was sent twice");
     let reader = ok(Client::new(server.url(), Duration::from_secs(2)));
-    assert_eq!(ok(reader.get(b"k")).0, None, "the write reached etcd");
-    // The next write goes to the member that may answer.
-    ok(c.put(b"k", b"2", None));
+    assert_eq!(ok(reader.get(b"k")).0, None, "the txn reached etcd");
+    // The next one goes to the member that may answer.
+    assert!(matches!(ok(c.create(b"k", b"2", None)), Created::Won(_)));
     assert_eq!(
         ok(reader.get(b"k")).0.map(|kv| kv.value),
         Some(b"2".to_vec())

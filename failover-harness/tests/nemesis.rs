@@ -320,9 +320,10 @@ fn random_faults_on_two_agent_hosts_lose_no_input_and_never_split_the_brain() {
     assert!(t.faults >= 4, "too few faults struck: {}", t.faults);
 }
 
+/// With three etcd members the etcd leader's loss is among the faults; when it is the member
+/// every agent's client tried first, a call on it used to wait out its whole deadline and every
+/// lease was fenced (all games killed: the game lost). About 15 s.
 #[test]
-#[ignore = "open defect (docs/CLUSTER.md, What is missing): with three agent hosts a game is \
-            lost in about half the runs (no node leads and none holds a checkpoint); run by hand"]
 fn random_faults_with_three_agent_hosts_and_the_etcd_leader_lost_are_survived() {
     if !available() {
         return;
