@@ -380,3 +380,231 @@ fn five_hundred_random_faults_lose_no_input_and_never_split_the_brain() {
     assert_clean(&t);
     assert!(t.faults >= 500, "only {} faults", t.faults);
 }
+
+/// Cuts between the primary and its spare alone, each longer than `--suspect-ms` and around
+/// the primary's ack deadline (1 s), while headless games play: nothing fails over (the
+/// client hears its primary throughout, so the fast path's second witness never speaks), and
+/// each game ends exactly as `tetris --headless`. `HOTSPARE_SPLIT_CUTS` cuts (default 4),
+/// over as many games as they take.
+#[test]
+fn primary_spare_partitions_alone_fail_nothing_over_and_the_game_is_exact() {
+    if !available() {
+        return;
+    }
+    let cuts: u64 = std::env::var("HOTSPARE_SPLIT_CUTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let mut rig = ok(HostsRig::new(HostsOptions::new(harness())));
+    let mut wrong = Vec::new();
+    let mut done = 0;
+    let mut g = 0;
+    while done < cuts {
+        ok(rig.start_session());
+        let script = long_script(77 + g, 8000);
+        let mut game = ok(HeadlessGame::start(&rig, "split", 77 + g, &script, 1000));
+        while done < cuts {
+            let Some(whole) = ok(bench_hosts::settle(&rig, &mut game, SETTLE_WAIT)) else {
+                break;
+            };
+            // Around the primary's ack deadline (1 s), where the nemesis saw a wrong failover.
+            let hold = Duration::from_millis(950 + 100 * (done % 4));
+            done += 1;
+            ok(rig.partition(&whole.primary, &whole.spare));
+            let moved = failover_within(&game, whole.epoch, hold);
+            let st = ok(rig.status());
+            ok(rig.heal());
+            eprintln!(
+                "game {g} cut {done}: {}|{} for {hold:?}: failover {moved}, epoch {} -> {}",
+                whole.primary, whole.spare, whole.epoch, st.epoch
+            );
+            if moved || st.epoch != whole.epoch {
+                // (HOTSPARE_RIG_KEEP=1 keeps the rig's logs and events for a post-mortem.)
+                wrong.push(format!(
+                    "game {g}: {}|{} for {hold:?} failed epoch {} over (now {}); {}",
+                    whole.primary,
+                    whole.spare,
+                    whole.epoch,
+                    st.epoch,
+                    rig.agent_logs()
+                ));
+            }
+            std::thread::sleep(AFTER_HEAL);
+        }
+        let client = game.client_events();
+        let agents = agent_events(&rig);
+        let end = ok(game.finish(&rig, Duration::from_secs(120)));
+        assert_eq!(
+            (end.output.as_str(), end.success),
+            (end.reference.as_str(), true),
+            "game {g}: the line differs from tetris --headless; client: {}",
+            game.stderr_tail()
+        );
+        let v = hosts_events::violations(&agents, &client, &[]);
+        assert!(v.is_empty(), "game {g}: violations: {v:#?}");
+        g += 1;
+    }
+    assert!(wrong.is_empty(), "failovers without cause: {wrong:#?}");
+}
+
+/// A primary cut off from its spare and its client (its agent alive), in turns reaching etcd
+/// (its agent learns of the deposition and acknowledges it) and not (it cannot: the heir
+/// waits out the hold's grace): the fast path moves the lead, and each time the deposed
+/// primary's game has stopped (its agent killed or paused it: `game_ended` / `paused` in its
+/// events file, CLOCK_MONOTONIC) before the heir's `leading` event. The game ends exactly as
+/// `tetris --headless`.
+#[test]
+#[ignore = "open: the old primary stops before the heir leads only with the deposition \
+            protocol and the agent's hold (branch `partition`, not merged: it paused healthy \
+            primaries under a loaded etcd, 8 wrong failovers in 500 faults); see CLUSTER.md"]
+fn a_primary_cut_off_from_spare_and_client_stops_its_game_before_the_heir_leads() {
+    if !available() {
+        return;
+    }
+    let mut rig = ok(HostsRig::new(HostsOptions::new(harness())));
+    ok(rig.start_session());
+    let script = long_script(78, 6000);
+    let mut game = ok(HeadlessGame::start(&rig, "isolated", 78, &script, 1000));
+    let rounds: u64 = std::env::var("HOTSPARE_ISOLATED_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let mut moves = Vec::new();
+    for round in 0..rounds {
+        let Some(whole) = ok(bench_hosts::settle(&rig, &mut game, SETTLE_WAIT)) else {
+            break;
+        };
+        let t0 = ok(rig.partition(&whole.primary, &whole.spare));
+        ok(rig.partition(&whole.primary, CLIENT_HOST));
+        let etcd_too = round % 2 == 1;
+        if etcd_too {
+            for e in rig.etcd_hosts() {
+                ok(rig.partition(&whole.primary, &e));
+            }
+        }
+        let moved = wait_for("a new epoch", Duration::from_secs(10), || {
+            Ok(hosts_events::first_output_above(
+                &game.client_events(),
+                whole.epoch,
+            ))
+        });
+        ok(rig.heal());
+        let (t, epoch) = moved.unwrap_or_else(|e| {
+            panic!(
+                "round {round}: {} cut off from {} and the client: {e}; {}",
+                whole.primary,
+                whole.spare,
+                rig.agent_logs()
+            )
+        });
+        eprintln!(
+            "round {round}: {} cut off (from etcd too: {etcd_too}), {} leads epoch {epoch} at \
+             the client {:.1} ms later",
+            whole.primary,
+            whole.spare,
+            t.saturating_sub(t0) as f64 / 1000.0
+        );
+        moves.push((whole.primary.clone(), whole.epoch, epoch));
+        std::thread::sleep(AFTER_HEAL);
+    }
+    let agents = agent_events(&rig);
+    let client = game.client_events();
+    let end = ok(game.finish(&rig, Duration::from_secs(120)));
+    for (old, old_epoch, new_epoch) in &moves {
+        let led = |node_is_old: bool, epoch: u64| {
+            agents
+                .iter()
+                .filter(|e| (e.node == *old) == node_is_old)
+                .filter(|e| e.event == "leading" && e.epoch == Some(epoch))
+                .map(|e| e.t_us)
+                .min()
+        };
+        let (Some(old_led), Some(new_led)) = (led(true, *old_epoch), led(false, *new_epoch)) else {
+            panic!("no leading events for epochs {old_epoch} -> {new_epoch}: {agents:#?}");
+        };
+        // The old game's last stop or resumption before the heir led must be a stop (a
+        // pause its agent's hold resumed earlier does not count).
+        let stopped = agents
+            .iter()
+            .filter(|e| e.node == *old && e.t_us > old_led && e.t_us < new_led)
+            .filter(|e| ["game_ended", "paused", "resumed"].contains(&e.event.as_str()))
+            .max_by_key(|e| e.t_us)
+            .filter(|e| e.event != "resumed")
+            .map_or(u64::MAX, |e| e.t_us);
+        eprintln!(
+            "epoch {old_epoch} -> {new_epoch}: {old}'s game stopped {:.2} ms before the heir led",
+            (new_led as f64 - stopped as f64) / 1000.0
+        );
+        assert!(
+            stopped < new_led,
+            "epoch {old_epoch} -> {new_epoch}: the heir led at {new_led} us, {old}'s game \
+             stopped only at {stopped} us"
+        );
+    }
+    let pauses = agents.iter().filter(|e| e.event == "paused").count();
+    eprintln!("{pauses} pauses by the agents' holds in all");
+    assert!(!moves.is_empty(), "no round struck");
+    assert_eq!(
+        (end.output.as_str(), end.success),
+        (end.reference.as_str(), true),
+        "the game's line differs from tetris --headless; client: {}",
+        game.stderr_tail()
+    );
+    let v = hosts_events::violations(&agents, &client, &[]);
+    assert!(v.is_empty(), "violations: {v:#?}");
+}
+
+/// The nemesis's wrong failover, reproduced: a headless game whose script ends while its
+/// primary is cut off from its spare. The primary's game, done, tells its spare goodbye and
+/// waits for the stream's socket (full: the spare is cut off) before it exits; its stats
+/// thread must go on meanwhile, or its agent, hearing no status line for 400 ms, stops
+/// speaking for it, the client suspects it, and the spare (silent: cut off) deposes a
+/// primary that was only finishing. Each game: no failover, and the line of `tetris
+/// --headless`.
+#[test]
+fn a_game_that_ends_while_its_primary_is_cut_off_from_its_spare_is_not_failed_over() {
+    if !available() {
+        return;
+    }
+    let games: u64 = std::env::var("HOTSPARE_ENDING_GAMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mut rig = ok(HostsRig::new(HostsOptions::new(harness())));
+    let mut wrong = Vec::new();
+    for g in 0..games {
+        ok(rig.start_session());
+        // About a second of input at one per millisecond: the script ends during the cut,
+        // before the primary's ack deadline (1 s) would drop the spare and hold input back.
+        let script = long_script(90 + g, 900);
+        let mut game = ok(HeadlessGame::start(&rig, "ending", 90 + g, &script, 1000));
+        let Some(whole) = ok(bench_hosts::settle(&rig, &mut game, SETTLE_WAIT)) else {
+            panic!("game {g} ended before the session was whole");
+        };
+        ok(rig.partition(&whole.primary, &whole.spare));
+        let moved = failover_within(&game, whole.epoch, Duration::from_millis(2500));
+        ok(rig.heal());
+        let client = game.client_events();
+        let agents = agent_events(&rig);
+        let end = ok(game.finish(&rig, Duration::from_secs(60)));
+        eprintln!(
+            "game {g}: {}|{} as the script ended: failover {moved}",
+            whole.primary, whole.spare
+        );
+        if moved {
+            wrong.push(format!("game {g}: {}|{}", whole.primary, whole.spare));
+        }
+        assert_eq!(
+            (end.output.as_str(), end.success),
+            (end.reference.as_str(), true),
+            "game {g}: the line differs from tetris --headless; client: {}",
+            game.stderr_tail()
+        );
+        let v = hosts_events::violations(&agents, &client, &[]);
+        assert!(v.is_empty(), "game {g}: violations: {v:#?}");
+    }
+    assert!(
+        wrong.is_empty(),
+        "games failed over as they ended during a primary|spare cut: {wrong:#?}"
+    );
+}

@@ -8,7 +8,9 @@
 //!   of terminal input its state accounts for (a supervisor that logs the bytes it typed
 //!   replays its log from byte `T`).
 //! - With `TETRIS_STATS_MS` set to a number of milliseconds, **stats lines** from a thread of
-//!   their own, at most one per interval and only when something changed:
+//!   their own, at most one per interval and only when something changed (and at least every
+//!   [`STATS_KEEPALIVE`]), until hslib has ended the link (its goodbye to the spare included:
+//!   a game that finishes is not silent while it waits for a cut-off spare's socket):
 //!   `{"stats":{"epoch":E,"checkpoints":C,"inputs":N,"tty_bytes":T,"stall_last_us":F,`
 //!   `"stall_p99_us":F,"last_written":W,"acked":A,"sessions":S,"live":B,"synced":B}}`. `checkpoints`
 //!   continues from the restored checkpoint's number; `inputs` and `tty_bytes` are the state's

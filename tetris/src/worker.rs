@@ -79,6 +79,8 @@ struct Results {
     state: GameState,
     ending: Option<Ending>,
     stalls: Stalls,
+    /// The stats thread, kept running until hslib has ended the link (see [`run`]).
+    reporter: Option<Reporter>,
 }
 
 /// Runs the game in the role the command line and the environment ask for; writes the
@@ -130,6 +132,11 @@ pub fn run(options: &Options) -> anyhow::Result<Ran> {
             stats,
         } => (value, restored, stats),
     };
+    // The stats thread went on through hslib's end of the link (the goodbye to the spare,
+    // which waits while a cut-off spare's socket is full): a supervisor that hears no status
+    // line takes the game for hung (a cluster agent stops speaking for it, and the client
+    // suspects it), and this game is not hung but finishing. It stops now.
+    drop(results.reporter);
     if let Some(path) = &options.stats {
         results.stalls.summary(link.bytes).write(path)?;
     }
@@ -229,11 +236,11 @@ fn worker(ctx: &mut Context, plan: &Plan) -> anyhow::Result<Results> {
         None
     };
     let end = *store.state()?;
-    drop(reporter);
     Ok(Results {
         state: end,
         ending,
         stalls,
+        reporter,
     })
 }
 
