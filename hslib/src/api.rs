@@ -850,7 +850,7 @@ impl<T> HotSpare<T> {
                 if appends {
                     self.link = LinkConfig::File { path, append: true };
                 }
-                self.restored(regions, committed, epoch)
+                self.restored(regions, committed, epoch, None)
             }
         }
     }
@@ -936,11 +936,14 @@ impl<T> HotSpare<T> {
         })
     }
 
+    /// Opens the context's link; on `standby` (a promoted spare's thread started while it
+    /// waited) when given: see [`Link::open_on`].
     fn open_link(
         &self,
         ctx: &mut Context,
         epoch: u64,
         first_checkpoint: u64,
+        standby: Option<link::Standby>,
     ) -> Result<(), HsError> {
         let params = StreamParams {
             epoch,
@@ -954,7 +957,7 @@ impl<T> HotSpare<T> {
             log_max_bytes: self.log_max_bytes,
             delivery: self.mode.delivery(),
         };
-        let link = Link::open(&self.listening()?, params)?;
+        let link = Link::open_on(&self.listening()?, params, standby)?;
         tracing::info!(link = link.describe(), epoch, role = ?self.role, "link open");
         // A fresh primary in sync mode waits for its first spare; a promoted or resumed one
         // goes on at once (the user is waiting) and its next spare catches up with a full
@@ -973,7 +976,7 @@ impl<T> HotSpare<T> {
 
     fn fresh(mut self, regions: Vec<Region>, epoch: u64) -> Result<Outcome<T>, HsError> {
         let mut ctx = self.context(regions)?;
-        self.open_link(&mut ctx, epoch, 1)?;
+        self.open_link(&mut ctx, epoch, 1, None)?;
         if let Some(init) = self.init.take() {
             init(&mut ctx).map_err(HsError::Worker)?;
         }
@@ -982,6 +985,10 @@ impl<T> HotSpare<T> {
 
     fn work(mut self, mut ctx: Context) -> Result<Outcome<T>, HsError> {
         ctx.checkpoint()?;
+        if let Some(link) = ctx.link.as_mut() {
+            // A promoted spare's listener waits for the worker's first checkpoint.
+            link.release_listener_at_next_checkpoint();
+        }
         let worker = self.worker.take().ok_or(HsError::NoWorker)?;
         let result = worker(&mut ctx);
         let stats = match ctx.link.take() {
@@ -1001,6 +1008,7 @@ impl<T> HotSpare<T> {
         mut regions: Vec<Region>,
         committed: Committed,
         epoch: u64,
+        standby: Option<link::Standby>,
     ) -> Result<Outcome<T>, HsError> {
         if committed.metadata.worker.as_deref() != Some(self.name.as_str()) {
             return Err(HsError::WorkerName {
@@ -1029,7 +1037,7 @@ impl<T> HotSpare<T> {
             epoch,
             "restored"
         );
-        self.open_link(&mut ctx, epoch, committed.checkpoint + 1)?;
+        self.open_link(&mut ctx, epoch, committed.checkpoint + 1, standby)?;
         self.work(ctx)
     }
 
@@ -1076,6 +1084,15 @@ impl<T> HotSpare<T> {
 
     fn spare(self, regions: Vec<Region>) -> Result<Outcome<T>, HsError> {
         let mut replica = Replica::new(ReplicaConfig::default());
+        // The sender of the link it opens if promoted, started now while it waits: a
+        // promotion starts no thread and waits for no bind before the worker runs.
+        let standby = match link::Standby::start("hs-sender") {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no standby sender; a promotion starts its own");
+                None
+            }
+        };
         let orders = match self.promote_fd {
             Some(fd) => Some(Orders::start(fd).map_err(|e| HsError::Config {
                 what: ENV_PROMOTE_FD,
@@ -1134,10 +1151,10 @@ impl<T> HotSpare<T> {
             }
         }
         match &orders {
-            None => self.promote(regions, replica),
+            None => self.promote(regions, replica, standby),
             // A cluster spare waits for its order, whatever became of the stream.
             Some(o) => match o.wait() {
-                Order::Promote(epoch) => self.promote_to(regions, replica, epoch),
+                Order::Promote(epoch) => self.promote_to(regions, replica, epoch, standby),
                 Order::Dismissed => {
                     tracing::info!(checkpoint = ?replica.checkpoint(), "dismissed without an order");
                     Ok(Outcome::Dismissed {
@@ -1156,10 +1173,17 @@ impl<T> HotSpare<T> {
         }
     }
 
-    fn promote(self, regions: Vec<Region>, replica: Replica) -> Result<Outcome<T>, HsError> {
+    fn promote(
+        self,
+        regions: Vec<Region>,
+        replica: Replica,
+        standby: Option<link::Standby>,
+    ) -> Result<Outcome<T>, HsError> {
         let epoch = next_epoch(replica.highest_epoch(), self.epoch)?;
         match replica.into_committed() {
-            Some(committed) => self.role(Role::Primary).restored(regions, committed, epoch),
+            Some(committed) => self
+                .role(Role::Primary)
+                .restored(regions, committed, epoch, standby),
             // Starting afresh would silently throw the primary's state away.
             None => Err(HsError::NothingToPromote),
         }
@@ -1172,6 +1196,7 @@ impl<T> HotSpare<T> {
         regions: Vec<Region>,
         replica: Replica,
         epoch: u64,
+        standby: Option<link::Standby>,
     ) -> Result<Outcome<T>, HsError> {
         let refused = |why: String| HsError::PromoteRefused {
             order: format!("promote {epoch}"),
@@ -1196,7 +1221,8 @@ impl<T> HotSpare<T> {
             checkpoint = committed.checkpoint,
             "promoted by order"
         );
-        self.role(Role::Primary).restored(regions, committed, epoch)
+        self.role(Role::Primary)
+            .restored(regions, committed, epoch, standby)
     }
 }
 
@@ -1564,6 +1590,7 @@ impl Context {
         let Some(link) = self.link.as_mut() else {
             return Ok(not_shipped);
         };
+        link.before_checkpoint()?;
         link.clear_wanted();
         link.compact_if_due()?;
         let Some(plan) = link.plan() else {

@@ -59,5 +59,15 @@ pub use runs::{PageRun, PageRuns};
 pub use snapshot::Strategy;
 pub use track::{Backend, DirtyPages, DirtyRegion, TrackError, Tracker};
 
+/// Drops the page-table entries of this process's file pages that are still the file's
+/// (code and read-only data: private, never writable, no copied-on-write page), so that a
+/// process killed later tears down less before its descriptors close and its spare sees the
+/// end of the stream (the kernel closes a dying process's descriptors only after its address
+/// space is gone). The pages stay cached; what runs again faults back in. Returns the
+/// resident KiB dropped. Once, after the start-up code has run, is enough.
+pub fn shed_file_pages() -> std::io::Result<u64> {
+    sys::mman::shed_file_pages()
+}
+
 /// The page size hslib tracks and ships (4 KiB; a kernel with another page size is refused).
 pub const PAGE_SIZE: usize = sys::PAGE_SIZE;

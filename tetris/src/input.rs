@@ -41,6 +41,54 @@ pub enum InputError {
         /// The OS error.
         source: nix::Error,
     },
+    /// What had to be said before the first input could not be said ([`Announcing`]).
+    #[error("{0}")]
+    Announce(String),
+}
+
+/// What a source says once, just before its first wait: a restored game's resumed line,
+/// written once its first frame is out (the game draws before it waits for input) and
+/// before it consumes any input.
+pub type Announcement<'a> = Box<dyn FnOnce() -> anyhow::Result<()> + 'a>;
+
+/// A source that makes an [`Announcement`] before its first wait.
+pub struct Announcing<'a, S> {
+    inner: S,
+    announcement: Option<Announcement<'a>>,
+}
+
+impl<'a, S> Announcing<'a, S> {
+    /// `inner`, announcing `announcement` (if any) before its first wait.
+    pub fn new(inner: S, announcement: Option<Announcement<'a>>) -> Self {
+        Self {
+            inner,
+            announcement,
+        }
+    }
+}
+
+impl<S> Announcing<'_, S> {
+    /// Makes the announcement now if no wait has made it (a game that ends without waiting
+    /// for input still says where it resumed).
+    pub fn announce(&mut self) -> anyhow::Result<()> {
+        match self.announcement.take() {
+            Some(say) => say(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<S: Source> Source for Announcing<'_, S> {
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<Event, InputError> {
+        if let Some(say) = self.announcement.take() {
+            say().map_err(|e| InputError::Announce(format!("{e:#}")))?;
+        }
+        self.inner.wait(timeout)
+    }
+
+    fn position(&self) -> Option<u64> {
+        self.inner.position()
+    }
 }
 
 /// What ended a wait.

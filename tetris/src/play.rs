@@ -18,7 +18,8 @@ use ratatui::backend::{Backend, CrosstermBackend};
 use ratatui::layout::Rect;
 
 use crate::clock::{Clock, SystemClock};
-use crate::input::{Event, Source, TerminalInput};
+pub use crate::input::Announcement;
+use crate::input::{Announcing, Event, Source, TerminalInput};
 use crate::options::Options;
 use crate::rules::{self, Input, Mode};
 use crate::scores;
@@ -122,10 +123,14 @@ pub fn play<St: Store>(
     colour: bool,
     signals: &Signals,
     wanted: Option<BorrowedFd<'_>>,
+    announcement: Option<Announcement<'_>>,
 ) -> anyhow::Result<Ending> {
     terminal::install_panic_hook();
     let (cols, rows) = ratatui::crossterm::terminal::size().context("reading the window size")?;
     if !screen::fits_screen(cols, rows) {
+        if let Some(say) = announcement {
+            say()?;
+        }
         return Ok(Ending::TooSmall);
     }
     let (keys, tty_bytes) = {
@@ -137,14 +142,19 @@ pub fn play<St: Store>(
     let mode = GameMode::enter(tty)?;
     let terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     let mut frontend = TtyFrontend { terminal, mode };
-    let mut input = TerminalInput::with_wanted(tty, signals, keys, tty_bytes, wanted);
+    // A restored game's resumed line goes out after its first frame, before its first input.
+    let mut input = Announcing::new(
+        TerminalInput::with_wanted(tty, signals, keys, tty_bytes, wanted),
+        announcement,
+    );
     let ending = game_loop(
         store,
         colour,
         &mut frontend,
         &mut input,
         &SystemClock::new(),
-    );
+    )
+    .and_then(|ending| input.announce().map(|()| ending));
     // Restore before anything is printed, and before the signal handlers go.
     let left = frontend.mode.leave();
     match ending? {
@@ -1164,5 +1174,91 @@ mod tests {
         let mut state = level1();
         let (ending, _, _) = play_script(&mut state, &[(100, Event::Eof)]);
         assert!(ending.unwrap_err().to_string().contains("end of file"));
+    }
+
+    /// A frontend that logs each frame it is asked to draw.
+    struct Logged<'a> {
+        inner: TestFrontend,
+        log: &'a std::cell::RefCell<Vec<&'static str>>,
+    }
+
+    impl Frontend for Logged<'_> {
+        type Backend = TestBackend;
+        fn terminal(&mut self) -> &mut Terminal<TestBackend> {
+            self.log.borrow_mut().push("frame");
+            self.inner.terminal()
+        }
+        fn suspend(&mut self) -> anyhow::Result<()> {
+            self.inner.suspend()
+        }
+        fn resume(&mut self) -> anyhow::Result<()> {
+            self.inner.resume()
+        }
+    }
+
+    /// A source that logs each wait.
+    struct LoggedSource<'a> {
+        inner: Scripted,
+        log: &'a std::cell::RefCell<Vec<&'static str>>,
+    }
+
+    impl Source for LoggedSource<'_> {
+        fn wait(&mut self, timeout: Option<Duration>) -> Result<Event, InputError> {
+            self.log.borrow_mut().push("wait");
+            self.inner.wait(timeout)
+        }
+    }
+
+    #[test]
+    fn an_announcement_is_made_once_after_the_first_frame_and_before_the_first_input() {
+        let log = std::cell::RefCell::new(Vec::new());
+        let mut state = level1();
+        let clock = ManualClock::new();
+        let mut input = Announcing::new(
+            LoggedSource {
+                inner: Scripted::new(&clock, &[(1000, key(b'j')), (2000, key(b'q'))]),
+                log: &log,
+            },
+            Some(Box::new(|| {
+                log.borrow_mut().push("announced");
+                Ok(())
+            })),
+        );
+        let mut front = Logged {
+            inner: TestFrontend::new(),
+            log: &log,
+        };
+        let ending = game_loop(&mut state, true, &mut front, &mut input, &clock);
+        assert_eq!(ending.unwrap(), Ending::Finished);
+        input.announce().unwrap();
+        drop((input, front));
+        let log = log.into_inner();
+        let at = log
+            .iter()
+            .position(|e| *e == "announced")
+            .expect("announced");
+        assert_eq!(
+            log.iter().filter(|e| **e == "announced").count(),
+            1,
+            "{log:?}"
+        );
+        assert!(log[..at].contains(&"frame"), "after a frame: {log:?}");
+        assert!(!log[..at].contains(&"wait"), "before any wait: {log:?}");
+    }
+
+    #[test]
+    fn a_game_that_never_waits_still_announces_when_asked() {
+        let said = Cell::new(0);
+        let clock = ManualClock::new();
+        let mut input = Announcing::new(
+            Scripted::new(&clock, &[]),
+            Some(Box::new(|| {
+                said.set(said.get() + 1);
+                Ok(())
+            })),
+        );
+        input.announce().unwrap();
+        input.announce().unwrap();
+        assert_eq!(said.get(), 1);
     }
 }

@@ -34,6 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use hslib::link::Standby;
 use hslib::{LinkProbe, LinkStats, Restored};
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
@@ -167,6 +168,8 @@ pub struct Published {
     tty_bytes: AtomicU64,
     last_stall_ns: AtomicU64,
     histogram: Vec<AtomicU64>,
+    /// The stats thread says nothing yet: the resumed line has to go first.
+    held: AtomicBool,
 }
 
 impl Published {
@@ -178,7 +181,19 @@ impl Published {
             tty_bytes: AtomicU64::new(0),
             last_stall_ns: AtomicU64::new(0),
             histogram: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            held: AtomicBool::new(false),
         }
+    }
+
+    /// Keeps the stats thread quiet until [`Published::release`] (a restored game whose
+    /// resumed line, the first line it writes, waits for its first frame).
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::Release);
+    }
+
+    /// Lets the stats thread report.
+    pub fn release(&self) {
+        self.held.store(false, Ordering::Release);
     }
 
     /// One checkpoint taken in `stall`, after which the state had consumed `inputs` and
@@ -278,32 +293,49 @@ pub struct Reporter {
     thread: Option<JoinHandle<()>>,
 }
 
+/// What the stats thread needs from the environment: how often, and where.
+fn stats_wanted() -> Option<(Duration, RawFd)> {
+    let ms = std::env::var(STATS_MS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)?;
+    Some((Duration::from_millis(ms), status_fd()?))
+}
+
 impl Reporter {
-    /// Starts the stats thread when `TETRIS_STATS_MS` and `TETRIS_STATUS_FD` ask for it;
-    /// `None` otherwise.
+    /// The stats thread, started ahead of [`Reporter::start`] (a spare starts it while it
+    /// waits, so a promoted game starts no thread before it draws) when `TETRIS_STATS_MS` and
+    /// `TETRIS_STATUS_FD` ask for one; `None` otherwise, or if it cannot start (then
+    /// [`Reporter::start`] starts its own).
+    pub fn standby() -> Option<Standby> {
+        stats_wanted()?;
+        Standby::start("tetris-stats")
+            .inspect_err(|e| tracing::warn!(error = %e, "no standby stats thread"))
+            .ok()
+    }
+
+    /// Starts the stats thread (on `standby` if given) when `TETRIS_STATS_MS` and
+    /// `TETRIS_STATUS_FD` ask for it; `None` otherwise.
     pub fn start(
         published: &Arc<Published>,
         probe: Option<LinkProbe>,
         epoch: u64,
+        standby: Option<Standby>,
     ) -> anyhow::Result<Option<Reporter>> {
-        let Some(ms) = std::env::var(STATS_MS_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|&ms| ms > 0)
-        else {
-            return Ok(None);
-        };
-        let Some(fd) = status_fd() else {
+        let Some((every, fd)) = stats_wanted() else {
             return Ok(None);
         };
         let stop = Arc::new(AtomicBool::new(false));
         let published = Arc::clone(published);
         let stopping = Arc::clone(&stop);
-        let every = Duration::from_millis(ms);
-        let thread = std::thread::Builder::new()
-            .name("tetris-stats".to_owned())
-            .spawn(move || report(fd, every, &published, probe.as_ref(), epoch, &stopping))
-            .context("cannot start the stats thread")?;
+        let run = move || report(fd, every, &published, probe.as_ref(), epoch, &stopping);
+        let thread = match standby {
+            Some(standby) => standby.run(run).context("cannot start the stats thread")?,
+            None => std::thread::Builder::new()
+                .name("tetris-stats".to_owned())
+                .spawn(run)
+                .context("cannot start the stats thread")?,
+        };
         Ok(Some(Reporter {
             stop,
             thread: Some(thread),
@@ -338,6 +370,10 @@ fn report(
     let mut last: Option<StatsLine> = None;
     let mut written = Instant::now();
     while !stop.load(Ordering::Acquire) {
+        if published.held.load(Ordering::Acquire) {
+            std::thread::sleep(every.min(Duration::from_millis(1)));
+            continue;
+        }
         let link = probe.map(LinkProbe::stats).unwrap_or_default();
         let now = StatsLine {
             epoch,

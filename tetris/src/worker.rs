@@ -102,6 +102,9 @@ pub fn run(options: &Options) -> anyhow::Result<Ran> {
         ),
         record_stalls: options.stats.is_some(),
     };
+    // Started before hslib runs the role: a spare's waits there, so its promotion starts no
+    // thread before the game draws.
+    let stats_thread = Reporter::standby();
     // The game's checkpoint memory is one page, and the game checkpoints only after it has
     // changed it: asking the kernel which pages changed always answers "that one", and the
     // asking is not free (uffd write-protects the page again at each scan, which costs a TLB
@@ -111,7 +114,7 @@ pub fn run(options: &Options) -> anyhow::Result<Ran> {
         .region(STATE_REGION, REGION_LEN)
         .default_tracker(Backend::Full)
         .init(move |ctx| init(ctx, fresh).map_err(worker_error))
-        .worker(move |ctx| worker(ctx, &plan).map_err(worker_error))
+        .worker(move |ctx| worker(ctx, &plan, stats_thread).map_err(worker_error))
         .from_env()?;
     // The command line is more specific than the environment.
     if let Some(path) = &options.checkpoint_file {
@@ -159,7 +162,11 @@ fn init(ctx: &mut Context, fresh: GameState) -> anyhow::Result<()> {
 }
 
 /// The main loop, for every role: report a restore, then play the state where it lies.
-fn worker(ctx: &mut Context, plan: &Plan) -> anyhow::Result<Results> {
+fn worker(
+    ctx: &mut Context,
+    plan: &Plan,
+    stats_thread: Option<hslib::link::Standby>,
+) -> anyhow::Result<Results> {
     let slot = ctx.root::<GameState>(STATE_REGION)?;
     let start = *ctx.get(STATE_REGION, slot)?;
     anyhow::ensure!(
@@ -178,9 +185,24 @@ fn worker(ctx: &mut Context, plan: &Plan) -> anyhow::Result<Results> {
     // the user's ^C the moment it reads that line, and SIGINT's default action would kill
     // the game instead of ending it (exit 0, the terminal restored). None: headless.
     let signals = (!plan.headless).then(Signals::install).transpose()?;
-    if let Some(r) = &restored {
-        let tty_bytes = (!plan.headless).then_some(start.tty_bytes);
-        status::report_resumed(r, start.inputs, tty_bytes)?;
+    let published = Arc::new(Published::new(restored.map_or(0, |r| r.checkpoint)));
+    // Headless, the resumed line goes out now; on a terminal, once the first frame is (the
+    // user waits for the screen, the supervisor only needs the line before any input is
+    // consumed), and the stats thread says nothing before it: the resumed line is first.
+    let mut resumed_line = None;
+    if let Some(r) = restored {
+        if plan.headless {
+            status::report_resumed(&r, start.inputs, None)?;
+        } else {
+            published.hold();
+            let published = Arc::clone(&published);
+            let announce: play::Announcement<'_> = Box::new(move || {
+                status::report_resumed(&r, start.inputs, Some(start.tty_bytes))?;
+                published.release();
+                Ok(())
+            });
+            resumed_line = Some(announce);
+        }
     }
     let mut stalls = Stalls::with_capacity(if plan.record_stalls {
         STALL_CAPACITY
@@ -193,13 +215,13 @@ fn worker(ctx: &mut Context, plan: &Plan) -> anyhow::Result<Results> {
         .map(|fd| fd.try_clone_to_owned())
         .transpose()
         .context("cannot duplicate the checkpoint-wanted descriptor")?;
-    let published = Arc::new(Published::new(restored.map_or(0, |r| r.checkpoint)));
-    let reporter = Reporter::start(&published, ctx.link_probe(), ctx.epoch())?;
+    let reporter = Reporter::start(&published, ctx.link_probe(), ctx.epoch(), stats_thread)?;
     let mut store = Checkpointed {
         ctx,
         slot,
         stalls: plan.record_stalls.then_some(&mut stalls),
         published: reporter.is_some().then_some(&*published),
+        shed: false,
     };
     let ending = if let Some(signals) = &signals {
         Some(play::play(
@@ -207,6 +229,7 @@ fn worker(ctx: &mut Context, plan: &Plan) -> anyhow::Result<Results> {
             plan.colour,
             signals,
             wanted.as_ref().map(AsFd::as_fd),
+            resumed_line,
         )?)
     } else {
         let (mut script, is_file) = headless::open_script(plan.script.as_deref())?;
@@ -250,6 +273,8 @@ struct Checkpointed<'a> {
     slot: Slot<GameState>,
     stalls: Option<&'a mut Stalls>,
     published: Option<&'a Published>,
+    /// The start-up code's file pages were shed ([`hslib::shed_file_pages`]).
+    shed: bool,
 }
 
 impl Store for Checkpointed<'_> {
@@ -268,6 +293,17 @@ impl Store for Checkpointed<'_> {
         if let Some(published) = self.published {
             let state = self.ctx.get(STATE_REGION, self.slot)?;
             published.record(stall, taken.full, state.inputs, state.tty_bytes);
+        }
+        if !self.shed && taken.full && taken.strategy.is_some() {
+            // A spare holds the game now (this process drew, after a promotion, long ago):
+            // the pages of code that only starting up ran go, so that this process, killed,
+            // tears down less before its spare sees the end of its stream. Once; what the
+            // game runs from here faults back in.
+            self.shed = true;
+            match hslib::shed_file_pages() {
+                Ok(kib) => tracing::debug!(kib, "start-up file pages shed"),
+                Err(e) => tracing::warn!(error = %e, "shedding the start-up file pages failed"),
+            }
         }
         Ok(())
     }

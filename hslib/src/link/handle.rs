@@ -56,6 +56,44 @@ pub struct Link {
     delivery: Delivery,
     /// Sync mode's direct path: a whole checkpoint's frames, gathered for one `write`.
     gathered: Vec<u8>,
+    /// The standby thread waits here before it listens ([`Link::open_on`]).
+    listen_gate: Option<Arc<ListenGate>>,
+    /// The next checkpoint opens `listen_gate`.
+    release_armed: bool,
+}
+
+/// The longest a listener opened on a standby thread waits for the application's first
+/// checkpoint ([`Link::release_listener_at_next_checkpoint`]): a game that idles gets its
+/// listener this long after its promotion (a new spare takes longer to start).
+pub const LISTEN_AT_THE_LATEST: Duration = Duration::from_millis(2);
+
+/// A one-way gate: closed until opened, with a bounded wait.
+#[derive(Debug, Default)]
+struct ListenGate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl ListenGate {
+    fn open(&self) {
+        *self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        self.opened.notify_all();
+    }
+
+    /// Waits until opened, at most `bound`.
+    fn wait(&self, bound: Duration) {
+        let open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = self
+            .opened
+            .wait_timeout_while(open, bound, |open| !*open)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
 }
 
 /// How often (in checkpoints) the link looks at its log's size.
@@ -69,6 +107,20 @@ impl Link {
     /// mode ([`Delivery::Polled`]) a time there must exceed the lazy bound
     /// ([`LinkError::LagBelowLazy`]).
     pub fn open(config: &LinkConfig, params: StreamParams) -> Result<Self, LinkError> {
+        Self::open_on(config, params, None)
+    }
+
+    /// [`Link::open`], the sender being `standby` (a thread started ahead, by a spare while
+    /// it waited) when given. Then a socket link's listener is opened on that thread too,
+    /// before it becomes the sender: the caller (a promoted spare, whose user waits for the
+    /// screen) starts no thread and waits for no bind; checkpoints taken before a spare
+    /// connects ship nothing, as with any link without a session. A listener that cannot be
+    /// opened there fails the next checkpoint ([`Link::listen_failed`]).
+    pub fn open_on(
+        config: &LinkConfig,
+        params: StreamParams,
+        standby: Option<super::Standby>,
+    ) -> Result<Self, LinkError> {
         let max_lag = MaxLag::from_env()?;
         let delivery = params.delivery;
         if let (Some(MaxLag::Time(t)), Delivery::Polled(every)) = (max_lag, delivery)
@@ -88,21 +140,22 @@ impl Link {
         });
         let mut sender = SenderThread::new(Arc::clone(&shared), params.clone(), give_back)?;
         let mut log_limit = None;
+        let mut listen_gate = None;
         // A sink's session opens here, so the first checkpoint finds it open.
-        let describe = match config {
-            LinkConfig::Null => {
+        let (describe, thread) = match (config, standby) {
+            (LinkConfig::Null, standby) => {
                 sender.connect(Box::new(NullEndpoint::new()));
-                "null".to_owned()
+                ("null".to_owned(), start_sender(standby, sender, rx)?)
             }
-            LinkConfig::Drain => {
+            (LinkConfig::Drain, standby) => {
                 let ep = DrainEndpoint::new().map_err(|source| LinkError::Spawn {
                     name: "hs-drain",
                     source,
                 })?;
                 sender.connect(Box::new(ep));
-                "drain".to_owned()
+                ("drain".to_owned(), start_sender(standby, sender, rx)?)
             }
-            LinkConfig::File { path, append } => {
+            (LinkConfig::File { path, append }, standby) => {
                 let log = if *append {
                     FileLog::append(path, ReplicaConfig::default())?
                 } else {
@@ -116,23 +169,38 @@ impl Link {
                     sender.compact_log(path, max);
                     log_limit = Some((path.clone(), max));
                 }
-                format!("file:{}", path.display())
+                let thread = start_sender(standby, sender, rx)?;
+                (format!("file:{}", path.display()), thread)
             }
-            LinkConfig::Unix { dir, name } => {
-                acceptor::listen_unix(dir, name, params, jobs.clone())?
+            (LinkConfig::Unix { .. } | LinkConfig::Tcp { .. }, None) => {
+                let describe = listen(config, params, jobs.clone())?;
+                (describe, spawn("hs-sender", move || sender.run(rx))?)
             }
-            LinkConfig::Tcp { addr, config } => {
-                acceptor::listen_tcp(*addr, config, params, jobs.clone())?
+            (LinkConfig::Unix { .. } | LinkConfig::Tcp { .. }, Some(standby)) => {
+                // Listening, then sending, on the standby thread, once the application has
+                // had the CPU for its first steps (see [`Link::release_listener`]).
+                let at = listening_at(config);
+                let (config, jobs, failed) = (config.clone(), jobs.clone(), Arc::clone(&shared));
+                let gate = Arc::new(ListenGate::default());
+                let waiting = Arc::clone(&gate);
+                listen_gate = Some(gate);
+                let thread = standby.run(move || {
+                    waiting.wait(LISTEN_AT_THE_LATEST);
+                    match listen(&config, params, jobs) {
+                        Ok(_) => sender.run(rx),
+                        Err(e) => failed.fail_listening(&e),
+                    }
+                })?;
+                (at, thread)
             }
         };
-        let sender = spawn("hs-sender", move || sender.run(rx))?;
         Ok(Self {
             jobs,
             recycle,
             pool: Vec::new(),
             spare_vecs: Vec::new(),
             shared,
-            sender: Some(sender),
+            sender: Some(thread),
             next_job: 0,
             full_generation: 0,
             describe,
@@ -141,6 +209,53 @@ impl Link {
             plans: 0,
             delivery,
             gathered: Vec::new(),
+            listen_gate,
+            release_armed: false,
+        })
+    }
+
+    /// Has the listener opened on the standby thread ([`Link::open_on`]) at the next
+    /// checkpoint: a promoted spare's library takes one checkpoint itself before the worker
+    /// runs; the worker's first (a game's first move, after its first frame) opens it, or
+    /// [`LISTEN_AT_THE_LATEST`] after the open, whichever comes first. Until then the
+    /// standby thread does not compete for the CPU with the application's first steps.
+    pub fn release_listener_at_next_checkpoint(&mut self) {
+        self.release_armed = self.listen_gate.is_some();
+    }
+
+    /// Lets the standby thread listen now (see [`Link::release_listener_at_next_checkpoint`]).
+    pub fn release_listener(&mut self) {
+        if let Some(gate) = self.listen_gate.take() {
+            gate.open();
+        }
+    }
+
+    /// Before a checkpoint: opens the listener if that was armed, and reports why it could
+    /// not be opened, once that is known ([`Link::listen_failed`]).
+    pub fn before_checkpoint(&mut self) -> Result<(), LinkError> {
+        if self.release_armed {
+            self.release_armed = false;
+            self.release_listener();
+        }
+        self.listen_failed()
+    }
+
+    /// Why the listener opened off the caller's path ([`Link::open_on`]) could not be
+    /// opened, once that is known; `Ok` while it is open or still being opened.
+    pub fn listen_failed(&self) -> Result<(), LinkError> {
+        if !self.shared.listen_failed_set.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let why = self
+            .shared
+            .listen_failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_default();
+        Err(LinkError::Listen {
+            at: self.describe.clone(),
+            why,
         })
     }
 
@@ -699,5 +814,42 @@ impl Link {
             t.join().map_err(|_| LinkError::SenderGone)?;
         }
         Ok(self.stats())
+    }
+}
+
+/// Runs the sender on `standby` if given, else on a new thread.
+fn start_sender(
+    standby: Option<super::Standby>,
+    sender: SenderThread,
+    rx: Receiver<Job>,
+) -> Result<JoinHandle<()>, LinkError> {
+    match standby {
+        Some(standby) => standby.run(move || sender.run(rx)),
+        None => spawn("hs-sender", move || sender.run(rx)),
+    }
+}
+
+/// Listens for spares on a socket link (unix, tcp); where it listens, for messages.
+fn listen(
+    config: &LinkConfig,
+    params: StreamParams,
+    jobs: Sender<Job>,
+) -> Result<String, LinkError> {
+    match config {
+        LinkConfig::Unix { dir, name } => acceptor::listen_unix(dir, name, params, jobs),
+        LinkConfig::Tcp { addr, config } => acceptor::listen_tcp(*addr, config, params, jobs),
+        other => Err(LinkError::Listen {
+            at: format!("{other:?}"),
+            why: "only the unix and tcp links listen".to_owned(),
+        }),
+    }
+}
+
+/// Where a socket link will listen, for messages, before it does.
+fn listening_at(config: &LinkConfig) -> String {
+    match config {
+        LinkConfig::Unix { dir, name } => format!("unix:{}", dir.join(name).display()),
+        LinkConfig::Tcp { addr, .. } => format!("tcp:{addr}"),
+        other => format!("{other:?}"),
     }
 }

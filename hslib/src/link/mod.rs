@@ -11,7 +11,8 @@
 //! writes every frame), `direct` (the open session under its lock, and sync mode's direct
 //! path: the application's thread writes a checkpoint with one `write` and reads its ack with
 //! one `read` when the sender is idle), `acceptor` (spares' connections and handshakes),
-//! `acks` (the ack reader, for async and lazy mode), `compact` (a checkpoint log kept within
+//! `acks` (the ack reader, for async and lazy mode), `standby` (a thread started ahead of
+//! its job: a spare's future sender, so a promotion starts no thread), `compact` (a checkpoint log kept within
 //! its size limit), `coalesce` (merging copy snapshots that wait for the sender; at most one
 //! waits, so a slow spare costs the regions' size, not a snapshot per checkpoint).
 //!
@@ -36,6 +37,7 @@ mod compact;
 mod direct;
 mod handle;
 mod sender;
+mod standby;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +46,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 pub use handle::{AckWait, Link};
+pub use standby::Standby;
 
 use crate::snapshot::Snapshot;
 use crate::transport::{TcpConfig, TransportError};
@@ -133,6 +136,10 @@ struct Shared {
     /// sync checkpoint that finds the sender idle is written through it by the
     /// application's own thread ([`direct`]); one at a time, so frames never interleave.
     session: SessionSlot,
+    /// A listener opened off the caller's path ([`Link::open_on`]) could not be: why.
+    listen_failed: Mutex<Option<String>>,
+    /// Whether `listen_failed` holds a reason (one atomic load per checkpoint).
+    listen_failed_set: AtomicBool,
 }
 
 /// The open session (if any) and the number the next session's first checkpoint gets,
@@ -211,6 +218,17 @@ impl Wanted {
 }
 
 impl Shared {
+    /// Records why listening for spares failed on the link's own thread, for the next
+    /// checkpoint to report ([`Link::listen_failed`]).
+    fn fail_listening(&self, e: &LinkError) {
+        tracing::error!(error = %e, "listening for spares failed");
+        *self
+            .listen_failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+        self.listen_failed_set.store(true, Ordering::Release);
+    }
+
     /// The session slot. Lock order: the session before `progress` and `queued`.
     fn session(&self) -> MutexGuard<'_, Session> {
         self.session
@@ -496,6 +514,14 @@ pub enum LinkError {
     /// /dev/null could not be opened (for fork children of a null link).
     #[error("opening /dev/null failed: {0}")]
     DevNull(std::io::Error),
+    /// Listening for spares, done on the link's own thread ([`Link::open_on`]), failed.
+    #[error("listening for spares at {at} failed: {why}")]
+    Listen {
+        /// Where.
+        at: String,
+        /// Why.
+        why: String,
+    },
     /// A thread could not start.
     #[error("starting thread {name} failed: {source}")]
     Spawn {
