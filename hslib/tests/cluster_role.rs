@@ -439,8 +439,19 @@ fn a_promote_order_while_the_primary_streams_cuts_it_and_the_old_primary_is_refu
         AuthKey::new(KEY).unwrap_or_else(|e| panic!("key: {e}")),
     ));
     let mut replica = Replica::default();
-    let mut new = transport::tcp::connect(b, &config)
-        .unwrap_or_else(|e| panic!("connecting to the promoted primary at {b}: {e}"));
+    // It listens once its standby thread has bound the address: after its first checkpoint,
+    // or 2 ms after it started, whichever comes first.
+    let until = Instant::now() + PATIENCE;
+    let mut new = loop {
+        match transport::tcp::connect(b, &config) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < until => {
+                eprintln!("not yet listening at {b}: {e}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("connecting to the promoted primary at {b}: {e}"),
+        }
+    };
     new.set_read_timeout(Some(PATIENCE))
         .unwrap_or_else(|e| panic!("timeout: {e}"));
     while replica.checkpoint().is_none() {
