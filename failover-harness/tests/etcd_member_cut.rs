@@ -7,35 +7,21 @@
 //! Needs root and etcd (skipped with the reason printed otherwise, unless
 //! `HOTSPARE_REQUIRE_NETNS=1` / `HOTSPARE_REQUIRE_ETCD=1`).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::{cluster_prerequisites, ok};
 use failover_harness::cluster::bench_hosts::{
     self, Fault, HeadlessGame, Recovery, SETTLE_WAIT, agent_events, fault_and_recover, long_script,
 };
 use failover_harness::cluster::hosts::{HostsOptions, HostsRig};
 use failover_harness::cluster::hosts_events;
 
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn available() -> bool {
-    for check in [
-        hotspare_cluster::netns::available_for_tests,
-        hotspare_cluster::server::available_for_tests,
-    ] {
-        if let Err(why) = check() {
-            eprintln!("skipped: {why}");
-            return false;
-        }
-    }
-    true
-}
-
 #[test]
 fn a_failover_comes_while_the_agents_etcd_member_is_cut_off_from_its_peers() {
-    if !available() {
+    if !cluster_prerequisites() {
         return;
     }
     let mut opts = HostsOptions::new(PathBuf::from(env!("CARGO_BIN_EXE_failover-harness")));

@@ -16,9 +16,12 @@
 //! `HOTSPARE_REQUIRE_ETCD=1`). The long run (>= 500 faults) is `#[ignore]`d: run it with
 //! `cargo test -p failover-harness --test nemesis -- --ignored --nocapture`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::{cluster_prerequisites, ok};
 use failover_harness::cluster::bench_hosts::{
     self, Fault, HeadlessGame, RECOVERY_WAIT, Recovery, SETTLE_WAIT, Whole, agent_events,
     fault_and_recover, long_script,
@@ -26,23 +29,6 @@ use failover_harness::cluster::bench_hosts::{
 use failover_harness::cluster::hosts::{CLIENT_HOST, HostsOptions, HostsRig, wait_for};
 use failover_harness::cluster::hosts_events::{self, Outside};
 use tetris::rng::SplitMix64;
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn available() -> bool {
-    for check in [
-        hotspare_cluster::netns::available_for_tests,
-        hotspare_cluster::server::available_for_tests,
-    ] {
-        if let Err(why) = check() {
-            eprintln!("skipped: {why}");
-            return false;
-        }
-    }
-    true
-}
 
 fn harness() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_failover-harness"))
@@ -310,7 +296,7 @@ fn assert_clean(t: &Tally) {
 
 #[test]
 fn random_faults_on_two_agent_hosts_lose_no_input_and_never_split_the_brain() {
-    if !available() {
+    if !cluster_prerequisites() {
         return;
     }
     let seed = seed("two agent hosts");
@@ -325,7 +311,7 @@ fn random_faults_on_two_agent_hosts_lose_no_input_and_never_split_the_brain() {
 /// lease was fenced (all games killed: the game lost). About 15 s.
 #[test]
 fn random_faults_with_three_agent_hosts_and_the_etcd_leader_lost_are_survived() {
-    if !available() {
+    if !cluster_prerequisites() {
         return;
     }
     let seed = seed("three agent hosts, three etcd members");
@@ -342,7 +328,7 @@ fn random_faults_with_three_agent_hosts_and_the_etcd_leader_lost_are_survived() 
 
 #[test]
 fn the_rig_elects_a_new_etcd_leader_when_the_leader_member_is_axed_and_restarts_it() {
-    if !available() {
+    if !cluster_prerequisites() {
         return;
     }
     let mut opts = HostsOptions::new(harness());
@@ -371,7 +357,7 @@ fn the_rig_elects_a_new_etcd_leader_when_the_leader_member_is_axed_and_restarts_
 #[test]
 #[ignore = "minutes long: the report's >= 500 nemesis trials"]
 fn five_hundred_random_faults_lose_no_input_and_never_split_the_brain() {
-    if !available() {
+    if !cluster_prerequisites() {
         return;
     }
     let seed = seed("500 faults");
@@ -388,7 +374,7 @@ fn five_hundred_random_faults_lose_no_input_and_never_split_the_brain() {
 /// over as many games as they take.
 #[test]
 fn primary_spare_partitions_alone_fail_nothing_over_and_the_game_is_exact() {
-    if !available() {
+    if !cluster_prerequisites() {
         return;
     }
     let cuts: u64 = std::env::var("HOTSPARE_SPLIT_CUTS")
@@ -458,7 +444,7 @@ fn primary_spare_partitions_alone_fail_nothing_over_and_the_game_is_exact() {
             protocol and the agent's hold (branch `partition`, not merged: it paused healthy \
             primaries under a loaded etcd, 8 wrong failovers in 500 faults); see CLUSTER.md"]
 fn a_primary_cut_off_from_spare_and_client_stops_its_game_before_the_heir_leads() {
-    if !available() {
+    if !cluster_prerequisites() {
         return;
     }
     let mut rig = ok(HostsRig::new(HostsOptions::new(harness())));
@@ -563,7 +549,7 @@ fn a_primary_cut_off_from_spare_and_client_stops_its_game_before_the_heir_leads(
 /// --headless`.
 #[test]
 fn a_game_that_ends_while_its_primary_is_cut_off_from_its_spare_is_not_failed_over() {
-    if !available() {
+    if !cluster_prerequisites() {
         return;
     }
     let games: u64 = std::env::var("HOTSPARE_ENDING_GAMES")
