@@ -409,14 +409,21 @@ impl Client {
             .filter(|c| c.leading && c.epoch == highest && c.writer.is_some())
     }
 
+    /// The leading game an axe may strike now: not axed yet, its spare holding a checkpoint
+    /// (killing a game whose spare holds nothing would lose it).
+    fn axable(&mut self) -> Option<&mut Conn> {
+        let synced = self.synced;
+        self.leading().filter(|c| !c.axed && synced)
+    }
+
     /// What is due now: a connection, keys, a suspicion, a loss check.
     fn step(&mut self) -> anyhow::Result<()> {
         self.connect_if_needed();
         self.warn_unprotected();
-        if self.axe_pending && self.synced && self.leading().is_some_and(|c| !c.axed) {
+        if self.axe_pending && self.axable().is_some() {
             self.axe();
         }
-        if self.host_axe_pending && self.synced && self.leading().is_some_and(|c| !c.axed) {
+        if self.host_axe_pending && self.axable().is_some() {
             self.axe_host();
         }
         self.pump()?;
@@ -796,8 +803,7 @@ impl Client {
     /// then, and while no game leads, the axe waits: killing a game whose spare holds nothing
     /// would lose it).
     fn axe(&mut self) {
-        let synced = self.synced;
-        let Some(c) = self.leading().filter(|c| !c.axed && synced) else {
+        let Some(c) = self.axable() else {
             tracing::info!("axe: waits for a leader whose spare holds a checkpoint");
             self.axe_pending = true;
             return;
@@ -818,8 +824,7 @@ impl Client {
     /// (as the axe key waits); the recovery time runs from here, since nothing the client
     /// hears tells when a silent host died.
     fn axe_host(&mut self) {
-        let synced = self.synced;
-        let Some(c) = self.leading().filter(|c| !c.axed && synced) else {
+        let Some(c) = self.axable() else {
             tracing::info!("host axe: waits for a leader whose spare holds a checkpoint");
             self.host_axe_pending = true;
             return;
