@@ -9,6 +9,16 @@
 //! A frame is `len: u32 LE | crc32c(body): u32 LE | body`, the body a postcard-encoded
 //! [`ToAgent`] or [`ToClient`]; at most [`MAX_FRAME`] bytes. The connection is authenticated
 //! before the first frame (the shared key, as hslib's TCP transport does).
+//!
+//! **The relay's hold.** Every heartbeat carries a stamp of the agent's clock and the client
+//! echoes it at once ([`ToAgent::Echo`]). An agent relays its game's output to a client, and
+//! the key log to its game, only while the freshest echo of every client it serves is
+//! younger than a grace of two thirds of that client's suspicion window (named in its
+//! hello). A client suspects its leader only after hearing nothing from it for the whole
+//! window, and it heard the echoed heartbeat, so a primary that lost its client stops
+//! relaying before the client's suspicion exists, and so before any heir can lead on it:
+//! the old primary's game gets no input and shows nothing once the fast path may move the
+//! lead.
 
 use std::io::{Read, Write};
 
@@ -29,6 +39,14 @@ pub enum ToAgent {
         session: String,
         /// The client's fence.
         epoch: Epoch,
+        /// The client suspects a leader it has heard nothing from for this long (the agent
+        /// holds its relay to the client after two thirds of it without an echo).
+        suspect_ms: u32,
+    },
+    /// The echo of a heartbeat's `stamp`, sent as soon as the heartbeat is read.
+    Echo {
+        /// The heartbeat's stamp.
+        stamp: u64,
     },
     /// Key-log bytes `offset..offset + bytes.len()`.
     Keys {
@@ -81,10 +99,13 @@ pub enum ToClient {
         /// Terminal bytes.
         bytes: Vec<u8>,
     },
-    /// Liveness while the game draws nothing, with how much of the log it has accounted for.
+    /// Liveness, every 25 ms, with how much of the log the game has accounted for.
     Heartbeat {
         /// The game's epoch.
         epoch: Epoch,
+        /// The agent's clock (CLOCK_MONOTONIC microseconds) when it sent this: the client
+        /// echoes it.
+        stamp: u64,
         /// Key-log bytes accounted for.
         position: u64,
         /// Whether a spare holds a checkpoint of this game (a scripted client gives keys only

@@ -244,6 +244,7 @@ fn connect_leader(
             if let Ok(ep) = hslib::transport::tcp::connect(addr, &config) {
                 let mut stream = ok(ep.stream().try_clone());
                 let reader = ok(ep.stream().try_clone());
+                let mut echo = ok(ep.stream().try_clone());
                 drop(ep);
                 let (tx, rx) = mpsc::channel();
                 std::thread::spawn(move || {
@@ -251,6 +252,11 @@ fn connect_leader(
                     loop {
                         let r =
                             proto::read_frame::<ToClient>(&mut reader).map_err(|e| e.to_string());
+                        // Echoed at once, as the client does: the agent relays only while
+                        // its heartbeats come back.
+                        if let Ok(ToClient::Heartbeat { stamp, .. }) = &r {
+                            let _ = proto::write_frame(&mut echo, &ToAgent::Echo { stamp: *stamp });
+                        }
                         let end = r.is_err();
                         if tx.send(r).is_err() || end {
                             return;
@@ -260,6 +266,7 @@ fn connect_leader(
                 let hello = ToAgent::Hello {
                     session: p.session.clone(),
                     epoch: highest,
+                    suspect_ms: 150,
                 };
                 if proto::write_frame(&mut stream, &hello).is_ok() {
                     match rx.recv_timeout(Duration::from_secs(3)) {
@@ -588,6 +595,7 @@ fn a_lone_primary_plays_a_headless_game_through_its_agent_to_the_exact_end() {
         let hello = ToAgent::Hello {
             session: p.session.clone(),
             epoch: conn.epoch + 1000,
+            suspect_ms: 150,
         };
         ok(proto::write_frame(&mut future, &hello));
         let answer: ToClient = ok(proto::read_frame(&mut future));

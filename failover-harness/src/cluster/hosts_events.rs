@@ -26,6 +26,8 @@ pub struct Event {
     pub role: Option<String>,
     /// Whether a game finished on purpose (`ended`).
     pub finished: Option<bool>,
+    /// When a relay's hold took effect (`held`: a little before the agent noted it).
+    pub at_us: Option<u64>,
 }
 
 /// Reads an event file (missing: no events; a torn last line is skipped).
@@ -50,6 +52,7 @@ pub fn parse(line: &str) -> Option<Event> {
         pid: num("pid").and_then(|p| u32::try_from(p).ok()),
         role: v.get("role").and_then(Value::as_str).map(str::to_owned),
         finished: v.get("finished").and_then(Value::as_bool),
+        at_us: num("at_us"),
     })
 }
 
@@ -134,8 +137,9 @@ struct PrimaryGame {
 /// - the client: epochs of `leader` never decrease, and `first_output` epochs strictly grow
 ///   (output from an older epoch after a newer one is interleaving);
 /// - the agents: `leading` epochs strictly grow in time; and when a node leads epoch E, no
-///   game that led an older epoch may run at or after that moment (ended, killed, axed, or
-///   stopped and not continued before its agent ended it).
+///   game that led an older epoch may run at or after that moment (ended, killed, axed,
+///   stopped and not continued before its agent ended it, or held by its agent's relay and
+///   not released: a held game gets no input and shows nothing).
 pub fn violations(agents: &[Event], client: &[Event], outside: &[Outside]) -> Vec<String> {
     let mut out = Vec::new();
     let mut client = client.to_vec();
@@ -267,6 +271,23 @@ fn primary_games(agents: &[Event], outside: &[Outside]) -> Vec<PrimaryGame> {
                     _ => {}
                 }
             }
+            // Its agent's relay held: the game took no input and showed nothing from the
+            // hold's effect to its release (see `agent::relay`).
+            let mut held: Option<u64> = None;
+            for e in agents.iter().filter(|e| e.node == node && e.epoch == Some(epoch)) {
+                match e.event.as_str() {
+                    "held" => held = held.or(Some(e.at_us.unwrap_or(e.t_us))),
+                    "released" => {
+                        if let Some(s) = held.take() {
+                            pauses.push((s, e.t_us));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(s) = held {
+                pauses.push((s, u64::MAX));
+            }
             let mut active = Vec::new();
             let mut at = from;
             pauses.sort_unstable();
@@ -306,6 +327,7 @@ mod tests {
             pid,
             role: None,
             finished: None,
+            at_us: None,
         }
     }
 
@@ -380,6 +402,31 @@ mod tests {
         assert!(failover(Some(150), &stopped(300)).is_empty());
         assert_eq!(failover(Some(150), &stopped(120)).len(), 1);
         assert_eq!(failover(None, &stopped(300)).len(), 1);
+    }
+
+    #[test]
+    fn an_old_primary_held_by_its_relay_counts_only_if_released_before_its_end() {
+        let held = |at: u64, released: Option<u64>| {
+            let mut agents = vec![
+                ev(1, "a", "game_started", None, Some(10)),
+                ev(2, "a", "leading", Some(5), None),
+                ev(3, "b", "game_started", None, Some(20)),
+                ev(110, "b", "leading", Some(9), None),
+                ev(200, "a", "game_ended", Some(5), Some(10)),
+            ];
+            // Noted at 104, in effect since `at`.
+            let mut h = ev(104, "a", "held", Some(5), None);
+            h.at_us = Some(at);
+            agents.push(h);
+            if let Some(t) = released {
+                agents.push(ev(t, "a", "released", Some(5), None));
+            }
+            violations(&agents, &[], &[])
+        };
+        assert!(held(100, None).is_empty());
+        assert!(held(100, Some(300)).is_empty());
+        assert_eq!(held(100, Some(120)).len(), 1, "released while b leads");
+        assert_eq!(held(115, None).len(), 1, "held only after b led");
     }
 
     #[test]

@@ -10,11 +10,13 @@ use hotspare_cluster::proto::{self, ToAgent, ToClient};
 use nix::errno::Errno;
 use serde_json::json;
 
+use super::events::monotonic_us;
 use super::game::{GAME_SILENT, GameLoop, Role};
+use super::relay::grace_us;
 use crate::engine::node::{Launcher as _, Node as _};
 use anyhow::Context as _;
 
-/// The longest a following client goes without a frame while the game is quiet.
+/// How often a following client gets a heartbeat (a stamp to echo: see [`super::relay`]).
 pub const HEARTBEAT: Duration = Duration::from_millis(25);
 /// A client's socket may hold up the loop this long before the client is dropped.
 pub const CLIENT_WRITE_DEADLINE: Duration = Duration::from_millis(200);
@@ -30,6 +32,24 @@ pub struct Client {
     pub following: bool,
     /// Its hello waits for a promoted game's resumed line.
     pub waiting: bool,
+    /// The stamp of the freshest heartbeat it echoed.
+    pub echoed: Option<u64>,
+    /// Its grace (microseconds): the relay serves it this long after an echoed stamp.
+    pub grace_us: u64,
+}
+
+impl Client {
+    /// A connection that has not said hello yet.
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            epoch: None,
+            following: false,
+            waiting: false,
+            echoed: None,
+            grace_us: 0,
+        }
+    }
 }
 
 impl GameLoop {
@@ -41,9 +61,34 @@ impl GameLoop {
         }
     }
 
+    /// Drops every following client (they come back with a hello).
+    pub(super) fn drop_followers(&mut self) {
+        let ids: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.following)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.drop_client(id);
+        }
+    }
+
     pub(super) fn frame(&mut self, id: u64, msg: ToAgent) {
         match msg {
-            ToAgent::Hello { session, epoch } => {
+            ToAgent::Echo { stamp } => {
+                // A stamp from the future is not one of ours: ignored.
+                if stamp <= monotonic_us()
+                    && let Some(c) = self.clients.get_mut(&id)
+                {
+                    c.echoed = c.echoed.max(Some(stamp));
+                }
+            }
+            ToAgent::Hello {
+                session,
+                epoch,
+                suspect_ms,
+            } => {
                 if session != self.session {
                     tracing::warn!(id, session, "a client of another session");
                     let known = self.known_epoch;
@@ -55,6 +100,7 @@ impl GameLoop {
                     c.epoch = Some(epoch);
                     c.waiting = true;
                     c.following = false;
+                    c.grace_us = grace_us(suspect_ms);
                 }
                 self.answer_waiting();
             }
@@ -151,6 +197,7 @@ impl GameLoop {
                     },
                     ToClient::Heartbeat {
                         epoch: cur.epoch,
+                        stamp: monotonic_us(),
                         position: cur.accounted,
                         spare_synced: cur.spare_synced,
                     },
@@ -210,7 +257,6 @@ impl GameLoop {
         for id in ids {
             self.send_to(id, msg);
         }
-        self.last_beat = Instant::now();
     }
 
     pub(super) fn heartbeats(&mut self) {
@@ -229,8 +275,10 @@ impl GameLoop {
             // A stopped or hung game: the agent must not speak for it.
             return;
         }
+        self.last_beat = Instant::now();
         let beat = ToClient::Heartbeat {
             epoch: cur.epoch,
+            stamp: monotonic_us(),
             position: cur.accounted,
             spare_synced: cur.spare_synced,
         };

@@ -77,8 +77,14 @@ enum Phase {
         /// Since when its game hears nothing from its primary (its `silent_ms` line).
         silent_since: Option<Instant>,
     },
-    /// Its game leads `epoch`.
-    Primary { epoch: Epoch, game: u64 },
+    /// Its game leads `epoch`; `running`: it runs as the primary (started fresh, or its
+    /// promotion took effect: the game's `resumed` line). A promoted spare's game that ends
+    /// before that never led: its end is no finished game.
+    Primary {
+        epoch: Epoch,
+        game: u64,
+        running: bool,
+    },
     /// Its game led `epoch` and ended on purpose: the session is over.
     Finished { epoch: Epoch },
     /// Its spare's primary finished the game: the session is over (the slot stays held, so
@@ -361,7 +367,20 @@ impl Control {
                 None
             }
             (
-                Phase::Primary { epoch, game },
+                Phase::Primary {
+                    game, running, ..
+                },
+                Report::Resumed { game: g, .. },
+            ) if *game == g => {
+                *running = true;
+                None
+            }
+            (
+                Phase::Primary {
+                    epoch,
+                    game,
+                    running,
+                },
                 Report::Exited {
                     game: g,
                     success,
@@ -369,7 +388,20 @@ impl Control {
                 },
             ) if *game == g => {
                 let epoch = *epoch;
-                if success {
+                let end = primary_end(*running, success);
+                if end == PrimaryEnd::NeverLed {
+                    // A spare's game that ended (told goodbye, or its stream ended) just as
+                    // this node won the campaign: it never led, and the session is not over.
+                    tracing::warn!(
+                        epoch,
+                        status,
+                        "the spare's game ended before its promotion took effect: revoking the lease"
+                    );
+                    self.events
+                        .emit("promotion_failed", json!({"epoch":epoch,"status":status}));
+                    return Some(Next::Revoke);
+                }
+                if end == PrimaryEnd::Finished {
                     tracing::info!(epoch, "the game ended on purpose: the session is over");
                     // Its spare, told goodbye, ends cleanly too: this record tells its agent
                     // that the session is over (a spare ends cleanly for other reasons too).
@@ -409,7 +441,11 @@ impl Control {
                     "leading",
                     json!({"epoch":epoch,"promoted":true,"after":old.epoch}),
                 );
-                self.phase = Phase::Primary { epoch, game };
+                self.phase = Phase::Primary {
+                    epoch,
+                    game,
+                    running: false,
+                };
                 // The slot first: the old primary's agent, starting over, wants it.
                 if let Err(e) = self.coord.release_spare(slot) {
                     tracing::warn!(error = %e, "cannot give the spare slot up");
@@ -571,7 +607,11 @@ impl Control {
                         }
                         self.events
                             .emit("leading", json!({"epoch":epoch,"promoted":false}));
-                        self.phase = Phase::Primary { epoch, game };
+                        self.phase = Phase::Primary {
+                            epoch,
+                            game,
+                            running: true,
+                        };
                         self.after_win(keeper, epoch);
                     }
                     Campaign::Lost(l) => self.leader = Some(l),
@@ -617,6 +657,28 @@ impl Control {
     }
 }
 
+/// What the end of a primary's game means to the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PrimaryEnd {
+    /// It ended on purpose while it ran: the session is over (`finished` is recorded).
+    Finished,
+    /// A promoted spare's game ended before its promotion took effect: it never led, the
+    /// session is not over (nothing is recorded; the lease goes).
+    NeverLed,
+    /// It died: the lease goes, and a spare takes over.
+    Died,
+}
+
+/// The end of a primary's game that `running` (see [`Phase::Primary`]) and exited with
+/// `success`.
+fn primary_end(running: bool, success: bool) -> PrimaryEnd {
+    match (running, success) {
+        (true, true) => PrimaryEnd::Finished,
+        (false, true) => PrimaryEnd::NeverLed,
+        (_, false) => PrimaryEnd::Died,
+    }
+}
+
 /// Whether the leader's game ended on purpose (its agent's `finished` record). A spare whose
 /// game ended, cleanly or not, without it (a goodbye to a replaced connection, a dismissal, a
 /// failed connection) starts another; one whose primary finished ends its session. One read,
@@ -643,4 +705,18 @@ pub fn watch_leader(coord: &EtcdSession, tx: &Sender<Msg>) {
             true
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PrimaryEnd, primary_end};
+
+    #[test]
+    fn only_a_running_primarys_clean_end_finishes_the_session() {
+        assert_eq!(primary_end(true, true), PrimaryEnd::Finished);
+        // A spare's clean exit that crossed its own promotion: not a finished game.
+        assert_eq!(primary_end(false, true), PrimaryEnd::NeverLed);
+        assert_eq!(primary_end(true, false), PrimaryEnd::Died);
+        assert_eq!(primary_end(false, false), PrimaryEnd::Died);
+    }
 }

@@ -28,6 +28,7 @@ use serde_json::json;
 
 use super::clients::{CLIENT_WRITE_DEADLINE, Client, HEARTBEAT};
 use super::control::Msg;
+use super::relay::Hold;
 use super::events::Events;
 use super::wake::{Inbound, Waker};
 use super::{AgentOptions, GameConfig, Order, Report};
@@ -156,6 +157,8 @@ pub struct GameLoop {
     /// A game this node led that ended on purpose: its epoch and result, for late clients.
     pub(super) finished: Option<(Epoch, Vec<u8>)>,
     pub(super) last_beat: Instant,
+    /// The relay's hold ([`super::relay`]).
+    pub(super) hold: Hold,
 }
 
 impl GameLoop {
@@ -180,6 +183,10 @@ impl GameLoop {
                 hslib::silence::ENV_SUSPECT_MS.to_owned(),
                 OsString::from(opts.suspect.as_millis().to_string()),
             ),
+            (
+                hslib::link::ENV_HEARTBEAT_MS.to_owned(),
+                OsString::from(stream_heartbeat(opts.suspect).as_millis().to_string()),
+            ),
             (ENV_LISTEN_ADDR.to_owned(), OsString::from(&me.stream_addr)),
         ];
         Ok(Self {
@@ -198,6 +205,7 @@ impl GameLoop {
             known_epoch: 0,
             finished: None,
             last_beat: Instant::now(),
+            hold: Hold::default(),
         })
     }
 
@@ -220,6 +228,7 @@ impl GameLoop {
                 return Err(e);
             }
             self.heartbeats();
+            self.update_hold();
         }
     }
 
@@ -231,7 +240,8 @@ impl GameLoop {
     fn wait(&self) -> anyhow::Result<()> {
         let mut fds = vec![PollFd::new(self.waker.read.as_fd(), PollFlags::POLLIN)];
         if let Some(cur) = &self.current {
-            let writing = !cur.pending.is_empty();
+            // Held input waits for an echo, which the waker announces.
+            let writing = !cur.pending.is_empty() && self.relay_open();
             for (fd, flags) in cur.node.wait_on(writing) {
                 fds.push(PollFd::new(fd, flags));
             }
@@ -273,15 +283,7 @@ impl GameLoop {
                 // A client that cannot take a frame within the deadline is dropped.
                 let _ = stream.set_write_timeout(Some(CLIENT_WRITE_DEADLINE));
                 let _ = stream.set_nodelay(true);
-                self.clients.insert(
-                    id,
-                    Client {
-                        stream,
-                        epoch: None,
-                        following: false,
-                        waiting: false,
-                    },
-                );
+                self.clients.insert(id, Client::new(stream));
                 Ok(())
             }
             Inbound::Frame { id, msg } => {
@@ -322,7 +324,7 @@ impl GameLoop {
             }
             if cur.leads() {
                 let epoch = cur.epoch;
-                self.broadcast_followers(&ToClient::Output { epoch, bytes: out });
+                self.relay_output(epoch, out);
             }
         }
         for line in lines {
@@ -341,7 +343,11 @@ impl GameLoop {
         let Some(mut cur) = self.current.take() else {
             return Ok(());
         };
-        // Whatever it wrote before it died.
+        // Whatever it wrote before it died, after what the relay kept (the game has stopped:
+        // nothing is left to hold).
+        if cur.leads() {
+            self.flush_held(cur.epoch);
+        }
         while let Some(out) = cur.node.read_output()? {
             if out.is_empty() {
                 break;
@@ -434,10 +440,11 @@ impl GameLoop {
 
     /// Gives the game the pending input it takes now; closes its input at the log's end.
     fn flush_input(&mut self) -> anyhow::Result<()> {
+        let open = self.relay_open();
         let Some(cur) = &mut self.current else {
             return Ok(());
         };
-        if !cur.leads() {
+        if !cur.leads() || !open {
             return Ok(());
         }
         if !cur.pending.is_empty() {
@@ -463,9 +470,34 @@ fn last_line(out: &[u8]) -> Vec<u8> {
     out[start..].to_vec()
 }
 
+/// How often a cluster game's idle stream carries a heartbeat: five beats per suspicion
+/// window, so that a spare falls silent only when its primary does, not when one beat is late
+/// on a busy machine (hslib's default, 100 ms, is two thirds of the default 150 ms window: 50
+/// ms of scheduling delay made a healthy primary look silent). Never under 5 ms.
+pub(super) fn stream_heartbeat(suspect: Duration) -> Duration {
+    (suspect / 5).max(Duration::from_millis(5))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::last_line;
+    use super::{last_line, stream_heartbeat};
+    use std::time::Duration;
+
+    #[test]
+    fn a_cluster_game_beats_five_times_per_suspicion_window() {
+        assert_eq!(
+            stream_heartbeat(Duration::from_millis(150)),
+            Duration::from_millis(30)
+        );
+        assert_eq!(
+            stream_heartbeat(Duration::from_millis(1000)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            stream_heartbeat(Duration::from_millis(10)),
+            Duration::from_millis(5)
+        );
+    }
 
     #[test]
     fn the_last_line_of_the_output_is_the_result_line() {

@@ -17,6 +17,7 @@ pub mod control;
 pub mod events;
 pub mod game;
 pub mod orders;
+pub mod relay;
 pub mod service;
 pub mod wake;
 

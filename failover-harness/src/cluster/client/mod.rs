@@ -55,6 +55,36 @@ use crate::engine::{InputLog, InputPolicy};
 const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
 /// The TTL of the lease a suspicion is written with (it goes with the client).
 const SUSPECT_TTL_S: i64 = 5;
+/// How soon a failed withdrawal of a suspicion is tried again.
+const WITHDRAW_RETRY: Duration = Duration::from_millis(100);
+
+/// Orders the client's suspicions and their withdrawals, each written by a thread of its own:
+/// each takes a generation at once (the client's loop never waits for etcd), and its etcd
+/// step runs, one at a time, only while no newer one was asked for. So a suspicion is never
+/// written after its withdrawal, and a withdrawal never deletes a newer suspicion.
+#[derive(Debug, Default)]
+struct Suspicions {
+    generation: std::sync::atomic::AtomicU64,
+    etcd: std::sync::Mutex<()>,
+}
+
+impl Suspicions {
+    /// A new step's generation.
+    fn bump(&self) -> u64 {
+        self.generation
+            .fetch_add(1, Ordering::SeqCst)
+            + 1
+    }
+
+    /// The turn of the step of generation `at`, if it is still the newest.
+    fn turn(&self, at: u64) -> Option<std::sync::MutexGuard<'_, ()>> {
+        let guard = self
+            .etcd
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (self.generation.load(Ordering::SeqCst) == at).then_some(guard)
+    }
+}
 /// How long a session may have no leader before the client asks etcd whether any node still
 /// holds the game (before: a failover may be under way, by lease expiry at the slowest).
 const LOST_GRACE: Duration = Duration::from_secs(3);
@@ -285,9 +315,8 @@ struct Client {
     first_output_epoch: Epoch,
     /// The highest epoch suspected.
     suspected: Epoch,
-    /// Bumped when a suspicion is withdrawn (the suspected leader spoke again): a suspicion
-    /// still being written after that is dropped, so the key never outlives the silence.
-    suspicion_gen: Arc<std::sync::Mutex<u64>>,
+    /// Orders the writes and withdrawals of suspicions.
+    suspicion_gen: Arc<Suspicions>,
     /// When the last loss check was asked for.
     lost_check: Option<Instant>,
     check_in_flight: bool,
@@ -339,7 +368,7 @@ impl Client {
             last_rto_ms: None,
             first_output_epoch: 0,
             suspected: 0,
-            suspicion_gen: Arc::new(std::sync::Mutex::new(0)),
+            suspicion_gen: Arc::new(Suspicions::default()),
             lost_check: None,
             check_in_flight: false,
             output: Vec::new(),
@@ -489,6 +518,7 @@ impl Client {
             ToAgent::Hello {
                 session: self.session.clone(),
                 epoch: self.fence.highest(),
+                suspect_ms: u32::try_from(self.suspect_after.as_millis()).unwrap_or(u32::MAX),
             },
             self.tx.clone(),
         );
@@ -645,9 +675,15 @@ impl Client {
             }
             ToClient::Heartbeat {
                 epoch,
+                stamp,
                 position,
                 spare_synced,
             } => {
+                // At once: the agent relays to this client only while its echoes are fresh
+                // (the relay's hold, in `hotspare_cluster::proto`).
+                if let Some(c) = self.conn.as_mut() {
+                    c.send(&ToAgent::Echo { stamp });
+                }
                 self.heard(epoch);
                 self.synced = spare_synced;
                 if spare_synced {
@@ -914,14 +950,29 @@ impl Client {
             .note("unsuspect", &[("epoch", Value::from(epoch))]);
         let coord = self.coord.clone();
         let generation = self.suspicion_gen.clone();
+        let at_gen = generation.bump();
         let spawned = std::thread::Builder::new()
             .name("hs-client-unsuspect".to_owned())
             .spawn(move || {
-                let mut g = generation.lock().unwrap_or_else(|p| p.into_inner());
-                *g += 1;
                 let key = coord.key(&format!("suspect/{epoch}"));
-                if let Err(e) = coord.client().delete(key.as_bytes()) {
-                    tracing::warn!(epoch, error = %e, "cannot withdraw a suspicion");
+                // Tried again until it is gone (the relay's hold counts on no stale
+                // suspicion outliving the silence it recorded), at most for the key's own
+                // lease, or until a newer suspicion or withdrawal takes over.
+                let until = Instant::now() + Duration::from_secs(SUSPECT_TTL_S.unsigned_abs());
+                loop {
+                    let Some(turn) = generation.turn(at_gen) else {
+                        return;
+                    };
+                    match coord.client().delete(key.as_bytes()) {
+                        Ok(_) => return,
+                        Err(e) if Instant::now() >= until => {
+                            tracing::warn!(epoch, error = %e, "cannot withdraw a suspicion");
+                            return;
+                        }
+                        Err(e) => tracing::debug!(epoch, error = %e, "withdrawal failed; again"),
+                    }
+                    drop(turn);
+                    std::thread::sleep(WITHDRAW_RETRY);
                 }
             });
         if let Err(e) = spawned {
@@ -977,7 +1028,7 @@ impl Client {
         let coord = self.coord.clone();
         let tx = self.tx.clone();
         let generation = self.suspicion_gen.clone();
-        let at_gen = *generation.lock().unwrap_or_else(|p| p.into_inner());
+        let at_gen = generation.bump();
         let silent_ms = now.saturating_duration_since(heard).as_millis();
         tracing::info!(epoch, silent_ms, "the leader is silent: suspected");
         self.events.note(
@@ -993,15 +1044,14 @@ impl Client {
         let spawned = std::thread::Builder::new()
             .name("hs-client-suspect".to_owned())
             .spawn(move || {
-                let g = generation.lock().unwrap_or_else(|p| p.into_inner());
-                if *g != at_gen {
+                let Some(turn) = generation.turn(at_gen) else {
                     // Withdrawn before it was written.
                     return;
-                }
+                };
                 let r = coord
                     .grant(SUSPECT_TTL_S)
                     .and_then(|lease| coord.suspect(epoch, Some(lease)));
-                drop(g);
+                drop(turn);
                 let reply = match r {
                     Ok(()) => EtcdReply::Suspected(epoch),
                     Err(e) => EtcdReply::SuspectFailed(epoch, e.to_string()),
@@ -1258,6 +1308,18 @@ mod tests {
     }
 
     #[test]
+    fn only_the_newest_suspicion_step_gets_its_turn() {
+        let s = Suspicions::default();
+        let suspicion = s.bump();
+        let withdrawal = s.bump();
+        assert!(s.turn(suspicion).is_none(), "a suspicion written after its withdrawal");
+        assert!(s.turn(withdrawal).is_some());
+        let newer = s.bump();
+        assert!(s.turn(withdrawal).is_none(), "a withdrawal deleting a newer suspicion");
+        assert!(s.turn(newer).is_some());
+    }
+
+    #[test]
     fn the_status_row_names_the_leader_the_epoch_and_the_last_recovery() {
         assert_eq!(
             status_row(Some("b"), 13, 2, Some(12.34), false, false),
@@ -1323,7 +1385,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_leader_is_given_the_log_from_the_position_its_game_accounts_for() {
+    fn a_new_leader_is_given_the_log_from_the_position_its_game_accounts_for_and_its_heartbeats_are_echoed() {
         let dir = ok(tempfile::tempdir());
         let mut c = client(dir.path());
         // Six inputs were given to epoch 5's game, which died.
@@ -1347,11 +1409,15 @@ mod tests {
             2,
             ToClient::Heartbeat {
                 epoch: 7,
+                stamp: 42,
                 position: 2,
                 spare_synced: true,
             },
         ));
         ok(c.pump());
+        // The heartbeat's stamp is echoed at once, before the keys.
+        let echo: ToAgent = ok(read_frame(&mut agent));
+        assert_eq!(echo, ToAgent::Echo { stamp: 42 });
         let keys: ToAgent = ok(read_frame(&mut agent));
         assert_eq!(
             keys,
