@@ -161,7 +161,8 @@ struct Mailbox {
     quit: bool,
 }
 
-fn handoff_floor(opts: &FloorOptions) -> Result<Floor, FloorError> {
+/// The hand-off floor alone (`opts.samples` measurements, `opts.gap` apart).
+pub fn handoff_floor(opts: &FloorOptions) -> Result<Floor, FloorError> {
     let shared = Arc::new((
         Mutex::new(Mailbox {
             page: vec![0u8; PAGE],
@@ -243,7 +244,9 @@ fn peer(mode: &str) -> Result<(Child, UnixStream), FloorError> {
     Ok((child, ours))
 }
 
-fn sync_floor(opts: &FloorOptions) -> Result<Floor, FloorError> {
+/// The sync round-trip floor alone (`opts.samples` measurements, `opts.gap` apart); the
+/// peer is this executable as `floor-peer drain-ack` (see [`run_peer`]).
+pub fn sync_floor(opts: &FloorOptions) -> Result<Floor, FloorError> {
     let (mut child, mut sock) = peer("drain-ack")?;
     let page = vec![3u8; PAGE];
     let mut ack = [0u8; 1];

@@ -16,8 +16,8 @@
 //! - **sync round trip** (sync mode's): `write(2)` of 4 KiB into a Unix socket that another
 //!   process (this bench re-run as its peer) drains, and its 1-byte answer.
 //!
-//! These are the same measurements as `hs-bench floors` (`hs-bench/src/floors.rs`), made
-//! here by a small local copy because `hs-bench` is not a library on this branch.
+//! These are `hs-bench floors`'s own measurements (`hs_bench::floors`): this executable
+//! answers `floor-peer drain-ack` as the sync floor's peer.
 //!
 //! Targets (issue 12): sync p50 <= 1.5x the sync round trip; async p50 <= 1.0x the hand-off
 //! and p99 <= 3x its p50; lazy p50 <= 0.25x the hand-off.
@@ -28,20 +28,17 @@
 //! `TETRIS_STALL_PACED_INPUTS` per paced trial (default 150). This is a measurement, not a
 //! test: it asserts nothing.
 
-use std::io::{Read, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use hs_bench::floors::{self, FloorOptions};
 use serde_json::Value;
 
 const TETRIS: &str = env!("CARGO_BIN_EXE_tetris");
 const PAGE: usize = 4096;
-/// The argument that makes this executable the sync floor's draining peer.
-const PEER: &str = "__stall-floor-peer";
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -123,140 +120,6 @@ fn trial(mode: &str, inputs: usize, gap: Duration) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
-/// A floor's median and 99th percentile, microseconds.
-#[derive(Clone, Copy, Debug)]
-struct Floor {
-    p50: f64,
-    p99: f64,
-}
-
-fn summarise(times: &mut [Duration]) -> Floor {
-    times.sort_unstable();
-    let at = |p: f64| {
-        let i = ((p * times.len() as f64).ceil() as usize).clamp(1, times.len().max(1)) - 1;
-        times.get(i).map_or(0.0, |t| t.as_secs_f64() * 1e6)
-    };
-    Floor {
-        p50: at(0.5),
-        p99: at(0.99),
-    }
-}
-
-struct Mailbox {
-    page: Vec<u8>,
-    full: bool,
-    quit: bool,
-}
-
-fn lock_of(m: &Mutex<Mailbox>) -> std::sync::MutexGuard<'_, Mailbox> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Copy 4 KiB and wake a thread asleep on a futex, timed on the waker's side.
-fn handoff_floor(samples: usize, gap: Duration) -> Floor {
-    let shared = Arc::new((
-        Mutex::new(Mailbox {
-            page: vec![0u8; PAGE],
-            full: false,
-            quit: false,
-        }),
-        Condvar::new(),
-        Condvar::new(),
-    ));
-    let worker = {
-        let shared = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            let (lock, wake, done) = &*shared;
-            let mut m = lock_of(lock);
-            loop {
-                while !m.full && !m.quit {
-                    m = wake
-                        .wait(m)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
-                if m.quit {
-                    return;
-                }
-                std::hint::black_box(&m.page);
-                m.full = false;
-                done.notify_one();
-            }
-        })
-    };
-    let src = vec![7u8; PAGE];
-    let mut times = Vec::with_capacity(samples);
-    let (lock, wake, done) = &*shared;
-    for i in 0..=samples {
-        // Let the worker fall asleep in its wait.
-        std::thread::sleep(gap.max(Duration::from_micros(200)));
-        let t = Instant::now();
-        {
-            let mut m = lock_of(lock);
-            m.page.copy_from_slice(&src);
-            m.full = true;
-        }
-        wake.notify_one();
-        let spent = t.elapsed();
-        if i > 0 {
-            times.push(spent);
-        }
-        let mut m = lock_of(lock);
-        while m.full {
-            m = done
-                .wait(m)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-    }
-    lock_of(lock).quit = true;
-    wake.notify_one();
-    let _ = worker.join();
-    summarise(&mut times)
-}
-
-/// 4 KiB into a Unix socket a peer process drains, and its 1-byte answer.
-fn sync_floor(samples: usize, gap: Duration) -> Result<Floor, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let (mut sock, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
-    let child = Command::new(exe)
-        .arg(PEER)
-        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting the floor's peer: {e}"))?;
-    let _peer = Reaped(child);
-    let page = vec![3u8; PAGE];
-    let mut ack = [0u8; 1];
-    let mut times = Vec::with_capacity(samples);
-    for i in 0..=samples {
-        if !gap.is_zero() {
-            std::thread::sleep(gap);
-        }
-        let t = Instant::now();
-        sock.write_all(&page).map_err(|e| e.to_string())?;
-        sock.read_exact(&mut ack).map_err(|e| e.to_string())?;
-        let spent = t.elapsed();
-        if i > 0 {
-            times.push(spent);
-        }
-    }
-    Ok(summarise(&mut times))
-}
-
-/// The sync floor's peer: reads 4 KiB and answers one byte until end of file.
-fn run_peer() {
-    use std::os::fd::AsFd as _;
-    let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() else {
-        return;
-    };
-    let mut sock = UnixStream::from(fd);
-    let mut page = vec![0u8; PAGE];
-    while sock.read_exact(&mut page).is_ok() {
-        if sock.write_all(b"k").is_err() {
-            return;
-        }
-    }
-}
-
 /// A mode's floor and its target ratio for the p50.
 fn target(mode: &str) -> (&'static str, f64) {
     match mode {
@@ -280,8 +143,12 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some(PEER) {
-        run_peer();
+    if args.first().map(String::as_str) == Some("floor-peer") {
+        let mode = args.get(1).map_or("", String::as_str);
+        if let Err(e) = floors::run_peer(mode) {
+            eprintln!("floor peer: {e}");
+            std::process::exit(1);
+        }
         return;
     }
     let value = |name: &str| {
@@ -318,17 +185,24 @@ fn main() {
         );
         let mut rows: Vec<(String, Row)> = Vec::new();
         for t in 1..=trials {
-            let handoff = handoff_floor(floor_samples, gap);
-            let sync = match sync_floor(floor_samples, gap) {
+            let opts = FloorOptions {
+                region_bytes: 4 * PAGE,
+                dirty_pct: 100,
+                gap,
+                samples: floor_samples,
+            };
+            let (handoff, sync) = match floors::handoff_floor(&opts)
+                .and_then(|h| Ok((h, floors::sync_floor(&opts)?)))
+            {
                 Ok(f) => f,
                 Err(e) => {
-                    println!("sync floor failed: {e}");
+                    println!("floors failed: {e}");
                     continue;
                 }
             };
             println!(
                 "floors: hand-off p50 {:.2} p99 {:.2}; sync round trip p50 {:.2} p99 {:.2}",
-                handoff.p50, handoff.p99, sync.p50, sync.p99
+                handoff.p50_us, handoff.p99_us, sync.p50_us, sync.p99_us
             );
             for &mode in &modes {
                 let floor = if mode == "sync" { sync } else { handoff };
@@ -339,8 +213,8 @@ fn main() {
                         println!(
                             "{mode:<6} {t:>5} {p50:>9.2} {p99:>9.2} {:>8.1} {:>10.2} {:>8.2} {:>8}",
                             p99 / p50.max(1e-9),
-                            floor.p50,
-                            p50 / floor.p50.max(1e-9),
+                            floor.p50_us,
+                            p50 / floor.p50_us.max(1e-9),
                             v["bytes"].as_u64().unwrap_or(0) / PAGE as u64,
                         );
                         rows.push((
@@ -348,7 +222,7 @@ fn main() {
                             Row {
                                 p50,
                                 p99,
-                                floor: floor.p50,
+                                floor: floor.p50_us,
                             },
                         ));
                     }

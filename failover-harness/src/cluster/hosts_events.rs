@@ -274,7 +274,10 @@ fn primary_games(agents: &[Event], outside: &[Outside]) -> Vec<PrimaryGame> {
             // Its agent's relay held: the game took no input and showed nothing from the
             // hold's effect to its release (see `agent::relay`).
             let mut held: Option<u64> = None;
-            for e in agents.iter().filter(|e| e.node == node && e.epoch == Some(epoch)) {
+            for e in agents
+                .iter()
+                .filter(|e| e.node == node && e.epoch == Some(epoch))
+            {
                 match e.event.as_str() {
                     "held" => held = held.or(Some(e.at_us.unwrap_or(e.t_us))),
                     "released" => {

@@ -366,12 +366,9 @@ impl Control {
                 self.follow(keeper, &leader);
                 None
             }
-            (
-                Phase::Primary {
-                    game, running, ..
-                },
-                Report::Resumed { game: g, .. },
-            ) if *game == g => {
+            (Phase::Primary { game, running, .. }, Report::Resumed { game: g, .. })
+                if *game == g =>
+            {
                 *running = true;
                 None
             }

@@ -28,8 +28,8 @@ use serde_json::json;
 
 use super::clients::{CLIENT_WRITE_DEADLINE, Client, HEARTBEAT};
 use super::control::Msg;
-use super::relay::Hold;
 use super::events::Events;
+use super::relay::Hold;
 use super::wake::{Inbound, Waker};
 use super::{AgentOptions, GameConfig, Order, Report};
 use crate::engine::local::{LocalLauncher, LocalNode};

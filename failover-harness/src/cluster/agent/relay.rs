@@ -62,7 +62,8 @@ impl GameLoop {
 
     /// Whether output and keys may pass now.
     pub(super) fn relay_open(&self) -> bool {
-        self.relay_until().is_some_and(|until| monotonic_us() < until)
+        self.relay_until()
+            .is_some_and(|until| monotonic_us() < until)
     }
 
     /// Output of the leading game of `epoch`: to the followers if the relay is open (after

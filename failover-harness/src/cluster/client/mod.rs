@@ -71,9 +71,7 @@ struct Suspicions {
 impl Suspicions {
     /// A new step's generation.
     fn bump(&self) -> u64 {
-        self.generation
-            .fetch_add(1, Ordering::SeqCst)
-            + 1
+        self.generation.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// The turn of the step of generation `at`, if it is still the newest.
@@ -1312,10 +1310,16 @@ mod tests {
         let s = Suspicions::default();
         let suspicion = s.bump();
         let withdrawal = s.bump();
-        assert!(s.turn(suspicion).is_none(), "a suspicion written after its withdrawal");
+        assert!(
+            s.turn(suspicion).is_none(),
+            "a suspicion written after its withdrawal"
+        );
         assert!(s.turn(withdrawal).is_some());
         let newer = s.bump();
-        assert!(s.turn(withdrawal).is_none(), "a withdrawal deleting a newer suspicion");
+        assert!(
+            s.turn(withdrawal).is_none(),
+            "a withdrawal deleting a newer suspicion"
+        );
         assert!(s.turn(newer).is_some());
     }
 
@@ -1385,7 +1389,8 @@ mod tests {
     }
 
     #[test]
-    fn a_new_leader_is_given_the_log_from_the_position_its_game_accounts_for_and_its_heartbeats_are_echoed() {
+    fn a_new_leader_is_given_the_log_from_the_position_its_game_accounts_for_and_its_heartbeats_are_echoed()
+     {
         let dir = ok(tempfile::tempdir());
         let mut c = client(dir.path());
         // Six inputs were given to epoch 5's game, which died.
