@@ -61,15 +61,18 @@ impl GameLoop {
         }
     }
 
+    /// The ids of the clients `pick` chooses.
+    fn client_ids(&self, pick: impl Fn(&Client) -> bool) -> Vec<u64> {
+        self.clients
+            .iter()
+            .filter(|(_, c)| pick(c))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Drops every following client (they come back with a hello).
     pub(super) fn drop_followers(&mut self) {
-        let ids: Vec<u64> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.following)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
+        for id in self.client_ids(|c| c.following) {
             self.drop_client(id);
         }
     }
@@ -178,13 +181,7 @@ impl GameLoop {
 
     /// Answers the hellos that wait, as far as the game's state allows.
     pub(super) fn answer_waiting(&mut self) {
-        let ids: Vec<u64> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.waiting)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
+        for id in self.client_ids(|c| c.waiting) {
             let Some(their) = self.clients.get(&id).and_then(|c| c.epoch) else {
                 continue;
             };
@@ -248,13 +245,7 @@ impl GameLoop {
     }
 
     pub(super) fn broadcast_followers(&mut self, msg: &ToClient) {
-        let ids: Vec<u64> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.following)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
+        for id in self.client_ids(|c| c.following) {
             self.send_to(id, msg);
         }
     }
