@@ -22,7 +22,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::{Guard, cluster_prerequisites as prerequisites, harness, ok, reference, script};
@@ -232,6 +233,24 @@ fn connect_leader(
     highest: u64,
     deadline: Instant,
 ) -> (Conn, u64) {
+    connect_leader_echoing(
+        p,
+        coord,
+        highest,
+        deadline,
+        &Arc::new(AtomicBool::new(true)),
+    )
+}
+
+/// [`connect_leader`], the connection echoing the agent's heartbeats (as the client does)
+/// only while `echo` is set.
+fn connect_leader_echoing(
+    p: &ClientParams,
+    coord: &EtcdSession,
+    highest: u64,
+    deadline: Instant,
+    echo_on: &Arc<AtomicBool>,
+) -> (Conn, u64) {
     let config = TcpConfig::new(Some(ok(AuthKey::new(p.key.clone()))));
     loop {
         assert!(
@@ -247,6 +266,7 @@ fn connect_leader(
                 let mut echo = ok(ep.stream().try_clone());
                 drop(ep);
                 let (tx, rx) = mpsc::channel();
+                let echo_on = echo_on.clone();
                 std::thread::spawn(move || {
                     let mut reader = reader;
                     loop {
@@ -254,7 +274,9 @@ fn connect_leader(
                             proto::read_frame::<ToClient>(&mut reader).map_err(|e| e.to_string());
                         // Echoed at once, as the client does: the agent relays only while
                         // its heartbeats come back.
-                        if let Ok(ToClient::Heartbeat { stamp, .. }) = &r {
+                        if let Ok(ToClient::Heartbeat { stamp, .. }) = &r
+                            && echo_on.load(Ordering::SeqCst)
+                        {
                             let _ = proto::write_frame(&mut echo, &ToAgent::Echo { stamp: *stamp });
                         }
                         let end = r.is_err();
@@ -640,6 +662,92 @@ fn a_lone_primary_plays_a_headless_game_through_its_agent_to_the_exact_end() {
     assert!(
         out.status.success() && text.starts_with("session lone: primary a (epoch "),
         "{text}"
+    );
+}
+
+/// The relay's hold: an agent gives its game no key, and so a headless game no end of input,
+/// while its client's echoes are missing (a client cut off one way, or gone quiet); once the
+/// echoes come back the game gets everything and ends exactly as uninterrupted.
+#[test]
+fn an_agent_gives_its_game_no_key_while_its_clients_echoes_are_missing() {
+    if !prerequisites() {
+        return;
+    }
+    let mut c = Cluster::new(&["etcd", "a", "client"], "held");
+    c.start_agent("a");
+    let script_bytes = script(21, 200);
+    let want = uninterrupted(c.dir.path(), &script_bytes);
+    let log: Vec<u8> = script_bytes
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b'\n' | b'\r'))
+        .collect();
+    let p = c.client_params();
+    let config = serde_json::json!({"args": ["--seed", "7", "-l", "2"], "headless": true});
+    let end = ok(c.rig.in_host("client", move || {
+        let coord = ok(EtcdSession::new(
+            &p.url,
+            &p.session,
+            Duration::from_millis(500),
+        ));
+        ok(coord.config_or_init(config.to_string().as_bytes()));
+        let echo = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut conn, position) = connect_leader_echoing(&p, &coord, 0, deadline, &echo);
+        assert_eq!(position, 0);
+        let keys = ToAgent::Keys {
+            offset: 0,
+            bytes: log.clone(),
+        };
+        ok(proto::write_frame(&mut conn.stream, &keys));
+        let end = ToAgent::EndInput {
+            offset: log.len() as u64,
+        };
+        ok(proto::write_frame(&mut conn.stream, &end));
+        // Without echoes: heartbeats, and nothing of the game's (its result would be a few
+        // milliseconds away if the keys reached it).
+        let quiet_until = Instant::now() + Duration::from_millis(600);
+        let mut beats = 0;
+        while Instant::now() < quiet_until {
+            match conn.frames.recv_timeout(Duration::from_millis(20)) {
+                Ok(Ok(ToClient::Heartbeat { position, .. })) => {
+                    beats += 1;
+                    assert_eq!(position, 0, "the game took keys while held");
+                }
+                Ok(Ok(other)) => panic!("while held: {other:?}"),
+                Ok(Err(e)) => panic!("the connection failed while held: {e}"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the connection ended"),
+            }
+        }
+        assert!(
+            beats >= 10,
+            "{beats} heartbeats in 600 ms (one every 25 ms)"
+        );
+        echo.store(true, Ordering::SeqCst);
+        loop {
+            match conn.frames.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(ToClient::Ended {
+                    finished: true,
+                    output,
+                    ..
+                })) => return output,
+                Ok(Ok(_)) => {}
+                other => panic!("no end after the echoes came back: {other:?}"),
+            }
+        }
+    }));
+    assert_eq!(
+        String::from_utf8_lossy(&end),
+        String::from_utf8_lossy(&want),
+        "the game's end differs from the uninterrupted game's; {}",
+        c.diagnostics()
+    );
+    let events = c.events("a");
+    let named = |what: &str| events.iter().any(|e| e["event"] == what);
+    assert!(
+        named("held") && named("released"),
+        "no held and released events: {events:#?}"
     );
 }
 
