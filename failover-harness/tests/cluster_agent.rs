@@ -751,6 +751,106 @@ fn an_agent_gives_its_game_no_key_while_its_clients_echoes_are_missing() {
     );
 }
 
+/// A lone primary (no spare holds its game) cut off from etcd past its lease: its agent is
+/// fenced, but instead of killing the game's only copy it stops it (SIGSTOP) and keeps it;
+/// once etcd answers again, nobody having led since, it leads again with a new epoch, its
+/// game continued, and the game ends exactly as uninterrupted.
+#[test]
+fn a_fenced_primary_no_spare_holds_is_kept_and_leads_again_when_etcd_returns() {
+    if !prerequisites() {
+        return;
+    }
+    let mut c = Cluster::new(&["etcd", "a", "client"], "kept");
+    c.start_agent("a");
+    let script_bytes = script(31, 240);
+    let want = uninterrupted(c.dir.path(), &script_bytes);
+    let log: Vec<u8> = script_bytes
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b'\n' | b'\r'))
+        .collect();
+    let half = log.len() / 2;
+    let p = c.client_params();
+    let config = serde_json::json!({"args": ["--seed", "7", "-l", "2"], "headless": true});
+    let first_half = log[..half].to_vec();
+    let e1 = ok(c.rig.in_host("client", {
+        let p = p.clone();
+        move || {
+            let coord = ok(EtcdSession::new(
+                &p.url,
+                &p.session,
+                Duration::from_millis(500),
+            ));
+            ok(coord.config_or_init(config.to_string().as_bytes()));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let (mut conn, position) = connect_leader(&p, &coord, 0, deadline);
+            assert_eq!(position, 0);
+            let keys = ToAgent::Keys {
+                offset: 0,
+                bytes: first_half,
+            };
+            ok(proto::write_frame(&mut conn.stream, &keys));
+            std::thread::sleep(Duration::from_millis(300));
+            conn.epoch
+        }
+    }));
+    ok(c.rig.partition("a", "etcd"));
+    // Past the lease's TTL (1 s): the agent is fenced, etcd lets the lease expire.
+    std::thread::sleep(Duration::from_millis(2500));
+    ok(c.rig.heal());
+    let end = ok(c.rig.in_host("client", move || {
+        let coord = ok(EtcdSession::new(
+            &p.url,
+            &p.session,
+            Duration::from_millis(500),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut conn, position) = connect_leader(&p, &coord, e1 + 1, deadline);
+        let from = usize::try_from(position)
+            .unwrap_or(usize::MAX)
+            .min(log.len());
+        let keys = ToAgent::Keys {
+            offset: position,
+            bytes: log[from..].to_vec(),
+        };
+        ok(proto::write_frame(&mut conn.stream, &keys));
+        let end = ToAgent::EndInput {
+            offset: log.len() as u64,
+        };
+        ok(proto::write_frame(&mut conn.stream, &end));
+        loop {
+            match conn.frames.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(ToClient::Ended {
+                    finished: true,
+                    output,
+                    ..
+                })) => return output,
+                Ok(Ok(_)) => {}
+                other => panic!("no end of the continued game: {other:?}"),
+            }
+        }
+    }));
+    assert_eq!(
+        String::from_utf8_lossy(&end),
+        String::from_utf8_lossy(&want),
+        "the game's end differs from the uninterrupted game's; {}",
+        c.diagnostics()
+    );
+    let events = c.events("a");
+    let named = |what: &str| events.iter().any(|e| e["event"] == what);
+    assert!(
+        named("fenced") && named("suspended") && named("continued"),
+        "not fenced, suspended and continued: {events:#?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["event"] == "game_ended"
+            && e["status"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("killed"))),
+        "the kept game was killed: {events:#?}"
+    );
+}
+
 #[test]
 fn sigkills_of_the_primarys_game_fail_over_between_agents_and_the_game_ends_exactly() {
     if !prerequisites() {

@@ -111,6 +111,11 @@ pub struct Control {
     /// leader is known, since no change of the leader key may come to prompt it.
     campaign_owed: bool,
     last_suspect_poll: Instant,
+    /// The fence that ended the last incarnation stopped the game instead of killing it (the
+    /// game loop kills it after all if a spare holds a checkpoint of it).
+    keep_game: bool,
+    /// A fenced primary's game, stopped and kept (no spare held it): its number and epoch.
+    suspended: Option<(u64, Epoch)>,
 }
 
 impl Control {
@@ -140,6 +145,8 @@ impl Control {
             last_try: None,
             campaign_owed: false,
             last_suspect_poll: Instant::now(),
+            keep_game: false,
+            suspended: None,
         })
     }
 
@@ -173,7 +180,10 @@ impl Control {
                 }
                 Next::Drop => drop(keeper),
             }
-            self.game.send(Order::Kill)?;
+            if !std::mem::take(&mut self.keep_game) {
+                self.game.send(Order::Kill)?;
+                self.suspended = None;
+            }
             self.phase = Phase::Idle;
             self.last_try = None;
         }
@@ -210,7 +220,9 @@ impl Control {
         self.publish(keeper, NodeState::Starting);
         loop {
             if keeper.state() == LeaseState::Fenced {
-                return Ok(self.fenced("the lease may have expired"));
+                // Nobody deposed this node: a running primary's game may be the only copy.
+                let keep = matches!(self.phase, Phase::Primary { running: true, .. });
+                return Ok(self.fenced("the lease may have expired", keep));
             }
             let msg = match self.inbox.recv_timeout(TICK) {
                 Ok(m) => Some(m),
@@ -226,9 +238,12 @@ impl Control {
         }
     }
 
-    /// Stops the game at once: this node may no longer lead.
-    fn fenced(&mut self, why: &str) -> Next {
-        if let Err(e) = self.game.send(Order::Kill) {
+    /// Stops the game at once: this node may no longer lead. With `keep`, a game no spare
+    /// holds is stopped and kept rather than killed ([`Order::Fence`]).
+    fn fenced(&mut self, why: &str, keep: bool) -> Next {
+        self.keep_game = keep;
+        let order = if keep { Order::Fence } else { Order::Kill };
+        if let Err(e) = self.game.send(order) {
             tracing::warn!(error = %e, "cannot stop the game");
         }
         let epoch = match self.phase {
@@ -275,7 +290,7 @@ impl Control {
                     LeaderChange::Elected(l) => l.epoch > mine,
                 };
                 if ends_mine {
-                    self.fenced("the leader key is gone or another's");
+                    self.fenced("the leader key is gone or another's", false);
                     return Some(Next::Revoke);
                 }
                 None
@@ -299,6 +314,15 @@ impl Control {
 
     fn report(&mut self, keeper: &LeaseKeeper, r: Report) -> Option<Next> {
         match (&mut self.phase, r) {
+            (_, Report::Suspended { game, epoch }) => {
+                self.suspended = Some((game, epoch));
+                None
+            }
+            (_, Report::Exited { game, .. }) if self.suspended.is_some_and(|(g, _)| g == game) => {
+                tracing::warn!(game, "the suspended game ended");
+                self.suspended = None;
+                None
+            }
             (
                 Phase::Spare {
                     game,
@@ -586,7 +610,22 @@ impl Control {
         };
         match self.leader.clone() {
             None => {
-                if !self.coord.history()?.is_empty() {
+                let history = self.coord.history()?;
+                if let Some((game, mine)) = self.suspended {
+                    // This node's suspended game led last: nobody took over, it is the
+                    // game's only copy, and it may lead again. Led by another since: its
+                    // state is gone by.
+                    if history
+                        .last()
+                        .is_some_and(|(e, n)| *e == mine && *n == self.me.name)
+                    {
+                        self.lead_suspended(keeper, game, mine)?;
+                    } else {
+                        self.kill_suspended("another node led since");
+                    }
+                    return Ok(());
+                }
+                if !history.is_empty() {
                     // A session that had a primary: only a spare holding a checkpoint may go
                     // on with it; this node holds none.
                     return Ok(());
@@ -618,6 +657,7 @@ impl Control {
                 // Our previous incarnation's key, on its way out.
             }
             Some(l) => {
+                self.kill_suspended("another node leads");
                 if let SpareSlot::Taken(slot) =
                     self.coord.take_spare(&self.me.name, keeper.lease())?
                 {
@@ -633,6 +673,48 @@ impl Control {
             }
         }
         Ok(())
+    }
+
+    /// Campaigns for the suspended game of `epoch`; on a win it continues with the new epoch.
+    fn lead_suspended(
+        &mut self,
+        keeper: &LeaseKeeper,
+        game: u64,
+        epoch: Epoch,
+    ) -> Result<(), CoordError> {
+        match self.coord.campaign(&self.me, keeper.lease())? {
+            Campaign::Won(won) => {
+                self.suspended = None;
+                if let Err(e) = self.game.send(Order::Continue { epoch: won }) {
+                    tracing::warn!(error = %e, "cannot continue the suspended game");
+                }
+                tracing::info!(from = epoch, epoch = won, "the suspended game leads again");
+                self.events.emit(
+                    "leading",
+                    json!({"epoch":won,"promoted":false,"continued":true,"after":epoch}),
+                );
+                self.phase = Phase::Primary {
+                    epoch: won,
+                    game,
+                    running: true,
+                };
+                self.after_win(keeper, won);
+            }
+            Campaign::Lost(l) => {
+                self.kill_suspended("another node won the lead");
+                self.leader = Some(l);
+            }
+        }
+        Ok(())
+    }
+
+    fn kill_suspended(&mut self, why: &str) {
+        if let Some((game, epoch)) = self.suspended.take() {
+            tracing::warn!(game, epoch, why, "the suspended game is killed");
+            if let Err(e) = self.game.send(Order::Kill) {
+                tracing::warn!(error = %e, "cannot kill the suspended game");
+            }
+        }
     }
 
     /// The session's config, once the client has written it.

@@ -57,6 +57,8 @@ pub(super) enum Role {
     },
     /// Promoted, restoring (the resumed line not read yet); the order pipe stays open.
     Promoting { _order: File },
+    /// A fenced primary stopped (SIGSTOP) and kept: the only copy of the game.
+    Suspended,
 }
 
 /// The running game.
@@ -95,7 +97,7 @@ impl Role {
     pub(super) fn name(&self) -> &'static str {
         match self {
             Role::Spare { .. } => "spare",
-            Role::Primary | Role::Promoting { .. } => "primary",
+            Role::Primary | Role::Promoting { .. } | Role::Suspended => "primary",
         }
     }
 }
@@ -263,7 +265,9 @@ impl GameLoop {
                     Order::StartPrimary { game, .. } | Order::StartSpare { game, .. } => {
                         Some(*game)
                     }
-                    Order::Promote { .. } | Order::Kill => None,
+                    Order::Promote { .. } | Order::Kill | Order::Fence | Order::Continue { .. } => {
+                        None
+                    }
                 };
                 if let Err(e) = self.order(o) {
                     // A game that could not start is one that died at once: the control

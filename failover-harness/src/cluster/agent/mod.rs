@@ -110,6 +110,16 @@ pub enum Order {
     },
     /// SIGKILL the game, whatever it is, and forget it.
     Kill,
+    /// The agent's lease is fenced while its game leads: SIGKILL it if a spare holds a
+    /// checkpoint of it (the spare takes over), else SIGSTOP it and keep it
+    /// ([`Report::Suspended`]): it is the game's only copy, and the agent may lead it again
+    /// once etcd answers ([`Order::Continue`]).
+    Fence,
+    /// SIGCONT the suspended game, which leads again with the new `epoch`.
+    Continue {
+        /// The epoch won.
+        epoch: Epoch,
+    },
 }
 
 /// From the game loop to the control thread. `game` is the number the start order gave the
@@ -136,6 +146,13 @@ pub enum Report {
     Heard {
         /// The game.
         game: u64,
+    },
+    /// A fenced primary's game was stopped and kept, no spare holding a checkpoint of it.
+    Suspended {
+        /// The game.
+        game: u64,
+        /// The epoch it led.
+        epoch: Epoch,
     },
     /// A promoted game has restored its checkpoint and runs.
     Resumed {

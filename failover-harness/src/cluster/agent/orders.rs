@@ -14,11 +14,12 @@ use nix::fcntl::OFlag;
 use serde_json::json;
 
 use super::game::{Current, GameLoop, LinePipe, Role, STATS_MS};
-use super::{GameConfig, Order};
+use super::{GameConfig, Order, Report};
 use crate::engine::local::LocalLauncher;
 use crate::engine::node::Node as _;
 use crate::game::{Io, Setup};
 use crate::link::{Link, Transport};
+use hotspare_cluster::Epoch;
 
 impl GameLoop {
     pub(super) fn launcher(&mut self, config: &GameConfig) -> anyhow::Result<&mut LocalLauncher> {
@@ -51,6 +52,14 @@ impl GameLoop {
         match order {
             Order::Kill => {
                 self.kill_current("ordered");
+                Ok(())
+            }
+            Order::Fence => {
+                self.fence_current();
+                Ok(())
+            }
+            Order::Continue { epoch } => {
+                self.continue_current(epoch);
                 Ok(())
             }
             Order::StartPrimary {
@@ -183,6 +192,65 @@ impl GameLoop {
     }
 
     /// SIGKILLs the current game (if any) and tells following clients it ended.
+    /// The lease is fenced: a leading game whose spare holds a checkpoint is killed (the
+    /// spare takes over); one with no such spare is the game's only copy, so it is stopped
+    /// (SIGSTOP, before the lease can expire: nothing of it reaches the spare or the client
+    /// from then on) and kept for a later lead. Anything else is killed.
+    fn fence_current(&mut self) {
+        let keep = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.leads() && !c.spare_synced);
+        if !keep {
+            self.kill_current("fenced");
+            return;
+        }
+        let Some(cur) = &mut self.current else { return };
+        if let Err(e) = stop_or_continue(cur.node.pid(), nix::sys::signal::Signal::SIGSTOP) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot stop the fenced game; killing it");
+            self.kill_current("fenced");
+            return;
+        }
+        cur.role = Role::Suspended;
+        let (game, epoch) = (cur.game, cur.epoch);
+        tracing::warn!(
+            epoch,
+            "fenced with no spare holding the game: stopped and kept"
+        );
+        self.events
+            .emit("suspended", json!({"epoch":epoch,"pid":cur.node.pid()}));
+        for c in self.clients.values_mut() {
+            c.following = false;
+        }
+        self.report(Report::Suspended { game, epoch });
+    }
+
+    /// The suspended game leads again, with `epoch`.
+    fn continue_current(&mut self, epoch: Epoch) {
+        let Some(cur) = &mut self.current else {
+            tracing::warn!(epoch, "continue ordered with no game");
+            return;
+        };
+        if !matches!(cur.role, Role::Suspended) {
+            tracing::warn!(epoch, "continue ordered for a game not suspended");
+            return;
+        }
+        if let Err(e) = stop_or_continue(cur.node.pid(), nix::sys::signal::Signal::SIGCONT) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot continue the suspended game");
+            return;
+        }
+        let from = cur.epoch;
+        cur.role = Role::Primary;
+        cur.epoch = epoch;
+        cur.last_line = Instant::now();
+        self.known_epoch = self.known_epoch.max(epoch);
+        self.events.emit(
+            "continued",
+            json!({"epoch":epoch,"from":from,"pid":cur.node.pid()}),
+        );
+        self.answer_waiting();
+    }
+
     pub(super) fn kill_current(&mut self, why: &str) {
         let Some(mut cur) = self.current.take() else {
             return;
@@ -206,4 +274,11 @@ impl GameLoop {
             c.following = false;
         }
     }
+}
+
+/// Sends `sig` (SIGSTOP or SIGCONT) to the game `pid`.
+fn stop_or_continue(pid: Option<u32>, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+    let pid = pid.context("the game has no pid")?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).context("a pid out of range")?);
+    nix::sys::signal::kill(pid, sig).with_context(|| format!("cannot send {sig} to game {pid}"))
 }
