@@ -373,9 +373,6 @@ fn five_hundred_random_faults_lose_no_input_and_never_split_the_brain() {
 /// each game ends exactly as `tetris --headless`. `HOTSPARE_SPLIT_CUTS` cuts (default 4),
 /// over as many games as they take.
 #[test]
-#[ignore = "open: under heavy load (a 500-fault run beside it) a game was lost in its first cut: \
-            the primary's node went back to Starting while its cut-off spare was unsynced; \
-            passed alone (40 cuts, 0 wrong failovers); see CLUSTER.md, what is missing 3"]
 fn primary_spare_partitions_alone_fail_nothing_over_and_the_game_is_exact() {
     if !cluster_prerequisites() {
         return;
