@@ -86,6 +86,10 @@ struct Tally {
     wrong_failovers: Vec<String>,
     /// Faults after which no failover came, where one must.
     unrecovered: Vec<String>,
+    /// Kills, axes and stops that found no game to strike: the primary's agent had just
+    /// stopped its game itself (a fence under load); the session must become whole again
+    /// (the next settle checks it) and the game stay exact.
+    missed: Vec<String>,
 }
 
 /// Plays `games` headless games of `inputs` inputs each on `rig`, faults from `kinds`
@@ -186,6 +190,14 @@ fn strike(
     let hold = Duration::from_millis(300 + rng.below(900));
     match kind {
         Nemesis::Kill | Nemesis::Axe | Nemesis::Stop => {
+            if rig.game_pid(&primary).is_none() {
+                eprintln!("  missed: {primary} runs no game (its agent stopped it first)");
+                tally.missed.push(format!(
+                    "{kind:?} of {primary} (epoch {epoch}): no game; {}",
+                    rig.agent_logs()
+                ));
+                return;
+            }
             let fault = match kind {
                 Nemesis::Kill => Fault::Kill,
                 Nemesis::Axe => Fault::Axe,
@@ -273,13 +285,17 @@ fn strike(
 
 fn assert_clean(t: &Tally) {
     eprintln!(
-        "{} games, {} faults, {} failovers, {} inputs lost, {} violations",
+        "{} games, {} faults, {} failovers, {} inputs lost, {} violations, {} missed strikes",
         t.games,
         t.faults,
         t.failovers,
         t.lost_inputs,
-        t.violations.len()
+        t.violations.len(),
+        t.missed.len()
     );
+    for m in &t.missed {
+        eprintln!("missed strike: {m}");
+    }
     assert!(t.violations.is_empty(), "violations: {:#?}", t.violations);
     assert_eq!(t.lost_inputs, 0);
     assert!(
