@@ -86,9 +86,10 @@ struct Tally {
     wrong_failovers: Vec<String>,
     /// Faults after which no failover came, where one must.
     unrecovered: Vec<String>,
-    /// Kills, axes and stops that found no game to strike: the primary's agent had just
-    /// stopped its game itself (a fence under load); the session must become whole again
-    /// (the next settle checks it) and the game stay exact.
+    /// Kills, axes and stops that found no game to strike: the game had just ended on its
+    /// own (its script's end: both missed strikes of the 2026-12-02 500-fault run were
+    /// games that exited 0 just then), or its agent stopped it (a fence); the game must still
+    /// end exact (and a session that is not whole again fails the next settle).
     missed: Vec<String>,
 }
 
@@ -191,7 +192,7 @@ fn strike(
     match kind {
         Nemesis::Kill | Nemesis::Axe | Nemesis::Stop => {
             if rig.game_pid(&primary).is_none() {
-                eprintln!("  missed: {primary} runs no game (its agent stopped it first)");
+                eprintln!("  missed: {primary} runs no game (it ended, or its agent stopped it)");
                 tally.missed.push(format!(
                     "{kind:?} of {primary} (epoch {epoch}): no game; {}",
                     rig.agent_logs()
