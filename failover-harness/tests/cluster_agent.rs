@@ -665,6 +665,49 @@ fn a_lone_primary_plays_a_headless_game_through_its_agent_to_the_exact_end() {
     );
 }
 
+/// The key log of a headless script: its inputs without the line breaks.
+fn key_log(script_bytes: &[u8]) -> Vec<u8> {
+    script_bytes
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b'\n' | b'\r'))
+        .collect()
+}
+
+/// Reads `conn` until its game's result (`Ended`, finished); `what` names the wait in a
+/// failure.
+fn game_result(conn: &Conn, what: &str) -> Vec<u8> {
+    loop {
+        match conn.frames.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(ToClient::Ended {
+                finished: true,
+                output,
+                ..
+            })) => return output,
+            Ok(Ok(_)) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
+/// The game's result equals the uninterrupted one's, and host `host`'s agent said every one
+/// of `events`.
+fn assert_exact_with_events(c: &Cluster, end: &[u8], want: &[u8], host: &str, events: &[&str]) {
+    assert_eq!(
+        String::from_utf8_lossy(end),
+        String::from_utf8_lossy(want),
+        "the game's end differs from the uninterrupted game's; {}",
+        c.diagnostics()
+    );
+    let said = c.events(host);
+    for e in events {
+        assert!(
+            said.iter().any(|s| s["event"] == *e),
+            "{host} never said {e}: {said:#?}"
+        );
+    }
+}
+
 /// The relay's hold: an agent gives its game no key, and so a headless game no end of input,
 /// while its client's echoes are missing (a client cut off one way, or gone quiet); once the
 /// echoes come back the game gets everything and ends exactly as uninterrupted.
@@ -677,11 +720,7 @@ fn an_agent_gives_its_game_no_key_while_its_clients_echoes_are_missing() {
     c.start_agent("a");
     let script_bytes = script(21, 200);
     let want = uninterrupted(c.dir.path(), &script_bytes);
-    let log: Vec<u8> = script_bytes
-        .iter()
-        .copied()
-        .filter(|b| !matches!(b, b'\n' | b'\r'))
-        .collect();
+    let log = key_log(&script_bytes);
     let p = c.client_params();
     let config = serde_json::json!({"args": ["--seed", "7", "-l", "2"], "headless": true});
     let end = ok(c.rig.in_host("client", move || {
@@ -725,30 +764,9 @@ fn an_agent_gives_its_game_no_key_while_its_clients_echoes_are_missing() {
             "{beats} heartbeats in 600 ms (one every 25 ms)"
         );
         echo.store(true, Ordering::SeqCst);
-        loop {
-            match conn.frames.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(ToClient::Ended {
-                    finished: true,
-                    output,
-                    ..
-                })) => return output,
-                Ok(Ok(_)) => {}
-                other => panic!("no end after the echoes came back: {other:?}"),
-            }
-        }
+        game_result(&conn, "no end after the echoes came back")
     }));
-    assert_eq!(
-        String::from_utf8_lossy(&end),
-        String::from_utf8_lossy(&want),
-        "the game's end differs from the uninterrupted game's; {}",
-        c.diagnostics()
-    );
-    let events = c.events("a");
-    let named = |what: &str| events.iter().any(|e| e["event"] == what);
-    assert!(
-        named("held") && named("released"),
-        "no held and released events: {events:#?}"
-    );
+    assert_exact_with_events(&c, &end, &want, "a", &["held", "released"]);
 }
 
 /// A lone primary (no spare holds its game) cut off from etcd past its lease: its agent is
@@ -764,11 +782,7 @@ fn a_fenced_primary_no_spare_holds_is_kept_and_leads_again_when_etcd_returns() {
     c.start_agent("a");
     let script_bytes = script(31, 240);
     let want = uninterrupted(c.dir.path(), &script_bytes);
-    let log: Vec<u8> = script_bytes
-        .iter()
-        .copied()
-        .filter(|b| !matches!(b, b'\n' | b'\r'))
-        .collect();
+    let log = key_log(&script_bytes);
     let half = log.len() / 2;
     let p = c.client_params();
     let config = serde_json::json!({"args": ["--seed", "7", "-l", "2"], "headless": true});
@@ -818,30 +832,10 @@ fn a_fenced_primary_no_spare_holds_is_kept_and_leads_again_when_etcd_returns() {
             offset: log.len() as u64,
         };
         ok(proto::write_frame(&mut conn.stream, &end));
-        loop {
-            match conn.frames.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(ToClient::Ended {
-                    finished: true,
-                    output,
-                    ..
-                })) => return output,
-                Ok(Ok(_)) => {}
-                other => panic!("no end of the continued game: {other:?}"),
-            }
-        }
+        game_result(&conn, "no end of the continued game")
     }));
-    assert_eq!(
-        String::from_utf8_lossy(&end),
-        String::from_utf8_lossy(&want),
-        "the game's end differs from the uninterrupted game's; {}",
-        c.diagnostics()
-    );
+    assert_exact_with_events(&c, &end, &want, "a", &["fenced", "suspended", "continued"]);
     let events = c.events("a");
-    let named = |what: &str| events.iter().any(|e| e["event"] == what);
-    assert!(
-        named("fenced") && named("suspended") && named("continued"),
-        "not fenced, suspended and continued: {events:#?}"
-    );
     assert!(
         !events.iter().any(|e| e["event"] == "game_ended"
             && e["status"]
