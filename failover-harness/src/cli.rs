@@ -267,8 +267,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "F")]
     pub key_file: PathBuf,
     /// A spare that hears nothing from its primary this long, and whose client suspects it
-    /// too, takes over before the lease expires.
-    #[arg(long, value_name = "MS", default_value_t = 150)]
+    /// too, takes over before the lease expires (at least 10).
+    #[arg(long, value_name = "MS", default_value_t = 150, value_parser = clap::value_parser!(u64).range(10..))]
     pub suspect_ms: u64,
     /// The lease's time to live, in seconds.
     #[arg(long, value_name = "S", default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
@@ -309,7 +309,7 @@ pub struct BenchArgs {
     pub hosts_n: u8,
     /// With --hosts: the agents' and client's --suspect-ms (a large value leaves an axe to
     /// the lease's expiry).
-    #[arg(long, value_name = "MS", default_value_t = 150, requires = "hosts")]
+    #[arg(long, value_name = "MS", default_value_t = 150, requires = "hosts", value_parser = clap::value_parser!(u64).range(10..))]
     pub suspect_ms: u64,
 }
 
@@ -327,8 +327,9 @@ pub struct ClientArgs {
     #[arg(long, value_name = "F")]
     pub key_file: PathBuf,
     /// Hearing nothing from the leader for MS milliseconds writes suspect/<epoch> (the
-    /// client's half of the fast path).
-    #[arg(long, value_name = "MS", default_value_t = 150)]
+    /// client's half of the fast path; at least 10: the leader's agent relays to this
+    /// client only within two thirds of it after an echoed heartbeat).
+    #[arg(long, value_name = "MS", default_value_t = 150, value_parser = clap::value_parser!(u64).range(10..))]
     pub suspect_ms: u64,
     /// Write the client's events (leader, first_output, refused, suspect, ended) to FILE as
     /// JSON lines with CLOCK_MONOTONIC microseconds.

@@ -1,7 +1,8 @@
 //! The harness's command lines: game options are checked by tetris's own parser before any
 //! game starts (its message, once); an option given twice takes its last value, as in
 //! tetris; no trials are refused; a kill point past the script's end is warned about; `play
-//! --hosts` refuses the single-machine options it cannot honour.
+//! --hosts` refuses the single-machine options it cannot honour; a suspicion window under
+//! 10 ms is refused.
 
 mod common;
 
@@ -119,6 +120,32 @@ fn play_hosts_refuses_the_single_machine_options_it_cannot_honour() {
             "play --hosts {option}: {said}"
         );
     }
+}
+
+#[test]
+fn a_suspicion_window_under_10_ms_is_refused_by_the_agent_the_client_and_play_hosts() {
+    let common = ["--etcd", "http://127.0.0.1:1", "--session", "s"];
+    for args in [
+        &["client", "--key-file", "/nonexistent", "--suspect-ms", "5"][..],
+        &[
+            "agent",
+            "--name",
+            "a",
+            "--listen",
+            "127.0.0.1:7000",
+            "--key-file",
+            "/nonexistent",
+            "--suspect-ms",
+            "0",
+        ],
+    ] {
+        let all = [&args[..1], &common[..], &args[1..]].concat();
+        let (ok, said) = stderr_of(&all);
+        assert!(!ok, "{all:?} was taken");
+        assert!(said.contains("--suspect-ms"), "{all:?}: {said}");
+    }
+    let (ok, said) = stderr_of(&["play", "--hosts", "--suspect-ms", "9"]);
+    assert!(!ok && said.contains("--suspect-ms"), "play --hosts: {said}");
 }
 
 #[test]
