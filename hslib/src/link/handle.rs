@@ -495,6 +495,9 @@ impl Link {
             }
         };
         slot.next_checkpoint = cp + 1;
+        shared
+            .direct_wrote
+            .store(super::stamp_now(), Ordering::Relaxed);
         direct::count_written(&shared, cp, bytes, full, false, Some(id));
         let read = open.read_ack(cp, deadline);
         Ok(Ok((id, self.acked(session, cp, generation, read)?)))

@@ -140,6 +140,25 @@ struct Shared {
     listen_failed: Mutex<Option<String>>,
     /// Whether `listen_failed` holds a reason (one atomic load per checkpoint).
     listen_failed_set: AtomicBool,
+    /// When the application's thread last wrote a checkpoint to the stream itself (the
+    /// direct path), as a [`stamp_now`]: the sender's heartbeat clock counts it as traffic.
+    direct_wrote: AtomicU64,
+}
+
+/// The origin of the instants kept in atomics ([`stamp_now`], [`stamped`]).
+fn origin() -> std::time::Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(std::time::Instant::now)
+}
+
+/// Now, as nanoseconds since [`origin`] (fits an atomic).
+fn stamp_now() -> u64 {
+    u64::try_from(origin().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The instant of a [`stamp_now`] value.
+fn stamped(ns: u64) -> std::time::Instant {
+    origin() + std::time::Duration::from_nanos(ns)
 }
 
 /// The open session (if any) and the number the next session's first checkpoint gets,
@@ -235,6 +254,16 @@ impl Shared {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The session slot if no one holds it; `None` while it is busy (its holder owns the
+    /// stream: it is writing frames or waiting for their ack).
+    fn try_session(&self) -> Option<MutexGuard<'_, Session>> {
+        match self.session.0.try_lock() {
+            Ok(s) => Some(s),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     fn queued(&self) -> MutexGuard<'_, Option<coalesce::Queued>> {

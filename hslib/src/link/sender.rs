@@ -158,8 +158,20 @@ impl SenderThread {
     /// session, a sink, heartbeats off).
     fn heartbeat_due(&self) -> Option<Duration> {
         let every = self.params.heartbeat?;
-        self.shared.session().open.as_ref().filter(|o| o.acks)?;
-        Some(every.saturating_sub(self.last_sent.elapsed()))
+        // A busy slot is a session in use (its holder writes or waits for an ack): due as
+        // its idle time says. Waiting for the lock instead would queue this thread behind
+        // every sync checkpoint, each of which would then wake it on its way out.
+        if let Some(session) = self.shared.try_session() {
+            session.open.as_ref().filter(|o| o.acks)?;
+        }
+        Some(every.saturating_sub(self.idle_since().elapsed()))
+    }
+
+    /// Since when the stream has carried nothing: the sender's last frame or the
+    /// application thread's last direct checkpoint, whichever came later.
+    fn idle_since(&self) -> Instant {
+        let direct = super::stamped(self.shared.direct_wrote.load(Ordering::Relaxed));
+        self.last_sent.max(direct)
     }
 
     /// Sends a heartbeat if the open session has been idle long enough.
@@ -167,7 +179,7 @@ impl SenderThread {
         let Some(every) = self.params.heartbeat else {
             return;
         };
-        if self.last_sent.elapsed() < every {
+        if self.idle_since().elapsed() < every {
             return;
         }
         if !self.shared.live.load(Ordering::Acquire) {
@@ -176,7 +188,12 @@ impl SenderThread {
             self.last_sent = Instant::now();
             return;
         }
-        let mut session = self.shared.session();
+        let Some(mut session) = self.shared.try_session() else {
+            // Its holder is writing a checkpoint (or waiting for the ack of one it just
+            // wrote): the stream is not idle. Look again an interval on.
+            self.last_sent = Instant::now();
+            return;
+        };
         let Some(open) = session.open.as_mut().filter(|o| o.acks) else {
             return;
         };
@@ -204,16 +221,9 @@ impl SenderThread {
             return;
         };
         drop(session);
-        let nonblocking = open.writer.get_ref().as_fd().map(|fd| {
-            nix::fcntl::fcntl(
-                fd,
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-            )
-        });
-        let said = match nonblocking {
-            Some(Ok(_)) => open.writer.goodbye(),
-            Some(Err(e)) => Err(crate::wire::WireError::Io(e.into())),
-            None => open.writer.goodbye(),
+        let said = match open.writer.get_ref().set_nonblocking() {
+            Ok(()) => open.writer.goodbye(),
+            Err(e) => Err(crate::wire::WireError::Io(e)),
         };
         match said {
             Ok(()) => {

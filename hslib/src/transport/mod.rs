@@ -53,6 +53,19 @@ pub trait Endpoint: Read + Write + Send {
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown()
     }
+    /// Makes reads and writes on every handle of the stream fail rather than block
+    /// (`O_NONBLOCK`); nothing where there is no descriptor.
+    fn set_nonblocking(&self) -> io::Result<()> {
+        self.as_fd().map_or(Ok(()), set_nonblocking)
+    }
+}
+
+/// Sets `O_NONBLOCK` on `fd`'s open file description (every duplicate of it).
+fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(())
 }
 
 /// What went wrong setting up or using a transport.
@@ -163,73 +176,51 @@ pub enum TransportError {
     },
 }
 
-impl<E: Endpoint + ?Sized> Endpoint for &mut E {
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
+/// Implements [`Endpoint`] for a pointer type by forwarding every method (each one: a
+/// method left out would silently fall back to its default).
+macro_rules! forward_endpoint {
+    ($($ptr:ty),+) => {$(
+        impl<E: Endpoint + ?Sized> Endpoint for $ptr {
+            fn describe(&self) -> String {
+                (**self).describe()
+            }
 
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        (**self).set_read_timeout(timeout)
-    }
+            fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+                (**self).set_read_timeout(timeout)
+            }
 
-    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
-        (**self).try_clone_endpoint()
-    }
+            fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
+                (**self).try_clone_endpoint()
+            }
 
-    fn shutdown(&self) -> io::Result<()> {
-        (**self).shutdown()
-    }
+            fn shutdown(&self) -> io::Result<()> {
+                (**self).shutdown()
+            }
 
-    fn as_fd(&self) -> Option<BorrowedFd<'_>> {
-        (**self).as_fd()
-    }
+            fn as_fd(&self) -> Option<BorrowedFd<'_>> {
+                (**self).as_fd()
+            }
 
-    fn acks(&self) -> bool {
-        (**self).acks()
-    }
+            fn acks(&self) -> bool {
+                (**self).acks()
+            }
 
-    fn sync(&self) -> io::Result<()> {
-        (**self).sync()
-    }
+            fn sync(&self) -> io::Result<()> {
+                (**self).sync()
+            }
 
-    fn shutdown_write(&self) -> io::Result<()> {
-        (**self).shutdown_write()
-    }
+            fn shutdown_write(&self) -> io::Result<()> {
+                (**self).shutdown_write()
+            }
+
+            fn set_nonblocking(&self) -> io::Result<()> {
+                (**self).set_nonblocking()
+            }
+        }
+    )+};
 }
 
-impl<E: Endpoint + ?Sized> Endpoint for Box<E> {
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
-
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        (**self).set_read_timeout(timeout)
-    }
-
-    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
-        (**self).try_clone_endpoint()
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        (**self).shutdown()
-    }
-
-    fn as_fd(&self) -> Option<BorrowedFd<'_>> {
-        (**self).as_fd()
-    }
-
-    fn acks(&self) -> bool {
-        (**self).acks()
-    }
-
-    fn sync(&self) -> io::Result<()> {
-        (**self).sync()
-    }
-
-    fn shutdown_write(&self) -> io::Result<()> {
-        (**self).shutdown_write()
-    }
-}
+forward_endpoint!(&mut E, Box<E>);
 
 /// A connected Unix socket pair end (e.g. from `socketpair` between a parent and a spare it
 /// forked) is an endpoint as it is.

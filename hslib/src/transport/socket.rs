@@ -5,6 +5,8 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::Endpoint;
@@ -17,6 +19,13 @@ pub trait StreamSocket: Read + Write + AsFd + Send + Sized + 'static {
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
     /// Shuts down one or both directions.
     fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+    /// Whether a reader asleep in `read` is woken, for nothing, when the peer takes in
+    /// what this side wrote. A Unix stream socket does that (its write-space wake-up goes
+    /// to every sleeper, whatever it waits for), so a sync checkpoint's writer waiting for
+    /// the ack, and the spare waiting for the next checkpoint, would each wake twice per
+    /// checkpoint. Such a socket is read after `poll` for input, whose wake-ups are
+    /// filtered by what it waits for.
+    const WOKEN_FOR_SPACE: bool = false;
 }
 
 impl StreamSocket for TcpStream {
@@ -34,6 +43,8 @@ impl StreamSocket for TcpStream {
 }
 
 impl StreamSocket for UnixStream {
+    const WOKEN_FOR_SPACE: bool = true;
+
     fn try_clone(&self) -> io::Result<Self> {
         UnixStream::try_clone(self)
     }
@@ -53,12 +64,34 @@ pub struct SocketEndpoint<S> {
     stream: S,
     /// "unix:/run/...", "tcp:127.0.0.1:7000".
     peer: String,
+    /// What the socket's descriptors share (as they share `SO_RCVTIMEO` and `O_NONBLOCK`),
+    /// for the `poll` before a read ([`StreamSocket::WOKEN_FOR_SPACE`]).
+    modes: Arc<Modes>,
 }
+
+/// The read timeout and blocking mode last set through any handle of one socket.
+#[derive(Debug)]
+struct Modes {
+    /// In microseconds; [`NO_TIMEOUT`]: none.
+    read_timeout_us: AtomicU64,
+    /// Reads and writes fail instead of blocking.
+    nonblocking: AtomicBool,
+}
+
+/// `read_timeout_us` when reads may block forever.
+const NO_TIMEOUT: u64 = u64::MAX;
 
 impl<S: StreamSocket> SocketEndpoint<S> {
     /// `stream`, connected to the peer named `peer` in messages.
     pub(crate) fn new(stream: S, peer: String) -> Self {
-        Self { stream, peer }
+        Self {
+            stream,
+            peer,
+            modes: Arc::new(Modes {
+                read_timeout_us: AtomicU64::new(NO_TIMEOUT),
+                nonblocking: AtomicBool::new(false),
+            }),
+        }
     }
 
     /// The socket.
@@ -69,7 +102,31 @@ impl<S: StreamSocket> SocketEndpoint<S> {
 
 impl<S: StreamSocket> Read for SocketEndpoint<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if S::WOKEN_FOR_SPACE && !buf.is_empty() && !self.modes.nonblocking.load(Ordering::Relaxed)
+        {
+            let timeout = match self.modes.read_timeout_us.load(Ordering::Relaxed) {
+                NO_TIMEOUT => None,
+                us => Some(Duration::from_micros(us)),
+            };
+            wait_readable(self.stream.as_fd(), timeout)?;
+        }
         self.stream.read(buf)
+    }
+}
+
+/// Waits until `fd` has input (or its end, or an error) for at most `timeout`; a timeout is
+/// `WouldBlock`, as a timed-out `read` of a socket with `SO_RCVTIMEO` reports it. Returns
+/// early, for the read to go ahead, when a signal interrupts the wait.
+fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<()> {
+    use nix::poll::{PollFd, PollFlags, ppoll};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let limit = timeout.map(nix::sys::time::TimeSpec::from_duration);
+    match ppoll(&mut fds, limit, None) {
+        Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+        // A signal: the read goes ahead and blocks (or is restarted) as it would have
+        // without the poll.
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(io::Error::from(e)),
     }
 }
 
@@ -93,13 +150,25 @@ impl<S: StreamSocket> Endpoint for SocketEndpoint<S> {
     }
 
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(timeout)
+        self.stream.set_read_timeout(timeout)?;
+        let us = timeout.map_or(NO_TIMEOUT, |t| {
+            u64::try_from(t.as_micros()).map_or(NO_TIMEOUT - 1, |us| us.clamp(1, NO_TIMEOUT - 1))
+        });
+        self.modes.read_timeout_us.store(us, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        super::set_nonblocking(self.stream.as_fd())?;
+        self.modes.nonblocking.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
         Ok(Box::new(Self {
             stream: self.stream.try_clone()?,
             peer: self.peer.clone(),
+            modes: Arc::clone(&self.modes),
         }))
     }
 
@@ -113,5 +182,78 @@ impl<S: StreamSocket> Endpoint for SocketEndpoint<S> {
 
     fn shutdown(&self) -> io::Result<()> {
         self.stream.shutdown(Shutdown::Both)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// This thread's voluntary context switches so far (each sleep it woke from).
+    fn voluntary_switches() -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("voluntary_ctxt_switches in /proc/thread-self/status")
+    }
+
+    fn pair() -> (SocketEndpoint<UnixStream>, UnixStream) {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        (SocketEndpoint::new(a, "unix:test".to_owned()), b)
+    }
+
+    /// A writer waiting for its answer sleeps once: the peer taking in what it wrote (which
+    /// wakes every sleeper on a Unix socket) does not wake it.
+    #[test]
+    fn a_unix_reader_sleeps_through_its_peer_taking_in_what_it_wrote() {
+        let (mut ep, mut peer) = pair();
+        let answer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut got = [0u8; 4096];
+            peer.read_exact(&mut got).expect("the peer reads");
+            std::thread::sleep(Duration::from_millis(50));
+            peer.write_all(&[7]).expect("the peer answers");
+        });
+        ep.write_all(&[1u8; 4096]).expect("write");
+        let before = voluntary_switches();
+        let mut one = [0u8; 1];
+        assert_eq!(ep.read(&mut one).expect("the answer"), 1);
+        let slept = voluntary_switches() - before;
+        answer.join().expect("the peer thread");
+        assert_eq!(one, [7]);
+        assert_eq!(slept, 1, "the reader woke {slept} times for one answer");
+    }
+
+    /// The poll before the read keeps the read timeout, on every handle of the socket.
+    #[test]
+    fn a_unix_read_still_times_out_as_set_on_any_handle() {
+        let (mut ep, _peer) = pair();
+        let other = ep.try_clone_endpoint().expect("clone");
+        other
+            .set_read_timeout(Some(Duration::from_millis(60)))
+            .expect("timeout");
+        let started = Instant::now();
+        let err = ep.read(&mut [0u8; 8]).expect_err("nothing to read");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "{started:?}"
+        );
+    }
+
+    /// A socket made non-blocking through one handle fails reads on another at once, as
+    /// `O_NONBLOCK` on the shared file description does, instead of waiting in the poll.
+    #[test]
+    fn a_nonblocking_unix_socket_fails_reads_at_once_on_every_handle() {
+        let (mut ep, _peer) = pair();
+        let other = ep.try_clone_endpoint().expect("clone");
+        other.set_nonblocking().expect("non-blocking");
+        let started = Instant::now();
+        let err = ep.read(&mut [0u8; 8]).expect_err("nothing to read");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
