@@ -930,6 +930,7 @@ impl<T> HotSpare<T> {
             epoch: self.epoch,
             model: None,
             pending: None,
+            report: DirtyPages::default(),
             force_full: false,
             cbw: CbwState::new(),
             ack_deadline: None,
@@ -1305,6 +1306,8 @@ pub struct Context {
     model: Option<CostModel>,
     /// The pages a failed checkpoint's scan reported: the next checkpoint ships them too.
     pending: Option<DirtyPages>,
+    /// The last shipped report, kept for its vectors ([`Tracker::collect_dirty_into`]).
+    report: DirtyPages,
     /// The last scan failed, so pages may be unaccounted for: the next checkpoint is full.
     force_full: bool,
     /// Sync mode: how long a checkpoint waits for its ack.
@@ -1556,8 +1559,13 @@ impl Context {
         // The last cbw snapshot's pages not copied yet are copied now (normally the sender
         // has done it): the scan starts a new interval and may protect them anew.
         self.cbw.settle();
-        let scanned = self.tracker.collect_dirty().map_err(HsError::from);
-        let dirty = match scanned.and_then(|d| inject(Step::Scan).map(|()| d)) {
+        // The last report's vectors, reused: a steady-state scan allocates nothing.
+        let mut dirty = std::mem::take(&mut self.report);
+        let scanned = self
+            .tracker
+            .collect_dirty_into(&mut dirty)
+            .map_err(HsError::from);
+        let dirty = match scanned.and_then(|()| inject(Step::Scan)).map(|()| dirty) {
             Ok(d) => d,
             Err(e) => {
                 // Some regions may have started a new interval already: their pages are
@@ -1573,6 +1581,8 @@ impl Context {
         let taken = self.ship(&dirty);
         if taken.is_err() {
             self.pending = Some(dirty);
+        } else {
+            self.report = dirty;
         }
         taken
     }
@@ -1640,7 +1650,8 @@ impl Context {
                 .choose(pages * PAGE_SIZE as u64),
             s => s,
         };
-        let taken = Instant::now();
+        // Timed only for the cost model (a clock read is a cold page at a person's pace).
+        let taken = self.model.is_some().then(Instant::now);
         let mut steady = true;
         let snap = match strategy {
             Strategy::Fork => {
@@ -1672,6 +1683,7 @@ impl Context {
             }
         };
         if let Some(model) = &mut self.model
+            && let Some(taken) = taken
             && steady
         {
             model.observe(strategy, pages * PAGE_SIZE as u64, taken.elapsed());

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::coalesce::{self, Queued};
 use super::direct::{self, AckRead};
+use super::returns::Returns;
 use super::sender::SenderThread;
 use super::{
     Delivery, Job, LinkConfig, LinkError, LinkProbe, LinkStats, MaxLag, Plan, Progress, Shared,
@@ -39,7 +40,8 @@ const POOL: usize = 4;
 #[derive(Debug)]
 pub struct Link {
     jobs: Sender<Job>,
-    recycle: Receiver<Copied>,
+    /// Copy snapshots the sender is done with.
+    recycle: Arc<Returns>,
     pool: Vec<StagingBuffer>,
     /// Run and metadata vectors given back, for reuse (no allocation per checkpoint).
     spare_vecs: Vec<(Vec<crate::snapshot::Run>, Vec<u8>)>,
@@ -133,12 +135,13 @@ impl Link {
             });
         }
         let (jobs, rx) = mpsc::channel();
-        let (give_back, recycle) = mpsc::channel();
+        let recycle = Arc::new(Returns::default());
         let shared = Arc::new(Shared {
             wanted: Wanted::new(),
             ..Shared::default()
         });
-        let mut sender = SenderThread::new(Arc::clone(&shared), params.clone(), give_back)?;
+        let mut sender =
+            SenderThread::new(Arc::clone(&shared), params.clone(), Arc::clone(&recycle))?;
         let mut log_limit = None;
         let mut listen_gate = None;
         // A sink's session opens here, so the first checkpoint finds it open.
@@ -338,19 +341,34 @@ impl Link {
     /// page faults), else a new one. The second value says whether it was new.
     pub fn staging(&mut self, bytes: usize) -> Result<(StagingBuffer, bool), LinkError> {
         self.take_back();
-        self.pool.sort_by_key(StagingBuffer::capacity);
-        if let Some(i) = self.pool.iter().position(|b| b.capacity() >= bytes) {
-            return Ok((self.pool.remove(i), false));
+        // The smallest that fits (a look at a handful of buffers; no sort).
+        let fits = self
+            .pool
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= bytes)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        if let Some(i) = fits {
+            return Ok((self.pool.swap_remove(i), false));
         }
         // Grow: the largest old buffer is too small; give its memory back.
-        self.pool.pop();
+        if let Some(i) = self
+            .pool
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i)
+        {
+            self.pool.swap_remove(i);
+        }
         let b = StagingBuffer::with_capacity(bytes).map_err(|e| LinkError::Staging(e.into()))?;
         Ok((b, true))
     }
 
     /// Collects what the sender gave back.
     fn take_back(&mut self) {
-        while let Ok(c) = self.recycle.try_recv() {
+        for c in self.recycle.take() {
             self.give_back(c);
         }
         self.trim_pool();
@@ -359,7 +377,7 @@ impl Link {
     /// A run vector and a metadata buffer the sender gave back (empty ones if none), whose
     /// allocations the next checkpoint reuses.
     pub fn spare_vecs(&mut self) -> (Vec<crate::snapshot::Run>, Vec<u8>) {
-        self.take_back();
+        // What the sender gave back was collected by `staging`, just before.
         self.spare_vecs.pop().unwrap_or_default()
     }
 

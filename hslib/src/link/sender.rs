@@ -5,13 +5,14 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::acceptor::Handshaken;
 use super::acks::read_acks;
 use super::compact::Compaction;
 use super::direct::{self, DirectAcks, Open};
+use super::returns::Returns;
 use super::{Delivery, Job, LinkError, Shared, Shipped, StreamParams, lock_child, spawn};
 use crate::snapshot::{Copied, ForkedChild, Go, Snapshot};
 use crate::sys::process::{self, ChildEnd};
@@ -22,7 +23,7 @@ use crate::wire::{AckReader, CheckpointWriter};
 pub(super) struct SenderThread {
     shared: Arc<Shared>,
     params: StreamParams,
-    give_back: Sender<Copied>,
+    give_back: Arc<Returns>,
     generation: u64,
     devnull: File,
     /// When the open session's last frame was written.
@@ -41,7 +42,7 @@ impl SenderThread {
     pub(super) fn new(
         shared: Arc<Shared>,
         params: StreamParams,
-        give_back: Sender<Copied>,
+        give_back: Arc<Returns>,
     ) -> Result<Self, LinkError> {
         shared.session().next_checkpoint = params.first_checkpoint.max(1);
         let poll = match params.delivery {
@@ -404,7 +405,7 @@ impl SenderThread {
                 } else {
                     None
                 };
-                let _ = self.give_back.send(c);
+                self.give_back.give(c);
                 r
             }
             Snapshot::Forked(child) => {

@@ -36,20 +36,34 @@ impl Tracker for FullTracker {
     }
 
     fn collect_dirty(&mut self) -> Result<DirtyPages, TrackError> {
-        let regions = self
-            .regions
-            .iter()
-            .map(|t| {
-                let mut runs = PageRuns::new();
-                runs.push(0, t.len / PAGE_SIZE);
-                DirtyRegion {
-                    id: t.id,
-                    base: t.base,
-                    runs,
+        let mut dirty = DirtyPages::default();
+        self.collect_dirty_into(&mut dirty)?;
+        Ok(dirty)
+    }
+
+    fn collect_dirty_into(&mut self, out: &mut DirtyPages) -> Result<(), TrackError> {
+        out.regions.truncate(self.regions.len());
+        for (i, t) in self.regions.iter().enumerate() {
+            let pages = t.len / PAGE_SIZE;
+            match out.regions.get_mut(i) {
+                Some(r) => {
+                    r.id = t.id;
+                    r.base = t.base;
+                    r.runs.clear();
+                    r.runs.push(0, pages);
                 }
-            })
-            .collect();
-        Ok(DirtyPages { regions })
+                None => {
+                    let mut runs = PageRuns::new();
+                    runs.push(0, pages);
+                    out.regions.push(DirtyRegion {
+                        id: t.id,
+                        base: t.base,
+                        runs,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn span(&self, id: RegionId) -> Option<(usize, usize)> {

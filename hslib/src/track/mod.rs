@@ -181,6 +181,13 @@ pub trait Tracker: Send + std::fmt::Debug {
     /// next report.
     fn collect_dirty(&mut self) -> Result<DirtyPages, TrackError>;
 
+    /// [`Tracker::collect_dirty`] into `out`, whose vectors a backend may reuse (a report
+    /// taken at every checkpoint need not allocate). `out` is left as it was on an error.
+    fn collect_dirty_into(&mut self, out: &mut DirtyPages) -> Result<(), TrackError> {
+        *out = self.collect_dirty()?;
+        Ok(())
+    }
+
     /// Where region `id` is, as (base address, length), if it is registered.
     fn span(&self, id: RegionId) -> Option<(usize, usize)>;
 
