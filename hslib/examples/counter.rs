@@ -235,6 +235,13 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
                 "the primary stopped on purpose; so does its spare"
             );
         }
+        Outcome::Dropped { checkpoint } => {
+            tracing::warn!(
+                ?checkpoint,
+                "the primary dropped this spare (it missed the ack deadline); start another"
+            );
+            return Err("dropped by the primary: it missed the ack deadline".into());
+        }
         Outcome::Dismissed { checkpoint } => {
             tracing::info!(
                 ?checkpoint,

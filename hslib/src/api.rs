@@ -73,7 +73,7 @@ use crate::snapshot::{self, Copied, CostModel, Run, Snapshot, Strategy};
 use crate::sys::PAGE_SIZE;
 use crate::track::{self, Backend, DirtyPages, TrackError, Tracker};
 use crate::transport::{self, Endpoint, HANDSHAKE_TIMEOUT, TcpConfig, TransportError};
-use crate::wire::{Hello, WireError};
+use crate::wire::{Farewell, Hello, WireError};
 
 /// The error a worker (or `init`) returns.
 pub type WorkerError = Box<dyn Error + Send + Sync>;
@@ -300,6 +300,13 @@ pub enum Outcome<T = ()> {
     },
     /// As spare: the primary finished on purpose; nothing to take over.
     PrimaryFinished {
+        /// The last checkpoint replicated.
+        checkpoint: Option<u64>,
+    },
+    /// As spare: the primary lives on but dropped this spare (it missed the primary's ack
+    /// deadline, e.g. it was stopped or starved); it did not take over. A supervisor
+    /// starts another spare if it wants one.
+    Dropped {
         /// The last checkpoint replicated.
         checkpoint: Option<u64>,
     },
@@ -1124,10 +1131,18 @@ impl<T> HotSpare<T> {
             if let Some(o) = &orders {
                 o.unwatch();
             }
-            if replica.said_goodbye() {
-                return Ok(Outcome::PrimaryFinished {
-                    checkpoint: replica.checkpoint(),
-                });
+            match replica.farewell() {
+                Some(Farewell::Finished) => {
+                    return Ok(Outcome::PrimaryFinished {
+                        checkpoint: replica.checkpoint(),
+                    });
+                }
+                Some(Farewell::Dropped) => {
+                    return Ok(Outcome::Dropped {
+                        checkpoint: replica.checkpoint(),
+                    });
+                }
+                None => {}
             }
             let primary_gone = match &served {
                 Ok(end) => end.error.as_ref().is_none_or(stream_broke),

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::sys::PAGE_SIZE;
 use crate::wire::{
-    self, Ack, Acked, Body, Commit, Frame, FrameKind, Hello, Metadata, PageFrame, RegionInfo,
-    WireError,
+    self, Ack, Acked, Body, Commit, Farewell, Frame, FrameKind, Hello, Metadata, PageFrame,
+    RegionInfo, WireError,
 };
 
 /// The most regions a region table may list.
@@ -391,7 +391,7 @@ pub struct Replica {
     highest_epoch: Option<u64>,
     session: Option<Session>,
     rejected: bool,
-    goodbye: bool,
+    goodbye: Option<Farewell>,
     staged: Staged,
     committed: Option<Committed>,
     /// When a frame of its primary was last accepted.
@@ -412,7 +412,7 @@ impl Replica {
             highest_epoch: None,
             session: None,
             rejected: false,
-            goodbye: false,
+            goodbye: None,
             staged: Staged::default(),
             committed: None,
             last_heard: None,
@@ -464,9 +464,14 @@ impl Replica {
         self.metadata()?.blobs.get(name).map(Vec::as_slice)
     }
 
-    /// Whether the last session ended with the primary's goodbye (it finished on purpose; a
-    /// spare does not take over). Cleared by the next hello.
+    /// Whether the last session ended with the primary's goodbye (a spare does not take
+    /// over). Cleared by the next hello.
     pub fn said_goodbye(&self) -> bool {
+        self.goodbye.is_some()
+    }
+
+    /// Why the last session's primary said goodbye, if it did. Cleared by the next hello.
+    pub fn farewell(&self) -> Option<Farewell> {
         self.goodbye
     }
 
@@ -573,11 +578,11 @@ impl Replica {
             // Numbered like every frame (a lost one is still noticed), but not part of any
             // checkpoint: not staged, not counted by the commit.
             Body::Heartbeat => Ok(None),
-            Body::Goodbye => {
+            Body::Goodbye(why) => {
                 if self.staged.frames > 0 {
                     return Err(ReplicaError::UnexpectedKind { kind: h.kind });
                 }
-                self.goodbye = true;
+                self.goodbye = Some(why);
                 Ok(None)
             }
         }
@@ -591,7 +596,7 @@ impl Replica {
     fn hello(&mut self, epoch: u64, sequence: u64, hello: &Hello) -> Result<Ack, ReplicaError> {
         // A hello starts a new session: a checkpoint staged in an older one never completes.
         self.end_session();
-        self.goodbye = false;
+        self.goodbye = None;
         if sequence != 0 {
             return Err(ReplicaError::OutOfOrder {
                 found: sequence,

@@ -92,6 +92,9 @@ fn child_role() {
         Ok(Outcome::PrimaryFinished { checkpoint }) => {
             println!("{MARK}primary finished at {checkpoint:?}");
         }
+        Ok(Outcome::Dropped { checkpoint }) => {
+            println!("{MARK}dropped by the primary at {checkpoint:?}");
+        }
         // Let go without an order: nothing to say.
         Ok(Outcome::Dismissed { .. }) => {}
         Err(e @ HsError::PromoteRefused { .. }) => {

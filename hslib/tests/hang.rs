@@ -80,7 +80,11 @@ fn child_role() {
         }
         Outcome::PrimaryFinished { checkpoint } => {
             let out = std::env::var("HANG_GOODBYE").expect("a spare expecting a goodbye");
-            std::fs::write(out, format!("{checkpoint:?}")).expect("write");
+            std::fs::write(out, format!("finished {checkpoint:?}")).expect("write");
+        }
+        Outcome::Dropped { checkpoint } => {
+            let out = std::env::var("HANG_GOODBYE").expect("a spare expecting a goodbye");
+            std::fs::write(out, format!("dropped {checkpoint:?}")).expect("write");
         }
         Outcome::Dismissed { checkpoint } => {
             panic!("dismissed at {checkpoint:?}, but no promote descriptor was given")
@@ -447,8 +451,8 @@ fn a_sync_checkpoint_drops_a_stopped_spare_at_its_deadline() {
     assert!(report.first_status.success(), "{report:?}");
     let said = std::fs::read_to_string(&first_bye).unwrap_or_default();
     assert!(
-        said.starts_with("Some("),
-        "the dropped spare did not end on a goodbye ({said:?})"
+        said.starts_with("dropped Some("),
+        "the dropped spare did not end on a goodbye saying it was dropped ({said:?})"
     );
     assert!(!first_promoted.exists(), "the dropped spare took over");
     assert!(report.fresh.acked && !report.fresh.spare_dropped);
@@ -456,8 +460,9 @@ fn a_sync_checkpoint_drops_a_stopped_spare_at_its_deadline() {
     let mut kids = kids.lock().unwrap_or_else(|e| e.into_inner());
     let status = kids.wait(1);
     assert!(status.success(), "the fresh spare: {status}");
+    let said = wait_for_file(&second_bye);
     assert!(
-        wait_for_file(&second_bye).starts_with("Some("),
-        "the fresh spare held no checkpoint"
+        said.starts_with("finished Some("),
+        "the fresh spare was not told the primary finished, or held no checkpoint ({said:?})"
     );
 }

@@ -6,8 +6,8 @@ mod streamutil;
 use hslib::PAGE_SIZE;
 use hslib::replica::{Image, Replica, ReplicaConfig, ReplicaError, ReplicaState};
 use hslib::wire::{
-    Acked, Body, CheckpointWriter, Commit, Frame, FrameHeader, FrameKind, Hello, Metadata,
-    RegionInfo, read_frame,
+    Acked, Body, CheckpointWriter, Commit, Farewell, Frame, FrameHeader, FrameKind, Hello,
+    Metadata, RegionInfo, read_frame,
 };
 use streamutil::{hello, script, table};
 
@@ -649,9 +649,13 @@ fn a_heartbeat_is_accepted_in_every_state_and_changes_no_image() {
     // After a goodbye: accepted, and the goodbye still holds.
     let mut w = CheckpointWriter::new(Vec::new(), 2, 1);
     w.hello(&hello()).expect("hello");
-    w.goodbye().expect("goodbye");
+    w.goodbye(Farewell::Dropped).expect("goodbye");
     feed(&mut r, frames(&w.into_inner())).expect("hello and goodbye");
-    assert!(r.said_goodbye());
+    assert_eq!(r.farewell(), Some(Farewell::Dropped));
     beat(&mut r, heartbeat(2, 2));
-    assert!(r.said_goodbye(), "a heartbeat undid the goodbye");
+    assert_eq!(
+        r.farewell(),
+        Some(Farewell::Dropped),
+        "a heartbeat undid the goodbye"
+    );
 }

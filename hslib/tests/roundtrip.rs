@@ -228,6 +228,9 @@ fn child_role() {
             let out = std::env::var("RT_GOODBYE").expect("a spare expecting a goodbye");
             std::fs::write(out, format!("{checkpoint:?}")).expect("write");
         }
+        Outcome::Dropped { checkpoint } => {
+            panic!("dropped at {checkpoint:?}, but no spare here misses a deadline")
+        }
         Outcome::Dismissed { checkpoint } => {
             panic!("dismissed at {checkpoint:?}, but no promote descriptor was given")
         }

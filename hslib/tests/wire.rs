@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use hslib::PAGE_SIZE;
 use hslib::meta::{FdKind, FdRecord, FileRecord, SignalFlags, SignalRecord};
 use hslib::wire::{
-    ACK_LEN, Ack, Acked, Body, COMMIT_LEN, CheckpointWriter, Commit, FrameHeader, FrameKind,
-    HEADER_LEN, Hello, MAX_BODY_LEN, MAX_PAGES_PER_FRAME, Metadata, RegionInfo, VERSION, WireError,
-    encode_record, page_frames, read_frame, write_frame,
+    ACK_LEN, Ack, Acked, Body, COMMIT_LEN, CheckpointWriter, Commit, Farewell, FrameHeader,
+    FrameKind, HEADER_LEN, Hello, MAX_BODY_LEN, MAX_PAGES_PER_FRAME, Metadata, RegionInfo, VERSION,
+    WireError, encode_record, page_frames, read_frame, write_frame,
 };
 use proptest::prelude::*;
 
@@ -130,6 +130,37 @@ fn a_heartbeat_is_an_empty_numbered_frame_between_checkpoints() {
         matches!(err, WireError::BodyLength { want: 0, .. }),
         "{err}"
     );
+}
+
+/// A goodbye says why: a finished primary's is the empty frame every goodbye was before
+/// reasons (old logs read as they did), a dropped spare's carries one byte; anything else is
+/// refused.
+#[test]
+fn a_goodbye_says_whether_the_primary_finished_or_dropped_its_spare() {
+    for (why, length) in [(Farewell::Finished, 0), (Farewell::Dropped, 1)] {
+        let mut w = CheckpointWriter::new(Vec::new(), 4, 1);
+        w.hello(&Hello {
+            page_size: 4096,
+            regions: Vec::new(),
+        })
+        .expect("hello");
+        w.goodbye(why).expect("goodbye");
+        let bytes = w.into_inner();
+        let mut r = &bytes[..];
+        read_frame(&mut r).expect("read").expect("the hello");
+        let bye = read_frame(&mut r).expect("read").expect("the goodbye");
+        assert_eq!(bye.body, Body::Goodbye(why));
+        assert_eq!(
+            (bye.header.kind, bye.header.length),
+            (FrameKind::Goodbye, length)
+        );
+    }
+    for body in [&[2u8][..], &[1, 1]] {
+        let mut w = Vec::new();
+        write_frame(&mut w, FrameKind::Goodbye, 4, 1, &[body]).expect("write");
+        let err = read_frame(&mut &w[..]).expect_err("an unknown farewell is refused");
+        assert!(matches!(err, WireError::BodyLength { .. }), "{err}");
+    }
 }
 
 proptest! {

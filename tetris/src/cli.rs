@@ -24,6 +24,10 @@ pub const LOG_ENV: &str = "TETRIS_LOG";
 /// [`HsError::PromoteRefused`]): its agent tells it from the game's own failures.
 pub const EXIT_PROMOTE_REFUSED: u8 = 3;
 
+/// The exit status of a spare that its live primary dropped (it missed the ack deadline):
+/// not a finished game, so a supervisor starts another spare instead of ending the session.
+pub const EXIT_SPARE_DROPPED: u8 = 4;
+
 /// Runs `tetris` with `args` (the program name first); errors are reported on stderr as
 /// `tetris: ...` and give a failure exit code ([`EXIT_PROMOTE_REFUSED`] for a refused
 /// promote order, 1 otherwise).
@@ -226,6 +230,14 @@ where
     match worker::run(&options)? {
         // A spare whose primary finished: the primary showed everything.
         Ran::SpareDone => Ok(ExitCode::SUCCESS),
+        Ran::SpareDropped { checkpoint } => {
+            eprintln!(
+                "tetris: the primary dropped this spare (it missed the ack deadline) and plays on; \
+                 this spare held checkpoint {}: start another spare to protect the game again",
+                checkpoint.map_or_else(|| "none".to_owned(), |c| c.to_string())
+            );
+            Ok(ExitCode::from(EXIT_SPARE_DROPPED))
+        }
         // A headless game printed its result line itself, before its spare was let go.
         Ran::Played { ending: None, .. } => Ok(ExitCode::SUCCESS),
         Ran::Played {

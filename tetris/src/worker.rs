@@ -53,6 +53,13 @@ pub enum Ran {
     /// purpose, or (a cluster spare) its agent closed the order descriptor without an order.
     /// Nothing to show.
     SpareDone,
+    /// This process was a spare and its primary, alive, dropped it: it missed the primary's
+    /// ack deadline (it was stopped or starved). It did not take over; the game goes on
+    /// without it until its supervisor starts another spare.
+    SpareDropped {
+        /// The last checkpoint it held.
+        checkpoint: Option<u64>,
+    },
     /// The game was played here to its end (fresh, resumed or promoted).
     Played {
         /// The game as it ended.
@@ -129,6 +136,7 @@ pub fn run(options: &Options) -> anyhow::Result<Ran> {
     let (results, restored, link) = match hs.run()? {
         // A spare whose primary finished, or a cluster spare let go without an order.
         Outcome::PrimaryFinished { .. } | Outcome::Dismissed { .. } => return Ok(Ran::SpareDone),
+        Outcome::Dropped { checkpoint } => return Ok(Ran::SpareDropped { checkpoint }),
         Outcome::Finished {
             value,
             restored,

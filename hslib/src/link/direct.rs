@@ -114,7 +114,7 @@ pub(super) fn close(shared: &Shared, open: &mut Option<Open>, goodbye: bool) {
     };
     if goodbye
         && shared.live.load(Ordering::Acquire)
-        && let Err(e) = o.writer.goodbye()
+        && let Err(e) = o.writer.goodbye(crate::wire::Farewell::Finished)
     {
         tracing::warn!(error = %e, "sending the goodbye failed");
     }

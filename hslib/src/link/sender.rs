@@ -223,7 +223,7 @@ impl SenderThread {
         };
         drop(session);
         let said = match open.writer.get_ref().set_nonblocking() {
-            Ok(()) => open.writer.goodbye(),
+            Ok(()) => open.writer.goodbye(crate::wire::Farewell::Dropped),
             Err(e) => Err(crate::wire::WireError::Io(e)),
         };
         match said {

@@ -232,10 +232,43 @@ pub enum Body {
     Commit(Commit),
     /// An ack.
     Ack(Ack),
-    /// The primary's goodbye.
-    Goodbye,
+    /// The primary's goodbye, and why.
+    Goodbye(Farewell),
     /// The primary's heartbeat.
     Heartbeat,
+}
+
+/// Why a primary said goodbye to its spare: either way the spare must not take over when
+/// the stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Farewell {
+    /// The primary finished on purpose (an empty body, as every goodbye was before reasons).
+    Finished,
+    /// The primary lives on but dropped this spare: it missed its ack deadline. Its
+    /// supervisor may start another.
+    Dropped,
+}
+
+impl Farewell {
+    /// The goodbye frame's body.
+    pub fn encode(self) -> &'static [u8] {
+        match self {
+            Farewell::Finished => &[],
+            Farewell::Dropped => &[1],
+        }
+    }
+
+    fn decode(body: &[u8]) -> Result<Self, WireError> {
+        match body {
+            [] => Ok(Farewell::Finished),
+            [1] => Ok(Farewell::Dropped),
+            _ => Err(WireError::BodyLength {
+                kind: FrameKind::Goodbye,
+                length: body.len(),
+                want: 0,
+            }),
+        }
+    }
 }
 
 /// A page frame's body: the sub-header and the raw bytes, kept in the buffer they were read
@@ -330,7 +363,8 @@ pub fn decode_body(kind: FrameKind, body: Vec<u8>) -> Result<Body, WireError> {
         )),
         FrameKind::Commit => Body::Commit(Commit::decode(&body)?),
         FrameKind::Ack => Body::Ack(Ack::decode(&body)?),
-        FrameKind::Goodbye | FrameKind::Heartbeat => {
+        FrameKind::Goodbye => Body::Goodbye(Farewell::decode(&body)?),
+        FrameKind::Heartbeat => {
             if !body.is_empty() {
                 return Err(WireError::BodyLength {
                     kind,
@@ -338,11 +372,7 @@ pub fn decode_body(kind: FrameKind, body: Vec<u8>) -> Result<Body, WireError> {
                     want: 0,
                 });
             }
-            if kind == FrameKind::Goodbye {
-                Body::Goodbye
-            } else {
-                Body::Heartbeat
-            }
+            Body::Heartbeat
         }
         FrameKind::Pages => {
             let header = PageHeader::decode(&body)?;

@@ -250,15 +250,15 @@ impl<W: Write> CheckpointWriter<W> {
         Ok(commit)
     }
 
-    /// Ends the session on purpose: the spare will not take over when the stream ends. Refused
-    /// inside an open checkpoint.
-    pub fn goodbye(&mut self) -> Result<(), WireError> {
+    /// Ends the session on purpose, saying why: the spare will not take over when the stream
+    /// ends. Refused inside an open checkpoint.
+    pub fn goodbye(&mut self, why: super::Farewell) -> Result<(), WireError> {
         if self.state.open.is_some() {
             return Err(WireError::Misuse {
                 what: "goodbye inside an open checkpoint",
             });
         }
-        self.frame(FrameKind::Goodbye, &[])?;
+        self.frame(FrameKind::Goodbye, &[why.encode()])?;
         Ok(())
     }
 
