@@ -218,7 +218,9 @@ impl Runner {
     /// Kills at a kill point reached, types what the script has next, or ends the input.
     fn act(&mut self, events: &mut Vec<Event>) -> anyhow::Result<()> {
         loop {
-            if self.axe_waiting || self.engine.ended() {
+            // A game that has ended reads no more and has no spare to fail over to: the kill
+            // points still to come are not reached (the result says so).
+            if self.axe_waiting || self.engine.ended() || self.engine.game_over() {
                 return Ok(());
             }
             let next_kill = self.kills.first().copied();

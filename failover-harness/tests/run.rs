@@ -24,17 +24,27 @@ fn same_as_uninterrupted(
     let stats = dir.join(format!("stats-{seed}"));
     let (seed_s, level_s) = (seed.to_string(), level.to_string());
     let want = reference(&[&"--seed", &seed_s, &"-l", &level_s, &"--script", &script]);
+    // The harness's and the games' logs, shown if the run fails: a rare failure is
+    // understood from what they say, not rerun until it shows again.
+    let log = dir.join(format!("harness-{seed}.log"));
+    let games_log = dir.join(format!("games-{seed}.log"));
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&games_log);
     let mut cmd = harness();
     cmd.args(["run", "--seed", &seed_s, "-l", &level_s, "--script"])
         .arg(&script)
         .arg("--stats")
         .arg(&stats)
-        .args(extra);
+        .args(extra)
+        .env("FAILOVER_HARNESS_LOG", &log)
+        .env("TETRIS_LOG", &games_log);
     let out = output(cmd);
     assert!(
         out.status.success(),
-        "seed {seed} {extra:?}: the harness failed: {}",
-        out.stderr
+        "seed {seed} {extra:?}: the harness failed: {}\n--- the harness's log:\n{}\n--- the games' log:\n{}",
+        out.stderr,
+        tail(&log),
+        tail(&games_log)
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -47,6 +57,18 @@ fn same_as_uninterrupted(
         "{text:?}"
     );
     serde_json::from_str(&text).expect("the stats line is JSON")
+}
+
+/// The last lines of a log file (or why there are none).
+fn tail(path: &Path) -> String {
+    const LINES: usize = 80;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(LINES)..].join("\n")
+        }
+        Err(e) => format!("({}: {e})", path.display()),
+    }
 }
 
 fn failovers(stats: &serde_json::Value) -> u64 {

@@ -18,6 +18,7 @@
 //!                 |
 //!                 v
 //!   +-------> Running ----- primary exits 0 (quit, game over, end of input) ---> Ended(Finished)
+//!   |          |   |  |     (or dies after its goodbye let its spare go)
 //!   |          |   |  \---- primary dies, no spare --------------------------> Ended(Lost)
 //!   |          |   +------- spare dies: a new one (the limit: Ended(Lost))
 //!   |          |  primary seen dead (its exit), or the spare's resumed line
@@ -41,6 +42,8 @@
 pub mod input_log;
 pub mod local;
 pub mod node;
+#[cfg(test)]
+mod ordering_tests;
 
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
@@ -388,6 +391,12 @@ impl<L: Launcher> Engine<L> {
         }
     }
 
+    /// True once the primary has told its spare that its game ended (the spare then ended
+    /// too): there is nothing left to protect, and no axe falls.
+    pub fn game_over(&self) -> bool {
+        self.game_over
+    }
+
     /// True once the session is over.
     pub fn ended(&self) -> bool {
         self.end().is_some()
@@ -725,6 +734,13 @@ impl<L: Launcher> Engine<L> {
         let pid = pid_of(&self.primary.node);
         tracing::info!(pid, status = %exit.text, "the primary ended");
         if exit.success {
+            self.drain_primary(events)?;
+            self.finish(End::Finished, events);
+        } else if self.game_over {
+            // It told its spare its game had ended, then died before its exit (an axe that
+            // came as it finished): the game is over all the same, and what it printed
+            // before its goodbye (a headless game's result) is its last word.
+            tracing::info!(pid, "the primary died after its game had ended");
             self.drain_primary(events)?;
             self.finish(End::Finished, events);
         } else if self.spare.is_none() {
