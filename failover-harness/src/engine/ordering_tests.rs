@@ -69,10 +69,13 @@ impl Node for Game {
     }
 }
 
-/// Starts scripted games; the test holds every one's script, in launch order.
+/// Every game's script, in launch order.
+type Scripts = Rc<RefCell<Vec<Rc<RefCell<Script>>>>>;
+
+/// Starts scripted games; the test holds every one's script.
 #[derive(Default)]
 struct Launcher {
-    games: Rc<RefCell<Vec<Rc<RefCell<Script>>>>>,
+    games: Scripts,
 }
 
 impl super::Launcher for Launcher {
@@ -111,7 +114,7 @@ fn finished() -> Exit {
 }
 
 /// A primary (game 0) whose spare (game 1) holds a checkpoint.
-fn synced_pair() -> (Engine<Launcher>, Rc<RefCell<Vec<Rc<RefCell<Script>>>>>) {
+fn synced_pair() -> (Engine<Launcher>, Scripts) {
     let launcher = Launcher::default();
     let games = Rc::clone(&launcher.games);
     let (mut engine, _) = Engine::start(launcher, InputPolicy::AfterSync).expect("start");
