@@ -1,7 +1,9 @@
 //! Games that stop answering (SIGSTOP: they neither die nor play) are dealt with instead of
 //! freezing the run for ever: a primary silent for `--hang-ms` is killed as hung and failed
 //! over like any death; a sync spare that misses its ack deadline is let go by its primary
-//! and replaced by the harness. Either way the run ends with the uninterrupted game's output.
+//! and replaced by the harness, whether it stays stopped or wakes to read the goodbye that
+//! says it was dropped (it then exits 4). Either way the run ends with the uninterrupted
+//! game's output.
 
 mod common;
 
@@ -23,6 +25,8 @@ struct Paced {
     go: mpsc::Sender<()>,
     feeder: JoinHandle<()>,
     log: PathBuf,
+    /// The games' own log (`TETRIS_LOG`, all of them in one file).
+    games_log: PathBuf,
     want: Vec<u8>,
     deadline: Instant,
 }
@@ -36,12 +40,14 @@ impl Paced {
         let fifo = dir.join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
         let log = dir.join("harness.log");
+        let games_log = dir.join("games.log");
         let mut cmd = harness();
         cmd.args(["run", "--seed", &seed.to_string()])
             .args(args)
             .arg("--script")
             .arg(&fifo)
             .env("FAILOVER_HARNESS_LOG", &log)
+            .env("TETRIS_LOG", &games_log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -65,6 +71,7 @@ impl Paced {
             go,
             feeder,
             log,
+            games_log,
             want,
             deadline: Instant::now() + common::DEADLINE,
         }
@@ -72,6 +79,27 @@ impl Paced {
 
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (up to 30 s) until `log` (the harness's or the games') holds `text`; the stopped
+    /// game `stopped` is killed if it never does.
+    fn wait_for(&self, games: bool, text: &str, stopped: u32) {
+        let path = if games { &self.games_log } else { &self.log };
+        let until = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(text)
+        {
+            if Instant::now() >= until {
+                let _ = kill(Pid::from_raw(stopped as i32), Signal::SIGKILL);
+                panic!(
+                    "no {text:?} within 30 s:\n{}\n--- games:\n{}",
+                    self.log_text(),
+                    std::fs::read_to_string(&self.games_log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Waits until `pick` finds a pid in the harness's log and children, then SIGSTOPs it.
@@ -189,5 +217,48 @@ fn a_stopped_sync_spare_is_dropped_and_replaced_and_the_run_ends_exactly() {
     assert!(
         log.matches("spare synced").count() >= 2,
         "no new spare synced after the stopped one:\n{log}"
+    );
+}
+
+#[test]
+fn a_dropped_sync_spare_that_wakes_ends_saying_so_and_is_replaced() {
+    // As above, but the stopped spare is let go on as soon as its primary dropped it: it
+    // reads the goodbye that says so and exits 4 (not 0, which would tell the harness the
+    // game was over), and the harness starts another spare for it, before the deadline for
+    // a spare that does not come back.
+    let dir = TempDir::new().expect("tempdir");
+    let script = moves(b"klj", 900);
+    let parts = script.chunks(300).map(<[u8]>::to_vec).collect();
+    let mut run = Paced::start(dir.path(), 13, &["--sync"], parts);
+    let stopped = run.stop("synced spare", |log, harness| match pair(log) {
+        (Some(primary), true) => children(harness).into_iter().find(|&p| p != primary),
+        _ => None,
+    });
+    run.next_part();
+    run.wait_for(
+        true,
+        "the spare missed its ack deadline: told goodbye and dropped",
+        stopped,
+    );
+    kill(Pid::from_raw(stopped as i32), Signal::SIGCONT).expect("SIGCONT");
+    run.wait_for(false, "status=exit status: 4", stopped);
+    run.next_part();
+    let log = run.finish(stopped);
+    let ended = log
+        .lines()
+        .find(|l| l.contains("the spare ended"))
+        .unwrap_or_default();
+    assert!(
+        ended.contains(&format!("pid={stopped}")) && ended.contains("exit status: 4"),
+        "the dropped spare's end: {ended:?}\n{log}"
+    );
+    assert!(
+        !log.contains("did not come back"),
+        "replaced at the deadline, not at its exit:\n{log}"
+    );
+    let after = log.split("the spare ended").nth(1).unwrap_or_default();
+    assert!(
+        after.contains("spare started") && after.contains("spare synced"),
+        "no new spare synced after the dropped one ended:\n{log}"
     );
 }
