@@ -17,6 +17,8 @@ pub trait StreamSocket: Read + Write + AsFd + Send + Sized + 'static {
     fn try_clone(&self) -> io::Result<Self>;
     /// Bounds how long a read may block (`None`: forever).
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// The bound set on the socket (`SO_RCVTIMEO`; `None`: none).
+    fn read_timeout(&self) -> io::Result<Option<Duration>>;
     /// Shuts down one or both directions.
     fn shutdown(&self, how: Shutdown) -> io::Result<()>;
     /// Whether a reader asleep in `read` is woken, for nothing, when the peer takes in
@@ -37,6 +39,10 @@ impl StreamSocket for TcpStream {
         TcpStream::set_read_timeout(self, timeout)
     }
 
+    fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        TcpStream::read_timeout(self)
+    }
+
     fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         TcpStream::shutdown(self, how)
     }
@@ -51,6 +57,10 @@ impl StreamSocket for UnixStream {
 
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         UnixStream::set_read_timeout(self, timeout)
+    }
+
+    fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        UnixStream::read_timeout(self)
     }
 
     fn shutdown(&self, how: Shutdown) -> io::Result<()> {
@@ -81,15 +91,37 @@ struct Modes {
 /// `read_timeout_us` when reads may block forever.
 const NO_TIMEOUT: u64 = u64::MAX;
 
+/// `timeout` as [`Modes::read_timeout_us`] keeps it.
+fn timeout_us(timeout: Option<Duration>) -> u64 {
+    timeout.map_or(NO_TIMEOUT, |t| {
+        u64::try_from(t.as_micros()).map_or(NO_TIMEOUT - 1, |us| us.clamp(1, NO_TIMEOUT - 1))
+    })
+}
+
 impl<S: StreamSocket> SocketEndpoint<S> {
-    /// `stream`, connected to the peer named `peer` in messages.
+    /// `stream`, connected to the peer named `peer` in messages. The read timeout and
+    /// blocking mode already set on the socket are kept (the poll before a read honours
+    /// them); one that cannot be read is taken as unset, which is what a socket just
+    /// accepted or connected has.
     pub(crate) fn new(stream: S, peer: String) -> Self {
+        let timeout = stream.read_timeout().unwrap_or_else(|e| {
+            tracing::warn!(peer, error = %e, "cannot read the socket's read timeout: none assumed");
+            None
+        });
+        let nonblocking = nix::fcntl::fcntl(stream.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
+            .map(|flags| {
+                nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK)
+            })
+            .unwrap_or_else(|e| {
+                tracing::warn!(peer, error = %e, "cannot read the socket's flags: blocking assumed");
+                false
+            });
         Self {
             stream,
             peer,
             modes: Arc::new(Modes {
-                read_timeout_us: AtomicU64::new(NO_TIMEOUT),
-                nonblocking: AtomicBool::new(false),
+                read_timeout_us: AtomicU64::new(timeout_us(timeout)),
+                nonblocking: AtomicBool::new(nonblocking),
             }),
         }
     }
@@ -151,10 +183,9 @@ impl<S: StreamSocket> Endpoint for SocketEndpoint<S> {
 
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.stream.set_read_timeout(timeout)?;
-        let us = timeout.map_or(NO_TIMEOUT, |t| {
-            u64::try_from(t.as_micros()).map_or(NO_TIMEOUT - 1, |us| us.clamp(1, NO_TIMEOUT - 1))
-        });
-        self.modes.read_timeout_us.store(us, Ordering::Relaxed);
+        self.modes
+            .read_timeout_us
+            .store(timeout_us(timeout), Ordering::Relaxed);
         Ok(())
     }
 
@@ -255,5 +286,41 @@ mod tests {
         let err = ep.read(&mut [0u8; 8]).expect_err("nothing to read");
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Reads through the endpoint of a socket whose timeout, or `O_NONBLOCK`, was set before
+    /// it was wrapped, in a thread: the result, or `None` if the read is still waiting after
+    /// 5 s (the thread is left behind, blocked, and the test fails).
+    fn read_in_thread(stream: UnixStream) -> Option<(io::Result<usize>, Duration)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ep = SocketEndpoint::new(stream, "unix:test".to_owned());
+            let started = Instant::now();
+            let r = ep.read(&mut [0u8; 8]);
+            let _ = tx.send((r, started.elapsed()));
+        });
+        rx.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
+    /// The poll before the read honours a timeout set on the socket before it was wrapped.
+    #[test]
+    fn a_timeout_set_before_the_socket_was_wrapped_still_ends_the_read() {
+        let (a, _peer) = UnixStream::pair().expect("socketpair");
+        a.set_read_timeout(Some(Duration::from_millis(60)))
+            .expect("timeout");
+        let (r, took) = read_in_thread(a).expect("the read waited past its timeout");
+        let err = r.expect_err("nothing to read");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        assert!(took >= Duration::from_millis(50), "{took:?}");
+    }
+
+    /// And a socket made non-blocking before it was wrapped fails the read at once.
+    #[test]
+    fn a_socket_nonblocking_before_it_was_wrapped_fails_reads_at_once() {
+        let (a, _peer) = UnixStream::pair().expect("socketpair");
+        a.set_nonblocking(true).expect("non-blocking");
+        let (r, _) = read_in_thread(a).expect("the read waited on a non-blocking socket");
+        let err = r.expect_err("nothing to read");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
     }
 }
