@@ -42,7 +42,8 @@
 //! is not the address a spare connects to (`HS_TCP_ADDR`, `HS_SOCKET_NAME`): a promoted game
 //! listens at its own address at once instead of waiting for its dead primary's to be
 //! released. Every value is checked; a bad one is an [`HsError::Config`] naming the variable
-//! and value.
+//! and value. `HS_PROBE_FILE`, read only by a build with the `probe` feature, names the file
+//! that gets each checkpoint step's times at the end of the run (see [`crate::probe`]).
 //!
 //! A failed [`Context::checkpoint`] loses nothing: the pages its scan reported are carried
 //! into the next checkpoint (and when the scan itself failed, the next checkpoint is full),
@@ -64,6 +65,7 @@ use crate::meta::{
     SignalRegistry,
 };
 use crate::orders::{Order, Orders};
+use crate::probe::{self, Mark};
 use crate::region::{Region, RegionError, RegionId, Slot};
 use crate::replica::{Committed, Replica, ReplicaConfig, ReplicaError};
 use crate::session::{self, SessionError};
@@ -801,7 +803,14 @@ impl<T> HotSpare<T> {
     }
 
     /// Plays the role (see the module docs).
-    pub fn run(mut self) -> Result<Outcome<T>, HsError> {
+    pub fn run(self) -> Result<Outcome<T>, HsError> {
+        let outcome = self.play();
+        // The checkpoints' step times, if asked for (the `probe` feature).
+        probe::report_to_env_file();
+        outcome
+    }
+
+    fn play(mut self) -> Result<Outcome<T>, HsError> {
         if self.worker.is_none() {
             return Err(HsError::NoWorker);
         }
@@ -1571,9 +1580,11 @@ impl Context {
     /// checkpoint (the next one is full if the scan itself failed), so the worker may handle
     /// the error and checkpoint again.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, HsError> {
+        probe::mark(Mark::Enter);
         // The last cbw snapshot's pages not copied yet are copied now (normally the sender
         // has done it): the scan starts a new interval and may protect them anew.
         self.cbw.settle();
+        probe::mark(Mark::Settled);
         // The last report's vectors, reused: a steady-state scan allocates nothing.
         let mut dirty = std::mem::take(&mut self.report);
         let scanned = self
@@ -1593,12 +1604,15 @@ impl Context {
             Some(earlier) => merge(earlier, dirty),
             None => dirty,
         };
+        probe::mark(Mark::Scanned);
         let taken = self.ship(&dirty);
         if taken.is_err() {
             self.pending = Some(dirty);
         } else {
             self.report = dirty;
         }
+        probe::mark(Mark::Leave);
+        probe::end();
         taken
     }
 
@@ -1618,9 +1632,11 @@ impl Context {
         link.before_checkpoint()?;
         link.clear_wanted();
         link.compact_if_due()?;
+        probe::mark(Mark::LinkChecked);
         let Some(plan) = link.plan() else {
             return Ok(not_shipped);
         };
+        probe::mark(Mark::Planned);
         // The metadata is captured and encoded again only when it may have changed: the
         // registries were handed out mutably since, or a registered file's offset is
         // part of it (refreshed at every capture). Otherwise the last encoding stands.
@@ -1647,6 +1663,7 @@ impl Context {
             .encode_into(&mut self.meta)?;
         }
         self.meta_fresh = true;
+        probe::mark(Mark::Metadata);
         let full = plan.full || self.force_full;
         snapshot::plan(&self.regions, dirty, full, &mut self.runs);
         let pages = snapshot::page_count(&self.runs);
@@ -1665,6 +1682,7 @@ impl Context {
                 .choose(pages * PAGE_SIZE as u64),
             s => s,
         };
+        probe::mark(Mark::Strategy);
         // Timed only for the cost model (a clock read is a cold page at a person's pace).
         let taken = self.model.is_some().then(Instant::now);
         let mut steady = true;
@@ -1682,12 +1700,14 @@ impl Context {
                         .map_err(HsError::from)
                 });
                 let (buffer, new) = staging?;
+                probe::mark(Mark::Staged);
                 // A new buffer costs page faults once, and a full copy reads cold pages: the
                 // model learns from steady-state incremental copies only.
                 steady = !new && !full;
                 let (mut runs, mut meta) = link.spare_vecs();
                 runs.clone_from(&self.runs);
                 meta.clone_from(&self.meta);
+                probe::mark(Mark::Vectors);
                 Snapshot::Copied(if strategy == Strategy::Cbw {
                     let tracker_protects = self.tracker.backend() == Backend::Mprotect;
                     self.cbw
@@ -1703,6 +1723,7 @@ impl Context {
         {
             model.observe(strategy, pages * PAGE_SIZE as u64, taken.elapsed());
         }
+        probe::mark(Mark::Taken);
         if let Err(e) = inject(Step::Submit) {
             snapshot::abandon(snap);
             return Err(e);
@@ -1717,6 +1738,7 @@ impl Context {
                 AckWait::NotAcked
             }
         };
+        probe::mark(Mark::Submitted);
         self.force_full = false;
         Ok(Checkpoint {
             pages,

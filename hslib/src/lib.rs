@@ -19,6 +19,7 @@
 //!   copy-before-write (`cbw`: the pages are copied later, before anything overwrites them).
 //! - [`link`]: the primary's sender, ack reader and spare acceptor threads.
 //! - [`api`]: [`HotSpare`] (regions, worker, roles, modes) and [`Context::checkpoint`].
+//! - [`probe`]: where a checkpoint's time goes, step by step (the `probe` feature).
 
 pub mod api;
 #[cfg(feature = "fault-injection")]
@@ -29,6 +30,7 @@ mod fault;
 pub mod link;
 pub mod meta;
 pub mod orders;
+pub mod probe;
 pub mod region;
 pub mod replica;
 pub mod runs;

@@ -42,6 +42,8 @@ pub struct Link {
     jobs: Sender<Job>,
     /// Copy snapshots the sender is done with.
     recycle: Arc<Returns>,
+    /// The list [`Returns::take_into`] fills, kept empty between checkpoints.
+    taken_back: Vec<Copied>,
     pool: Vec<StagingBuffer>,
     /// Run and metadata vectors given back, for reuse (no allocation per checkpoint).
     spare_vecs: Vec<(Vec<crate::snapshot::Run>, Vec<u8>)>,
@@ -200,6 +202,7 @@ impl Link {
         Ok(Self {
             jobs,
             recycle,
+            taken_back: Vec::new(),
             pool: Vec::new(),
             spare_vecs: Vec::new(),
             shared,
@@ -368,9 +371,12 @@ impl Link {
 
     /// Collects what the sender gave back.
     fn take_back(&mut self) {
-        for c in self.recycle.take() {
+        let mut back = std::mem::take(&mut self.taken_back);
+        self.recycle.take_into(&mut back);
+        for c in back.drain(..) {
             self.give_back(c);
         }
+        self.taken_back = back;
         self.trim_pool();
     }
 

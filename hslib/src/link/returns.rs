@@ -24,14 +24,16 @@ impl Returns {
         self.any.store(true, Ordering::Release);
     }
 
-    /// Everything handed back since the last call, oldest first (the owner).
-    pub(super) fn take(&self) -> Vec<Copied> {
+    /// Moves everything handed back since the last call into `into` (empty), oldest first
+    /// (the owner). The two lists trade places, so neither side allocates or frees one in
+    /// the steady state: the owner drains what it got and passes the empty list in again.
+    pub(super) fn take_into(&self, into: &mut Vec<Copied>) {
         if !self.any.load(Ordering::Acquire) {
-            return Vec::new();
+            return;
         }
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         self.any.store(false, Ordering::Relaxed);
-        std::mem::take(&mut *list)
+        std::mem::swap(&mut *list, into);
     }
 }
 
@@ -51,13 +53,39 @@ mod tests {
     #[test]
     fn what_is_given_back_is_taken_once_in_order() {
         let r = Returns::default();
-        assert!(r.take().is_empty());
+        let mut got = Vec::new();
+        r.take_into(&mut got);
+        assert!(got.is_empty());
         r.give(copied(true));
         r.give(copied(false));
-        let got: Vec<bool> = r.take().iter().map(|c| c.full).collect();
-        assert_eq!(got, [true, false]);
-        assert!(r.take().is_empty(), "taken twice");
+        r.take_into(&mut got);
+        let full: Vec<bool> = got.drain(..).map(|c| c.full).collect();
+        assert_eq!(full, [true, false]);
+        r.take_into(&mut got);
+        assert!(got.is_empty(), "taken twice");
         r.give(copied(false));
-        assert_eq!(r.take().len(), 1);
+        r.take_into(&mut got);
+        assert_eq!(got.len(), 1);
+    }
+
+    /// The owner's drained list goes back to the giver: a steady state of one give and one
+    /// take per checkpoint allocates no list.
+    #[test]
+    fn the_lists_trade_places_so_neither_side_allocates_again() {
+        let r = Returns::default();
+        let mut got = Vec::with_capacity(4);
+        let mine = got.as_ptr();
+        r.give(copied(false));
+        r.take_into(&mut got);
+        let theirs = got.as_ptr();
+        assert_ne!(theirs, mine);
+        got.clear();
+        r.give(copied(false));
+        r.take_into(&mut got);
+        assert_eq!(
+            got.as_ptr(),
+            mine,
+            "the giver pushed into the list it was given"
+        );
     }
 }

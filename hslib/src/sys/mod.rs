@@ -4,6 +4,8 @@
 //! it is sound.
 
 pub mod cow;
+#[cfg(feature = "probe")]
+pub mod cycles;
 pub mod fd;
 pub mod mman;
 pub mod pagemap;
