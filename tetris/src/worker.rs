@@ -77,7 +77,8 @@ struct Plan {
     headless: bool,
     script: Option<PathBuf>,
     colour: bool,
-    record_stalls: bool,
+    /// `--stats FILE`: the stalls are recorded and written there at the game's end.
+    stats: Option<PathBuf>,
 }
 
 /// What the worker hands back.
@@ -85,7 +86,6 @@ struct Plan {
 struct Results {
     state: GameState,
     ending: Option<Ending>,
-    stalls: Stalls,
     /// The stats thread, kept running until hslib has ended the link (see [`run`]).
     reporter: Option<Reporter>,
 }
@@ -107,7 +107,7 @@ pub fn run(options: &Options) -> anyhow::Result<Ran> {
             options.black_and_white,
             std::env::var_os("NO_COLOR").as_deref(),
         ),
-        record_stalls: options.stats.is_some(),
+        stats: options.stats.clone(),
     };
     // Started before hslib runs the role: a spare's waits there, so its promotion starts no
     // thread before the game draws.
@@ -133,24 +133,19 @@ pub fn run(options: &Options) -> anyhow::Result<Ran> {
     if let Some(path) = &options.resume {
         hs = hs.role(Role::Resume(path.clone()));
     }
-    let (results, restored, link) = match hs.run()? {
+    let (results, restored) = match hs.run()? {
         // A spare whose primary finished, or a cluster spare let go without an order.
         Outcome::PrimaryFinished { .. } | Outcome::Dismissed { .. } => return Ok(Ran::SpareDone),
         Outcome::Dropped { checkpoint } => return Ok(Ran::SpareDropped { checkpoint }),
         Outcome::Finished {
-            value,
-            restored,
-            stats,
-        } => (value, restored, stats),
+            value, restored, ..
+        } => (value, restored),
     };
     // The stats thread went on through hslib's end of the link (the goodbye to the spare,
     // which waits while a cut-off spare's socket is full): a supervisor that hears no status
     // line takes the game for hung (a cluster agent stops speaking for it, and the client
     // suspects it), and this game is not hung but finishing. It stops now.
     drop(results.reporter);
-    if let Some(path) = &options.stats {
-        results.stalls.summary(link.bytes).write(path)?;
-    }
     Ok(Ran::Played {
         state: Box::new(results.state),
         ending: results.ending,
@@ -212,7 +207,7 @@ fn worker(
             resumed_line = Some(announce);
         }
     }
-    let mut stalls = Stalls::with_capacity(if plan.record_stalls {
+    let mut stalls = Stalls::with_capacity(if plan.stats.is_some() {
         STALL_CAPACITY
     } else {
         0
@@ -227,7 +222,7 @@ fn worker(
     let mut store = Checkpointed {
         ctx,
         slot,
-        stalls: plan.record_stalls.then_some(&mut stalls),
+        stalls: plan.stats.is_some().then_some(&mut stalls),
         published: reporter.is_some().then_some(&*published),
         shed: false,
     };
@@ -267,10 +262,23 @@ fn worker(
         None
     };
     let end = *store.state()?;
+    if let Some(path) = &plan.stats {
+        // Written before the worker returns, like the result line: a primary killed between
+        // its goodbye and its exit (an axe that came as the game ended) still leaves them.
+        // Once every checkpoint is on the stream, so the bytes are the game's all.
+        let bytes = {
+            let Checkpointed { ctx, .. } = store;
+            if let Err(e) = ctx.flush() {
+                // The game is played: its figures go out as they stand.
+                tracing::warn!(error = %e, "the link did not drain before the stats were written");
+            }
+            ctx.link_stats().bytes
+        };
+        stalls.summary(bytes).write(path)?;
+    }
     Ok(Results {
         state: end,
         ending,
-        stalls,
         reporter,
     })
 }

@@ -376,3 +376,82 @@ fn a_spare_whose_primary_finishes_the_game_exits_quietly() {
     assert!(spare.stderr.is_empty(), "{spare:?}");
     assert_eq!(std::fs::read_to_string(&s_status).expect("status"), "");
 }
+
+/// A headless primary's `--stats` file, like its result line, is written before it tells its
+/// spare goodbye: a primary killed between its goodbye and its exit (an axe that came as the
+/// game ended, which lets no spare take over) still leaves them. The spare here is the test:
+/// it acks every checkpoint and, the moment it reads the goodbye, stops the primary and looks.
+#[test]
+fn a_headless_primary_writes_its_stats_before_it_lets_its_spare_go() {
+    use hslib::replica::{Replica, ReplicaConfig};
+    use hslib::transport::{Endpoint as _, unix};
+    use hslib::wire::{self, FrameKind};
+
+    let dir = TempDir::new().expect("tempdir");
+    let socks = socket_dir(dir.path());
+    let stats = dir.path().join("stats.json");
+    let (seed, level) = (SEED.to_string(), LEVEL.to_string());
+    let mut primary = Command::new(env!("CARGO_BIN_EXE_tetris"))
+        .args(["--headless", "--seed", &seed, "-l", &level, "--stats"])
+        .arg(&stats)
+        .env("HS_ROLE", "primary")
+        .env("HS_TRANSPORT", "unix")
+        .env("HS_SOCKET_DIR", &socks)
+        .env("HS_SOCKET_NAME", "x")
+        .env("HS_MODE", "sync")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the primary");
+    let pid = nix::unistd::Pid::from_raw(primary.id() as i32);
+    let started = Instant::now();
+    let mut ep = loop {
+        match unix::connect(&socks, "x") {
+            Ok(ep) => break ep,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < DEADLINE,
+                    "no primary to connect to: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    };
+    ep.set_read_timeout(Some(DEADLINE)).expect("read timeout");
+    let mut to_primary = primary.stdin.take().expect("piped stdin");
+    to_primary
+        .write_all(&script())
+        .expect("feeding the primary");
+    drop(to_primary);
+    let mut replica = Replica::new(ReplicaConfig::default());
+    loop {
+        let frame = wire::read_frame(&mut ep)
+            .expect("a frame")
+            .expect("the primary's goodbye before its stream ends");
+        let kind = frame.header.kind;
+        if let Some(ack) = replica.accept(frame).expect("a valid frame") {
+            let (epoch, sequence) = replica.take_ack_slot().expect("a session");
+            wire::write_ack(&mut ep, epoch, sequence, &ack).expect("ack");
+        }
+        if kind == FrameKind::Goodbye {
+            break;
+        }
+    }
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).expect("SIGSTOP the primary");
+    let written = std::fs::read_to_string(&stats);
+    nix::sys::signal::kill(pid, Signal::SIGCONT).expect("SIGCONT the primary");
+    let done = primary.wait_with_output().expect("the primary's end");
+    assert!(done.status.success(), "{done:?}");
+    let text = written.expect("the stats file, written before the goodbye");
+    let line: serde_json::Value = serde_json::from_str(&text).expect("the stats are JSON");
+    let checkpoints = line["checkpoints"].as_u64().expect("checkpoints");
+    let held = replica.checkpoint().expect("the spare holds a checkpoint");
+    // Every move's checkpoint is counted; hslib's own first one, of the game before any
+    // move, may not be one the game timed.
+    assert!(
+        checkpoints > 0 && held.saturating_sub(checkpoints) <= 1,
+        "the stats count {checkpoints} checkpoints, the spare holds number {held}: {text}"
+    );
+    assert!(line["bytes"].as_u64().is_some_and(|b| b >= 4096), "{text}");
+}
