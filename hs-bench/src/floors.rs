@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// The page size the runs are laid out in.
-const PAGE: usize = 4096;
+use crate::pages::{PAGE, PageBuf};
+
 /// Pages per dirty run (the paper's experiment dirties sets of four contiguous pages).
 const RUN_PAGES: usize = 4;
 
@@ -125,13 +125,13 @@ fn dirty_runs(region_bytes: usize, pct: usize) -> Vec<usize> {
 }
 
 fn memcpy_floor(opts: &FloorOptions) -> (Floor, usize) {
-    let mut src = vec![1u8; opts.region_bytes];
+    let mut src = PageBuf::filled(opts.region_bytes, 1);
     let runs = dirty_runs(opts.region_bytes, opts.dirty_pct);
     let run_bytes = RUN_PAGES * PAGE;
     let bytes = runs.len() * run_bytes;
-    // Warm: allocated, written once, and re-used by every measurement.
-    let mut dst = vec![0u8; bytes.max(1)];
-    dst.fill(2);
+    // Warm: allocated, written once, and re-used by every measurement; both buffers start
+    // on a page, as a checkpoint's region and staging do (see `pages`).
+    let mut dst = PageBuf::filled(bytes.max(1), 2);
     let mut times = Vec::with_capacity(opts.samples);
     for i in 0..opts.samples + 1 {
         // The application writes its pages between checkpoints.
@@ -156,7 +156,7 @@ fn memcpy_floor(opts: &FloorOptions) -> (Floor, usize) {
 }
 
 struct Mailbox {
-    page: Vec<u8>,
+    page: PageBuf,
     full: bool,
     quit: bool,
 }
@@ -165,7 +165,7 @@ struct Mailbox {
 pub fn handoff_floor(opts: &FloorOptions) -> Result<Floor, FloorError> {
     let shared = Arc::new((
         Mutex::new(Mailbox {
-            page: vec![0u8; PAGE],
+            page: PageBuf::filled(PAGE, 0),
             full: false,
             quit: false,
         }),
@@ -194,7 +194,7 @@ pub fn handoff_floor(opts: &FloorOptions) -> Result<Floor, FloorError> {
             }
         })
     };
-    let src = vec![7u8; PAGE];
+    let src = PageBuf::filled(PAGE, 7);
     let mut times = Vec::with_capacity(opts.samples);
     let (lock, wake, done) = &*shared;
     for i in 0..opts.samples + 1 {
@@ -248,7 +248,7 @@ fn peer(mode: &str) -> Result<(Child, UnixStream), FloorError> {
 /// peer is this executable as `floor-peer drain-ack` (see [`run_peer`]).
 pub fn sync_floor(opts: &FloorOptions) -> Result<Floor, FloorError> {
     let (mut child, mut sock) = peer("drain-ack")?;
-    let page = vec![3u8; PAGE];
+    let page = PageBuf::filled(PAGE, 3);
     let mut ack = [0u8; 1];
     let mut times = Vec::with_capacity(opts.samples);
     let mut run = || -> Result<(), FloorError> {
@@ -325,7 +325,7 @@ pub fn run_peer(mode: &str) -> Result<(), FloorError> {
     );
     match mode {
         "drain-ack" => {
-            let mut page = vec![0u8; PAGE];
+            let mut page = PageBuf::filled(PAGE, 0);
             loop {
                 match sock.read_exact(&mut page) {
                     Ok(()) => sock.write_all(b"k").map_err(io("answering"))?,

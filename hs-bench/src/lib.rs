@@ -3,3 +3,4 @@
 //! kill-to-EOF floor in its own run with [`floors::kill_to_eof`]).
 
 pub mod floors;
+pub mod pages;

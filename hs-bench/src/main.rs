@@ -18,6 +18,7 @@
 mod bars;
 
 use hs_bench::floors;
+use hs_bench::pages::{PAGE, PageBuf};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -191,7 +192,6 @@ struct Point {
     x_floor: Option<f64>,
 }
 
-const PAGE: usize = 4096;
 const REGION: RegionId = RegionId(3000);
 
 fn main() -> ExitCode {
@@ -511,10 +511,12 @@ fn memcpy_limit(load: &Load) -> (Vec<Duration>, u64) {
         gap,
         seed,
     } = *load;
-    let mut src = vec![1u8; size];
+    // Both start on a page, like a region and hslib's staging: two `malloc`ed buffers can
+    // fall at a distance that makes `memcpy` 20x slower (see `hs_bench::pages`).
+    let mut src = PageBuf::filled(size, 1);
     // Warm: every page of the destination written before the first measurement, and the
     // same destination re-used, so no copy pays a page fault.
-    let mut dst: Vec<u8> = vec![2u8; size];
+    let mut dst = PageBuf::filled(size, 2);
     let mut rng = seed;
     let mut stalls = Vec::with_capacity(n);
     let mut shipped = 0;

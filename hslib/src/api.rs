@@ -1298,7 +1298,7 @@ pub fn restore_image(regions: &mut [Region], committed: &Committed) -> Result<()
     for r in regions.iter_mut() {
         let id = r.id();
         let bytes = committed.image.region(id.0).ok_or(HsError::NoRegion(id))?;
-        r.as_bytes_mut().copy_from_slice(bytes);
+        crate::memcopy::copy_bytes(r.as_bytes_mut(), bytes);
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! - [`track`]: which pages were written since the last checkpoint (uffd, mprotect, full).
 //! - [`runs`]: the scan result, sorted runs of pages.
 //! - [`meta`]: the checkpoint's process metadata (fds, signal handlers, worker, blobs).
+//! - [`memcopy`]: copying page data fast whatever the distance between the buffers.
 //! - [`wire`]: the checkpoint stream's frames (specified in `hslib/PROTOCOL.md`).
 //! - [`transport`]: the byte streams (Unix socket, authenticated TCP, log file, null).
 //! - [`session`]: opening a session (the hello handshake) with bounded waits.
@@ -28,6 +29,7 @@ pub mod fault;
 #[cfg(not(feature = "fault-injection"))]
 mod fault;
 pub mod link;
+pub mod memcopy;
 pub mod meta;
 pub mod orders;
 pub mod probe;

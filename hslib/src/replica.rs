@@ -280,7 +280,7 @@ impl Image {
         self.check_pages(region, first_page, pages)?;
         if let Some(r) = self.regions.get_mut(&region) {
             let start = first_page as usize * PAGE_SIZE;
-            r.bytes[start..start + data.len()].copy_from_slice(data);
+            crate::memcopy::copy_bytes(&mut r.bytes[start..start + data.len()], data);
         }
         Ok(())
     }
@@ -703,7 +703,7 @@ impl Replica {
             // Bounds were checked against the session's table, which is the image's table.
             if let Some(r) = image.regions.get_mut(&p.header.region) {
                 let start = p.header.first_page as usize * PAGE_SIZE;
-                r.bytes[start..start + p.data().len()].copy_from_slice(p.data());
+                crate::memcopy::copy_bytes(&mut r.bytes[start..start + p.data().len()], p.data());
             }
         }
         let metadata = staged.metadata.map(|m| *m).unwrap_or_default();

@@ -213,8 +213,20 @@ impl<S: std::io::Read> Buffered<S> {
 }
 
 impl<S: std::io::Read> std::io::Read for Buffered<S> {
+    /// As `BufReader`'s read, but the bytes leave the buffer through
+    /// [`copy_bytes`](crate::memcopy::copy_bytes): a page frame's body sits at whatever
+    /// distance from the body it is read into.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
+        use std::io::BufRead as _;
+        // A large read with nothing buffered goes straight to the stream.
+        if self.0.buffer().is_empty() && buf.len() >= self.0.capacity() {
+            return self.0.get_mut().read(buf);
+        }
+        let have = self.0.fill_buf()?;
+        let n = have.len().min(buf.len());
+        crate::memcopy::copy_bytes(&mut buf[..n], &have[..n]);
+        self.0.consume(n);
+        Ok(n)
     }
 }
 
