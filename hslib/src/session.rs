@@ -243,3 +243,50 @@ impl<S: std::io::Read + std::io::Write> std::io::Write for Buffered<S> {
         self.0.get_mut().flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Buffered;
+    use std::io::Read;
+
+    /// A stream that hands out at most `step` bytes per read, as a socket hands out what has
+    /// arrived.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.step).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn buffered_reads_give_every_byte_in_order_whatever_their_sizes() {
+        let bytes: Vec<u8> = (0..600_000u32).map(|i| (i * 31 + i / 977) as u8).collect();
+        for step in [7, 4096, 70_000, usize::MAX] {
+            let mut r = Buffered::new(Trickle {
+                bytes: &bytes,
+                step,
+            });
+            let mut got = Vec::new();
+            // Header-sized, page-frame-sized, and larger than the buffer (which reads past it
+            // when it is empty), in turn.
+            for (i, want) in [40, 4112, 100_000, 1, 65_536].iter().cycle().enumerate() {
+                let mut buf = vec![0u8; *want];
+                let n = r.read(&mut buf).expect("read");
+                if n == 0 {
+                    assert!(i > 0, "the first read found bytes");
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got.len(), bytes.len(), "step {step}");
+            assert!(got == bytes, "the bytes read with step {step} differ");
+        }
+    }
+}
