@@ -6,6 +6,8 @@
 //! of 10 us (`cargo bench -p hslib --bench copy`). The spare meets that distance by chance:
 //! a checkpoint's pages come out of the read buffer at a frame offset (the page data is 56
 //! bytes into a page frame), into a body and then into the image, all allocated by `malloc`.
+//! The primary's sync path has the same lottery: it encodes a checkpoint's frames into one
+//! buffer for one `write`, each page at the offset the frames before it leave ([`Gather`]).
 //! Copied in pieces below the `rep movsb` threshold, the copy takes glibc's vector loop,
 //! which is as fast at every distance (and as fast as `rep movsb` at its best one); on other
 //! libcs and CPUs pieces of 2 KiB cost nothing measurable either.
@@ -29,9 +31,42 @@ pub fn copy_bytes(dst: &mut [u8], src: &[u8]) {
     }
 }
 
+/// A `Vec<u8>` that frames are encoded into (`io::Write`): what it is given is appended in
+/// pieces, as [`copy_bytes`] copies, so that a page's bytes land fast at whatever offset
+/// the frames before them leave.
+#[derive(Debug)]
+pub struct Gather<'a>(pub &'a mut Vec<u8>);
+
+impl std::io::Write for Gather<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.reserve(bytes.len());
+        for piece in bytes.chunks(PIECE) {
+            self.0.extend_from_slice(piece);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_gathered_is_appended_whole_and_in_order() {
+        use std::io::Write as _;
+        let mut buf = b"head".to_vec();
+        let big: Vec<u8> = (0..3 * PIECE + 5).map(|i| (i % 253) as u8).collect();
+        let mut g = Gather(&mut buf);
+        g.write_all(&big).expect("gather");
+        g.write_all(b"tail").expect("gather");
+        assert_eq!(&buf[..4], b"head");
+        assert_eq!(&buf[4..4 + big.len()], &big[..]);
+        assert_eq!(&buf[4 + big.len()..], b"tail");
+    }
 
     #[test]
     fn every_byte_arrives_at_every_length_and_distance() {

@@ -96,7 +96,8 @@ impl Open {
         buf: &mut Vec<u8>,
     ) -> Result<(u64, u64), WireError> {
         buf.clear();
-        let mut gather = CheckpointWriter::with_state(&mut *buf, self.writer.state());
+        let mut gather =
+            CheckpointWriter::with_state(crate::memcopy::Gather(&mut *buf), self.writer.state());
         let cp = c.write(&mut gather)?;
         let state = gather.state();
         self.writer.get_mut().write_all(buf)?;
