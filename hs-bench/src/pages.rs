@@ -1,7 +1,7 @@
 //! Page-aligned byte buffers for the floors' copies.
 //!
 //! A floor must be what the hardware allows, and where a buffer starts changes that: on this
-//! project's AMD EPYC VMs, `memcpy` (glibc's `rep movsb` path, taken from 4 KiB up) copies 4 KiB
+//! project's AMD EPYC VMs, `memcpy` (glibc's `rep movsb` path, taken from about 2 KiB up) copies 4 KiB
 //! in 70 ns when the destination is 0 or 32-63 bytes past the source modulo 64, and in 1.37 us
 //! (20x) when it is 1-31 bytes past. Two `Vec<u8>`s from `malloc` fall either way by chance;
 //! hslib's copies run between page-aligned memory (the region's pages into page-aligned

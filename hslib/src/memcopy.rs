@@ -46,6 +46,14 @@ impl std::io::Write for Gather<'_> {
         Ok(bytes.len())
     }
 
+    fn write_vectored(&mut self, slices: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let mut n = 0;
+        for s in slices {
+            n += self.write(s)?;
+        }
+        Ok(n)
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
@@ -62,7 +70,12 @@ mod tests {
         let big: Vec<u8> = (0..3 * PIECE + 5).map(|i| (i % 253) as u8).collect();
         let mut g = Gather(&mut buf);
         g.write_all(&big).expect("gather");
-        g.write_all(b"tail").expect("gather");
+        let parts = [std::io::IoSlice::new(b"ta"), std::io::IoSlice::new(b"il")];
+        assert_eq!(
+            g.write_vectored(&parts).expect("gather"),
+            4,
+            "every slice at once"
+        );
         assert_eq!(&buf[..4], b"head");
         assert_eq!(&buf[4..4 + big.len()], &big[..]);
         assert_eq!(&buf[4 + big.len()..], b"tail");
