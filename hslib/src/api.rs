@@ -925,6 +925,7 @@ impl<T> HotSpare<T> {
             tracker.register(r)?;
         }
         let table = regions.iter().map(RegionInfo::from).collect();
+        let constant_report = tracker.backend() == Backend::Full;
         Ok(Context {
             name: self.name.clone(),
             regions,
@@ -947,6 +948,8 @@ impl<T> HotSpare<T> {
             model: None,
             pending: None,
             report: DirtyPages::default(),
+            constant_report,
+            steady: Steady::default(),
             force_full: false,
             cbw: CbwState::new(),
             ack_deadline: None,
@@ -1332,12 +1335,30 @@ pub struct Context {
     pending: Option<DirtyPages>,
     /// The last shipped report, kept for its vectors ([`Tracker::collect_dirty_into`]).
     report: DirtyPages,
+    /// The tracker is the `full` backend: every scan reports every page of the regions,
+    /// which never change after the context is built, so a report and the runs planned
+    /// from it, once made, stand for every later checkpoint (a person's-pace checkpoint
+    /// then leaves the tracker's and the report's memory cold; see [`Steady`]).
+    constant_report: bool,
+    /// What of `report` and `runs` is known to stand ([`Steady`]).
+    steady: Steady,
     /// The last scan failed, so pages may be unaccounted for: the next checkpoint is full.
     force_full: bool,
     /// Sync mode: how long a checkpoint waits for its ack.
     ack_deadline: Option<Duration>,
     /// The `cbw` strategy's areas and the snapshot whose pages may still be pending.
     cbw: CbwState,
+}
+
+/// What a [`Context`] with the `full` tracker made once and need not make again: at a
+/// person's pace, every structure a checkpoint touches is a cold cache line or page, so what
+/// stands is left untouched. Cleared (both) whenever a scan runs.
+#[derive(Debug, Default, Clone, Copy)]
+struct Steady {
+    /// `report` is the scan's report (the `full` backend's, which never changes).
+    report: bool,
+    /// `runs` is `report`'s plan.
+    runs: bool,
 }
 
 /// The adaptive strategy's model for this process, or a fallback that always copies when
@@ -1585,12 +1606,17 @@ impl Context {
         // has done it): the scan starts a new interval and may protect them anew.
         self.cbw.settle();
         probe::mark(Mark::Settled);
-        // The last report's vectors, reused: a steady-state scan allocates nothing.
+        // The last report's vectors, reused: a steady-state scan allocates nothing. The
+        // `full` backend's report, once made, is the report of every scan: not made again.
         let mut dirty = std::mem::take(&mut self.report);
-        let scanned = self
-            .tracker
-            .collect_dirty_into(&mut dirty)
-            .map_err(HsError::from);
+        let scanned = if self.steady.report && self.pending.is_none() {
+            Ok(())
+        } else {
+            self.steady = Steady::default();
+            self.tracker
+                .collect_dirty_into(&mut dirty)
+                .map_err(HsError::from)
+        };
         let dirty = match scanned.and_then(|()| inject(Step::Scan)).map(|()| dirty) {
             Ok(d) => d,
             Err(e) => {
@@ -1608,8 +1634,10 @@ impl Context {
         let taken = self.ship(&dirty);
         if taken.is_err() {
             self.pending = Some(dirty);
+            self.steady = Steady::default();
         } else {
             self.report = dirty;
+            self.steady.report = self.constant_report;
         }
         probe::mark(Mark::Leave);
         probe::end();
@@ -1665,7 +1693,11 @@ impl Context {
         self.meta_fresh = true;
         probe::mark(Mark::Metadata);
         let full = plan.full || self.force_full;
-        snapshot::plan(&self.regions, dirty, full, &mut self.runs);
+        if !self.steady.runs {
+            snapshot::plan(&self.regions, dirty, full, &mut self.runs);
+            // Full or not, the `full` backend's report plans every page of every region.
+            self.steady.runs = self.constant_report;
+        }
         let pages = snapshot::page_count(&self.runs);
         let strategy = match self.strategy {
             _ if link.fork_in_flight() => Strategy::Copy,
@@ -1699,12 +1731,17 @@ impl Context {
                     link.staging(snapshot::staging_bytes(&self.runs))
                         .map_err(HsError::from)
                 });
-                let (buffer, new) = staging?;
+                let (shell, new) = staging?;
                 probe::mark(Mark::Staged);
                 // A new buffer costs page faults once, and a full copy reads cold pages: the
                 // model learns from steady-state incremental copies only.
                 steady = !new && !full;
-                let (mut runs, mut meta) = link.spare_vecs();
+                let Copied {
+                    mut runs,
+                    data: buffer,
+                    metadata: mut meta,
+                    ..
+                } = shell;
                 runs.clone_from(&self.runs);
                 meta.clone_from(&self.meta);
                 probe::mark(Mark::Vectors);

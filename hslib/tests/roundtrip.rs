@@ -374,6 +374,22 @@ fn lazy_copy_round_trip_with_uffd() {
     );
 }
 
+/// Lazy mode with the `full` tracker, the game's: the report made once stands for every
+/// checkpoint, and the snapshots come from a stocked pool.
+#[test]
+fn lazy_copy_round_trip_with_full() {
+    round_trip_with(
+        "copy",
+        "full",
+        &[
+            ("HS_MODE", "lazy"),
+            ("HS_MAX_LAG_US", "2000"),
+            ("RT_WAIT_SPARE", "1"),
+            ("RT_SETTLE", "1"),
+        ],
+    );
+}
+
 #[test]
 fn cbw_round_trip_with_uffd() {
     round_trip("cbw", "uffd");

@@ -25,6 +25,19 @@ pub(super) struct Queued {
     pub(super) checkpoints: u64,
 }
 
+impl Queued {
+    /// Job `id`'s snapshot, taken for session `generation`, queued now on its own.
+    pub(super) fn alone(id: u64, generation: u64, copied: Copied) -> Self {
+        Self {
+            last_id: id,
+            generation,
+            copied,
+            since: Instant::now(),
+            checkpoints: 1,
+        }
+    }
+}
+
 /// The pages of `older` and `newer` (two snapshots of the same regions), each page's bytes
 /// from the newer one that holds it, into `data` (cleared; at least
 /// `older.data.len() + newer.data.len()` bytes) and `runs` (cleared).

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::coalesce::{self, Queued};
 use super::direct::{self, AckRead};
+use super::pool::Pool;
 use super::returns::Returns;
 use super::sender::SenderThread;
 use super::{
@@ -18,7 +19,6 @@ use super::{
 };
 use crate::replica::ReplicaConfig;
 use crate::snapshot::{Copied, Snapshot};
-use crate::sys::mman::StagingBuffer;
 use crate::sys::process;
 use crate::transport::{DrainEndpoint, FileLog, NullEndpoint};
 
@@ -33,20 +33,15 @@ pub enum AckWait {
     SpareDropped,
 }
 
-/// How many staging buffers (and run and metadata vectors) the link keeps for reuse.
-const POOL: usize = 4;
-
 /// The primary's end of the link.
 #[derive(Debug)]
 pub struct Link {
     jobs: Sender<Job>,
     /// Copy snapshots the sender is done with.
     recycle: Arc<Returns>,
-    /// The list [`Returns::take_into`] fills, kept empty between checkpoints.
-    taken_back: Vec<Copied>,
-    pool: Vec<StagingBuffer>,
-    /// Run and metadata vectors given back, for reuse (no allocation per checkpoint).
-    spare_vecs: Vec<(Vec<crate::snapshot::Run>, Vec<u8>)>,
+    /// Snapshots given back, kept whole for their staging buffer and their run and
+    /// metadata vectors.
+    pool: Pool,
     shared: Arc<Shared>,
     sender: Option<JoinHandle<()>>,
     next_job: u64,
@@ -202,9 +197,7 @@ impl Link {
         Ok(Self {
             jobs,
             recycle,
-            taken_back: Vec::new(),
-            pool: Vec::new(),
-            spare_vecs: Vec::new(),
+            pool: Pool::default(),
             shared,
             sender: Some(thread),
             next_job: 0,
@@ -339,63 +332,20 @@ impl Link {
         self.shared.fork_in_flight.load(Ordering::Acquire)
     }
 
-    /// A buffer of at least `bytes` for the next copy snapshot: one the sender gave back if
-    /// one is large enough (steady-state copies land in memory that is already mapped, no
-    /// page faults), else a new one. The second value says whether it was new.
-    pub fn staging(&mut self, bytes: usize) -> Result<(StagingBuffer, bool), LinkError> {
-        self.take_back();
-        // The smallest that fits (a look at a handful of buffers; no sort).
-        let fits = self
-            .pool
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= bytes)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i);
-        if let Some(i) = fits {
-            return Ok((self.pool.swap_remove(i), false));
-        }
-        // Grow: the largest old buffer is too small; give its memory back.
-        if let Some(i) = self
-            .pool
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i)
-        {
-            self.pool.swap_remove(i);
-        }
-        let b = StagingBuffer::with_capacity(bytes).map_err(|e| LinkError::Staging(e.into()))?;
-        Ok((b, true))
-    }
-
-    /// Collects what the sender gave back.
-    fn take_back(&mut self) {
-        let mut back = std::mem::take(&mut self.taken_back);
-        self.recycle.take_into(&mut back);
-        for c in back.drain(..) {
-            self.give_back(c);
-        }
-        self.taken_back = back;
-        self.trim_pool();
-    }
-
-    /// A run vector and a metadata buffer the sender gave back (empty ones if none), whose
-    /// allocations the next checkpoint reuses.
-    pub fn spare_vecs(&mut self) -> (Vec<crate::snapshot::Run>, Vec<u8>) {
-        // What the sender gave back was collected by `staging`, just before.
-        self.spare_vecs.pop().unwrap_or_default()
+    /// A snapshot to take the next copy snapshot into, its staging buffer of at least
+    /// `bytes` ([`Pool::take`]). The second value says whether its buffer is new.
+    pub fn staging(&mut self, bytes: usize) -> Result<(Copied, bool), LinkError> {
+        self.pool
+            .take(bytes, &self.recycle)
+            .map_err(|e| LinkError::Staging(e.into()))
     }
 
     /// Puts a staging buffer of `bytes`, its pages touched, in the pool unless one as large
     /// is there already.
     pub fn prewarm(&mut self, bytes: usize) -> Result<(), LinkError> {
-        if self.pool.iter().any(|b| b.capacity() >= bytes) {
-            return Ok(());
-        }
         self.pool
-            .push(StagingBuffer::with_capacity(bytes).map_err(|e| LinkError::Staging(e.into()))?);
-        Ok(())
+            .prewarm(bytes)
+            .map_err(|e| LinkError::Staging(e.into()))
     }
 
     /// Hands a snapshot taken for `generation` to the sender; returns its job id. A copy
@@ -415,8 +365,13 @@ impl Link {
         }
         match snapshot {
             Snapshot::Copied(copied) => {
-                self.queue(id, generation, copied)?;
-                self.wait_lag()?;
+                let alone = self.queue(id, generation, copied)?;
+                // A time bound cannot be passed by a snapshot that waits alone in the slot
+                // it was just put in: no lock taken, no clock read (cold lines at a
+                // person's pace).
+                if !(alone && matches!(self.max_lag, Some(MaxLag::Time(_)))) {
+                    self.wait_lag()?;
+                }
                 Ok(id)
             }
             Snapshot::Forked(child) => {
@@ -594,23 +549,26 @@ impl Link {
     }
 
     /// Puts a copy snapshot in the queue's one place, merged with the one there if any.
-    fn queue(&mut self, id: u64, generation: u64, copied: Copied) -> Result<u64, LinkError> {
+    /// Returns whether the place was empty (the snapshot waits there alone, just put).
+    fn queue(&mut self, id: u64, generation: u64, copied: Copied) -> Result<bool, LinkError> {
+        // The usual case, an empty place, without the shared state's reference count (one
+        // more line another thread writes).
+        let mut slot = self.shared.queued();
+        if slot.is_none() {
+            *slot = Some(Queued::alone(id, generation, copied));
+            drop(slot);
+            self.announce()?;
+            return Ok(true);
+        }
+        drop(slot);
         let shared = Arc::clone(&self.shared);
         let mut slot = shared.queued();
         let Some(mut q) = slot.take() else {
-            *slot = Some(Queued {
-                last_id: id,
-                generation,
-                copied,
-                since: Instant::now(),
-                checkpoints: 1,
-            });
+            // The sender took what was there in between.
+            *slot = Some(Queued::alone(id, generation, copied));
             drop(slot);
-            // Lazy mode: published; the sender looks on its own schedule (no system call).
-            if !matches!(self.delivery, Delivery::Polled(_)) {
-                self.send(Job::Queued)?;
-            }
-            return Ok(id);
+            self.announce()?;
+            return Ok(true);
         };
         // Its `Job::Queued` is still ahead in the channel: the sender takes what is here.
         let same = q.generation == generation;
@@ -634,47 +592,37 @@ impl Link {
                 checkpoints,
             });
         } else {
-            let (mut data, _) = self.staging(q.copied.data.len() + copied.data.len())?;
-            let (mut runs, _) = self.spare_vecs();
-            coalesce::merge(&q.copied, &copied, &mut data, &mut runs);
-            let full = q.copied.full;
-            let older = std::mem::replace(
-                &mut q.copied,
-                Copied {
-                    full,
-                    runs,
-                    data,
-                    metadata: Vec::new(),
-                },
-            );
-            q.copied.metadata = copied.metadata;
+            let (mut merged, _) = self.staging(q.copied.data.len() + copied.data.len())?;
+            coalesce::merge(&q.copied, &copied, &mut merged.data, &mut merged.runs);
+            merged.full = q.copied.full;
+            // The newer metadata stands; the shell's old vector goes back with `copied`.
+            let mut copied = copied;
+            std::mem::swap(&mut merged.metadata, &mut copied.metadata);
+            let older = std::mem::replace(&mut q.copied, merged);
             q.last_id = id;
             q.checkpoints += 1;
-            self.pool.push(copied.data);
-            self.spare_vecs.push((copied.runs, Vec::new()));
+            self.give_back(copied);
             self.give_back(older);
             *slot = Some(q);
         }
         drop(slot);
         self.shared.lock().coalesced += 1;
-        self.trim_pool();
-        Ok(id)
+        self.pool.trim();
+        Ok(false)
+    }
+
+    /// Tells the sender a snapshot waits in the queue's place; lazy mode does not (the
+    /// sender looks on its own schedule: no system call).
+    fn announce(&self) -> Result<(), LinkError> {
+        if matches!(self.delivery, Delivery::Polled(_)) {
+            return Ok(());
+        }
+        self.send(Job::Queued)
     }
 
     /// Keeps a snapshot's buffers for reuse.
     fn give_back(&mut self, c: Copied) {
-        self.pool.push(c.data);
-        self.spare_vecs.push((c.runs, c.metadata));
-    }
-
-    /// Drops all but the [`POOL`] largest staging buffers and as many spare vectors: the
-    /// pool serves the snapshot being taken, the one queued and the one being written.
-    fn trim_pool(&mut self) {
-        if self.pool.len() > POOL {
-            self.pool.sort_by_key(|b| std::cmp::Reverse(b.capacity()));
-            self.pool.truncate(POOL);
-        }
-        self.spare_vecs.truncate(POOL);
+        self.pool.give_back(c);
     }
 
     /// Waits until job `id` is on the stream and the spare acked it (sync mode), at most

@@ -36,6 +36,7 @@ mod coalesce;
 mod compact;
 mod direct;
 mod handle;
+mod pool;
 mod returns;
 mod sender;
 mod standby;
