@@ -1681,14 +1681,16 @@ impl Context {
         }
         inject(Step::Encode)?;
         if stale {
-            MetadataRef {
-                worker: Some(&self.name),
-                regions: &self.table,
-                fds: self.fds.records(),
-                signals: self.signals.records(),
-                blobs: self.blobs.as_map(),
-            }
-            .encode_into(&mut self.meta)?;
+            encode_metadata(
+                MetadataRef {
+                    worker: Some(&self.name),
+                    regions: &self.table,
+                    fds: self.fds.records(),
+                    signals: self.signals.records(),
+                    blobs: self.blobs.as_map(),
+                },
+                &mut self.meta,
+            )?;
         }
         self.meta_fresh = true;
         probe::mark(Mark::Metadata);
@@ -1785,6 +1787,15 @@ impl Context {
             spare_dropped: waited == AckWait::SpareDropped,
         })
     }
+}
+
+/// Encodes `record` into `out`: out of the usual checkpoint's way, whose metadata stands
+/// (at a person's pace each page of code a checkpoint runs is a cold miss of its own).
+#[cold]
+#[inline(never)]
+fn encode_metadata(record: MetadataRef<'_>, out: &mut Vec<u8>) -> Result<(), HsError> {
+    record.encode_into(out)?;
+    Ok(())
 }
 
 /// Fails with [`HsError::Injected`] when a test armed `step` (the `fault-injection` feature);

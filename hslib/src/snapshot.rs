@@ -406,6 +406,7 @@ pub struct Copied {
 impl Copied {
     /// Copies `runs` of `regions` into `data` (cleared first; sized for them by the caller,
     /// see [`staging_bytes`]).
+    #[inline(always)]
     pub fn take(
         regions: &[Region],
         full: bool,

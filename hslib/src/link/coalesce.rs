@@ -27,6 +27,7 @@ pub(super) struct Queued {
 
 impl Queued {
     /// Job `id`'s snapshot, taken for session `generation`, queued now on its own.
+    #[inline(always)]
     pub(super) fn alone(id: u64, generation: u64, copied: Copied) -> Self {
         Self {
             last_id: id,

@@ -334,6 +334,7 @@ impl Link {
 
     /// A snapshot to take the next copy snapshot into, its staging buffer of at least
     /// `bytes` ([`Pool::take`]). The second value says whether its buffer is new.
+    #[inline]
     pub fn staging(&mut self, bytes: usize) -> Result<(Copied, bool), LinkError> {
         self.pool
             .take(bytes, &self.recycle)
@@ -351,6 +352,7 @@ impl Link {
     /// Hands a snapshot taken for `generation` to the sender; returns its job id. A copy
     /// snapshot taken while an older one still waits for the sender is merged into it: the
     /// sender ships both as one checkpoint, and every job up to this one is done with it.
+    #[inline(always)]
     pub fn submit(
         &mut self,
         generation: u64,
@@ -374,27 +376,38 @@ impl Link {
                 }
                 Ok(id)
             }
-            Snapshot::Forked(child) => {
-                // What is queued was taken before the child: it goes first.
-                let queued = self.shared.queued().take();
-                if let Some(q) = queued {
-                    self.send(Job::Snapshot {
-                        id: q.last_id,
-                        generation: q.generation,
-                        snapshot: Snapshot::Copied(q.copied),
-                    })?;
-                }
-                self.shared.fork_in_flight.store(true, Ordering::Release);
-                *lock_child(&self.shared) = child.pidfd.clone();
-                self.send(Job::Snapshot {
-                    id,
-                    generation,
-                    snapshot: Snapshot::Forked(child),
-                })?;
-                self.wait_lag()?;
-                Ok(id)
-            }
+            Snapshot::Forked(child) => self.submit_forked(id, generation, child),
         }
+    }
+
+    /// [`Link::submit`] of a fork snapshot, job `id`: out of the copy snapshots' way (their
+    /// path is the one a person's-pace checkpoint runs from cold code).
+    #[cold]
+    #[inline(never)]
+    fn submit_forked(
+        &mut self,
+        id: u64,
+        generation: u64,
+        child: crate::snapshot::ForkedChild,
+    ) -> Result<u64, LinkError> {
+        // What is queued was taken before the child: it goes first.
+        let queued = self.shared.queued().take();
+        if let Some(q) = queued {
+            self.send(Job::Snapshot {
+                id: q.last_id,
+                generation: q.generation,
+                snapshot: Snapshot::Copied(q.copied),
+            })?;
+        }
+        self.shared.fork_in_flight.store(true, Ordering::Release);
+        *lock_child(&self.shared) = child.pidfd.clone();
+        self.send(Job::Snapshot {
+            id,
+            generation,
+            snapshot: Snapshot::Forked(child),
+        })?;
+        self.wait_lag()?;
+        Ok(id)
     }
 
     /// Sync mode: ships a snapshot taken for `generation` and waits for the spare's ack (at
@@ -550,17 +563,32 @@ impl Link {
 
     /// Puts a copy snapshot in the queue's one place, merged with the one there if any.
     /// Returns whether the place was empty (the snapshot waits there alone, just put).
+    #[inline(always)]
     fn queue(&mut self, id: u64, generation: u64, copied: Copied) -> Result<bool, LinkError> {
         // The usual case, an empty place, without the shared state's reference count (one
         // more line another thread writes).
         let mut slot = self.shared.queued();
         if slot.is_none() {
-            *slot = Some(Queued::alone(id, generation, copied));
+            // (Not an assignment, which would call the old value's drop.)
+            slot.get_or_insert(Queued::alone(id, generation, copied));
             drop(slot);
             self.announce()?;
             return Ok(true);
         }
         drop(slot);
+        self.queue_behind(id, generation, copied)
+    }
+
+    /// [`Link::queue`] when the place may be taken: merged with what waits there, out of
+    /// the usual case's way.
+    #[cold]
+    #[inline(never)]
+    fn queue_behind(
+        &mut self,
+        id: u64,
+        generation: u64,
+        copied: Copied,
+    ) -> Result<bool, LinkError> {
         let shared = Arc::clone(&self.shared);
         let mut slot = shared.queued();
         let Some(mut q) = slot.take() else {
@@ -613,6 +641,7 @@ impl Link {
 
     /// Tells the sender a snapshot waits in the queue's place; lazy mode does not (the
     /// sender looks on its own schedule: no system call).
+    #[inline(always)]
     fn announce(&self) -> Result<(), LinkError> {
         if matches!(self.delivery, Delivery::Polled(_)) {
             return Ok(());

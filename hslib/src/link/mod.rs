@@ -268,12 +268,14 @@ impl Shared {
         }
     }
 
+    #[inline(always)]
     fn queued(&self) -> MutexGuard<'_, Option<coalesce::Queued>> {
         self.queued
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    #[inline(always)]
     fn lock(&self) -> MutexGuard<'_, Progress> {
         // A panicking holder leaves plain counters behind; they are still meaningful.
         self.progress

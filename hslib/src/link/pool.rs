@@ -33,6 +33,7 @@ impl Pool {
     /// reused), else, after collecting what the sender gave back into `returns`, one of
     /// those, else a new one. The second value says whether its buffer is new. What it holds
     /// is stale: the caller overwrites it.
+    #[inline]
     pub(super) fn take(
         &mut self,
         bytes: usize,
@@ -41,6 +42,18 @@ impl Pool {
         if let Some(i) = self.fitting(bytes) {
             return Ok((self.shells.swap_remove(i), false));
         }
+        self.collect_and_take(bytes, returns)
+    }
+
+    /// [`Pool::take`] when nothing in the pool fits: out of the usual case's way (at a
+    /// person's pace each page of code a checkpoint runs is a cold miss of its own).
+    #[cold]
+    #[inline(never)]
+    fn collect_and_take(
+        &mut self,
+        bytes: usize,
+        returns: &Returns,
+    ) -> Result<(Copied, bool), nix::errno::Errno> {
         self.collect(returns);
         let (shell, new) = match self.fitting(bytes) {
             Some(i) => (self.shells.swap_remove(i), false),

@@ -116,7 +116,19 @@ impl CbwState {
 
     /// Copies every page of the last `cbw` snapshot still pending and lifts the protection
     /// it added. Call before the regions change other than by the application's own writes.
+    #[inline(always)]
     pub fn settle(&mut self) {
+        if self.inflight.is_some() {
+            self.settle_inflight();
+        }
+    }
+
+    /// [`CbwState::settle`] with a snapshot in flight: out of the way of checkpoints of the
+    /// other strategies (at a person's pace each page of code a checkpoint runs is a cold
+    /// miss of its own).
+    #[cold]
+    #[inline(never)]
+    fn settle_inflight(&mut self) {
         if let Some(p) = self.inflight.take()
             && let Err(e) = p.settle()
         {

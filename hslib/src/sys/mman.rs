@@ -209,6 +209,7 @@ impl StagingBuffer {
     }
 
     /// Empties the buffer (keeping its memory).
+    #[inline(always)]
     pub fn clear(&mut self) {
         self.settle();
         self.pending = None;
@@ -236,6 +237,7 @@ impl StagingBuffer {
     }
 
     /// Copies in whatever pages of a copy-before-write snapshot are still pending.
+    #[inline]
     fn settle(&self) {
         if let Some(p) = &self.pending {
             // Once it returns every page is copied; a failure only leaves pages read-only,
