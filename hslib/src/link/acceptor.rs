@@ -112,9 +112,10 @@ impl Listen for UnixServer {
     }
 
     fn cutter(conn: &Self::Conn) -> std::io::Result<Cutter> {
-        let other = conn.stream().try_clone()?;
+        // The endpoint's own shutdown: it reaches the answers' socket too, if it has come.
+        let other = conn.try_clone_endpoint()?;
         Ok(Box::new(move || {
-            let _ = other.shutdown(Shutdown::Both);
+            let _ = other.shutdown();
         }))
     }
 

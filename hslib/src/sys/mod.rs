@@ -9,6 +9,7 @@ pub mod cycles;
 pub mod fd;
 pub mod mman;
 pub mod pagemap;
+pub mod passfd;
 pub mod process;
 pub mod segv;
 pub mod signal;

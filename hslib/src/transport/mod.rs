@@ -6,6 +6,7 @@
 pub mod drain;
 pub mod fd;
 pub mod file;
+mod lanes;
 pub mod null;
 pub mod socket;
 pub mod tcp;

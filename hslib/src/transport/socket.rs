@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::Endpoint;
+use super::lanes::{First, Lanes};
 
 /// What [`SocketEndpoint`] needs of a connected stream socket.
 pub trait StreamSocket: Read + Write + AsFd + Send + Sized + 'static {
@@ -77,6 +78,8 @@ pub struct SocketEndpoint<S> {
     /// What the socket's descriptors share (as they share `SO_RCVTIMEO` and `O_NONBLOCK`),
     /// for the `poll` before a read ([`StreamSocket::WOKEN_FOR_SPACE`]).
     modes: Arc<Modes>,
+    /// A Unix connection's answers' socket ([`super::lanes`]).
+    lanes: Arc<Lanes>,
 }
 
 /// The read timeout and blocking mode last set through any handle of one socket.
@@ -104,6 +107,10 @@ impl<S: StreamSocket> SocketEndpoint<S> {
     /// them); one that cannot be read is taken as unset, which is what a socket just
     /// accepted or connected has.
     pub(crate) fn new(stream: S, peer: String) -> Self {
+        Self::with_lanes(stream, peer, Lanes::single())
+    }
+
+    fn with_lanes(stream: S, peer: String, lanes: Lanes) -> Self {
         let timeout = stream.read_timeout().unwrap_or_else(|e| {
             tracing::warn!(peer, error = %e, "cannot read the socket's read timeout: none assumed");
             None
@@ -123,6 +130,7 @@ impl<S: StreamSocket> SocketEndpoint<S> {
                 read_timeout_us: AtomicU64::new(timeout_us(timeout)),
                 nonblocking: AtomicBool::new(nonblocking),
             }),
+            lanes: Arc::new(lanes),
         }
     }
 
@@ -130,11 +138,45 @@ impl<S: StreamSocket> SocketEndpoint<S> {
     pub fn stream(&self) -> &S {
         &self.stream
     }
+
+    /// Whether the peer's answers travel on a socket of their own ([`super::lanes`]): on
+    /// the side that accepted, known from its first read.
+    pub fn answers_apart(&self) -> bool {
+        self.lanes.split()
+    }
+}
+
+impl SocketEndpoint<UnixStream> {
+    /// A connection this side accepted: the peer's answers may come on a socket of their
+    /// own, sent with its first byte.
+    pub(crate) fn accepted(stream: UnixStream, peer: String) -> Self {
+        Self::with_lanes(stream, peer, Lanes::awaiting())
+    }
+
+    /// A connection this side made: its answers go on a socket of their own, whose other
+    /// end is sent to the peer now.
+    pub(crate) fn connected(stream: UnixStream, peer: String) -> io::Result<Self> {
+        let lanes = Lanes::offer(&stream)?;
+        Ok(Self::with_lanes(stream, peer, lanes))
+    }
 }
 
 impl<S: StreamSocket> Read for SocketEndpoint<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if S::WOKEN_FOR_SPACE && !buf.is_empty() && !self.modes.nonblocking.load(Ordering::Relaxed)
+        if self.lanes.reader().is_some() {
+            return self.lanes.read_back(buf);
+        }
+        if self.lanes.is_awaiting() {
+            match self.lanes.first_read(self.stream.as_fd(), buf)? {
+                First::Data(n) => return Ok(n),
+                First::Installed => return self.lanes.read_back(buf),
+            }
+        }
+        // A connector writing its answers apart is not woken by its peer's reads.
+        if S::WOKEN_FOR_SPACE
+            && !self.lanes.split()
+            && !buf.is_empty()
+            && !self.modes.nonblocking.load(Ordering::Relaxed)
         {
             let timeout = match self.modes.read_timeout_us.load(Ordering::Relaxed) {
                 NO_TIMEOUT => None,
@@ -164,11 +206,17 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<()
 
 impl<S: StreamSocket> Write for SocketEndpoint<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
+        match self.lanes.writer() {
+            Some(mut back) => back.write(buf),
+            None => self.stream.write(buf),
+        }
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.stream.write_vectored(bufs)
+        match self.lanes.writer() {
+            Some(mut back) => back.write_vectored(bufs),
+            None => self.stream.write_vectored(bufs),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -183,6 +231,7 @@ impl<S: StreamSocket> Endpoint for SocketEndpoint<S> {
 
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.stream.set_read_timeout(timeout)?;
+        self.lanes.set_read_timeout(timeout)?;
         self.modes
             .read_timeout_us
             .store(timeout_us(timeout), Ordering::Relaxed);
@@ -191,6 +240,7 @@ impl<S: StreamSocket> Endpoint for SocketEndpoint<S> {
 
     fn set_nonblocking(&self) -> io::Result<()> {
         super::set_nonblocking(self.stream.as_fd())?;
+        self.lanes.set_nonblocking()?;
         self.modes.nonblocking.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -200,6 +250,7 @@ impl<S: StreamSocket> Endpoint for SocketEndpoint<S> {
             stream: self.stream.try_clone()?,
             peer: self.peer.clone(),
             modes: Arc::clone(&self.modes),
+            lanes: Arc::clone(&self.lanes),
         }))
     }
 
@@ -208,10 +259,12 @@ impl<S: StreamSocket> Endpoint for SocketEndpoint<S> {
     }
 
     fn shutdown_write(&self) -> io::Result<()> {
+        self.lanes.shutdown(false)?;
         self.stream.shutdown(Shutdown::Write)
     }
 
     fn shutdown(&self) -> io::Result<()> {
+        self.lanes.shutdown(true)?;
         self.stream.shutdown(Shutdown::Both)
     }
 }
