@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::sys::PAGE_SIZE;
 use crate::wire::{
-    self, Ack, Acked, Body, Commit, Farewell, Frame, FrameKind, Hello, Metadata, PageFrame,
-    RegionInfo, WireError,
+    self, Ack, Acked, Body, Commit, Farewell, Frame, FrameHeader, FrameKind, Hello, Metadata,
+    PageFrame, RegionInfo, WireError,
 };
 
 /// The most regions a region table may list.
@@ -299,6 +299,16 @@ impl Image {
 }
 
 /// Checks a page range against a region.
+/// Whether `regions` (in any order) is `table` (sorted by id).
+fn same_table(regions: &[RegionInfo], table: &[RegionInfo]) -> bool {
+    regions.len() == table.len()
+        && regions.iter().all(|r| {
+            table
+                .binary_search_by_key(&r.id, |t| t.id)
+                .is_ok_and(|i| table[i] == *r)
+        })
+}
+
 fn check_range(info: &RegionInfo, first_page: u64, pages: u32) -> Result<(), ReplicaError> {
     let region_pages = info.len / PAGE_SIZE as u64;
     match first_page.checked_add(u64::from(pages)) {
@@ -355,11 +365,30 @@ struct Session {
 #[derive(Debug, Default)]
 struct Staged {
     pages: Vec<PageFrame>,
-    metadata: Option<Box<Metadata>>,
+    metadata: Option<StagedMetadata>,
     frames: u32,
     page_count: u64,
     bytes: u64,
     bodies_crc: u32,
+}
+
+/// A staged checkpoint's metadata record.
+#[derive(Debug)]
+enum StagedMetadata {
+    /// Decoded; with its bytes as sent when they are known (read off a stream).
+    New(Box<Metadata>, Option<Vec<u8>>),
+    /// Byte for byte the committed checkpoint's: not decoded again.
+    Same,
+}
+
+/// A frame as the replica takes it in.
+enum Arrived {
+    /// Decoded.
+    Frame(Body),
+    /// A metadata record, decoded, with its bytes.
+    Metadata(Box<Metadata>, Vec<u8>),
+    /// A metadata record byte for byte the committed checkpoint's.
+    SameMetadata,
 }
 
 /// The latest completed checkpoint.
@@ -394,6 +423,10 @@ pub struct Replica {
     goodbye: Option<Farewell>,
     staged: Staged,
     committed: Option<Committed>,
+    /// The committed checkpoint's metadata record as it was sent (empty: not known). The
+    /// primary sends the same bytes at every checkpoint while nothing in it changes; a
+    /// record equal to these is not decoded again.
+    committed_metadata: Vec<u8>,
     /// When a frame of its primary was last accepted.
     last_heard: Option<Instant>,
 }
@@ -415,6 +448,7 @@ impl Replica {
             goodbye: None,
             staged: Staged::default(),
             committed: None,
+            committed_metadata: Vec::new(),
             last_heard: None,
         }
     }
@@ -498,7 +532,11 @@ impl Replica {
     /// hello or a commit). On error the frame is refused, the staged checkpoint dropped, the
     /// session ended, and the committed state is unchanged.
     pub fn accept(&mut self, frame: Frame) -> Result<Option<Ack>, ReplicaError> {
-        let result = self.accept_inner(frame);
+        self.take_in(frame.header, Arrived::Frame(frame.body))
+    }
+
+    fn take_in(&mut self, h: FrameHeader, body: Arrived) -> Result<Option<Ack>, ReplicaError> {
+        let result = self.accept_inner(h, body);
         match &result {
             Ok(_) => self.last_heard = Some(Instant::now()),
             Err(_) => {
@@ -509,8 +547,7 @@ impl Replica {
         result
     }
 
-    fn accept_inner(&mut self, frame: Frame) -> Result<Option<Ack>, ReplicaError> {
-        let h = frame.header;
+    fn accept_inner(&mut self, h: FrameHeader, body: Arrived) -> Result<Option<Ack>, ReplicaError> {
         if let Some(highest) = self.highest_epoch
             && h.epoch < highest
         {
@@ -519,7 +556,7 @@ impl Replica {
                 highest,
             });
         }
-        if let Body::Hello(hello) = frame.body {
+        if let Arrived::Frame(Body::Hello(hello)) = body {
             return self.hello(h.epoch, h.sequence, &hello).map(Some);
         }
         if h.kind == FrameKind::Heartbeat && self.session.is_none() {
@@ -545,8 +582,34 @@ impl Replica {
             });
         }
         session.next_sequence += 1;
-        match frame.body {
-            Body::Hello(_) | Body::Ack(_) => Err(ReplicaError::UnexpectedKind { kind: h.kind }),
+        let body = match body {
+            Arrived::Frame(Body::Metadata(m)) => Arrived::Metadata(m, Vec::new()),
+            other => other,
+        };
+        let metadata = match body {
+            Arrived::Frame(b) => return self.accept_body(h, b),
+            Arrived::Metadata(m, bytes) => {
+                StagedMetadata::New(m, (!bytes.is_empty()).then_some(bytes))
+            }
+            Arrived::SameMetadata => StagedMetadata::Same,
+        };
+        if self.staged.metadata.is_some() {
+            return Err(ReplicaError::DuplicateMetadata);
+        }
+        self.stage(h.body_crc, h.length as usize);
+        self.staged.metadata = Some(metadata);
+        Ok(None)
+    }
+
+    /// A frame other than a hello or a metadata record, in its session.
+    fn accept_body(&mut self, h: FrameHeader, body: Body) -> Result<Option<Ack>, ReplicaError> {
+        let Some(session) = self.session.as_ref() else {
+            return Err(ReplicaError::NoSession { kind: h.kind });
+        };
+        match body {
+            Body::Hello(_) | Body::Ack(_) | Body::Metadata(_) => {
+                Err(ReplicaError::UnexpectedKind { kind: h.kind })
+            }
             Body::Pages(p) => {
                 let info =
                     session
@@ -564,14 +627,6 @@ impl Replica {
                 self.staged.page_count += u64::from(p.header.pages);
                 self.stage(h.body_crc, p.body().len());
                 self.staged.pages.push(p);
-                Ok(None)
-            }
-            Body::Metadata(m) => {
-                if self.staged.metadata.is_some() {
-                    return Err(ReplicaError::DuplicateMetadata);
-                }
-                self.stage(h.body_crc, h.length as usize);
-                self.staged.metadata = Some(m);
                 Ok(None)
             }
             Body::Commit(c) => self.commit(h.epoch, &c).map(Some),
@@ -660,9 +715,23 @@ impl Replica {
                 checkpoint: c.checkpoint,
             });
         };
-        let mut md_table = metadata.regions.clone();
-        md_table.sort_unstable_by_key(|r| r.id);
-        if md_table != session.table {
+        let base_fits = self
+            .committed
+            .as_ref()
+            .is_some_and(|last| last.image.table() == session.table);
+        let regions = match (metadata, &self.committed) {
+            (StagedMetadata::New(m, _), _) => &m.regions,
+            // The committed metadata's table was checked against its image's when it was
+            // committed: if the image's table is the session's, so is the record's.
+            (StagedMetadata::Same, Some(_)) if base_fits => &session.table,
+            (StagedMetadata::Same, Some(last)) => &last.metadata.regions,
+            (StagedMetadata::Same, None) => {
+                return Err(ReplicaError::MissingMetadata {
+                    checkpoint: c.checkpoint,
+                });
+            }
+        };
+        if !same_table(regions, &session.table) {
             return Err(ReplicaError::RegionTableMismatch {
                 checkpoint: c.checkpoint,
             });
@@ -676,26 +745,26 @@ impl Replica {
                 last: last.checkpoint,
             });
         }
-        let base_fits = self
-            .committed
-            .as_ref()
-            .is_some_and(|last| last.image.table() == session.table);
         if !c.full && !base_fits {
             return Err(ReplicaError::NeedFull {
                 checkpoint: c.checkpoint,
             });
         }
-        let mut image = if c.full {
-            Image::new(&session.table, self.config.max_image_bytes)?
+        let fresh = if c.full {
+            Some(Image::new(&session.table, self.config.max_image_bytes)?)
         } else {
-            // Checked just above: there is a committed image of this table.
-            match self.committed.take() {
-                Some(last) => last.image,
-                None => {
-                    return Err(ReplicaError::NeedFull {
-                        checkpoint: c.checkpoint,
-                    });
-                }
+            None
+        };
+        // Checked above: an incremental checkpoint has a committed image of this table, and
+        // a record the same as the committed one has a committed one.
+        let last = self.committed.take();
+        let (mut image, last_metadata) = match (fresh, last) {
+            (Some(image), last) => (image, last.map(|l| l.metadata)),
+            (None, Some(last)) => (last.image, Some(last.metadata)),
+            (None, None) => {
+                return Err(ReplicaError::NeedFull {
+                    checkpoint: c.checkpoint,
+                });
             }
         };
         let staged = std::mem::take(&mut self.staged);
@@ -706,7 +775,14 @@ impl Replica {
                 crate::memcopy::copy_bytes(&mut r.bytes[start..start + p.data().len()], p.data());
             }
         }
-        let metadata = staged.metadata.map(|m| *m).unwrap_or_default();
+        let metadata = match staged.metadata {
+            Some(StagedMetadata::New(m, bytes)) => {
+                self.committed_metadata = bytes.unwrap_or_default();
+                *m
+            }
+            Some(StagedMetadata::Same) => last_metadata.unwrap_or_default(),
+            None => Metadata::default(),
+        };
         self.committed = Some(Committed {
             epoch,
             checkpoint: c.checkpoint,
@@ -753,6 +829,29 @@ impl Replica {
         self.run(log, |_: &mut _, _, _, _: &Ack| Ok(()))
     }
 
+    /// Reads the next frame off `stream`; a metadata record byte for byte the committed
+    /// checkpoint's is not decoded again.
+    fn read_arrived(
+        &self,
+        stream: &mut impl Read,
+    ) -> Result<Option<(FrameHeader, Arrived)>, WireError> {
+        let Some((header, body)) = wire::read_checked(stream)? else {
+            return Ok(None);
+        };
+        let arrived = if header.kind != FrameKind::Metadata {
+            Arrived::Frame(wire::decode_body(header.kind, body)?)
+        } else if self.committed.is_some()
+            && !self.committed_metadata.is_empty()
+            && body == self.committed_metadata
+        {
+            Arrived::SameMetadata
+        } else {
+            let m = Metadata::decode(&body).map_err(|source| WireError::Metadata { source })?;
+            Arrived::Metadata(Box::new(m), body)
+        };
+        Ok(Some((header, arrived)))
+    }
+
     fn run<S: Read>(
         &mut self,
         stream: &mut S,
@@ -763,7 +862,7 @@ impl Replica {
         // before it hung up (its goodbye above all) are still in the stream.
         let mut send_error = None;
         let error = loop {
-            let frame = match wire::read_frame(stream) {
+            let (header, arrived) = match self.read_arrived(stream) {
                 Ok(Some(f)) => f,
                 Ok(None) => break None,
                 Err(e) => {
@@ -771,8 +870,8 @@ impl Replica {
                     break Some(e.into());
                 }
             };
-            let kind = frame.header.kind;
-            match self.accept(frame) {
+            let kind = header.kind;
+            match self.take_in(header, arrived) {
                 Ok(None) => {}
                 Ok(Some(ack)) => {
                     if kind == FrameKind::Commit {

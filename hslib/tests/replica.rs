@@ -659,3 +659,75 @@ fn a_heartbeat_is_accepted_in_every_state_and_changes_no_image() {
         "a heartbeat undid the goodbye"
     );
 }
+
+/// A metadata record with a worker name and blobs (what a game sends every checkpoint).
+fn rich_metadata(score: u8) -> Metadata {
+    Metadata {
+        worker: Some("game".to_owned()),
+        regions: table(),
+        blobs: [
+            ("score".to_owned(), vec![score; 8]),
+            ("name".to_owned(), b"player".to_vec()),
+        ]
+        .into(),
+        ..Metadata::default()
+    }
+}
+
+/// Checkpoints of one session read off a stream: a record the same, byte for byte, as the
+/// committed one stands for it; one that changed replaces it.
+#[test]
+fn a_stream_s_unchanged_metadata_stands_and_a_changed_one_replaces_it() {
+    let mut w = CheckpointWriter::new(Vec::new(), 1, 1);
+    w.hello(&hello()).expect("hello");
+    w.checkpoint(true, [(7, 1, &[1u8; PAGE_SIZE][..])], &rich_metadata(1))
+        .expect("first");
+    w.checkpoint(false, [(7, 2, &[2u8; PAGE_SIZE][..])], &rich_metadata(1))
+        .expect("second, same record");
+    let two = w.get_ref().len();
+    w.checkpoint(false, [(7, 3, &[3u8; PAGE_SIZE][..])], &rich_metadata(2))
+        .expect("third, a blob changed");
+    w.checkpoint(false, [(7, 4, &[4u8; PAGE_SIZE][..])], &rich_metadata(2))
+        .expect("fourth, same record");
+    let bytes = w.into_inner();
+
+    let mut r = Replica::default();
+    let end = r.replay(&mut &bytes[..two]);
+    assert!(end.error.is_none(), "{:?}", end.error);
+    assert_eq!((end.commits, r.checkpoint()), (2, Some(2)));
+    assert_eq!(r.metadata(), Some(&rich_metadata(1)));
+    assert_eq!(page(&r, 7, 2), vec![2u8; PAGE_SIZE]);
+
+    let mut r = Replica::default();
+    let end = r.replay(&mut &bytes[..]);
+    assert!(end.error.is_none(), "{:?}", end.error);
+    assert_eq!((end.commits, r.checkpoint()), (4, Some(4)));
+    assert_eq!(r.metadata(), Some(&rich_metadata(2)));
+    assert_eq!(r.blob("score"), Some(&[2u8; 8][..]));
+    assert_eq!(page(&r, 7, 4), vec![4u8; PAGE_SIZE]);
+}
+
+/// A record the same as the committed one is still checked against the session's region
+/// table: a new session (a new hello) with another table refuses it.
+#[test]
+fn an_unchanged_metadata_record_is_refused_by_a_session_with_another_table() {
+    let mut w = CheckpointWriter::new(Vec::new(), 1, 1);
+    w.hello(&hello()).expect("hello");
+    w.checkpoint(true, [(7, 1, &[1u8; PAGE_SIZE][..])], &rich_metadata(1))
+        .expect("first");
+    let mut bytes = w.into_inner();
+    let mut w = CheckpointWriter::new(Vec::new(), 2, 1);
+    let mut other = hello();
+    other.regions.truncate(2);
+    w.hello(&other).expect("a new session, two regions");
+    w.checkpoint(true, [(7, 1, &[5u8; PAGE_SIZE][..])], &rich_metadata(1))
+        .expect("the first session's record again");
+    bytes.extend_from_slice(&w.into_inner());
+
+    let mut r = Replica::default();
+    let end = r.replay(&mut &bytes[..]);
+    assert_eq!((end.commits, r.checkpoint()), (1, Some(1)));
+    let e = end.error.expect("the record's table is not the session's");
+    assert!(matches!(e, ReplicaError::RegionTableMismatch { .. }), "{e}");
+    assert_eq!(page(&r, 7, 1), vec![1u8; PAGE_SIZE], "the image kept");
+}

@@ -319,6 +319,17 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// stream cut inside a frame or any invalid header or body. The body is allocated only after
 /// the header (and so its length) passed its checks.
 pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, WireError> {
+    match read_checked(r)? {
+        Some((header, body)) => Ok(Some(Frame {
+            header,
+            body: decode_body(header.kind, body)?,
+        })),
+        None => Ok(None),
+    }
+}
+
+/// [`read_frame`] up to the body's checksum: the header, and the body not decoded yet.
+pub(crate) fn read_checked(r: &mut impl Read) -> Result<Option<(FrameHeader, Vec<u8>)>, WireError> {
     let mut hbuf = [0u8; HEADER_LEN];
     let got = read_full(r, &mut hbuf)?;
     if got == 0 {
@@ -350,8 +361,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, WireError> {
             computed,
         });
     }
-    let body = decode_body(header.kind, body)?;
-    Ok(Some(Frame { header, body }))
+    Ok(Some((header, body)))
 }
 
 /// Decodes a body whose checksum already matched.

@@ -1,0 +1,108 @@
+//! A spare's steady checkpoint does not decode a metadata record the same, byte for byte,
+//! as the one it committed last (a game sends the same record at every move). Checked with
+//! a counting global allocator in a test binary of its own.
+
+mod streamutil;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use hslib::PAGE_SIZE;
+use hslib::replica::Replica;
+use hslib::wire::{CheckpointWriter, FrameKind, Metadata, encode_record};
+use streamutil::{hello, table};
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+struct Counting;
+
+// SAFETY: defers every call to the system allocator; the counters are thread-local cells
+// that never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        }
+        // SAFETY: the caller upholds `alloc`'s contract, passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        }
+        // SAFETY: the caller upholds `realloc`'s contract, passed on unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by `f` on this thread.
+fn allocations(f: impl FnOnce()) -> usize {
+    ALLOCATIONS.with(|a| a.set(0));
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// A record whose decoding allocates a good deal: a worker name, blobs.
+fn record() -> Metadata {
+    Metadata {
+        worker: Some("game".to_owned()),
+        regions: table(),
+        blobs: (0..8)
+            .map(|i| (format!("blob-{i}"), vec![i as u8; 16]))
+            .collect(),
+        ..Metadata::default()
+    }
+}
+
+/// A stream of one session with `n` one-page checkpoints, all with [`record`].
+fn stream(n: usize) -> Vec<u8> {
+    let mut w = CheckpointWriter::new(Vec::new(), 1, 1);
+    w.hello(&hello()).expect("hello");
+    for i in 0..n {
+        w.checkpoint(i == 0, [(7, 1, &[i as u8; PAGE_SIZE][..])], &record())
+            .expect("checkpoint");
+    }
+    w.into_inner()
+}
+
+#[test]
+fn a_steady_checkpoint_does_not_decode_an_unchanged_metadata_record() {
+    let bytes = encode_record(FrameKind::Metadata, &record()).expect("encode");
+    let decoding = allocations(|| {
+        Metadata::decode(&bytes).expect("decode");
+    });
+    assert!(
+        decoding >= 10,
+        "decoding the record allocates {decoding} times"
+    );
+
+    let (short, long) = (stream(2), stream(12));
+    let replay = |bytes: &[u8]| {
+        let mut r = Replica::default();
+        let n = allocations(|| {
+            let end = r.replay(&mut &bytes[..]);
+            assert!(end.error.is_none(), "{:?}", end.error);
+        });
+        assert_eq!(r.metadata(), Some(&record()));
+        n
+    };
+    let per_checkpoint = (replay(&long) - replay(&short)) / 10;
+    assert!(
+        per_checkpoint < decoding,
+        "a steady checkpoint allocates {per_checkpoint} times, decoding the record {decoding}"
+    );
+}
