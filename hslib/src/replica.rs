@@ -427,8 +427,29 @@ pub struct Replica {
     /// primary sends the same bytes at every checkpoint while nothing in it changes; a
     /// record equal to these is not decoded again.
     committed_metadata: Vec<u8>,
+    /// A commit checked and not applied yet: the spare's loop acks it first.
+    checked: Option<Checked>,
+    /// Page frame bodies applied, for the next ones to be read into (no allocation).
+    bodies: Vec<Vec<u8>>,
     /// When a frame of its primary was last accepted.
     last_heard: Option<Instant>,
+}
+
+/// How many page frame bodies [`Replica`] keeps for reuse, and how large each may be (the
+/// memory kept is bounded by their product: 2 MiB).
+const SPARE_BODIES: usize = 8;
+const SPARE_BODY_BYTES: usize = 64 * PAGE_SIZE + 64;
+
+/// A checkpoint whose commit passed every check, to be applied.
+#[derive(Debug)]
+struct Checked {
+    /// What becomes the committed checkpoint, its image not patched yet.
+    committed: Committed,
+    /// The pages to patch it with.
+    pages: Vec<PageFrame>,
+    /// The metadata record's bytes as sent, for the next record to be compared with
+    /// (`None`: the committed record's stand; empty: not known).
+    metadata_bytes: Option<Vec<u8>>,
 }
 
 impl Default for Replica {
@@ -449,6 +470,8 @@ impl Replica {
             staged: Staged::default(),
             committed: None,
             committed_metadata: Vec::new(),
+            checked: None,
+            bodies: Vec::new(),
             last_heard: None,
         }
     }
@@ -532,7 +555,9 @@ impl Replica {
     /// hello or a commit). On error the frame is refused, the staged checkpoint dropped, the
     /// session ended, and the committed state is unchanged.
     pub fn accept(&mut self, frame: Frame) -> Result<Option<Ack>, ReplicaError> {
-        self.take_in(frame.header, Arrived::Frame(frame.body))
+        let taken = self.take_in(frame.header, Arrived::Frame(frame.body));
+        self.apply_checked();
+        taken
     }
 
     fn take_in(&mut self, h: FrameHeader, body: Arrived) -> Result<Option<Ack>, ReplicaError> {
@@ -682,8 +707,36 @@ impl Replica {
         })
     }
 
-    /// Validates the commit against the staged frames and applies them; nothing changes
-    /// unless every check passes.
+    /// Applies the checkpoint [`commit`](Self::commit) checked, if any: its pages go into
+    /// the image, which becomes the committed one. Cannot fail.
+    fn apply_checked(&mut self) {
+        let Some(Checked {
+            mut committed,
+            pages,
+            metadata_bytes,
+        }) = self.checked.take()
+        else {
+            return;
+        };
+        for p in pages {
+            // Bounds were checked against the session's table, which is the image's table.
+            if let Some(r) = committed.image.regions.get_mut(&p.header.region) {
+                let start = p.header.first_page as usize * PAGE_SIZE;
+                crate::memcopy::copy_bytes(&mut r.bytes[start..start + p.data().len()], p.data());
+            }
+            if self.bodies.len() < SPARE_BODIES && p.body().len() <= SPARE_BODY_BYTES {
+                self.bodies.push(p.into_body());
+            }
+        }
+        if let Some(bytes) = metadata_bytes {
+            self.committed_metadata = bytes;
+        }
+        self.committed = Some(committed);
+    }
+
+    /// Validates the commit against the staged frames and takes them, to be applied by
+    /// [`apply_checked`](Self::apply_checked) (the spare's loop sends the ack first); nothing
+    /// changes unless every check passes.
     fn commit(&mut self, epoch: u64, c: &Commit) -> Result<Ack, ReplicaError> {
         let Some(session) = &self.session else {
             return Err(ReplicaError::NoSession {
@@ -758,7 +811,7 @@ impl Replica {
         // Checked above: an incremental checkpoint has a committed image of this table, and
         // a record the same as the committed one has a committed one.
         let last = self.committed.take();
-        let (mut image, last_metadata) = match (fresh, last) {
+        let (image, last_metadata) = match (fresh, last) {
             (Some(image), last) => (image, last.map(|l| l.metadata)),
             (None, Some(last)) => (last.image, Some(last.metadata)),
             (None, None) => {
@@ -768,26 +821,20 @@ impl Replica {
             }
         };
         let staged = std::mem::take(&mut self.staged);
-        for p in &staged.pages {
-            // Bounds were checked against the session's table, which is the image's table.
-            if let Some(r) = image.regions.get_mut(&p.header.region) {
-                let start = p.header.first_page as usize * PAGE_SIZE;
-                crate::memcopy::copy_bytes(&mut r.bytes[start..start + p.data().len()], p.data());
-            }
-        }
-        let metadata = match staged.metadata {
-            Some(StagedMetadata::New(m, bytes)) => {
-                self.committed_metadata = bytes.unwrap_or_default();
-                *m
-            }
-            Some(StagedMetadata::Same) => last_metadata.unwrap_or_default(),
-            None => Metadata::default(),
+        let (metadata, metadata_bytes) = match staged.metadata {
+            Some(StagedMetadata::New(m, bytes)) => (*m, Some(bytes.unwrap_or_default())),
+            Some(StagedMetadata::Same) => (last_metadata.unwrap_or_default(), None),
+            None => (Metadata::default(), Some(Vec::new())),
         };
-        self.committed = Some(Committed {
-            epoch,
-            checkpoint: c.checkpoint,
-            image,
-            metadata,
+        self.checked = Some(Checked {
+            committed: Committed {
+                epoch,
+                checkpoint: c.checkpoint,
+                image,
+                metadata,
+            },
+            pages: staged.pages,
+            metadata_bytes,
         });
         Ok(Ack {
             acked: Acked::Commit,
@@ -832,10 +879,10 @@ impl Replica {
     /// Reads the next frame off `stream`; a metadata record byte for byte the committed
     /// checkpoint's is not decoded again.
     fn read_arrived(
-        &self,
+        &mut self,
         stream: &mut impl Read,
     ) -> Result<Option<(FrameHeader, Arrived)>, WireError> {
-        let Some((header, body)) = wire::read_checked(stream)? else {
+        let Some((header, body)) = wire::read_checked(stream, &mut self.bodies)? else {
             return Ok(None);
         };
         let arrived = if header.kind != FrameKind::Metadata {
@@ -877,14 +924,15 @@ impl Replica {
                     if kind == FrameKind::Commit {
                         commits += 1;
                     }
-                    let Some((epoch, seq)) = self.take_ack_slot() else {
-                        continue;
-                    };
-                    if send_error.is_none()
+                    // The ack goes first: the checks have passed and applying cannot fail,
+                    // so the primary need not wait for the copy into the image.
+                    if let Some((epoch, seq)) = self.take_ack_slot()
+                        && send_error.is_none()
                         && let Err(e) = send(stream, epoch, seq, &ack)
                     {
                         send_error = Some(e);
                     }
+                    self.apply_checked();
                 }
                 Err(e) => break Some(e),
             }

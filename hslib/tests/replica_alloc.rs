@@ -70,13 +70,41 @@ fn record() -> Metadata {
 
 /// A stream of one session with `n` one-page checkpoints, all with [`record`].
 fn stream(n: usize) -> Vec<u8> {
+    stream_of_runs(n, 1)
+}
+
+/// A stream of one session with `n` checkpoints of `runs` separate pages each (one page
+/// frame per page), all with [`record`].
+fn stream_of_runs(n: usize, runs: u64) -> Vec<u8> {
     let mut w = CheckpointWriter::new(Vec::new(), 1, 1);
     w.hello(&hello()).expect("hello");
     for i in 0..n {
-        w.checkpoint(i == 0, [(7, 1, &[i as u8; PAGE_SIZE][..])], &record())
-            .expect("checkpoint");
+        let page = [i as u8; PAGE_SIZE];
+        let pages: Vec<(u32, u64, &[u8])> = (0..runs).map(|r| (7, 2 * r, &page[..])).collect();
+        w.checkpoint(i == 0, pages, &record()).expect("checkpoint");
     }
     w.into_inner()
+}
+
+/// Allocations per checkpoint of a steady stream of `runs` page frames per checkpoint.
+fn per_checkpoint(runs: u64) -> usize {
+    let replay = |bytes: &[u8]| {
+        let mut r = Replica::default();
+        allocations(|| {
+            let end = r.replay(&mut &bytes[..]);
+            assert!(end.error.is_none(), "{:?}", end.error);
+        })
+    };
+    (replay(&stream_of_runs(12, runs)) - replay(&stream_of_runs(2, runs))) / 10
+}
+
+#[test]
+fn page_frames_are_read_into_the_buffers_of_those_applied_before() {
+    let (one, three) = (per_checkpoint(1), per_checkpoint(3));
+    assert_eq!(
+        one, three,
+        "a checkpoint of one page frame allocates {one} times, of three {three}"
+    );
 }
 
 #[test]

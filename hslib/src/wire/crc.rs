@@ -5,6 +5,8 @@
 //! by `x^(8 * len)`, from a table of `x^(2^k)`), with CRC-32C's polynomial; the result is
 //! the same as the crate's (tested against it).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// CRC-32C's polynomial, reflected.
 const POLY: u32 = 0x82F6_3B78;
 
@@ -54,7 +56,30 @@ fn x2nmodp(mut n: u64, mut k: usize) -> u32 {
 
 /// The CRC-32C of `A ‖ B` from `crc1` (of `A`), `crc2` (of `B`) and `B`'s length.
 pub fn combine(crc1: u32, crc2: u32, len2: usize) -> u32 {
-    multmodp(x2nmodp(len2 as u64, 3), crc1) ^ crc2
+    multmodp(factor(len2), crc1) ^ crc2
+}
+
+/// `x^(8 * len)` for the lengths met last, by length: a stream's frames come in a few
+/// lengths (a one-page frame's, the metadata record's), and the factor is most of the work
+/// of [`combine`]. Each entry packs a length (high half) and its factor; 0 is empty (length
+/// 0 is not stored). Any thread may fill any entry: a load sees a whole entry or another.
+static FACTORS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+
+/// `x^(8 * len)` modulo the polynomial.
+fn factor(len: usize) -> u32 {
+    let key = match u32::try_from(len) {
+        Ok(0) => return 1 << 31,
+        Ok(k) => k,
+        Err(_) => return x2nmodp(len as u64, 3),
+    };
+    let slot = &FACTORS[(key.wrapping_mul(0x9E37_79B9) >> 28) as usize];
+    let entry = slot.load(Ordering::Relaxed);
+    if (entry >> 32) as u32 == key {
+        return entry as u32;
+    }
+    let f = x2nmodp(u64::from(key), 3);
+    slot.store((u64::from(key) << 32) | u64::from(f), Ordering::Relaxed);
+    f
 }
 
 #[cfg(test)]
@@ -84,6 +109,16 @@ mod tests {
             acc,
             crc32c::crc32c_combine(0, crc32c::crc32c(&data), data.len())
         );
+        // Twice over lengths that share the remembered factors' slots.
+        for _ in 0..2 {
+            for len in (1..600).chain([4112, 4112, 4111, 100, 4112]) {
+                assert_eq!(
+                    combine(0xdead_beef, 0x1234_5678, len),
+                    crc32c::crc32c_combine(0xdead_beef, 0x1234_5678, len),
+                    "{len}"
+                );
+            }
+        }
         for len in [1usize << 20, 16 << 20, usize::MAX >> 8] {
             assert_eq!(
                 combine(5, 9, len),

@@ -290,6 +290,11 @@ impl PageFrame {
     pub fn body(&self) -> &[u8] {
         &self.body
     }
+
+    /// The body's buffer, for another frame to be read into.
+    pub(crate) fn into_body(self) -> Vec<u8> {
+        self.body
+    }
 }
 
 /// A frame read off the stream: its validated header and decoded body.
@@ -319,7 +324,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// stream cut inside a frame or any invalid header or body. The body is allocated only after
 /// the header (and so its length) passed its checks.
 pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, WireError> {
-    match read_checked(r)? {
+    match read_checked(r, &mut Vec::new())? {
         Some((header, body)) => Ok(Some(Frame {
             header,
             body: decode_body(header.kind, body)?,
@@ -328,8 +333,12 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, WireError> {
     }
 }
 
-/// [`read_frame`] up to the body's checksum: the header, and the body not decoded yet.
-pub(crate) fn read_checked(r: &mut impl Read) -> Result<Option<(FrameHeader, Vec<u8>)>, WireError> {
+/// [`read_frame`] up to the body's checksum: the header, and the body not decoded yet. A
+/// page frame's body is read into a buffer taken from `bodies` if there is one.
+pub(crate) fn read_checked(
+    r: &mut impl Read,
+    bodies: &mut Vec<Vec<u8>>,
+) -> Result<Option<(FrameHeader, Vec<u8>)>, WireError> {
     let mut hbuf = [0u8; HEADER_LEN];
     let got = read_full(r, &mut hbuf)?;
     if got == 0 {
@@ -344,7 +353,12 @@ pub(crate) fn read_checked(r: &mut impl Read) -> Result<Option<(FrameHeader, Vec
     }
     let header = FrameHeader::decode(&hbuf)?;
     let len = header.length as usize;
-    let mut body = vec![0u8; len];
+    let mut body = match header.kind {
+        FrameKind::Pages => bodies.pop().unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    body.clear();
+    body.resize(len, 0);
     let got = read_full(r, &mut body)?;
     if got < len {
         return Err(WireError::Truncated {
