@@ -2,47 +2,14 @@
 //! run them (with a raw-fd output) in a process that had other threads. Checked with a
 //! counting global allocator in a test binary of its own.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::io::{self, Write};
-
 use hslib::PAGE_SIZE;
 use hslib::wire::{CheckpointWriter, FrameKind, Hello, Metadata, RegionInfo, encode_record};
+use std::io::{self, Write};
 
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-struct Counting;
-
-// SAFETY: defers every call to the system allocator; the counters are thread-local cells
-// that never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.with(|a| a.set(a.get() + 1));
-        }
-        // SAFETY: the caller upholds `alloc`'s contract, passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.with(|a| a.set(a.get() + 1));
-        }
-        // SAFETY: the caller upholds `realloc`'s contract, passed on unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 /// An output into a preallocated buffer, like a raw `write(2)` to a pipe.
 struct Fixed {
@@ -87,26 +54,18 @@ fn pages_metadata_and_commit_write_without_allocating() {
     );
     w.hello(&hello).expect("hello");
     w.begin(false).expect("begin");
-    ALLOCATIONS.with(|a| a.set(0));
-    COUNTING.with(|c| c.set(true));
-    let result = (|| {
+    let (result, allocated) = counting::counted(|| {
         w.pages(1, 0, &data)?;
         w.encoded_metadata(&encoded)?;
         w.commit()
-    })();
-    COUNTING.with(|c| c.set(false));
+    });
     let commit = result.expect("checkpoint");
     assert_eq!(commit.pages, 600);
-    assert_eq!(ALLOCATIONS.with(Cell::get), 0, "the child path allocated");
+    assert_eq!(allocated, 0, "the child path allocated");
     // And the counter does count: the serde path allocates.
-    COUNTING.with(|c| c.set(true));
-    let again = encode_record(FrameKind::Metadata, &md);
-    COUNTING.with(|c| c.set(false));
+    let (again, allocated) = counting::counted(|| encode_record(FrameKind::Metadata, &md));
     assert!(again.is_ok());
-    assert!(
-        ALLOCATIONS.with(Cell::get) > 0,
-        "the counting allocator counts"
-    );
+    assert!(allocated > 0, "the counting allocator counts");
 }
 
 #[test]
@@ -138,16 +97,13 @@ fn a_checkpoint_finished_through_a_raw_fd_writer_allocates_nothing_and_replays()
     let data = vec![9u8; 300 * PAGE_SIZE];
     // The child's part, with a copy of the writer state, counted.
     let mut child = CheckpointWriter::with_state(FdWriter::new(file.as_fd()), parent.state());
-    ALLOCATIONS.with(|a| a.set(0));
-    COUNTING.with(|c| c.set(true));
-    let result = (|| {
+    let (result, allocated) = counting::counted(|| {
         child.pages(1, 0, &data)?;
         child.encoded_metadata(&encoded)?;
         child.commit()
-    })();
-    COUNTING.with(|c| c.set(false));
+    });
     result.expect("child checkpoint");
-    assert_eq!(ALLOCATIONS.with(Cell::get), 0, "the fd path allocated");
+    assert_eq!(allocated, 0, "the fd path allocated");
     let mut st = parent.state();
     st.skip_checkpoint(page_frames(300) + 1);
     assert_eq!(st, child.state());
