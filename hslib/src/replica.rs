@@ -299,16 +299,6 @@ impl Image {
 }
 
 /// Checks a page range against a region.
-/// Whether `regions` (in any order) is `table` (sorted by id).
-fn same_table(regions: &[RegionInfo], table: &[RegionInfo]) -> bool {
-    regions.len() == table.len()
-        && regions.iter().all(|r| {
-            table
-                .binary_search_by_key(&r.id, |t| t.id)
-                .is_ok_and(|i| table[i] == *r)
-        })
-}
-
 fn check_range(info: &RegionInfo, first_page: u64, pages: u32) -> Result<(), ReplicaError> {
     let region_pages = info.len / PAGE_SIZE as u64;
     match first_page.checked_add(u64::from(pages)) {
@@ -772,22 +762,27 @@ impl Replica {
             .committed
             .as_ref()
             .is_some_and(|last| last.image.table() == session.table);
+        // The record's region table must be the session's. A record the same as the
+        // committed one was checked against its image's table when it was committed: if that
+        // is the session's table, so is the record's.
         let regions = match (metadata, &self.committed) {
-            (StagedMetadata::New(m, _), _) => &m.regions,
-            // The committed metadata's table was checked against its image's when it was
-            // committed: if the image's table is the session's, so is the record's.
-            (StagedMetadata::Same, Some(_)) if base_fits => &session.table,
-            (StagedMetadata::Same, Some(last)) => &last.metadata.regions,
+            (StagedMetadata::Same, Some(_)) if base_fits => None,
+            (StagedMetadata::Same, Some(last)) => Some(&last.metadata.regions),
+            (StagedMetadata::New(m, _), _) => Some(&m.regions),
             (StagedMetadata::Same, None) => {
                 return Err(ReplicaError::MissingMetadata {
                     checkpoint: c.checkpoint,
                 });
             }
         };
-        if !same_table(regions, &session.table) {
-            return Err(ReplicaError::RegionTableMismatch {
-                checkpoint: c.checkpoint,
-            });
+        if let Some(regions) = regions {
+            let mut md_table = regions.clone();
+            md_table.sort_unstable_by_key(|r| r.id);
+            if md_table != session.table {
+                return Err(ReplicaError::RegionTableMismatch {
+                    checkpoint: c.checkpoint,
+                });
+            }
         }
         if let Some(last) = &self.committed
             && last.epoch == epoch

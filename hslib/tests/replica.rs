@@ -731,3 +731,21 @@ fn an_unchanged_metadata_record_is_refused_by_a_session_with_another_table() {
     assert!(matches!(e, ReplicaError::RegionTableMismatch { .. }), "{e}");
     assert_eq!(page(&r, 7, 1), vec![1u8; PAGE_SIZE], "the image kept");
 }
+
+/// A record listing one region twice (and so, at the same length, missing another) is not
+/// the session's table.
+#[test]
+fn a_metadata_region_table_with_a_region_twice_is_refused() {
+    let mut w = CheckpointWriter::new(Vec::new(), 1, 1);
+    w.hello(&hello()).expect("hello");
+    let t = table();
+    let md = Metadata {
+        regions: vec![t[0], t[0], t[1]],
+        ..Metadata::default()
+    };
+    w.checkpoint(true, [(7, 0, &[1u8; PAGE_SIZE][..])], &md)
+        .expect("checkpoint");
+    let mut r = Replica::default();
+    let e = feed(&mut r, frames(&w.into_inner())).expect_err("table");
+    assert!(matches!(e, ReplicaError::RegionTableMismatch { .. }), "{e}");
+}

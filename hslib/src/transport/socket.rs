@@ -259,13 +259,14 @@ impl<S: StreamSocket> Endpoint for SocketEndpoint<S> {
     }
 
     fn shutdown_write(&self) -> io::Result<()> {
-        self.lanes.shutdown(false)?;
-        self.stream.shutdown(Shutdown::Write)
+        // Both sockets, whatever the first one answered.
+        let back = self.lanes.shutdown(false);
+        self.stream.shutdown(Shutdown::Write).and(back)
     }
 
     fn shutdown(&self) -> io::Result<()> {
-        self.lanes.shutdown(true)?;
-        self.stream.shutdown(Shutdown::Both)
+        let back = self.lanes.shutdown(true);
+        self.stream.shutdown(Shutdown::Both).and(back)
     }
 }
 
