@@ -27,7 +27,9 @@
 //! ([`HotSpare::from_env`]): `HS_ROLE` (`standalone`, `primary`, `spare`), `HS_TRANSPORT`
 //! (`null`, `file`, `unix`, `tcp`), `HS_SOCKET_DIR` and `HS_SOCKET_NAME` (unix), `HS_TCP_ADDR`
 //! and `HS_KEY` (tcp), `HS_LOG_FILE` (file), `HS_EPOCH`, `HS_MODE` (`async`, `sync`, `lazy`; see [`Mode`]), `HS_MAX_LAG_US` (lazy mode's
-//! bound, microseconds, default 1000; refused with another mode),
+//! bound, microseconds, default 1000; refused with another mode), `HS_SPIN_US` (how long a
+//! spare's reads, and a sync primary's wait for an ack, look for input before sleeping,
+//! microseconds, default 100, 0 never; see [`crate::transport::spin`]),
 //! `HS_STRATEGY` (`copy`, `fork`, `cbw`, `adaptive`), `HS_TRACKER` (`uffd`, `mprotect`, `full`),
 //! and the hang detection's times in milliseconds: `HS_ACK_DEADLINE_MS` (sync mode: how long
 //! a checkpoint waits for the spare's ack before the spare is dropped; default 1000),
@@ -360,6 +362,9 @@ pub struct HotSpare<T = ()> {
     link: LinkConfig,
     epoch: u64,
     spare_wait: Duration,
+    /// How long a spare's reads, and a sync primary's wait for an ack, look for input
+    /// before sleeping ([`HotSpare::spin`], `HS_SPIN_US`).
+    spin: Duration,
     /// Forced by [`HotSpare::tracker`].
     tracker: Option<Backend>,
     /// Named by `HS_TRACKER` (read by [`HotSpare::from_env`]).
@@ -396,6 +401,7 @@ impl<T> std::fmt::Debug for HotSpare<T> {
             .field("role", &self.role)
             .field("link", &self.link)
             .field("epoch", &self.epoch)
+            .field("spin", &self.spin)
             .finish_non_exhaustive()
     }
 }
@@ -416,6 +422,7 @@ impl HotSpare<()> {
             link: LinkConfig::Null,
             epoch: 1,
             spare_wait: Duration::from_secs(10),
+            spin: transport::spin::DEFAULT_SPIN,
             tracker: None,
             env_tracker: None,
             default_tracker: None,
@@ -465,6 +472,7 @@ impl<T> HotSpare<T> {
             link: self.link,
             epoch: self.epoch,
             spare_wait: self.spare_wait,
+            spin: self.spin,
             tracker: self.tracker,
             env_tracker: self.env_tracker,
             default_tracker: self.default_tracker,
@@ -533,6 +541,15 @@ impl<T> HotSpare<T> {
     /// its first spare (default 10 s).
     pub fn spare_wait(mut self, wait: Duration) -> Self {
         self.spare_wait = wait;
+        self
+    }
+
+    /// How long a spare's reads look for the next checkpoint, and a sync primary's wait
+    /// looks for its ack, before they sleep, while input comes that quickly (default
+    /// 100 us; zero: never, and a sync checkpoint is exactly one `write` and one `read`;
+    /// see [`transport::spin`]). Back to back, each side's write then wakes nobody.
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
         self
     }
 
@@ -642,6 +659,7 @@ impl<T> HotSpare<T> {
         let epoch = var(ENV_EPOCH);
         let mode = var(ENV_MODE);
         let max_lag_us = var(link::ENV_MAX_LAG_US);
+        let spin_us = var(transport::spin::ENV_SPIN_US);
         let strategy = var(ENV_STRATEGY);
         let tracker = var(track::ENV_OVERRIDE);
         let ack_deadline = var(link::ENV_ACK_DEADLINE_MS);
@@ -795,6 +813,20 @@ impl<T> HotSpare<T> {
                     ));
                 }
             }
+        }
+        if let Some(v) = spin_us {
+            self.spin = v
+                .parse::<u64>()
+                .ok()
+                .filter(|&us| us <= 1_000_000)
+                .map(Duration::from_micros)
+                .ok_or_else(|| {
+                    bad(
+                        transport::spin::ENV_SPIN_US,
+                        &v,
+                        "a number of microseconds from 0 to 1000000",
+                    )
+                })?;
         }
         if let Some(v) = strategy {
             self.strategy = v.parse().map_err(|e: String| bad(ENV_STRATEGY, &v, &e))?;
@@ -976,6 +1008,7 @@ impl<T> HotSpare<T> {
             heartbeat: self.heartbeat,
             log_max_bytes: self.log_max_bytes,
             delivery: self.mode.delivery(),
+            ack_spin: self.spin,
         };
         let link = Link::open_on(&self.listening()?, params, standby)?;
         tracing::info!(link = link.describe(), epoch, role = ?self.role, "link open");
@@ -1134,6 +1167,7 @@ impl<T> HotSpare<T> {
                     break;
                 }
             }
+            ep.spin_for_input(self.spin);
             let served = session::serve_spare_watched(
                 &mut replica,
                 &mut ep,

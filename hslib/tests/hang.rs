@@ -208,6 +208,7 @@ fn an_idle_stream_carries_heartbeats() {
         heartbeat: Some(Duration::from_millis(20)),
         log_max_bytes: None,
         delivery: hslib::link::Delivery::Woken,
+        ack_spin: hslib::transport::spin::DEFAULT_SPIN,
     };
     let link = Link::open(&unix_link(&sock, "hb"), params).expect("link");
     let mut ep = hslib::transport::unix::connect(&sock, "hb").expect("connect");

@@ -81,6 +81,31 @@ fn hs_mode_lazy_takes_its_bound_from_hs_max_lag_us_and_refuses_bad_ones() {
     }
 }
 
+#[test]
+fn hs_spin_us_sets_how_long_reads_look_for_input_and_refuses_bad_ones() {
+    let dbg = mode_of(&[]).unwrap_or_else(|e| panic!("defaults: {e}"));
+    assert!(
+        dbg.contains("spin: 100µs"),
+        "the default spin is 100 us: {dbg}"
+    );
+    let dbg = mode_of(&[("HS_SPIN_US", "0")]).unwrap_or_else(|e| panic!("0: {e}"));
+    assert!(dbg.contains("spin: 0ns"), "0 turns it off: {dbg}");
+    let dbg = mode_of(&[("HS_SPIN_US", "250")]).unwrap_or_else(|e| panic!("250: {e}"));
+    assert!(dbg.contains("spin: 250µs"), "{dbg}");
+    for (v, what) in [
+        ("-1", "negative"),
+        ("1ms", "a unit"),
+        ("1000001", "above 1 s"),
+    ] {
+        let e = mode_of(&[("HS_SPIN_US", v)]).expect_err(what);
+        let text = e.to_string();
+        assert!(
+            text.contains("HS_SPIN_US") && text.contains(v),
+            "{what}: {text}"
+        );
+    }
+}
+
 fn socket_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let sock = dir.path().join("sock");

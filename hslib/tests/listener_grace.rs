@@ -24,6 +24,7 @@ fn params() -> StreamParams {
         heartbeat: None,
         log_max_bytes: None,
         delivery: hslib::link::Delivery::Woken,
+        ack_spin: hslib::transport::spin::DEFAULT_SPIN,
     }
 }
 

@@ -30,6 +30,7 @@ fn params() -> StreamParams {
         heartbeat: None,
         log_max_bytes: None,
         delivery: hslib::link::Delivery::Woken,
+        ack_spin: transport::spin::DEFAULT_SPIN,
     }
 }
 

@@ -409,6 +409,9 @@ pub struct StreamParams {
     pub log_max_bytes: Option<u64>,
     /// How checkpoints reach the stream.
     pub delivery: Delivery,
+    /// In sync mode ([`Delivery::Direct`]), how long the wait for an ack looks for it before
+    /// sleeping, while acks come that quickly ([`crate::transport::spin`]; zero: never).
+    pub ack_spin: std::time::Duration,
 }
 
 /// How a checkpoint gets from `checkpoint()` onto the stream.

@@ -346,9 +346,10 @@ impl SenderThread {
         self.generation += 1;
         let generation = self.generation;
         let mut direct = None;
-        if let Some((clone, acks)) = reader {
+        if let Some((mut clone, acks)) = reader {
             if self.params.delivery == Delivery::Direct {
                 // Sync mode: whoever waits for an ack reads it; no thread in between.
+                clone.spin_for_input(self.params.ack_spin);
                 direct = Some(DirectAcks::new(clone, acks));
             } else {
                 let shared = Arc::clone(&self.shared);

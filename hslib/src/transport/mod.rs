@@ -9,6 +9,7 @@ pub mod file;
 mod lanes;
 pub mod null;
 pub mod socket;
+pub mod spin;
 pub mod tcp;
 pub mod unix;
 
@@ -58,6 +59,12 @@ pub trait Endpoint: Read + Write + Send {
     /// (`O_NONBLOCK`); nothing where there is no descriptor.
     fn set_nonblocking(&self) -> io::Result<()> {
         self.as_fd().map_or(Ok(()), set_nonblocking)
+    }
+    /// Makes this handle's reads look for input for up to `limit` before they sleep, while
+    /// input comes that quickly ([`spin`]); zero turns it off. Nothing on an endpoint that
+    /// never waits (a file, null).
+    fn spin_for_input(&mut self, limit: Duration) {
+        let _ = limit;
     }
 }
 
@@ -216,6 +223,10 @@ macro_rules! forward_endpoint {
 
             fn set_nonblocking(&self) -> io::Result<()> {
                 (**self).set_nonblocking()
+            }
+
+            fn spin_for_input(&mut self, limit: Duration) {
+                (**self).spin_for_input(limit)
             }
         }
     )+};

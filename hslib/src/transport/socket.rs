@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::Endpoint;
 use super::lanes::{First, Lanes};
+use super::spin::Spin;
 
 /// What [`SocketEndpoint`] needs of a connected stream socket.
 pub trait StreamSocket: Read + Write + AsFd + Send + Sized + 'static {
@@ -80,6 +81,8 @@ pub struct SocketEndpoint<S> {
     modes: Arc<Modes>,
     /// A Unix connection's answers' socket ([`super::lanes`]).
     lanes: Arc<Lanes>,
+    /// How this handle's reads look for input before they sleep ([`super::spin`]).
+    spin: Spin,
 }
 
 /// The read timeout and blocking mode last set through any handle of one socket.
@@ -131,6 +134,7 @@ impl<S: StreamSocket> SocketEndpoint<S> {
                 nonblocking: AtomicBool::new(nonblocking),
             }),
             lanes: Arc::new(lanes),
+            spin: Spin::OFF,
         }
     }
 
@@ -163,6 +167,33 @@ impl SocketEndpoint<UnixStream> {
 
 impl<S: StreamSocket> Read for SocketEndpoint<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut slept = None;
+        if !self.lanes.is_awaiting() && !self.modes.nonblocking.load(Ordering::Relaxed) {
+            let fd = match self.lanes.reader() {
+                Some(back) => AsFd::as_fd(back),
+                None => self.stream.as_fd(),
+            };
+            let cap = match self.modes.read_timeout_us.load(Ordering::Relaxed) {
+                NO_TIMEOUT => None,
+                us => Some(Duration::from_micros(us)),
+            };
+            let (found, start) = self.spin.try_input(fd, buf, cap);
+            if let Some(found) = found {
+                return found;
+            }
+            slept = start;
+        }
+        let read = self.read_sleeping(buf);
+        if matches!(read, Ok(n) if n > 0) {
+            self.spin.waited(slept);
+        }
+        read
+    }
+}
+
+impl<S: StreamSocket> SocketEndpoint<S> {
+    /// A read that sleeps until input comes (or the read timeout passes).
+    fn read_sleeping(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.lanes.reader().is_some() {
             return self.lanes.read_back(buf);
         }
@@ -251,7 +282,12 @@ impl<S: StreamSocket> Endpoint for SocketEndpoint<S> {
             peer: self.peer.clone(),
             modes: Arc::clone(&self.modes),
             lanes: Arc::clone(&self.lanes),
+            spin: Spin::OFF,
         }))
+    }
+
+    fn spin_for_input(&mut self, limit: Duration) {
+        self.spin = Spin::new(limit);
     }
 
     fn as_fd(&self) -> Option<BorrowedFd<'_>> {

@@ -286,6 +286,61 @@ mod tests {
         assert_eq!(slept, 1, "the primary woke {slept} times for one answer");
     }
 
+    /// With enough processors to spin on, a read that spins sleeps no time while its input
+    /// comes within the bound; without spinning the same read sleeps once.
+    fn sleeps_waiting(spin: Duration, reader_is_spare: bool) -> Option<u64> {
+        if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+            return None;
+        }
+        let (server, _dir) = server();
+        let (mut primary, mut spare) = connection(&server);
+        // The first answer brings the answers' socket.
+        primary.write_all(&[1]).expect("write");
+        spare.read_exact(&mut [0u8; 1]).expect("read");
+        spare.write_all(&[2]).expect("answer");
+        primary.read_exact(&mut [0u8; 1]).expect("the first answer");
+        let (mut reader, mut writer) = if reader_is_spare {
+            (spare, primary)
+        } else {
+            (primary, spare)
+        };
+        reader.spin_for_input(spin);
+        let other = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            writer
+                .write_all(&[7u8; 4096])
+                .expect("the other side writes");
+            writer
+        });
+        let before = voluntary_switches();
+        let mut got = [0u8; 1];
+        assert_eq!(reader.read(&mut got).expect("read"), 1);
+        let slept = voluntary_switches() - before;
+        let _writer = other.join().expect("the writer's thread");
+        assert_eq!(got, [7]);
+        Some(slept)
+    }
+
+    #[test]
+    fn a_spinning_spare_takes_a_checkpoint_that_comes_soon_without_sleeping() {
+        let Some(slept) = sleeps_waiting(Duration::from_secs(2), true) else {
+            return;
+        };
+        assert_eq!(slept, 0, "the spare slept {slept} times");
+        let slept = sleeps_waiting(Duration::ZERO, true).expect("two processors");
+        assert_eq!(slept, 1, "not spinning, the spare slept {slept} times");
+    }
+
+    #[test]
+    fn a_spinning_primary_takes_an_answer_that_comes_soon_without_sleeping() {
+        let Some(slept) = sleeps_waiting(Duration::from_secs(2), false) else {
+            return;
+        };
+        assert_eq!(slept, 0, "the primary slept {slept} times");
+        let slept = sleeps_waiting(Duration::ZERO, false).expect("two processors");
+        assert_eq!(slept, 1, "not spinning, the primary slept {slept} times");
+    }
+
     /// A peer that sends no answers' socket (not hotspare's connector) is read and
     /// answered on the one socket.
     #[test]
