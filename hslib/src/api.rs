@@ -27,9 +27,9 @@
 //! ([`HotSpare::from_env`]): `HS_ROLE` (`standalone`, `primary`, `spare`), `HS_TRANSPORT`
 //! (`null`, `file`, `unix`, `tcp`), `HS_SOCKET_DIR` and `HS_SOCKET_NAME` (unix), `HS_TCP_ADDR`
 //! and `HS_KEY` (tcp), `HS_LOG_FILE` (file), `HS_EPOCH`, `HS_MODE` (`async`, `sync`, `lazy`; see [`Mode`]), `HS_MAX_LAG_US` (lazy mode's
-//! bound, microseconds, default 1000; refused with another mode), `HS_SPIN_US` (how long a
-//! spare's reads, and a sync primary's wait for an ack, look for input before sleeping,
-//! microseconds, default 100, 0 never; see [`crate::transport::spin`]),
+//! bound, microseconds, default 1000; refused with another mode), `HS_SPIN_US` (sync mode,
+//! on both sides: how long a spare's reads, and the primary's wait for an ack, look for input
+//! before sleeping, microseconds, default 100, 0 never; see [`crate::transport::spin`]),
 //! `HS_STRATEGY` (`copy`, `fork`, `cbw`, `adaptive`), `HS_TRACKER` (`uffd`, `mprotect`, `full`),
 //! and the hang detection's times in milliseconds: `HS_ACK_DEADLINE_MS` (sync mode: how long
 //! a checkpoint waits for the spare's ack before the spare is dropped; default 1000),
@@ -544,10 +544,12 @@ impl<T> HotSpare<T> {
         self
     }
 
-    /// How long a spare's reads look for the next checkpoint, and a sync primary's wait
-    /// looks for its ack, before they sleep, while input comes that quickly (default
-    /// 100 us; zero: never, and a sync checkpoint is exactly one `write` and one `read`;
-    /// see [`transport::spin`]). Back to back, each side's write then wakes nobody.
+    /// Sync mode (on both sides: a spare knows its primary's mode from its own settings):
+    /// how long a spare's reads look for the next checkpoint, and the primary's wait looks
+    /// for its ack, before they sleep, while input comes that quickly (default 100 us; zero:
+    /// never, and a sync checkpoint is exactly one `write` and one `read`; see
+    /// [`transport::spin`]). Back to back, each side's write then wakes nobody. In async and
+    /// lazy mode nothing spins: the application does not wait for the spare.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
         self
@@ -1167,7 +1169,13 @@ impl<T> HotSpare<T> {
                     break;
                 }
             }
-            ep.spin_for_input(self.spin);
+            // Only a sync primary waits for the spare: in async and lazy mode a spinning
+            // spare would take a processor from the application for nothing.
+            ep.spin_for_input(if self.mode == Mode::Sync {
+                self.spin
+            } else {
+                Duration::ZERO
+            });
             let served = session::serve_spare_watched(
                 &mut replica,
                 &mut ep,

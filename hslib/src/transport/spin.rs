@@ -67,9 +67,10 @@ impl Spin {
 
     /// Reads `fd` into `buf` without sleeping, over and over for at most the bound (or
     /// `cap`, a read timeout, if shorter), when the last input came within the bound.
-    /// `Some` is what a read found (data, end of stream or an error); `None` means go and
-    /// sleep in a read (nothing came, or this reader is not spinning), and hand the
-    /// returned instant to [`Spin::waited`] when it returns.
+    /// `Some` is what a read found (data, end of stream or an error; a `cap` spun through is
+    /// `WouldBlock`, as a read timing out reports it); `None` means go and sleep in a read
+    /// (nothing came, or this reader is not spinning), and hand the returned instant to
+    /// [`Spin::waited`] when it returns.
     pub fn try_input(
         &mut self,
         fd: BorrowedFd<'_>,
@@ -83,6 +84,8 @@ impl Spin {
         if !self.hot {
             return (None, Some(start));
         }
+        // A read timeout shorter than the bound ends the spinning as it would end the read.
+        let timed_out = cap.is_some_and(|c| c < self.limit);
         let limit = cap.map_or(self.limit, |c| c.min(self.limit));
         loop {
             match recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
@@ -92,6 +95,9 @@ impl Spin {
             }
             if start.elapsed() >= limit {
                 self.hot = false;
+                if timed_out {
+                    return (Some(Err(io::ErrorKind::WouldBlock.into())), None);
+                }
                 return (None, Some(start));
             }
             std::hint::spin_loop();
@@ -171,6 +177,26 @@ mod tests {
             (Some(Ok(0)), None)
         ));
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_read_timeout_shorter_than_the_bound_ends_the_spinning_as_a_timed_out_read() {
+        if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+            return;
+        }
+        let (_a, b) = UnixStream::pair().expect("socketpair");
+        let mut spin = Spin::new(Duration::from_secs(5));
+        let mut buf = [0u8; 8];
+        let t = Instant::now();
+        match spin.try_input(b.as_fd(), &mut buf, Some(Duration::from_millis(3))) {
+            (Some(Err(e)), None) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}"),
+            (got, _) => panic!("expected a timeout, got {got:?}"),
+        }
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(3) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
     }
 
     #[test]
