@@ -7,14 +7,11 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
-use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use hslib::link::MaxLag;
 use hslib::replica::{Replica, ReplicaConfig};
 use hslib::session::serve_spare;
-use hslib::transport::{Endpoint, UnixEndpoint, unix};
 use hslib::{Backend, HotSpare, LinkConfig, LinkStats, Mode, Outcome, RegionId, Role};
 
 const REGION: RegionId = RegionId(4);
@@ -24,48 +21,6 @@ const READ_DELAY: Duration = Duration::from_micros(500);
 /// The most the process may grow by over the run: the region is one page, so this is the
 /// pool, the queue and the allocator's slack, many times over.
 const GROWTH_BOUND_KIB: u64 = 64 * 1024;
-
-/// A spare's end that waits before every read, as a slow network would.
-struct Slow(UnixEndpoint);
-
-impl Read for Slow {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        std::thread::sleep(READ_DELAY);
-        self.0.read(buf)
-    }
-}
-
-impl Write for Slow {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl Endpoint for Slow {
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.0.set_read_timeout(timeout)
-    }
-
-    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
-        self.0.try_clone_endpoint()
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        self.0.shutdown()
-    }
-
-    fn as_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.0.as_fd()
-    }
-}
 
 /// A field of /proc/self/status in KiB.
 fn status_kib(field: &str) -> u64 {
@@ -101,15 +56,11 @@ fn against_slow_spare(checkpoints: u32) -> Run {
     let socks = dir.path().join("socks");
     let spare_dir = socks.clone();
     let spare = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let ep = loop {
-            match unix::connect(&spare_dir, "c") {
-                Ok(ep) => break ep,
-                Err(e) if Instant::now() > deadline => panic!("the spare cannot connect: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
+        let mut slow = common::Delayed {
+            inner: common::connect_spare(&spare_dir, "c"),
+            before_read: READ_DELAY,
+            before_write: Duration::ZERO,
         };
-        let mut slow = Slow(ep);
         let mut replica = Replica::new(ReplicaConfig::default());
         let _ = serve_spare(&mut replica, &mut slow, Duration::from_secs(5));
         let first = replica.image()?.region(REGION.0)?.get(..4)?;

@@ -7,6 +7,8 @@
 //!
 //! The kill-and-resume round trip in lazy mode is in `roundtrip.rs`.
 
+mod common;
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -116,17 +118,7 @@ fn socket_dir() -> (tempfile::TempDir, PathBuf) {
 /// replicates until the stream ends; returns the replica.
 fn spare(dir: PathBuf, name: &'static str) -> std::thread::JoinHandle<Replica> {
     std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut ep = loop {
-            match hslib::transport::unix::connect(&dir, name) {
-                Ok(ep) => break ep,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => panic!("the spare never reached the primary: {e}"),
-            }
-        };
+        let mut ep = common::connect_spare(&dir, name);
         let mut replica = Replica::default();
         let _ =
             hslib::session::serve_spare(&mut replica, &mut ep, hslib::transport::HANDSHAKE_TIMEOUT);

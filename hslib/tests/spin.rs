@@ -5,14 +5,11 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
-use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hslib::replica::Replica;
-use hslib::transport::Endpoint;
 use hslib::{Backend, HotSpare, LinkConfig, Mode, Outcome, RegionId, Role};
 
 /// The region of the primary whose spare is a thread here.
@@ -50,73 +47,18 @@ fn two_processors() -> bool {
     std::thread::available_parallelism().map_or(1, usize::from) >= 2
 }
 
-/// A spare's endpoint that answers 1 ms late, so a primary always reaches its read first.
-struct SlowAnswers<E>(E);
-
-impl<E: Endpoint> Read for SlowAnswers<E> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl<E: Endpoint> Write for SlowAnswers<E> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        std::thread::sleep(Duration::from_millis(1));
-        self.0.write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        std::thread::sleep(Duration::from_millis(1));
-        self.0.write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl<E: Endpoint> Endpoint for SlowAnswers<E> {
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.0.set_read_timeout(timeout)
-    }
-
-    fn try_clone_endpoint(&self) -> io::Result<Box<dyn Endpoint>> {
-        self.0.try_clone_endpoint()
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        self.0.shutdown()
-    }
-
-    fn as_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.0.as_fd()
-    }
-}
-
 /// A spare in a thread of this process, answering 1 ms late (its reads do not spin).
 fn slow_spare(dir: std::path::PathBuf, name: &'static str) -> std::thread::JoinHandle<Replica> {
     std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let ep = loop {
-            match hslib::transport::unix::connect(&dir, name) {
-                Ok(ep) => break ep,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => panic!("the spare never reached the primary: {e}"),
-            }
+        // Late answers: the primary always reaches its read first.
+        let mut ep = common::Delayed {
+            inner: common::connect_spare(&dir, name),
+            before_read: Duration::ZERO,
+            before_write: Duration::from_millis(1),
         };
         let mut replica = Replica::default();
-        let _ = hslib::session::serve_spare(
-            &mut replica,
-            &mut SlowAnswers(ep),
-            hslib::transport::HANDSHAKE_TIMEOUT,
-        );
+        let _ =
+            hslib::session::serve_spare(&mut replica, &mut ep, hslib::transport::HANDSHAKE_TIMEOUT);
         replica
     })
 }

@@ -183,6 +183,18 @@ mod tests {
         (UnixServer::bind(&socks, "p").expect("bind"), dir)
     }
 
+    /// A connection with one exchange done, so the answers' socket is in place on both
+    /// sides: (accepted side, connecting side). Taking in the first byte wakes the spare
+    /// once, as any first read of what it wrote on the connection.
+    fn exchanged(server: &UnixServer) -> (UnixEndpoint, UnixEndpoint) {
+        let (mut primary, mut spare) = connection(server);
+        primary.write_all(&[1]).expect("write");
+        spare.read_exact(&mut [0u8; 1]).expect("read");
+        spare.write_all(&[2]).expect("the first answer");
+        primary.read_exact(&mut [0u8; 1]).expect("the first answer");
+        (primary, spare)
+    }
+
     /// A connection from `connect` to `server`: (accepted side, connecting side).
     fn connection(server: &UnixServer) -> (UnixEndpoint, UnixEndpoint) {
         let dir = server.path().parent().expect("socket directory");
@@ -228,13 +240,7 @@ mod tests {
     #[test]
     fn a_connector_waiting_for_data_sleeps_through_its_answer_being_read() {
         let (server, _dir) = server();
-        let (mut primary, mut spare) = connection(&server);
-        // The first answer brings the answers' socket (taking in the byte it came with
-        // wakes the spare once, as any first read of what it wrote on the connection).
-        primary.write_all(&[1]).expect("write");
-        spare.read_exact(&mut [0u8; 1]).expect("read");
-        spare.write_all(&[9]).expect("the first answer");
-        primary.read_exact(&mut [0u8; 1]).expect("the first answer");
+        let (mut primary, mut spare) = exchanged(&server);
         spare.write_all(&[2u8; 64]).expect("the spare's answer");
         let other = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
@@ -261,12 +267,7 @@ mod tests {
     #[test]
     fn an_acceptor_waiting_for_an_answer_sleeps_through_its_data_being_read() {
         let (server, _dir) = server();
-        let (mut primary, mut spare) = connection(&server);
-        // The first answer brings the answers' socket.
-        primary.write_all(&[1]).expect("write");
-        spare.read_exact(&mut [0u8; 1]).expect("read");
-        spare.write_all(&[2]).expect("answer");
-        primary.read_exact(&mut [0u8; 1]).expect("the first answer");
+        let (mut primary, mut spare) = exchanged(&server);
         primary.write_all(&[4u8; 4096]).expect("a checkpoint");
         let other = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
@@ -293,12 +294,7 @@ mod tests {
             return None;
         }
         let (server, _dir) = server();
-        let (mut primary, mut spare) = connection(&server);
-        // The first answer brings the answers' socket.
-        primary.write_all(&[1]).expect("write");
-        spare.read_exact(&mut [0u8; 1]).expect("read");
-        spare.write_all(&[2]).expect("answer");
-        primary.read_exact(&mut [0u8; 1]).expect("the first answer");
+        let (primary, spare) = exchanged(&server);
         let (mut reader, mut writer) = if reader_is_spare {
             (spare, primary)
         } else {

@@ -63,3 +63,74 @@ pub fn run_child(name: &str, envs: &[(&str, &str)]) -> Output {
     );
     out
 }
+
+/// A spare's end of a connection that waits before every read, or before every write, as a
+/// slow spare or network would.
+pub struct Delayed<E> {
+    /// The endpoint.
+    pub inner: E,
+    /// Waited before each read.
+    pub before_read: std::time::Duration,
+    /// Waited before each write (the spare's answers).
+    pub before_write: std::time::Duration,
+}
+
+impl<E: hslib::transport::Endpoint> std::io::Read for Delayed<E> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(self.before_read);
+        self.inner.read(buf)
+    }
+}
+
+impl<E: hslib::transport::Endpoint> std::io::Write for Delayed<E> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::thread::sleep(self.before_write);
+        self.inner.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        std::thread::sleep(self.before_write);
+        self.inner.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<E: hslib::transport::Endpoint> hslib::transport::Endpoint for Delayed<E> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
+        self.inner.set_read_timeout(timeout)
+    }
+
+    fn try_clone_endpoint(&self) -> std::io::Result<Box<dyn hslib::transport::Endpoint>> {
+        self.inner.try_clone_endpoint()
+    }
+
+    fn shutdown(&self) -> std::io::Result<()> {
+        self.inner.shutdown()
+    }
+
+    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.inner.as_fd()
+    }
+}
+
+/// A spare's connection to the primary listening as `name` in `dir`, retried while the
+/// primary starts (at most 20 s).
+pub fn connect_spare(dir: &std::path::Path, name: &str) -> hslib::transport::UnixEndpoint {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match hslib::transport::unix::connect(dir, name) {
+            Ok(ep) => return ep,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("the spare never reached the primary: {e}")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
+    }
+}
