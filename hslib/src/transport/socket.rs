@@ -168,7 +168,10 @@ impl SocketEndpoint<UnixStream> {
 impl<S: StreamSocket> Read for SocketEndpoint<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut slept = None;
-        if !self.lanes.is_awaiting() && !self.modes.nonblocking.load(Ordering::Relaxed) {
+        if !self.spin.is_off()
+            && !self.lanes.is_awaiting()
+            && !self.modes.nonblocking.load(Ordering::Relaxed)
+        {
             let fd = match self.lanes.reader() {
                 Some(back) => AsFd::as_fd(back),
                 None => self.stream.as_fd(),

@@ -60,9 +60,9 @@ impl Spin {
         }
     }
 
-    /// The bound set.
-    pub fn limit(&self) -> Duration {
-        self.limit
+    /// Whether this reader never spins.
+    pub fn is_off(&self) -> bool {
+        self.limit.is_zero()
     }
 
     /// Reads `fd` into `buf` without sleeping, over and over for at most the bound (or
