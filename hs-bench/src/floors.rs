@@ -352,13 +352,13 @@ pub fn run_peer(mode: &str) -> Result<(), FloorError> {
     }
 }
 
-fn pause(gap: Duration) {
+pub(crate) fn pause(gap: Duration) {
     if !gap.is_zero() {
         std::thread::sleep(gap);
     }
 }
 
-fn summarise(times: &mut [Duration]) -> Floor {
+pub(crate) fn summarise(times: &mut [Duration]) -> Floor {
     times.sort_unstable();
     let at = |p: f64| {
         if times.is_empty() {

@@ -17,8 +17,8 @@
 
 mod bars;
 
-use hs_bench::floors;
 use hs_bench::pages::{PAGE, PageBuf};
+use hs_bench::{cold, floors};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -80,6 +80,20 @@ enum Command {
         /// Share of the region's pages dirty for the memcpy floor, percent.
         #[arg(long, value_name = "PCT", default_value_t = 10)]
         dirty_pct: usize,
+    },
+    /// What a short path pays for running cold, after the same pause as a checkpoint at a
+    /// person's pace: a line of code, a page and a line of data, a 4 KiB copy (the bound of
+    /// a lazy checkpoint, which makes no system call).
+    Cold {
+        /// One JSON object on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Microseconds before each measurement (50000: a person's pace).
+        #[arg(long, value_name = "US", default_value_t = 50_000)]
+        gap_us: u64,
+        /// Measurements.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
     },
     /// A bar chart (SVG) of figures against their floors, from JSON lines
     /// `{"label":L,"p50":X,"p99":Y,"floor":F}` (p99 and floor optional).
@@ -232,6 +246,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 writeln!(stdout, "{}", serde_json::to_string(&floors)?)?;
             } else {
                 write!(stdout, "{}", floors.report())?;
+            }
+            return Ok(());
+        }
+        Command::Cold {
+            json,
+            gap_us,
+            samples,
+        } => {
+            let cold = cold::measure(&cold::ColdOptions {
+                gap: Duration::from_micros(gap_us),
+                samples,
+            })?;
+            let mut stdout = std::io::stdout().lock();
+            if json {
+                writeln!(stdout, "{}", serde_json::to_string(&cold)?)?;
+            } else {
+                write!(stdout, "{}", cold.report())?;
             }
             return Ok(());
         }
