@@ -285,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn a_measurement_reports_every_cost_and_the_json_names_them() {
+    fn the_json_names_every_cost() {
         let cold = measure(&ColdOptions {
             gap: Duration::ZERO,
             samples: 3,
@@ -303,13 +303,5 @@ mod tests {
         ] {
             assert!(json.contains(&format!("\"{key}\"")), "{key} in {json}");
         }
-        assert!(
-            measure(&ColdOptions {
-                gap: Duration::ZERO,
-                samples: 0
-            })
-            .is_err(),
-            "no samples is refused"
-        );
     }
 }

@@ -219,6 +219,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints `value` as one JSON line, or `report` (its table for people).
+fn print(
+    json: bool,
+    value: &impl serde::Serialize,
+    report: String,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        writeln!(stdout, "{}", serde_json::to_string(value)?)?;
+    } else {
+        write!(stdout, "{report}")?;
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let (json, out, quick, strategies, gap_us) = match cli.command {
         Command::Paper {
@@ -241,13 +256,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 gap: Duration::from_micros(gap_us),
                 samples,
             })?;
-            let mut stdout = std::io::stdout().lock();
-            if json {
-                writeln!(stdout, "{}", serde_json::to_string(&floors)?)?;
-            } else {
-                write!(stdout, "{}", floors.report())?;
-            }
-            return Ok(());
+            return print(json, &floors, floors.report());
         }
         Command::Cold {
             json,
@@ -258,13 +267,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 gap: Duration::from_micros(gap_us),
                 samples,
             })?;
-            let mut stdout = std::io::stdout().lock();
-            if json {
-                writeln!(stdout, "{}", serde_json::to_string(&cold)?)?;
-            } else {
-                write!(stdout, "{}", cold.report())?;
-            }
-            return Ok(());
+            return print(json, &cold, cold.report());
         }
         Command::FloorPeer { mode } => return Ok(floors::run_peer(&mode)?),
         Command::Bars {

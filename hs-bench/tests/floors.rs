@@ -1,5 +1,6 @@
 //! `hs-bench floors --json` measures all four floors with its peer processes and prints them
-//! in the documented shape; bad options are refused with a message.
+//! in the documented shape, `hs-bench cold --json` every cold cost; bad options are refused
+//! with a message.
 
 use std::process::Command;
 
@@ -70,4 +71,39 @@ fn version_is_printed() {
         .unwrap_or_else(|e| panic!("running hs-bench: {e}"));
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("hs-bench "));
+}
+
+#[test]
+fn cold_json_has_every_cost_measured_and_no_samples_is_refused() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hs-bench"))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running hs-bench: {e}"))
+    };
+    let out = run(&["cold", "--json", "--gap-us", "0", "--samples", "5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    for cost in [
+        "code_line_ns",
+        "code_line_warm_ns",
+        "page_ns",
+        "line_ns",
+        "copy_4k_ns",
+    ] {
+        let c = &v[cost];
+        let p50 = c["p50"].as_f64().unwrap_or(-1.0);
+        let p99 = c["p99"].as_f64().unwrap_or(-1.0);
+        assert!(p50 > 0.0 && p99 >= p50, "{cost}: {c}");
+    }
+    assert_eq!(v["samples"].as_u64(), Some(5));
+    assert_eq!(v["gap_us"].as_u64(), Some(0));
+    let out = run(&["cold", "--samples", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--samples"));
 }
