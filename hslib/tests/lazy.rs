@@ -230,3 +230,96 @@ fn a_back_pressure_time_within_the_lazy_bound_is_refused() {
         "{text}"
     );
 }
+
+/// Voluntary context switches of this process's `hs-sender` threads so far: each is one time
+/// a sender went to sleep (and so one wake-up).
+fn sender_sleeps() -> u64 {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap_or_else(|e| panic!("tasks: {e}"));
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "hs-sender" {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+#[test]
+fn an_idle_lazy_sender_parks_and_the_next_checkpoint_wakes_it() {
+    let _env = env_lock();
+    let (_keep, dir) = socket_dir();
+    let spare = spare(dir.clone(), "parks");
+    let outcome = HotSpare::new("lazy")
+        .region(REGION, PAGES * 4096)
+        .tracker(Backend::Full)
+        .role(Role::Primary)
+        .link(LinkConfig::Unix {
+            dir,
+            name: "parks".to_owned(),
+        })
+        .lazy(Duration::from_millis(1))
+        // No heartbeats: nothing wakes a parked sender but the application's next snapshot.
+        .heartbeat(None)
+        .worker(move |ctx| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !ctx.link_stats().synced {
+                if Instant::now() > deadline {
+                    return Err("the spare never synced".into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                ctx.checkpoint()?;
+            }
+            // Idle past the sender's parking time (1 s), then count its sleeps: looking every
+            // millisecond it would sleep ~500 times in 500 ms.
+            std::thread::sleep(Duration::from_millis(1500));
+            let before = sender_sleeps();
+            std::thread::sleep(Duration::from_millis(500));
+            let idle_sleeps = sender_sleeps() - before;
+            // The next checkpoint reaches the spare: a parked sender does not look, so only
+            // the wake-up the checkpoint sends can ship it.
+            let before = ctx.link_stats();
+            ctx.region_mut(REGION)?.as_bytes_mut().fill(0x3C);
+            ctx.checkpoint()?;
+            let taken = Instant::now();
+            loop {
+                let s = ctx.link_stats();
+                if s.pending == 0 && s.acked == s.last_written && s.acked > before.acked {
+                    break;
+                }
+                if taken.elapsed() > Duration::from_secs(20) {
+                    return Err(format!("the parked sender never shipped: {s:?}").into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok((idle_sleeps, ctx.region(REGION)?.as_bytes().to_vec()))
+        })
+        .run()
+        .unwrap_or_else(|e| panic!("the primary: {e}"));
+    let Outcome::Finished { value, .. } = outcome else {
+        panic!("the primary did not finish: {outcome:?}");
+    };
+    let (idle_sleeps, image) = value;
+    assert!(
+        idle_sleeps < 50,
+        "the idle sender slept {idle_sleeps} times in 500 ms: it never parked"
+    );
+    let replica = spare
+        .join()
+        .unwrap_or_else(|_| panic!("the spare panicked"));
+    let got = replica
+        .image()
+        .and_then(|i| i.region(REGION.0))
+        .unwrap_or_else(|| panic!("the spare holds no image of the region"));
+    assert_eq!(
+        got,
+        &image[..],
+        "the spare's image is the last checkpoint's"
+    );
+}

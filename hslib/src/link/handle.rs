@@ -391,7 +391,7 @@ impl Link {
         child: crate::snapshot::ForkedChild,
     ) -> Result<u64, LinkError> {
         // What is queued was taken before the child: it goes first.
-        let queued = self.shared.queued().take();
+        let queued = self.shared.queued().queued.take();
         if let Some(q) = queued {
             self.send(Job::Snapshot {
                 id: q.last_id,
@@ -446,7 +446,7 @@ impl Link {
         deadline: Option<Duration>,
     ) -> Result<Result<(u64, AckWait), Copied>, LinkError> {
         // Cheap looks first, without the session's lock (a fork child's turn holds it).
-        if self.fork_in_flight() || self.shared.queued().is_some() {
+        if self.fork_in_flight() || self.shared.queued().queued.is_some() {
             return Ok(Err(copied));
         }
         let shared = Arc::clone(&self.shared);
@@ -544,6 +544,7 @@ impl Link {
                 MaxLag::Time(t) => self
                     .shared
                     .queued()
+                    .queued
                     .as_ref()
                     .is_some_and(|q| q.since.elapsed() > t),
             };
@@ -568,11 +569,13 @@ impl Link {
         // The usual case, an empty place, without the shared state's reference count (one
         // more line another thread writes).
         let mut slot = self.shared.queued();
-        if slot.is_none() {
+        if slot.queued.is_none() {
             // (Not an assignment, which would call the old value's drop.)
-            slot.get_or_insert(Queued::alone(id, generation, copied));
+            slot.queued
+                .get_or_insert(Queued::alone(id, generation, copied));
+            let parked = std::mem::take(&mut slot.parked);
             drop(slot);
-            self.announce()?;
+            self.announce(parked)?;
             return Ok(true);
         }
         drop(slot);
@@ -591,11 +594,12 @@ impl Link {
     ) -> Result<bool, LinkError> {
         let shared = Arc::clone(&self.shared);
         let mut slot = shared.queued();
-        let Some(mut q) = slot.take() else {
+        let Some(mut q) = slot.queued.take() else {
             // The sender took what was there in between.
-            *slot = Some(Queued::alone(id, generation, copied));
+            slot.queued = Some(Queued::alone(id, generation, copied));
+            let parked = std::mem::take(&mut slot.parked);
             drop(slot);
-            self.announce()?;
+            self.announce(parked)?;
             return Ok(true);
         };
         // Its `Job::Queued` is still ahead in the channel: the sender takes what is here.
@@ -612,7 +616,7 @@ impl Link {
                 (1, Instant::now())
             };
             self.give_back(q.copied);
-            *slot = Some(Queued {
+            slot.queued = Some(Queued {
                 last_id: id,
                 generation,
                 copied,
@@ -631,7 +635,7 @@ impl Link {
             q.checkpoints += 1;
             self.give_back(copied);
             self.give_back(older);
-            *slot = Some(q);
+            slot.queued = Some(q);
         }
         drop(slot);
         self.shared.lock().coalesced += 1;
@@ -640,10 +644,11 @@ impl Link {
     }
 
     /// Tells the sender a snapshot waits in the queue's place; lazy mode does not (the
-    /// sender looks on its own schedule: no system call).
+    /// sender looks on its own schedule: no system call) unless the sender had `parked`
+    /// (it stopped looking after a long idle time, and sleeps until told).
     #[inline(always)]
-    fn announce(&self) -> Result<(), LinkError> {
-        if matches!(self.delivery, Delivery::Polled(_)) {
+    fn announce(&self, parked: bool) -> Result<(), LinkError> {
+        if matches!(self.delivery, Delivery::Polled(_)) && !parked {
             return Ok(());
         }
         self.send(Job::Queued)

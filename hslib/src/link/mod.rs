@@ -130,8 +130,9 @@ struct Shared {
     changed: Condvar,
     /// Raised when a spare connects, cleared by the next checkpoint.
     wanted: Wanted,
-    /// The copy snapshot waiting for the sender, later ones merged into it.
-    queued: Mutex<Option<coalesce::Queued>>,
+    /// The copy snapshot waiting for the sender, later ones merged into it, and whether a
+    /// lazy sender stopped looking for one.
+    queued: Mutex<Slot>,
     /// Jobs submitted so far (the last job's id).
     submitted: AtomicU64,
     /// The open session's writer: the sender thread writes every frame through it, and a
@@ -145,6 +146,18 @@ struct Shared {
     /// When the application's thread last wrote a checkpoint to the stream itself (the
     /// direct path), as a [`stamp_now`]: the sender's heartbeat clock counts it as traffic.
     direct_wrote: AtomicU64,
+}
+
+/// The queue's one place ([`Shared::queued`]).
+#[derive(Debug, Default)]
+struct Slot {
+    /// The copy snapshot waiting for the sender.
+    queued: Option<coalesce::Queued>,
+    /// Lazy mode: the sender, idle for [`sender::PARK_AFTER`], has stopped looking at the
+    /// slot on its schedule and sleeps until a job comes; whoever fills the slot clears
+    /// this and sends it one. Set and cleared under the slot's lock only, and only while
+    /// the slot is empty, so a snapshot is never put where nobody will look.
+    parked: bool,
 }
 
 /// The origin of the instants kept in atomics ([`stamp_now`], [`stamped`]).
@@ -269,7 +282,7 @@ impl Shared {
     }
 
     #[inline(always)]
-    fn queued(&self) -> MutexGuard<'_, Option<coalesce::Queued>> {
+    fn queued(&self) -> MutexGuard<'_, Slot> {
         self.queued
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -36,7 +36,16 @@ pub(super) struct SenderThread {
     compaction: Option<Compaction>,
     /// Lazy mode: when the sender looks at the published slot next, and how often.
     poll: Option<(Instant, Duration)>,
+    /// Lazy mode: when a look last found a snapshot (or the sender started or woke).
+    found: Instant,
+    /// Lazy mode: parked ([`Slot::parked`](super::Slot)): not looking until a job comes.
+    asleep: bool,
 }
+
+/// Lazy mode: how long the sender looks on its schedule without finding anything before it
+/// parks. Long enough that a person's moves (a few a second) never meet a parked sender;
+/// short enough that an idle daemon stops waking a thousand times a second.
+pub(super) const PARK_AFTER: Duration = Duration::from_secs(1);
 
 impl SenderThread {
     pub(super) fn new(
@@ -64,6 +73,8 @@ impl SenderThread {
             parked: Vec::new(),
             compaction: None,
             poll,
+            found: Instant::now(),
+            asleep: false,
         })
     }
 
@@ -93,8 +104,12 @@ impl SenderThread {
                 }
             };
             // Lazy mode: what was published before this job goes first, as a job sent for
-            // it would have.
+            // it would have. A parked sender is woken by the application's `Job::Queued`
+            // and looks on its schedule again.
             if self.poll.is_some() {
+                if self.asleep && matches!(job, Job::Queued) {
+                    self.wake();
+                }
                 self.ship_published();
             }
             match job {
@@ -105,7 +120,9 @@ impl SenderThread {
                     generation,
                     snapshot,
                 } => self.ship_job(id, generation, snapshot, 1),
-                Job::Queued => self.ship_published(),
+                Job::Queued => {
+                    self.ship_published();
+                }
                 Job::Compact => self.start_compaction(),
                 Job::Goodbye => break,
             }
@@ -121,31 +138,64 @@ impl SenderThread {
 
     /// Ships the copy snapshot waiting in the slot, if any (gone already: shipped ahead of
     /// a fork snapshot, or nothing was published).
-    fn ship_published(&mut self) {
-        let queued = self.shared.queued().take();
-        if let Some(q) = queued {
-            let snapshot = Snapshot::Copied(q.copied);
-            self.ship_job(q.last_id, q.generation, snapshot, q.checkpoints);
-            self.last_sent = Instant::now();
-        }
+    /// Returns whether there was one.
+    fn ship_published(&mut self) -> bool {
+        let queued = self.shared.queued().queued.take();
+        let Some(q) = queued else {
+            return false;
+        };
+        let snapshot = Snapshot::Copied(q.copied);
+        self.ship_job(q.last_id, q.generation, snapshot, q.checkpoints);
+        self.last_sent = Instant::now();
+        true
     }
 
-    /// Lazy mode: how long until the sender looks at the slot again.
+    /// Lazy mode: how long until the sender looks at the slot again (`None` while parked).
     fn poll_due(&self) -> Option<Duration> {
         self.poll
+            .filter(|_| !self.asleep)
             .map(|(next, _)| next.saturating_duration_since(Instant::now()))
     }
 
-    /// Lazy mode: ships what was published if it is time to look.
+    /// Lazy mode: parks if the slot is still empty (under its lock, so a snapshot put there
+    /// meanwhile is seen here, or its maker sees the flag and sends a job).
+    fn park(&mut self) {
+        let mut slot = self.shared.queued();
+        if slot.queued.is_none() {
+            slot.parked = true;
+            self.asleep = true;
+            tracing::debug!("lazy sender parked: nothing published for {PARK_AFTER:?}");
+        }
+    }
+
+    /// Lazy mode: looks on the schedule again, from now.
+    fn wake(&mut self) {
+        self.asleep = false;
+        let now = Instant::now();
+        self.found = now;
+        if let Some((_, every)) = self.poll {
+            self.poll = Some((now + every, every));
+        }
+    }
+
+    /// Lazy mode: ships what was published if it is time to look; parks after
+    /// [`PARK_AFTER`] of finding nothing.
     fn poll_published(&mut self) {
-        let Some((next, every)) = self.poll else {
+        let Some((next, every)) = self.poll.filter(|_| !self.asleep) else {
             return;
         };
         let now = Instant::now();
         if now < next {
             return;
         }
-        self.ship_published();
+        if self.ship_published() {
+            self.found = now;
+        } else if now.duration_since(self.found) >= PARK_AFTER {
+            self.park();
+            if self.asleep {
+                return;
+            }
+        }
         // A fixed schedule: a look that came late does not push the next one back, but
         // looks missed (the sender was busy) are not made up for in a burst.
         let mut next = next + every;
