@@ -573,7 +573,7 @@ impl Link {
             // (Not an assignment, which would call the old value's drop.)
             slot.queued
                 .get_or_insert(Queued::alone(id, generation, copied));
-            let parked = std::mem::take(&mut slot.parked);
+            let parked = slot.unpark();
             drop(slot);
             self.announce(parked)?;
             return Ok(true);
@@ -597,7 +597,7 @@ impl Link {
         let Some(mut q) = slot.queued.take() else {
             // The sender took what was there in between.
             slot.queued = Some(Queued::alone(id, generation, copied));
-            let parked = std::mem::take(&mut slot.parked);
+            let parked = slot.unpark();
             drop(slot);
             self.announce(parked)?;
             return Ok(true);
@@ -648,9 +648,16 @@ impl Link {
     /// (it stopped looking after a long idle time, and sleeps until told).
     #[inline(always)]
     fn announce(&self, parked: bool) -> Result<(), LinkError> {
-        if matches!(self.delivery, Delivery::Polled(_)) && !parked {
-            return Ok(());
+        if matches!(self.delivery, Delivery::Polled(_)) {
+            return if parked { self.wake_parked() } else { Ok(()) };
         }
+        self.send(Job::Queued)
+    }
+
+    /// Lazy mode: wakes the parked sender (the first checkpoint after a long idle time).
+    #[cold]
+    #[inline(never)]
+    fn wake_parked(&self) -> Result<(), LinkError> {
         self.send(Job::Queued)
     }
 

@@ -148,16 +148,31 @@ struct Shared {
     direct_wrote: AtomicU64,
 }
 
-/// The queue's one place ([`Shared::queued`]).
+/// The queue's one place ([`Shared::queued`]). `repr(C)`, the flag first: it shares the
+/// cache line of the lock's word, which a checkpoint has just taken (one cold line, not two).
 #[derive(Debug, Default)]
+#[repr(C)]
 struct Slot {
-    /// The copy snapshot waiting for the sender.
-    queued: Option<coalesce::Queued>,
     /// Lazy mode: the sender, idle for [`sender::PARK_AFTER`], has stopped looking at the
     /// slot on its schedule and sleeps until a job comes; whoever fills the slot clears
     /// this and sends it one. Set and cleared under the slot's lock only, and only while
     /// the slot is empty, so a snapshot is never put where nobody will look.
     parked: bool,
+    /// The copy snapshot waiting for the sender.
+    queued: Option<coalesce::Queued>,
+}
+
+impl Slot {
+    /// Whether the sender parked; clears the flag (read only when it is not set: the usual
+    /// case writes nothing more).
+    #[inline(always)]
+    fn unpark(&mut self) -> bool {
+        if !self.parked {
+            return false;
+        }
+        self.parked = false;
+        true
+    }
 }
 
 /// The origin of the instants kept in atomics ([`stamp_now`], [`stamped`]).
