@@ -140,7 +140,8 @@ pub enum Mode {
     /// for a published checkpoint every `max_lag` ([`HotSpare::lazy`], `HS_MAX_LAG_US`,
     /// default 1000 us) and ships the newest, so the spare is at most that far (plus one
     /// write) behind; a failover loses at most the moves of that window, which a supervisor
-    /// that logs its inputs replays.
+    /// that logs its inputs replays. After a second without checkpoints the sender stops
+    /// looking, and the next checkpoint wakes it (one system call, that checkpoint only).
     Lazy {
         /// How long a checkpoint may wait before the sender ships it.
         max_lag: Duration,
