@@ -126,6 +126,31 @@ fn spare(dir: PathBuf, name: &'static str) -> std::thread::JoinHandle<Replica> {
     })
 }
 
+/// Checkpoints until the spare holds a checkpoint of ours (20 s at most).
+fn until_synced(ctx: &mut hslib::Context) -> hslib::WorkerResult {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ctx.link_stats().synced {
+        if Instant::now() > deadline {
+            return Err("the spare never synced".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        ctx.checkpoint()?;
+    }
+    Ok(())
+}
+
+/// Joins the spare thread and checks that its image of the region is `image`.
+fn assert_spare_holds(spare: std::thread::JoinHandle<Replica>, image: &[u8]) {
+    let replica = spare
+        .join()
+        .unwrap_or_else(|_| panic!("the spare panicked"));
+    let got = replica
+        .image()
+        .and_then(|i| i.region(REGION.0))
+        .unwrap_or_else(|| panic!("the spare holds no image of the region"));
+    assert_eq!(got, image, "the spare's image is the last checkpoint's");
+}
+
 #[test]
 fn a_lazy_checkpoint_reaches_the_spare_without_the_application_doing_more() {
     let _env = env_lock();
@@ -142,15 +167,7 @@ fn a_lazy_checkpoint_reaches_the_spare_without_the_application_doing_more() {
         })
         .lazy(lag)
         .worker(move |ctx| {
-            // Until the spare holds a checkpoint of ours.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !ctx.link_stats().synced {
-                if Instant::now() > deadline {
-                    return Err("the spare never synced".into());
-                }
-                std::thread::sleep(Duration::from_millis(1));
-                ctx.checkpoint()?;
-            }
+            until_synced(ctx)?;
             let before = ctx.link_stats();
             ctx.region_mut(REGION)?.as_bytes_mut().fill(0xA5);
             ctx.checkpoint()?;
@@ -189,18 +206,7 @@ fn a_lazy_checkpoint_reaches_the_spare_without_the_application_doing_more() {
         "before {before:?}, published {published:?}"
     );
     println!("converged {shipped:?} after the last checkpoint (bound {lag:?})");
-    let replica = spare
-        .join()
-        .unwrap_or_else(|_| panic!("the spare panicked"));
-    let got = replica
-        .image()
-        .and_then(|i| i.region(REGION.0))
-        .unwrap_or_else(|| panic!("the spare holds no image of the region"));
-    assert_eq!(
-        got,
-        &image[..],
-        "the spare's image is the last checkpoint's"
-    );
+    assert_spare_holds(spare, &image);
 }
 
 #[test]
@@ -268,14 +274,7 @@ fn an_idle_lazy_sender_parks_and_the_next_checkpoint_wakes_it() {
         // No heartbeats: nothing wakes a parked sender but the application's next snapshot.
         .heartbeat(None)
         .worker(move |ctx| {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !ctx.link_stats().synced {
-                if Instant::now() > deadline {
-                    return Err("the spare never synced".into());
-                }
-                std::thread::sleep(Duration::from_millis(1));
-                ctx.checkpoint()?;
-            }
+            until_synced(ctx)?;
             // Idle past the sender's parking time (1 s), then count its sleeps: looking every
             // millisecond it would sleep ~500 times in 500 ms.
             std::thread::sleep(Duration::from_millis(1500));
@@ -310,16 +309,5 @@ fn an_idle_lazy_sender_parks_and_the_next_checkpoint_wakes_it() {
         idle_sleeps < 50,
         "the idle sender slept {idle_sleeps} times in 500 ms: it never parked"
     );
-    let replica = spare
-        .join()
-        .unwrap_or_else(|_| panic!("the spare panicked"));
-    let got = replica
-        .image()
-        .and_then(|i| i.region(REGION.0))
-        .unwrap_or_else(|| panic!("the spare holds no image of the region"));
-    assert_eq!(
-        got,
-        &image[..],
-        "the spare's image is the last checkpoint's"
-    );
+    assert_spare_holds(spare, &image);
 }
