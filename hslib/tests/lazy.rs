@@ -126,6 +126,19 @@ fn spare(dir: PathBuf, name: &'static str) -> std::thread::JoinHandle<Replica> {
     })
 }
 
+/// A lazy primary of the test region, with the bound `lag`, listening at `name` in `dir`.
+fn lazy_primary(dir: PathBuf, name: &str, lag: Duration) -> HotSpare {
+    HotSpare::new("lazy")
+        .region(REGION, PAGES * 4096)
+        .tracker(Backend::Full)
+        .role(Role::Primary)
+        .link(LinkConfig::Unix {
+            dir,
+            name: name.to_owned(),
+        })
+        .lazy(lag)
+}
+
 /// Checkpoints until the spare holds a checkpoint of ours (20 s at most).
 fn until_synced(ctx: &mut hslib::Context) -> hslib::WorkerResult {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -157,15 +170,7 @@ fn a_lazy_checkpoint_reaches_the_spare_without_the_application_doing_more() {
     let (_keep, dir) = socket_dir();
     let lag = Duration::from_millis(300);
     let spare = spare(dir.clone(), "lazy");
-    let outcome = HotSpare::new("lazy")
-        .region(REGION, PAGES * 4096)
-        .tracker(Backend::Full)
-        .role(Role::Primary)
-        .link(LinkConfig::Unix {
-            dir,
-            name: "lazy".to_owned(),
-        })
-        .lazy(lag)
+    let outcome = lazy_primary(dir, "lazy", lag)
         .worker(move |ctx| {
             until_synced(ctx)?;
             let before = ctx.link_stats();
@@ -262,15 +267,7 @@ fn an_idle_lazy_sender_parks_and_the_next_checkpoint_wakes_it() {
     let _env = env_lock();
     let (_keep, dir) = socket_dir();
     let spare = spare(dir.clone(), "parks");
-    let outcome = HotSpare::new("lazy")
-        .region(REGION, PAGES * 4096)
-        .tracker(Backend::Full)
-        .role(Role::Primary)
-        .link(LinkConfig::Unix {
-            dir,
-            name: "parks".to_owned(),
-        })
-        .lazy(Duration::from_millis(1))
+    let outcome = lazy_primary(dir, "parks", Duration::from_millis(1))
         // No heartbeats: nothing wakes a parked sender but the application's next snapshot.
         .heartbeat(None)
         .worker(move |ctx| {
