@@ -61,6 +61,15 @@ pub fn available_for_tests() -> Result<(), String> {
     Err(why)
 }
 
+/// How many times [`EtcdProcess::start_local`] tries new ports.
+pub const PORT_TRIES: usize = 5;
+
+/// The data directory's name under the server's directory.
+const DATA_DIR: &str = "etcd-data";
+
+/// The log's name under the server's directory.
+const LOG_FILE: &str = "etcd.log";
+
 /// How long a new etcd gets to answer.
 pub const READY_WAIT: Duration = Duration::from_secs(15);
 
@@ -74,10 +83,40 @@ pub struct EtcdProcess {
 
 impl EtcdProcess {
     /// Starts etcd on 127.0.0.1 at free ports, its data and log under `dir`.
+    ///
+    /// A port that was free when picked can be taken by another process before etcd binds it
+    /// (tests run side by side); etcd then exits saying so, and is started again on new ports,
+    /// up to [`PORT_TRIES`] times.
     pub fn start_local(dir: &Path) -> Result<Self, ServerError> {
-        let client = free_port()?;
-        let peer = free_port()?;
-        Self::start(dir, "127.0.0.1", client, peer, None)
+        Self::start_local_on(dir, free_port)
+    }
+
+    /// [`EtcdProcess::start_local`] with the ports drawn from `pick`.
+    fn start_local_on(
+        dir: &Path,
+        mut pick: impl FnMut() -> Result<u16, ServerError>,
+    ) -> Result<Self, ServerError> {
+        let mut tries = 1;
+        loop {
+            let (client, peer) = (pick()?, pick()?);
+            match Self::start(dir, "127.0.0.1", client, peer, None) {
+                Err(ServerError::NotReady { .. }) if tries < PORT_TRIES && lost_a_port(dir) => {
+                    // The data directory may hold the first attempt's member (with its peer
+                    // URL): the next attempt starts from nothing.
+                    let data = dir.join(DATA_DIR);
+                    if let Err(source) = std::fs::remove_dir_all(&data)
+                        && source.kind() != std::io::ErrorKind::NotFound
+                    {
+                        return Err(ServerError::Spawn {
+                            what: format!("removing {}", data.display()),
+                            source,
+                        });
+                    }
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Starts etcd listening on `ip` (client port `client`, peer port `peer`), its data and
@@ -91,8 +130,8 @@ impl EtcdProcess {
         netns: Option<&str>,
     ) -> Result<Self, ServerError> {
         let etcd = etcd_binary().ok_or(ServerError::NotInstalled)?;
-        let data = dir.join("etcd-data");
-        let log = dir.join("etcd.log");
+        let data = dir.join(DATA_DIR);
+        let log = dir.join(LOG_FILE);
         let url = format!("http://{ip}:{client}");
         let peer_url = format!("http://{ip}:{peer}");
         let log_file = std::fs::File::create(&log).map_err(|source| ServerError::Spawn {
@@ -195,8 +234,67 @@ pub fn free_port() -> Result<u16, ServerError> {
         })
 }
 
+/// Whether the etcd logging to `dir` exited because a port it was to listen on was taken.
+fn lost_a_port(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(LOG_FILE))
+        .is_ok_and(|log| log.contains("address already in use"))
+}
+
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_etcd_whose_port_is_taken_before_it_binds_starts_on_new_ports() {
+        if let Err(why) = available_for_tests() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let taken = TcpListener::bind("127.0.0.1:0").expect("binding a port to hold");
+        let taken_port = taken.local_addr().expect("its address").port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The first pick is the held port, as if another test had bound it in between.
+        let mut first = true;
+        let pick = || {
+            if std::mem::take(&mut first) {
+                Ok(taken_port)
+            } else {
+                free_port()
+            }
+        };
+        let server =
+            EtcdProcess::start_local_on(dir.path(), pick).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(server.url(), format!("http://127.0.0.1:{taken_port}"));
+        let client = Client::new(server.url(), Duration::from_secs(2)).expect("a client");
+        client
+            .put(b"k", b"v", None)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn a_local_etcd_that_never_finds_a_free_port_says_which_address_was_taken() {
+        if let Err(why) = available_for_tests() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let taken = TcpListener::bind("127.0.0.1:0").expect("binding a port to hold");
+        let taken_port = taken.local_addr().expect("its address").port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut picks = 0;
+        let pick = || {
+            picks += 1;
+            Ok(taken_port)
+        };
+        let err = EtcdProcess::start_local_on(dir.path(), pick).expect_err("every port is taken");
+        assert_eq!(picks, 2 * PORT_TRIES);
+        let text = err.to_string();
+        assert!(text.contains("address already in use"), "{text}");
+        assert!(text.contains(&taken_port.to_string()), "{text}");
+    }
 }
