@@ -348,6 +348,10 @@ pub struct Checkpoint {
     /// In sync mode: the spare missed the ack deadline and was dropped (told goodbye); the
     /// checkpoint is not acked, and the next ones have no spare until a new one connects.
     pub spare_dropped: bool,
+    /// Whether it was planned step by step (scan, session, metadata, strategy). `false` for
+    /// lazy mode's steady checkpoint, which only copies and publishes: the copy strategy,
+    /// the `full` tracker, a session that goes on, and metadata that stands.
+    pub planned: bool,
 }
 
 /// Builds and runs a hot-spare process whose worker returns a `T`.
@@ -1402,6 +1406,10 @@ struct Steady {
     report: bool,
     /// `runs` is `report`'s plan.
     runs: bool,
+    /// Lazy mode, copy strategy, and nothing of the last checkpoint's plan can change but
+    /// the session (which [`Link::publish_steady`] looks at): the next checkpoint copies and
+    /// publishes without planning, while the metadata stands (`Context::meta_fresh`).
+    lazy_copy: bool,
 }
 
 /// The adaptive strategy's model for this process, or a fallback that always copies when
@@ -1645,6 +1653,45 @@ impl Context {
     /// the error and checkpoint again.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, HsError> {
         probe::mark(Mark::Enter);
+        if self.steady.lazy_copy
+            && self.meta_fresh
+            && !injecting()
+            && let Some(link) = &mut self.link
+            && let Some(published) = link.publish_steady(&self.regions, &self.runs, &self.meta)
+        {
+            return self.published(published);
+        }
+        self.checkpoint_planned()
+    }
+
+    /// What [`Context::checkpoint`]'s steady lazy path ([`Link::publish_steady`]) returns.
+    #[inline(always)]
+    fn published(&mut self, published: Result<u64, LinkError>) -> Result<Checkpoint, HsError> {
+        probe::mark(Mark::Submitted);
+        let done = match published {
+            Ok(_) => Ok(Checkpoint {
+                pages: snapshot::page_count(&self.runs),
+                full: false,
+                strategy: Some(Strategy::Copy),
+                acked: false,
+                spare_dropped: false,
+                planned: false,
+            }),
+            Err(e) => {
+                // Every page is in every report of the `full` tracker: the next checkpoint,
+                // planned in full, ships them.
+                self.steady = Steady::default();
+                Err(e.into())
+            }
+        };
+        probe::mark(Mark::Leave);
+        probe::end();
+        done
+    }
+
+    /// [`Context::checkpoint`] with every step: scan, plan, metadata, strategy, snapshot.
+    #[inline(never)]
+    fn checkpoint_planned(&mut self) -> Result<Checkpoint, HsError> {
         // The last cbw snapshot's pages not copied yet are copied now (normally the sender
         // has done it): the scan starts a new interval and may protect them anew.
         self.cbw.settle();
@@ -1681,6 +1728,14 @@ impl Context {
         } else {
             self.report = dirty;
             self.steady.report = self.constant_report;
+            // The next checkpoint, alike but for the bytes, may skip the planning.
+            self.steady.lazy_copy = self.steady.report
+                && self.steady.runs
+                && matches!(self.mode, Mode::Lazy { .. })
+                && self.strategy == Strategy::Copy
+                && self.model.is_none()
+                && !self.force_full
+                && !captured_each_time(&self.fds);
         }
         probe::mark(Mark::Leave);
         probe::end();
@@ -1696,6 +1751,7 @@ impl Context {
             strategy: None,
             acked: false,
             spare_dropped: false,
+            planned: true,
         };
         let Some(link) = self.link.as_mut() else {
             return Ok(not_shipped);
@@ -1711,12 +1767,7 @@ impl Context {
         // The metadata is captured and encoded again only when it may have changed: the
         // registries were handed out mutably since, or a registered file's offset is
         // part of it (refreshed at every capture). Otherwise the last encoding stands.
-        let stale = !self.meta_fresh
-            || self
-                .fds
-                .records()
-                .iter()
-                .any(|r| matches!(r.kind, FdKind::File(_)));
+        let stale = !self.meta_fresh || captured_each_time(&self.fds);
         self.meta_fresh = false;
         inject(Step::Capture)?;
         if stale {
@@ -1828,8 +1879,28 @@ impl Context {
             strategy: Some(strategy),
             acked: waited == AckWait::Acked,
             spare_dropped: waited == AckWait::SpareDropped,
+            planned: true,
         })
     }
+}
+
+/// Whether the metadata of `fds` is captured at every checkpoint: a registered file's offset
+/// is part of it.
+fn captured_each_time(fds: &FdRegistry) -> bool {
+    fds.records()
+        .iter()
+        .any(|r| matches!(r.kind, FdKind::File(_)))
+}
+
+/// Whether a test armed a failure (the `fault-injection` feature): checkpoints then take the
+/// path with every step.
+#[inline(always)]
+fn injecting() -> bool {
+    #[cfg(feature = "fault-injection")]
+    if fault::armed() {
+        return true;
+    }
+    false
 }
 
 /// Encodes `record` into `out`: out of the usual checkpoint's way, whose metadata stands

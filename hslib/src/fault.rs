@@ -33,6 +33,12 @@ pub fn fail_next(step: Step) {
     ARMED.with(|a| a.set(Some(step)));
 }
 
+/// Whether a step is armed on this thread (checkpoints then take the path with every step).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn armed() -> bool {
+    ARMED.with(|a| a.get().is_some())
+}
+
 /// Whether `step` is armed on this thread; disarms it.
 #[cfg(feature = "fault-injection")]
 pub(crate) fn hit(step: Step) -> bool {

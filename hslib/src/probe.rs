@@ -154,6 +154,18 @@ pub fn mark(m: Mark) {
     let _ = m;
 }
 
+/// Stamps the ends of `steps` together: steps the checkpoint in progress had nothing to do
+/// for (its steady lazy path plans nothing).
+#[inline(always)]
+pub fn mark_skipped(steps: &[Mark]) {
+    #[cfg(feature = "probe")]
+    for &m in steps {
+        on::mark(m);
+    }
+    #[cfg(not(feature = "probe"))]
+    let _ = steps;
+}
+
 /// Ends the checkpoint in progress: its stamps are kept (the first [`ROWS`]).
 #[inline(always)]
 pub fn end() {

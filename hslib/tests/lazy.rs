@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hslib::replica::Replica;
-use hslib::{Backend, HotSpare, HsError, LinkConfig, Mode, Outcome, RegionId, Role};
+use hslib::{Backend, HotSpare, HsError, LinkConfig, Mode, Outcome, RegionId, Role, Strategy};
 
 const REGION: RegionId = RegionId(77);
 
@@ -307,4 +307,136 @@ fn an_idle_lazy_sender_parks_and_the_next_checkpoint_wakes_it() {
         "the idle sender slept {idle_sleeps} times in 500 ms: it never parked"
     );
     assert_spare_holds(spare, &image);
+}
+
+/// Writes `byte` over the region's page `page` and checkpoints; returns what it did.
+fn write_and_checkpoint(
+    ctx: &mut hslib::Context,
+    page: usize,
+    byte: u8,
+) -> Result<hslib::Checkpoint, HsError> {
+    ctx.region_mut(REGION)?.as_bytes_mut()[page * 4096..(page + 1) * 4096].fill(byte);
+    ctx.checkpoint()
+}
+
+/// Waits until the spare acked everything taken so far (20 s at most).
+fn until_caught_up(ctx: &hslib::Context) -> hslib::WorkerResult {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = ctx.link_stats();
+        if s.synced && s.pending == 0 && s.acked == s.last_written {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the spare never caught up: {s:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn steady_lazy_copy_checkpoints_only_publish_and_the_spare_holds_the_last() {
+    let _env = env_lock();
+    let (_keep, dir) = socket_dir();
+    let spare = spare(dir.clone(), "steady");
+    let outcome = lazy_primary(dir, "steady", Duration::from_micros(200))
+        .strategy(Strategy::Copy)
+        .worker(move |ctx| {
+            until_synced(ctx)?;
+            // Once synced, with the plan standing, every checkpoint only publishes (back to
+            // back, and with pauses that let the sender take what waits).
+            let mut steady = Vec::new();
+            for i in 0..200u8 {
+                steady.push(write_and_checkpoint(ctx, usize::from(i) % PAGES, i)?);
+                if i % 16 == 0 {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            until_caught_up(ctx)?;
+            Ok((steady, ctx.region(REGION)?.as_bytes().to_vec()))
+        })
+        .run()
+        .unwrap_or_else(|e| panic!("the primary: {e}"));
+    let Outcome::Finished { value, .. } = outcome else {
+        panic!("the primary did not finish: {outcome:?}");
+    };
+    let (steady, image) = value;
+    for (i, c) in steady.iter().enumerate() {
+        assert!(
+            !c.planned && !c.full && c.pages == PAGES as u64 && c.strategy == Some(Strategy::Copy),
+            "checkpoint {i} after the sync was not a steady publish: {c:?}"
+        );
+    }
+    assert_spare_holds(spare, &image);
+}
+
+#[test]
+fn after_steady_lazy_checkpoints_a_new_spare_gets_a_full_one_then_steady_ones_again() {
+    let _env = env_lock();
+    let (_keep, dir) = socket_dir();
+    let first_spare = spare(dir.clone(), "replaced");
+    let spare_dir = dir.clone();
+    let outcome = lazy_primary(dir, "replaced", Duration::from_micros(200))
+        .strategy(Strategy::Copy)
+        .worker(move |ctx| {
+            until_synced(ctx)?;
+            for i in 0..20u8 {
+                write_and_checkpoint(ctx, 1, i)?;
+            }
+            if write_and_checkpoint(ctx, 1, 0xEE)?.planned {
+                return Err("the checkpoints before the new spare were not steady".into());
+            }
+            until_caught_up(ctx)?;
+            let sessions = ctx.link_stats().sessions;
+            // A second spare takes the first one's place.
+            let second_spare = spare(spare_dir, "replaced");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while ctx.link_stats().sessions == sessions {
+                if Instant::now() > deadline {
+                    return Err("the second spare never connected".into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Until the new spare's full checkpoint is taken, none is steady: the session
+            // the last plan was for is over.
+            let mut until_full = Vec::new();
+            loop {
+                let c = write_and_checkpoint(ctx, 2, 0x77)?;
+                until_full.push(c);
+                if c.full || until_full.len() > 10_000 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            until_synced(ctx)?;
+            let mut after = Vec::new();
+            for i in 0..20u8 {
+                after.push(write_and_checkpoint(ctx, 0, i)?);
+            }
+            until_caught_up(ctx)?;
+            Ok((
+                until_full,
+                after,
+                second_spare,
+                ctx.region(REGION)?.as_bytes().to_vec(),
+            ))
+        })
+        .run()
+        .unwrap_or_else(|e| panic!("the primary: {e}"));
+    let Outcome::Finished { value, .. } = outcome else {
+        panic!("the primary did not finish: {outcome:?}");
+    };
+    let (until_full, after, second_spare, image) = value;
+    assert!(
+        until_full.iter().all(|c| c.planned),
+        "a checkpoint between the new spare and its full one was steady: {until_full:?}"
+    );
+    assert!(until_full.last().is_some_and(|c| c.full), "{until_full:?}");
+    assert!(
+        after.iter().skip(1).all(|c| !c.planned),
+        "steady publishes did not resume: {after:?}"
+    );
+    assert_spare_holds(second_spare, &image);
+    // The first spare's stream ended when the second one connected.
+    let _ = first_spare.join();
 }

@@ -410,6 +410,77 @@ impl Link {
         Ok(id)
     }
 
+    /// Lazy mode's steady checkpoint, whole, in one place (at a person's pace every line of
+    /// code it runs is a cold miss of its own, so the usual case runs no other): when
+    /// nothing but the copy is to be done, copies `runs` of `regions` and `metadata` into a
+    /// pooled snapshot and publishes it in the queue's place for the sender. Nothing else is
+    /// to be done when the session the last checkpoint went to is still open and no spare
+    /// waits for a full one, no listener is to be opened or has failed, no log is to be
+    /// compacted and no fork child writes. Otherwise it returns `None` having changed nothing, and the caller plans the checkpoint in full
+    /// ([`Link::plan`] and the rest).
+    #[inline(always)]
+    pub fn publish_steady(
+        &mut self,
+        regions: &[crate::region::Region],
+        runs: &[crate::snapshot::Run],
+        metadata: &[u8],
+    ) -> Option<Result<u64, LinkError>> {
+        if !matches!(self.delivery, Delivery::Polled(_))
+            || self.release_armed
+            || self.log_limit.is_some()
+        {
+            return None;
+        }
+        let shared = &*self.shared;
+        let generation = shared.generation.load(Ordering::Acquire);
+        // (A session that ends or is replaced after these loads drops what was planned for
+        // it, as it does for a snapshot planned in full.)
+        if generation == 0
+            || generation != self.full_generation
+            || !shared.live.load(Ordering::Acquire)
+            || shared.fork_in_flight.load(Ordering::Acquire)
+            || shared.listen_failed_set.load(Ordering::Acquire)
+            || shared.wanted.raised()
+        {
+            return None;
+        }
+        let bytes = crate::snapshot::staging_bytes(runs);
+        let shell = match self.pool.take_last(bytes) {
+            Some(shell) => shell,
+            // What the sender gave back is collected (out of line).
+            None => match self.staging(bytes) {
+                Ok((shell, _)) => shell,
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        {
+            use crate::probe::{Mark, mark_skipped};
+            mark_skipped(&[
+                Mark::Settled,
+                Mark::Scanned,
+                Mark::LinkChecked,
+                Mark::Planned,
+                Mark::Metadata,
+                Mark::Strategy,
+                Mark::Staged,
+            ]);
+        }
+        let Copied {
+            runs: mut kept_runs,
+            data,
+            metadata: mut kept_metadata,
+            ..
+        } = shell;
+        kept_runs.clear();
+        kept_runs.extend_from_slice(runs);
+        kept_metadata.clear();
+        kept_metadata.extend_from_slice(metadata);
+        crate::probe::mark(crate::probe::Mark::Vectors);
+        let copied = Copied::take(regions, false, kept_runs, data, kept_metadata);
+        crate::probe::mark(crate::probe::Mark::Taken);
+        Some(self.submit(generation, false, Snapshot::Copied(copied)))
+    }
+
     /// Sync mode: ships a snapshot taken for `generation` and waits for the spare's ack (at
     /// most `deadline`, see [`Link::wait_acked`]). When the sender has nothing ahead of it
     /// (the usual case: every sync checkpoint waited for the one before) a copy snapshot

@@ -252,6 +252,12 @@ impl Wanted {
         }
     }
 
+    /// Whether a spare waits for its first checkpoint (the next one is full).
+    #[inline(always)]
+    fn raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
     /// Clears the flag; drains the pipe only when it was raised (one atomic otherwise).
     fn clear(&self) {
         if !self.raised.load(Ordering::Acquire) {

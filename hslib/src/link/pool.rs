@@ -45,6 +45,17 @@ impl Pool {
         self.collect_and_take(bytes, returns)
     }
 
+    /// The pool's last snapshot if its buffer holds `bytes` (the steady case: the pool's
+    /// snapshots are alike, and the last one is the one given back last); `None` otherwise,
+    /// the pool unchanged. Reads one snapshot's fields, where [`Pool::take`] reads all.
+    #[inline(always)]
+    pub(super) fn take_last(&mut self, bytes: usize) -> Option<Copied> {
+        if self.shells.last()?.data.capacity() < bytes {
+            return None;
+        }
+        self.shells.pop()
+    }
+
     /// [`Pool::take`] when nothing in the pool fits: out of the usual case's way (at a
     /// person's pace each page of code a checkpoint runs is a cold miss of its own).
     #[cold]
