@@ -989,6 +989,7 @@ impl<T> HotSpare<T> {
             report: DirtyPages::default(),
             constant_report,
             steady: Steady::default(),
+            plan: Copied::UNKNOWN_PLAN,
             force_full: false,
             cbw: CbwState::new(),
             ack_deadline: None,
@@ -1389,6 +1390,9 @@ pub struct Context {
     constant_report: bool,
     /// What of `report` and `runs` is known to stand ([`Steady`]).
     steady: Steady,
+    /// The number of the plan `runs` and `meta` hold ([`Copied::plan`]): counts the
+    /// checkpoints planned in full.
+    plan: u64,
     /// The last scan failed, so pages may be unaccounted for: the next checkpoint is full.
     force_full: bool,
     /// Sync mode: how long a checkpoint waits for its ack.
@@ -1657,7 +1661,8 @@ impl Context {
             && self.meta_fresh
             && !injecting()
             && let Some(link) = &mut self.link
-            && let Some(published) = link.publish_steady(&self.regions, &self.runs, &self.meta)
+            && let Some(published) =
+                link.publish_steady(&self.regions, &self.runs, &self.meta, self.plan)
         {
             return self.published(published);
         }
@@ -1692,6 +1697,9 @@ impl Context {
     /// [`Context::checkpoint`] with every step: scan, plan, metadata, strategy, snapshot.
     #[inline(never)]
     fn checkpoint_planned(&mut self) -> Result<Checkpoint, HsError> {
+        // `runs` and `meta` may change below: pooled snapshots that hold them are not
+        // known to hold these ones.
+        self.plan += 1;
         // The last cbw snapshot's pages not copied yet are copied now (normally the sender
         // has done it): the scan starts a new interval and may protect them anew.
         self.cbw.settle();

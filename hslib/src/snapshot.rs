@@ -401,9 +401,28 @@ pub struct Copied {
     pub data: StagingBuffer,
     /// The encoded metadata record.
     pub metadata: Vec<u8>,
+    /// Which of its context's plans `runs` and `metadata` are (a number the context gives
+    /// each plan, [`Copied::UNKNOWN_PLAN`] for any other content): a steady lazy checkpoint
+    /// leaves alone the vectors of a pooled snapshot that hold its plan already. Whatever
+    /// writes either vector otherwise sets it to [`Copied::UNKNOWN_PLAN`].
+    pub plan: u64,
 }
 
 impl Copied {
+    /// [`Copied::plan`] for vectors that hold no known plan.
+    pub const UNKNOWN_PLAN: u64 = 0;
+
+    /// Copies the bytes of its runs of `regions` again (into its buffer, cleared first); a
+    /// copy that is not full.
+    #[inline(always)]
+    pub fn retake(&mut self, regions: &[Region]) {
+        self.full = false;
+        self.data.clear();
+        for run in &self.runs {
+            self.data.extend_from_slice(run_bytes(regions, run));
+        }
+    }
+
     /// Copies `runs` of `regions` into `data` (cleared first; sized for them by the caller,
     /// see [`staging_bytes`]).
     #[inline(always)]
@@ -423,6 +442,7 @@ impl Copied {
             runs,
             data,
             metadata,
+            plan: Self::UNKNOWN_PLAN,
         }
     }
 

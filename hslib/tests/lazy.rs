@@ -19,7 +19,7 @@ use hslib::{Backend, HotSpare, HsError, LinkConfig, Mode, Outcome, RegionId, Rol
 const REGION: RegionId = RegionId(77);
 
 /// Held by the tests that open a link: `Link::open` reads `HS_MAX_LAG`, which one of them
-/// sets.
+/// sets; and the region is mapped at one fixed address, which one test at a time can hold.
 static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn env_lock() -> std::sync::MutexGuard<'static, ()> {
@@ -439,4 +439,72 @@ fn after_steady_lazy_checkpoints_a_new_spare_gets_a_full_one_then_steady_ones_ag
     assert_spare_holds(second_spare, &image);
     // The first spare's stream ended when the second one connected.
     let _ = first_spare.join();
+}
+
+#[test]
+fn steady_lazy_checkpoints_after_a_metadata_change_carry_the_new_metadata() {
+    let _env = env_lock();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let log = dir.path().join("checkpoints.log");
+    let outcome = HotSpare::new("lazy-meta")
+        .region(REGION, PAGES * 4096)
+        .tracker(Backend::Full)
+        .role(Role::Primary)
+        .link(LinkConfig::File {
+            path: log.clone(),
+            append: false,
+        })
+        .lazy(Duration::from_micros(200))
+        .strategy(Strategy::Copy)
+        .worker(move |ctx| {
+            let mut steady = 0;
+            for phase in [1u32, 2] {
+                // A new blob: the next checkpoint is planned (the metadata is encoded again),
+                // and the steady ones after it reuse pooled snapshots that held the last
+                // phase's metadata.
+                ctx.blobs().put("phase", &phase)?;
+                until_synced(ctx)?;
+                write_and_checkpoint(ctx, 0, 0)?;
+                for i in 0..40u8 {
+                    steady += usize::from(!write_and_checkpoint(ctx, 1, i)?.planned);
+                    if i % 4 == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                ctx.flush()?;
+            }
+            Ok(steady)
+        })
+        .run()
+        .unwrap_or_else(|e| panic!("the primary: {e}"));
+    let Outcome::Finished { value: steady, .. } = outcome else {
+        panic!("the primary did not finish: {outcome:?}");
+    };
+    // Every 16th checkpoint is planned, to look at the log's size.
+    assert!(
+        steady >= 80 - 80 / 16 - 1,
+        "only {steady} of 80 checkpoints were steady publishes"
+    );
+    // Every checkpoint written carries the phase it was taken in: none after the change
+    // carries the old one.
+    let mut file = std::fs::File::open(&log).unwrap_or_else(|e| panic!("the log: {e}"));
+    let mut phases = Vec::new();
+    while let Some(frame) =
+        hslib::wire::read_frame(&mut file).unwrap_or_else(|e| panic!("a frame: {e}"))
+    {
+        if let hslib::wire::Body::Metadata(m) = frame.body {
+            phases.push(m.blobs.get("phase").map_or(0, |blob| {
+                postcard::from_bytes::<u32>(blob).unwrap_or_else(|e| panic!("{e}"))
+            }));
+        }
+    }
+    let changed = phases.iter().position(|&p| p == 2).unwrap_or(phases.len());
+    assert!(
+        changed > 1 && phases.len() - changed > 5,
+        "the phase of each checkpoint written: {phases:?}"
+    );
+    assert!(
+        phases[changed..].iter().all(|&p| p == 2),
+        "a checkpoint after the change carried the old metadata: {phases:?}"
+    );
 }

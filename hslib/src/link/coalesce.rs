@@ -19,24 +19,38 @@ pub(super) struct Queued {
     pub(super) generation: u64,
     /// The pages and metadata.
     pub(super) copied: Copied,
-    /// When its oldest checkpoint was taken.
-    pub(super) since: Instant,
+    /// When its oldest checkpoint was taken; stamped only under a time bound on the lag
+    /// (`HS_MAX_LAG=Nus`), the only reader (a clock read is a cold page at a person's pace).
+    pub(super) since: Option<Instant>,
     /// How many checkpoints it stands for.
     pub(super) checkpoints: u64,
 }
 
 impl Queued {
-    /// Job `id`'s snapshot, taken for session `generation`, queued now on its own.
+    /// Job `id`'s snapshot, taken for session `generation`, queued now on its own; the time
+    /// stamped if `timed`.
     #[inline(always)]
-    pub(super) fn alone(id: u64, generation: u64, copied: Copied) -> Self {
+    pub(super) fn alone(id: u64, generation: u64, copied: Copied, timed: bool) -> Self {
         Self {
             last_id: id,
             generation,
             copied,
-            since: Instant::now(),
+            since: stamp(timed),
             checkpoints: 1,
         }
     }
+}
+
+/// Now if `timed`.
+#[inline(always)]
+pub(super) fn stamp(timed: bool) -> Option<Instant> {
+    if timed { Some(stamp_now()) } else { None }
+}
+
+#[cold]
+#[inline(never)]
+fn stamp_now() -> Instant {
+    Instant::now()
 }
 
 /// The pages of `older` and `newer` (two snapshots of the same regions), each page's bytes
@@ -190,6 +204,7 @@ mod tests {
             runs,
             data,
             metadata: vec![tag],
+            plan: Copied::UNKNOWN_PLAN,
         }
     }
 

@@ -371,7 +371,7 @@ impl Link {
                 // A time bound cannot be passed by a snapshot that waits alone in the slot
                 // it was just put in: no lock taken, no clock read (cold lines at a
                 // person's pace).
-                if !(alone && matches!(self.max_lag, Some(MaxLag::Time(_)))) {
+                if !(alone && self.timed()) {
                     self.wait_lag()?;
                 }
                 Ok(id)
@@ -412,11 +412,13 @@ impl Link {
 
     /// Lazy mode's steady checkpoint, whole, in one place (at a person's pace every line of
     /// code it runs is a cold miss of its own, so the usual case runs no other): when
-    /// nothing but the copy is to be done, copies `runs` of `regions` and `metadata` into a
-    /// pooled snapshot and publishes it in the queue's place for the sender. Nothing else is
-    /// to be done when the session the last checkpoint went to is still open and no spare
-    /// waits for a full one, no listener is to be opened or has failed, no log is to be
-    /// compacted and no fork child writes. Otherwise it returns `None` having changed nothing, and the caller plans the checkpoint in full
+    /// nothing but the copy is to be done, copies `runs` of `regions` into a pooled snapshot
+    /// with `runs` and `metadata` (the context's plan number `plan`: a pooled snapshot that
+    /// holds that plan's vectors already keeps them) and publishes it in the queue's place
+    /// for the sender. Nothing else is to be done when the session the last checkpoint went
+    /// to is still open and no spare waits for a full one, no listener is to be opened or
+    /// has failed, no log's size is due to be looked at and no fork child writes. Otherwise it returns
+    /// `None` having changed nothing, and the caller plans the checkpoint in full
     /// ([`Link::plan`] and the rest).
     #[inline(always)]
     pub fn publish_steady(
@@ -424,10 +426,12 @@ impl Link {
         regions: &[crate::region::Region],
         runs: &[crate::snapshot::Run],
         metadata: &[u8],
+        plan: u64,
     ) -> Option<Result<u64, LinkError>> {
+        // (A log's size is looked at by the general path, every few checkpoints.)
         if !matches!(self.delivery, Delivery::Polled(_))
             || self.release_armed
-            || self.log_limit.is_some()
+            || (self.log_limit.is_some() && (self.plans + 1).is_multiple_of(COMPACT_CHECK_EVERY))
         {
             return None;
         }
@@ -444,6 +448,7 @@ impl Link {
         {
             return None;
         }
+        self.plans += 1;
         let bytes = crate::snapshot::staging_bytes(runs);
         let shell = match self.pool.take_last(bytes) {
             Some(shell) => shell,
@@ -465,20 +470,18 @@ impl Link {
                 Mark::Staged,
             ]);
         }
-        let Copied {
-            runs: mut kept_runs,
-            data,
-            metadata: mut kept_metadata,
-            ..
-        } = shell;
-        kept_runs.clear();
-        kept_runs.extend_from_slice(runs);
-        kept_metadata.clear();
-        kept_metadata.extend_from_slice(metadata);
+        let mut shell = shell;
+        if shell.plan != plan {
+            shell.runs.clear();
+            shell.runs.extend_from_slice(runs);
+            shell.metadata.clear();
+            shell.metadata.extend_from_slice(metadata);
+            shell.plan = plan;
+        }
         crate::probe::mark(crate::probe::Mark::Vectors);
-        let copied = Copied::take(regions, false, kept_runs, data, kept_metadata);
+        shell.retake(regions);
         crate::probe::mark(crate::probe::Mark::Taken);
-        Some(self.submit(generation, false, Snapshot::Copied(copied)))
+        Some(self.submit(generation, false, Snapshot::Copied(shell)))
     }
 
     /// Sync mode: ships a snapshot taken for `generation` and waits for the spare's ack (at
@@ -617,7 +620,8 @@ impl Link {
                     .queued()
                     .queued
                     .as_ref()
-                    .is_some_and(|q| q.since.elapsed() > t),
+                    .and_then(|q| q.since)
+                    .is_some_and(|since| since.elapsed() > t),
             };
             if !behind || !self.live() {
                 return Ok(());
@@ -627,6 +631,12 @@ impl Link {
             }
             p = self.wait(p);
         }
+    }
+
+    /// Whether the lag is bounded in time (queued snapshots are then stamped).
+    #[inline(always)]
+    fn timed(&self) -> bool {
+        matches!(self.max_lag, Some(MaxLag::Time(_)))
     }
 
     fn send(&self, job: Job) -> Result<(), LinkError> {
@@ -643,7 +653,7 @@ impl Link {
         if slot.queued.is_none() {
             // (Not an assignment, which would call the old value's drop.)
             slot.queued
-                .get_or_insert(Queued::alone(id, generation, copied));
+                .get_or_insert(Queued::alone(id, generation, copied, self.timed()));
             let parked = slot.unpark();
             drop(slot);
             self.announce(parked)?;
@@ -667,7 +677,7 @@ impl Link {
         let mut slot = shared.queued();
         let Some(mut q) = slot.queued.take() else {
             // The sender took what was there in between.
-            slot.queued = Some(Queued::alone(id, generation, copied));
+            slot.queued = Some(Queued::alone(id, generation, copied, self.timed()));
             let parked = slot.unpark();
             drop(slot);
             self.announce(parked)?;
@@ -684,7 +694,7 @@ impl Link {
                 copied.full |= q.copied.full;
                 (q.checkpoints + 1, q.since)
             } else {
-                (1, Instant::now())
+                (1, coalesce::stamp(self.timed()))
             };
             self.give_back(q.copied);
             slot.queued = Some(Queued {
@@ -701,6 +711,8 @@ impl Link {
             // The newer metadata stands; the shell's old vector goes back with `copied`.
             let mut copied = copied;
             std::mem::swap(&mut merged.metadata, &mut copied.metadata);
+            merged.plan = Copied::UNKNOWN_PLAN;
+            copied.plan = Copied::UNKNOWN_PLAN;
             let older = std::mem::replace(&mut q.copied, merged);
             q.last_id = id;
             q.checkpoints += 1;

@@ -83,6 +83,7 @@ impl Pool {
                     runs,
                     data: StagingBuffer::with_capacity(bytes)?,
                     metadata,
+                    plan: Copied::UNKNOWN_PLAN,
                 };
                 (shell, true)
             }
@@ -161,6 +162,7 @@ fn empty(bytes: usize) -> Result<Copied, nix::errno::Errno> {
         runs: Vec::new(),
         data: StagingBuffer::with_capacity(bytes)?,
         metadata: Vec::new(),
+        plan: Copied::UNKNOWN_PLAN,
     })
 }
 

@@ -47,6 +47,7 @@ mod tests {
             runs: Vec::new(),
             data: crate::sys::mman::StagingBuffer::with_capacity(4096).expect("a buffer"),
             metadata: Vec::new(),
+            plan: Copied::UNKNOWN_PLAN,
         }
     }
 

@@ -264,6 +264,7 @@ impl CbwState {
             runs,
             data,
             metadata,
+            plan: Copied::UNKNOWN_PLAN,
         }
     }
 }
