@@ -142,6 +142,13 @@ pub enum Mode {
     /// write) behind; a failover loses at most the moves of that window, which a supervisor
     /// that logs its inputs replays. After a second without checkpoints the sender stops
     /// looking, and the next checkpoint wakes it (one system call, that checkpoint only).
+    ///
+    /// With the copy strategy and the `full` tracker (every page of the regions, every
+    /// time), a checkpoint whose plan stands (the same session, the metadata unchanged)
+    /// runs a path built for it: a few atomic loads, the copy into a pooled buffer and the
+    /// publication, nothing else ([`Checkpoint::planned`] is `false`). At a person's pace
+    /// every line of code a checkpoint runs is a cache miss of its own, so the fewer lines
+    /// the shorter the stall.
     Lazy {
         /// How long a checkpoint may wait before the sender ships it.
         max_lag: Duration,

@@ -368,10 +368,10 @@ impl Link {
         match snapshot {
             Snapshot::Copied(copied) => {
                 let alone = self.queue(id, generation, copied)?;
-                // A time bound cannot be passed by a snapshot that waits alone in the slot
-                // it was just put in: no lock taken, no clock read (cold lines at a
-                // person's pace).
-                if !(alone && self.timed()) {
+                // Without a bound nothing is waited for, and a time bound cannot be passed by
+                // a snapshot that waits alone in the slot it was just put in: no call, no
+                // lock taken, no clock read (cold lines at a person's pace).
+                if self.max_lag.is_some() && !(alone && self.timed()) {
                     self.wait_lag()?;
                 }
                 Ok(id)
