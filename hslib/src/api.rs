@@ -143,8 +143,9 @@ pub enum Mode {
     /// that logs its inputs replays. After a second without checkpoints the sender stops
     /// looking, and the next checkpoint wakes it (one system call, that checkpoint only).
     ///
-    /// With the copy strategy and the `full` tracker (every page of the regions, every
-    /// time), a checkpoint whose plan stands (the same session, the metadata unchanged)
+    /// With the copy strategy (or the adaptive one once its model copies checkpoints this
+    /// size whatever it observes, [`CostModel::copies_only`]) and the `full` tracker (every
+    /// page of the regions, every time), a checkpoint whose plan stands (the same session, the metadata unchanged)
     /// runs a path built for it: a few atomic loads, the copy into a pooled buffer and the
     /// publication, nothing else ([`Checkpoint::planned`] is `false`). At a person's pace
     /// every line of code a checkpoint runs is a cache miss of its own, so the fewer lines
@@ -1639,6 +1640,8 @@ impl Context {
     pub fn calibrate(&mut self) -> CostModel {
         let m = calibrated(&self.regions);
         self.model = Some(m);
+        // Whether the next checkpoint is timed for the model is decided again.
+        self.steady.lazy_copy = false;
         self.prewarm();
         m
     }
@@ -1701,6 +1704,18 @@ impl Context {
         done
     }
 
+    /// Whether the next checkpoint of the planned runs is a copy that nothing times: the
+    /// copy strategy without a cost model, or a model (the adaptive strategy's) that copies
+    /// checkpoints this size whatever it observes of them ([`CostModel::copies_only`]).
+    fn copies_untimed(&self) -> bool {
+        let bytes = snapshot::page_count(&self.runs) * PAGE_SIZE as u64;
+        match (self.strategy, &self.model) {
+            (Strategy::Copy, None) => true,
+            (Strategy::Copy | Strategy::Adaptive, Some(m)) => m.copies_only(bytes),
+            _ => false,
+        }
+    }
+
     /// [`Context::checkpoint`] with every step: scan, plan, metadata, strategy, snapshot.
     #[inline(never)]
     fn checkpoint_planned(&mut self) -> Result<Checkpoint, HsError> {
@@ -1747,8 +1762,7 @@ impl Context {
             self.steady.lazy_copy = self.steady.report
                 && self.steady.runs
                 && matches!(self.mode, Mode::Lazy { .. })
-                && self.strategy == Strategy::Copy
-                && self.model.is_none()
+                && self.copies_untimed()
                 && !self.force_full
                 && !captured_each_time(&self.fds);
         }

@@ -258,6 +258,16 @@ impl CostModel {
         cheapest
     }
 
+    /// Whether the model copies checkpoints of `bytes` whatever it observes of them: every
+    /// alternative is predicted above 1.5x the copy (so [`CostModel::choose`] never tries
+    /// one), and a copy that small (under 64 pages) teaches it nothing but the counters of
+    /// when each strategy was last tried. Lazy mode's steady path then copies without timing
+    /// the copy for the model.
+    pub fn copies_only(&self, bytes: u64) -> bool {
+        let copy = self.copy_cost(bytes);
+        bytes < COPY_LEARNED_FROM && self.fork_ns > 1.5 * copy && self.cbw_cost() > 1.5 * copy
+    }
+
     /// The predicted stall of a cbw snapshot, in nanoseconds: the last ones measured, or
     /// before any was, the calibration scaled by how the copies measured compare with theirs.
     pub fn cbw_cost(&self) -> f64 {
@@ -283,7 +293,7 @@ impl CostModel {
         match strategy {
             Strategy::Fork => self.fork_ns = self.seen[1].push(ns),
             Strategy::Cbw => self.cbw_ns = self.seen[2].push(ns),
-            Strategy::Copy if bytes >= 64 * PAGE_SIZE as u64 => {
+            Strategy::Copy if bytes >= COPY_LEARNED_FROM => {
                 let per_byte = (ns - self.copy_fixed_ns).max(0.0) / bytes as f64;
                 self.copy_ns_per_byte = self.seen[0].push(per_byte);
             }
@@ -291,6 +301,10 @@ impl CostModel {
         }
     }
 }
+
+/// The smallest copy the model learns the per-byte cost from (smaller ones are mostly the
+/// fixed cost).
+const COPY_LEARNED_FROM: u64 = 64 * PAGE_SIZE as u64;
 
 fn index(s: Strategy) -> usize {
     match s {

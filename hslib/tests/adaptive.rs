@@ -126,3 +126,20 @@ fn one_preempted_copy_does_not_flip_the_choice() {
     }
     assert_eq!(m.choose(2 << 20), Strategy::Fork, "{m:?}");
 }
+
+#[test]
+fn the_model_copies_only_small_checkpoints_whose_alternatives_are_far_costlier() {
+    // 1 us fixed + 0.1 ns/byte: a 4 KiB copy ~1.4 us.
+    let far = CostModel::new(1_000.0, 0.1, 200_000.0).with_cbw(50_000.0);
+    assert!(far.copies_only(4096));
+    // An alternative within 1.5x may be tried: not only copies.
+    assert!(!CostModel::new(1_000.0, 0.1, 2_000.0).copies_only(4096));
+    assert!(
+        !CostModel::new(1_000.0, 0.1, 200_000.0)
+            .with_cbw(2_000.0)
+            .copies_only(4096)
+    );
+    // 64 pages and up, a copy's time teaches the model its per-byte cost.
+    assert!(far.copies_only(63 * 4096));
+    assert!(!far.copies_only(64 * 4096));
+}
