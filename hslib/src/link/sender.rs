@@ -104,13 +104,18 @@ impl SenderThread {
                 }
             };
             // Lazy mode: what was published before this job goes first, as a job sent for
-            // it would have. A parked sender is woken by the application's `Job::Queued`
-            // and looks on its schedule again.
-            if self.poll.is_some() {
+            // it would have; but a snapshot job's snapshot is older than anything published
+            // now (the application sends what the slot held ahead of it, and publishes only
+            // later snapshots), so what is published goes after it. A parked sender is woken
+            // by the application's `Job::Queued` and looks on its schedule again.
+            let lazy = self.poll.is_some();
+            if lazy {
                 if self.asleep && matches!(job, Job::Queued) {
                     self.wake();
                 }
-                self.ship_published();
+                if !matches!(job, Job::Snapshot { .. }) {
+                    self.ship_published();
+                }
             }
             match job {
                 Job::DropSpare(generation) => self.drop_spare(generation),
@@ -119,7 +124,12 @@ impl SenderThread {
                     id,
                     generation,
                     snapshot,
-                } => self.ship_job(id, generation, snapshot, 1),
+                } => {
+                    self.ship_job(id, generation, snapshot, 1);
+                    if lazy {
+                        self.ship_published();
+                    }
+                }
                 Job::Queued => {
                     self.ship_published();
                 }
