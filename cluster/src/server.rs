@@ -250,15 +250,23 @@ fn tail(path: &Path) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_local_etcd_whose_port_is_taken_before_it_binds_starts_on_new_ports() {
+    /// A port held open for the test, and a directory for its etcd; `None` (the test skips)
+    /// when etcd is not installed.
+    fn a_taken_port() -> Option<(TcpListener, u16, tempfile::TempDir)> {
         if let Err(why) = available_for_tests() {
             eprintln!("skipped: {why}");
-            return;
+            return None;
         }
         let taken = TcpListener::bind("127.0.0.1:0").expect("binding a port to hold");
-        let taken_port = taken.local_addr().expect("its address").port();
-        let dir = tempfile::tempdir().expect("tempdir");
+        let port = taken.local_addr().expect("its address").port();
+        Some((taken, port, tempfile::tempdir().expect("tempdir")))
+    }
+
+    #[test]
+    fn a_local_etcd_whose_port_is_taken_before_it_binds_starts_on_new_ports() {
+        let Some((_taken, taken_port, dir)) = a_taken_port() else {
+            return;
+        };
         // The first pick is the held port, as if another test had bound it in between.
         let mut first = true;
         let pick = || {
@@ -279,13 +287,9 @@ mod tests {
 
     #[test]
     fn a_local_etcd_that_never_finds_a_free_port_says_which_address_was_taken() {
-        if let Err(why) = available_for_tests() {
-            eprintln!("skipped: {why}");
+        let Some((_taken, taken_port, dir)) = a_taken_port() else {
             return;
-        }
-        let taken = TcpListener::bind("127.0.0.1:0").expect("binding a port to hold");
-        let taken_port = taken.local_addr().expect("its address").port();
-        let dir = tempfile::tempdir().expect("tempdir");
+        };
         let mut picks = 0;
         let pick = || {
             picks += 1;

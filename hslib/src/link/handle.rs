@@ -459,16 +459,9 @@ impl Link {
             },
         };
         {
-            use crate::probe::{Mark, mark_skipped};
-            mark_skipped(&[
-                Mark::Settled,
-                Mark::Scanned,
-                Mark::LinkChecked,
-                Mark::Planned,
-                Mark::Metadata,
-                Mark::Strategy,
-                Mark::Staged,
-            ]);
+            use crate::probe::{MARKS, Mark, mark_skipped};
+            // Every step from the cbw settling to the staging buffer: nothing to do.
+            mark_skipped(&MARKS[Mark::Settled as usize..=Mark::Staged as usize]);
         }
         let mut shell = shell;
         if shell.plan != plan {
